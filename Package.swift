@@ -1,0 +1,65 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Switchboard",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "NostrCrypto", targets: ["NostrCrypto"]),
+        .library(name: "NostrCore", targets: ["NostrCore"]),
+        .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // The three C libraries, as Debian packages them. Only NostrCrypto imports these
+        // (and switchboard-bench, which calls them directly as its baseline).
+        .systemLibrary(
+            name: "CSecp256k1",
+            pkgConfig: "libsecp256k1",
+            providers: [.apt(["libsecp256k1-dev"])]
+        ),
+        .systemLibrary(
+            name: "CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(
+            name: "NostrCrypto",
+            dependencies: ["CSecp256k1", "CSodium", "COpenSSL"]
+        ),
+        .target(
+            name: "NostrCore",
+            dependencies: ["NostrCrypto"]
+        ),
+        .executableTarget(
+            name: "switchboard",
+            dependencies: [
+                "NostrCore",
+                "NostrCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "switchboard-bench",
+            dependencies: ["NostrCore", "NostrCrypto", "CSecp256k1", "CSodium", "COpenSSL"]
+        ),
+        .testTarget(
+            name: "NostrCryptoTests",
+            dependencies: ["NostrCrypto"],
+            resources: [.copy("Vectors")]
+        ),
+        .testTarget(
+            name: "NostrCoreTests",
+            dependencies: ["NostrCore", "NostrCrypto"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
