@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import NostrCore
+import NostrCrypto
+
+@main
+struct Switchboard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchboard",
+        abstract: "Keys, events, encryption and NIP-19 for Nostr — the developer and operator tool of Switchboard.",
+        subcommands: [KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self]
+    )
+}
+
+/// A failure the command reports on stderr with exit code 1.
+struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+enum IO {
+    /// Everything on standard input, as bytes.
+    static func readStandardInput() -> Data {
+        FileHandle.standardInput.readDataToEndOfFile()
+    }
+
+    /// Standard input as UTF-8 text, exactly (no trimming).
+    static func readStandardInputText(_ what: String) throws -> String {
+        guard let text = String(data: readStandardInput(), encoding: .utf8) else {
+            throw CommandFailure("\(what) on standard input is not valid UTF-8")
+        }
+        return text
+    }
+
+    /// Writes exactly `text` to stdout (unbuffered, so pipes see it at once).
+    static func write(_ text: String) {
+        FileHandle.standardOutput.write(Data(text.utf8))
+    }
+
+    static func writeLine(_ text: String) { write(text + "\n") }
+}
+
+/// Runs `body`, turning library errors into one line on stderr and exit code 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as CommandFailure {
+        FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
+        throw ExitCode(1)
+    } catch let error as NostrError {
+        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        throw ExitCode(1)
+    } catch let error as CryptoError {
+        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// Secret key options shared by the commands that sign or decrypt.
+struct SecretKeyOption: ParsableArguments {
+    @Option(
+        name: .customLong("sec"),
+        help: ArgumentHelp(
+            "Secret key, hex or nsec. Defaults to the SWITCHBOARD_SECRET_KEY environment variable (which keeps it out of the process list).",
+            valueName: "KEY"))
+    var secret: String?
+
+    func load() throws -> SecretKey {
+        guard let text = secret ?? ProcessInfo.processInfo.environment["SWITCHBOARD_SECRET_KEY"] else {
+            throw CommandFailure("no secret key: pass --sec or set SWITCHBOARD_SECRET_KEY")
+        }
+        do {
+            return try SecretKey(hexOrNsec: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        } catch {
+            throw CommandFailure("invalid secret key (expected 64 hex characters or an nsec)")
+        }
+    }
+}
+
+func parsePublicKey(_ text: String) throws -> PublicKey {
+    let key: PublicKey
+    do {
+        key = try PublicKey(hexOrNpub: text)
+    } catch {
+        throw CommandFailure("invalid public key \"\(text.prefix(70))\" (expected 64 hex characters or an npub)")
+    }
+    guard key.isOnCurve else { throw CommandFailure("public key \(key.hex) is not a point on secp256k1") }
+    return key
+}
