@@ -1,0 +1,55 @@
+# Switchboard: the two commands are `make demo` and `make test`. Both install what they need on a fresh
+# Debian machine (run as root, or with sudo available).
+
+SWIFT        ?= swift
+VENV         := Interop/.venv
+PYTHON       := $(VENV)/bin/python
+APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev pkg-config python3 python3-venv
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test deps venv build build-release unit interop bench fuzz clean
+
+demo: deps build
+	Scripts/demo.sh .build/debug/switchboard
+
+test: deps venv build
+	$(SWIFT) test
+	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop
+
+# System packages: installed only when one is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# The interop peers (rust-nostr's Python bindings, pytest) in a virtual environment of the project's own.
+venv: $(VENV)/.installed
+$(VENV)/.installed: Interop/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r Interop/requirements.txt
+	touch $@
+
+build:
+	$(SWIFT) build
+
+build-release:
+	$(SWIFT) build -c release
+
+unit: deps
+	$(SWIFT) test
+
+interop: deps venv build
+	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop
+
+bench: deps build-release
+	.build/release/switchboard-bench crypto
+
+# Fuzz each target for FUZZ_SECONDS (default 60): `make fuzz FUZZ_SECONDS=600`.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	Fuzz/run.sh $(FUZZ_SECONDS)
+
+clean:
+	rm -rf .build .build-* $(VENV)
