@@ -1,7 +1,11 @@
 // swift-tools-version:6.0
 // libFuzzer targets for Switchboard's decoders. Built only by Fuzz/run.sh with -sanitize=fuzzer
 // (the entry point comes from libFuzzer, so these are not part of the main package's build).
+import Foundation
 import PackageDescription
+
+// A path dependency's identity is its folder's name, which differs between checkouts.
+let switchboard = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
 
 let package = Package(
     name: "SwitchboardFuzz",
@@ -10,14 +14,14 @@ let package = Package(
         .target(name: "CLibFuzzer"),
         .executableTarget(
             name: "FuzzNIP44",
-            dependencies: ["CLibFuzzer", .product(name: "NostrCrypto", package: "main")]
+            dependencies: ["CLibFuzzer", .product(name: "NostrCrypto", package: switchboard)]
         ),
         .executableTarget(
             name: "FuzzMessages",
             dependencies: [
                 "CLibFuzzer",
-                .product(name: "NostrCore", package: "main"),
-                .product(name: "NostrCrypto", package: "main"),
+                .product(name: "NostrCore", package: switchboard),
+                .product(name: "NostrCrypto", package: switchboard),
             ]
         ),
     ],

@@ -25,11 +25,15 @@ nostr-sdk 0.45.1 API notes (found by introspection of the uniffi binding):
     Event.from_json with "tags":[[]] both fail with "empty tag"), so no generated
     tag is empty.
   * rust-nostr's NIP-44 v2 *encrypt* refuses plaintexts longer than 65408 bytes
-    (its pad() checks `len > 65536 - 128`), although the NIP-44 spec allows
-    1..65535. Its *decrypt* has no such cap. So rust->switchboard covers 1..65408
-    and switchboard->rust covers 1..65535 (including exactly 65535). Nothing above
-    65535 is interoperable (the length prefix is a u16); instead we assert that
-    switchboard refuses such plaintexts.
+    (its pad() checks `len > 65536 - 128`), although the u16-prefix form of
+    NIP-44 v2 carries 1..65535. Its *decrypt* has no such cap. So
+    rust->switchboard covers 1..65408 and switchboard->rust covers 1..65535
+    (including exactly 65535).
+  * Above 65535 bytes NIP-44 (since nostr-protocol/nips#1907) uses an extended
+    prefix (00 00 + u32 length), which switchboard implements and rust-nostr
+    0.45.1 does not (it reads only a u16 prefix, so it refuses such payloads).
+    Those sizes are checked against a small pure-Python NIP-44 reference in this
+    file, itself cross-checked against rust-nostr on ordinary sizes.
 """
 
 from __future__ import annotations
