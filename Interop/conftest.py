@@ -40,6 +40,12 @@ def pytest_report_header(config):
     ]
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # Also shown under -q, where the header above is suppressed.
+    terminalreporter.write_line(
+        f"interop seed: INTEROP_SEED={SEED}; switchboard binary: {switchboard_path()}")
+
+
 def _clip(value, limit: int = 600) -> str:
     text = repr(value)
     if len(text) > limit:

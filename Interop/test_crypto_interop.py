@@ -736,10 +736,15 @@ def test_nip44_extended_length_prefix(switchboard, rng):
             failures.append(f"{where}: switchboard's payload fails the reference decoder: {exc}")
             continue
         if got != text.encode("utf-8"):
-            failures.append(f"{where}: the reference decoder recovered different bytes")
-        # rust-nostr 0.45.1 reads the 00 00 marker as length 0 and must refuse, not misdecode.
-        with pytest.raises(Exception):
-            nip44_decrypt(recipient.secret_key(), sender.public_key(), payload)
+            failures.append(f"{where}: the reference decoder recovered {len(got)} different bytes "
+                            f"(starting {got[:40]!r}, want {text.encode('utf-8')[:40]!r})")
+        else:
+            # rust-nostr 0.45.1 reads the 00 00 marker as length 0: it must refuse, not misdecode.
+            try:
+                nip44_decrypt(recipient.secret_key(), sender.public_key(), payload)
+                failures.append(f"{where}: rust-nostr 0.45.1 unexpectedly accepted an extended-prefix payload")
+            except Exception:
+                pass
         own_decrypt_jobs.append(
             (["decrypt", "--sec", sec_arg(rng, recipient), "--from", pub_arg(rng, sender)], payload.encode()))
         own_expect.append(text.encode("utf-8"))
@@ -816,8 +821,9 @@ def test_nip04_switchboard_encrypts_rust_decrypts(switchboard, rng):
             failures.append(f"{where}: payload {payload[:120]!r} is not base64?iv=base64(16 bytes)")
             continue
         ciphertext = base64.b64decode(match.group(1), validate=True)
-        if len(ciphertext) % 16 or len(ciphertext) != (size // 16 + 1) * 16:
-            failures.append(f"{where}: AES-CBC/PKCS#7 ciphertext has {len(ciphertext)} bytes")
+        if len(ciphertext) != (size // 16 + 1) * 16:
+            failures.append(f"{where}: AES-CBC/PKCS#7 ciphertext has {len(ciphertext)} bytes, expected "
+                            f"{(size // 16 + 1) * 16} (plaintext bytes lost or added)\n{res.describe()}")
             continue
         try:
             got = recipient.nip04_decrypt(sender.public_key(), payload)
@@ -827,6 +833,64 @@ def test_nip04_switchboard_encrypts_rust_decrypts(switchboard, rng):
         if got != text:
             failures.append(f"{where}: rust-nostr decrypted {got!r:.200}")
     assert not failures, report(failures, len(cases), "switchboard NIP-04 payloads failed in rust-nostr")
+
+
+STDIN_EDGE_TEXTS = [
+    "\ufeffleading byte order mark",
+    "\ufeff",
+    "\ufeff\ufeffx",
+    "trailing newline\n",
+    "\n",
+    "\r\n",
+    " leading and trailing spaces ",
+    "\x00",
+    "nul\x00inside",
+    "\u2028\u2029",
+    "e\u0301 vs \u00e9",
+]
+
+
+def test_encrypt_takes_stdin_text_byte_exact(switchboard, rng):
+    """Deterministic edge cases for "TEXT from stdin, exactly as given" (both schemes)."""
+    cases = []
+    for text in STDIN_EDGE_TEXTS:
+        for nip04 in (False, True):
+            sender, recipient = make_keys(rng), make_keys(rng)
+            args = ["encrypt", *(["--nip04"] if nip04 else []), "--sec", sender.secret_key().to_hex(),
+                    "--to", recipient.public_key().to_hex()]
+            cases.append((sender, recipient, text, nip04, args))
+    results = switchboard.run_many([(args, text.encode("utf-8")) for _, _, text, _, args in cases])
+    failures = []
+    for (sender, recipient, text, nip04, _), res in zip(cases, results):
+        scheme = "NIP-04" if nip04 else "NIP-44"
+        if res.returncode != 0 or not res.stdout.endswith(b"\n"):
+            failures.append(f"{scheme} {text!r}: expected exit 0\n{res.describe()}")
+            continue
+        payload = res.stdout[:-1].decode("ascii", "replace")
+        try:
+            if nip04:
+                got = recipient.nip04_decrypt(sender.public_key(), payload)
+            else:
+                got = nip44_decrypt(recipient.secret_key(), sender.public_key(), payload)
+        except Exception as exc:
+            failures.append(f"{scheme} {text!r}: rust-nostr cannot decrypt: {exc!r}\n{res.describe()}")
+            continue
+        if got != text:
+            failures.append(f"{scheme}: stdin {text!r} was encrypted as {got!r}")
+    # And the other direction: switchboard decrypt prints these plaintexts exactly.
+    jobs = []
+    for sender, recipient, text, nip04, _ in cases:
+        if nip04:
+            payload = sender.nip04_encrypt(recipient.public_key(), text)
+        else:
+            payload = nip44_encrypt(sender.secret_key(), recipient.public_key(), text, Nip44Version.V2)
+        jobs.append((["decrypt", "--sec", recipient.secret_key().to_hex(), "--from", sender.public_key().to_hex()],
+                     payload.encode("ascii")))
+    for (_, _, text, nip04, _), res in zip(cases, switchboard.run_many(jobs)):
+        if res.returncode != 0 or res.stdout != text.encode("utf-8"):
+            failures.append(f"{'NIP-04' if nip04 else 'NIP-44'} decrypt of {text!r}: expected exactly "
+                            f"{text.encode('utf-8')!r}\n{res.describe()}")
+    assert not failures, report(failures, 2 * len(cases), "edge-case plaintexts were not handled byte-exact")
 
 
 def test_encrypt_output_pipes_into_decrypt(switchboard, rng):

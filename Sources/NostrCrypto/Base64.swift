@@ -1,4 +1,4 @@
-import Foundation
+internal import Foundation
 
 /// Standard base64 with padding (RFC 4648), for NIP-44 and NIP-04 payloads.
 ///

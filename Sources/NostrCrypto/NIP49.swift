@@ -1,5 +1,5 @@
 internal import CSodium
-import Foundation
+internal import Foundation
 
 /// NIP-49 private-key encryption (`ncryptsec`): scrypt (N = 2^logN, r = 8, p = 1) over the NFKC-normalised
 /// password, then XChaCha20-Poly1305 with the key-security byte as associated data.

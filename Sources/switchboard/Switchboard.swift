@@ -26,7 +26,8 @@ enum IO {
 
     /// Standard input as UTF-8 text, exactly (no trimming).
     static func readStandardInputText(_ what: String) throws -> String {
-        guard let text = String(data: readStandardInput(), encoding: .utf8) else {
+        // String(validating:) keeps a leading U+FEFF; String(data:encoding:) would strip it.
+        guard let text = String(validating: readStandardInput(), as: UTF8.self) else {
             throw CommandFailure("\(what) on standard input is not valid UTF-8")
         }
         return text
