@@ -37,8 +37,8 @@ public enum NIP04 {
         guard payload.utf8.count <= maximumPayloadLength else {
             throw CryptoError(.invalidPayload, "the NIP-04 payload is larger than the \(maximumPayloadLength)-character limit")
         }
-        let parts = payload.split(separator: "?iv=", maxSplits: 1, omittingEmptySubsequences: false)
-        guard parts.count == 2, let ciphertext = Base64.decode(String(parts[0])), let iv = Base64.decode(String(parts[1]))
+        guard let (ciphertextText, ivText) = splitPayload(payload), let ciphertext = Base64.decode(ciphertextText),
+            let iv = Base64.decode(ivText)
         else {
             throw CryptoError(.invalidPayload, "a NIP-04 payload is base64(ciphertext)?iv=base64(iv)")
         }
@@ -54,6 +54,20 @@ public enum NIP04 {
             throw CryptoError(.invalidUTF8, "the decrypted NIP-04 plaintext is not valid UTF-8")
         }
         return text
+    }
+
+    /// Splits `ciphertext?iv=iv` at the first `?iv=` (a byte scan: `split(separator:)` with a string
+    /// separator goes through the generic string-processing machinery and costs more than the AES).
+    static func splitPayload(_ payload: String) -> (String, String)? {
+        let utf8 = Array(payload.utf8)
+        let marker: [UInt8] = Array("?iv=".utf8)
+        guard utf8.count >= marker.count else { return nil }
+        for i in 0...(utf8.count - marker.count) where utf8[i] == marker[0] {
+            if utf8[i + 1] == marker[1] && utf8[i + 2] == marker[2] && utf8[i + 3] == marker[3] {
+                return (String(decoding: utf8[..<i], as: UTF8.self), String(decoding: utf8[(i + 4)...], as: UTF8.self))
+            }
+        }
+        return nil
     }
 
     static func crypt(_ input: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer, iv: [UInt8], encrypt: Bool) throws -> [UInt8] {

@@ -154,7 +154,10 @@ enum RawNIP04 {
     }
 
     static func decrypt(_ payload: String, secret: [UInt8], peer: [UInt8], ctx: OpaquePointer, copyX: CopyX) -> [UInt8] {
-        let parts = payload.split(separator: "?iv=")
-        return crypt(unb64(parts[0]), key: shared(secret, peer, ctx, copyX), iv: unb64(parts[1]), encrypt: false)
+        // The payloads here have exactly one "?", so a byte search for it is enough.
+        let q = payload.utf8.firstIndex(of: UInt8(ascii: "?"))!
+        let ct = Substring(payload.utf8[..<q])
+        let iv = Substring(payload.utf8[payload.utf8.index(q, offsetBy: 4)...])
+        return crypt(unb64(ct), key: shared(secret, peer, ctx, copyX), iv: unb64(iv), encrypt: false)
     }
 }
