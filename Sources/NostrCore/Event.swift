@@ -120,6 +120,15 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
 
     /// Appends the JSON object form to `writer`.
     public func write(to writer: inout JSONWriter) {
+        Event.writeObject(
+            to: &writer, id: id, pubkey: pubkey, createdAt: createdAt, kind: kind, tags: tags, content: content, sig: sig)
+    }
+
+    /// Writes `{"id","pubkey","created_at","kind","tags","content"[,"sig"]}`, shared by events and rumors.
+    static func writeObject(
+        to writer: inout JSONWriter, id: EventID, pubkey: PublicKey, createdAt: Timestamp, kind: Kind, tags: [Tag],
+        content: String, sig: SchnorrSignature?
+    ) {
         writer.raw("{\"id\":\"")
         writer.rawString(id.hex)
         writer.raw("\",\"pubkey\":\"")
@@ -135,9 +144,12 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
         }
         writer.raw("],\"content\":")
         writer.string(content)
-        writer.raw(",\"sig\":\"")
-        writer.rawString(sig.hex)
-        writer.raw("\"}")
+        if let sig {
+            writer.raw(",\"sig\":\"")
+            writer.rawString(sig.hex)
+            writer.raw("\"")
+        }
+        writer.raw("}")
     }
 
     public var description: String { json }
@@ -274,22 +286,8 @@ public struct UnsignedEvent: Hashable, Sendable {
     /// JSON without `sig`.
     public var json: String {
         var writer = JSONWriter(capacity: 300 + content.utf8.count)
-        writer.raw("{\"id\":\"")
-        writer.rawString(id.hex)
-        writer.raw("\",\"pubkey\":\"")
-        writer.rawString(pubkey.hex)
-        writer.raw("\",\"created_at\":")
-        writer.integer(createdAt)
-        writer.raw(",\"kind\":")
-        writer.integer(kind.rawValue)
-        writer.raw(",\"tags\":[")
-        for (i, tag) in tags.enumerated() {
-            if i > 0 { writer.raw(",") }
-            writer.stringArray(tag.fields)
-        }
-        writer.raw("],\"content\":")
-        writer.string(content)
-        writer.raw("}")
+        Event.writeObject(
+            to: &writer, id: id, pubkey: pubkey, createdAt: createdAt, kind: kind, tags: tags, content: content, sig: nil)
         return writer.text
     }
 

@@ -1,20 +1,10 @@
 /// Lowercase hexadecimal encoding and strict decoding.
 public enum Hex {
-    @usableFromInline static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    static let digits: [UInt8] = Array("0123456789abcdef".utf8)
 
     /// Encodes bytes as lowercase hex.
-    @inlinable
     public static func encode(_ bytes: some Sequence<UInt8>) -> String {
-        let array = Array(bytes)
-        return String(unsafeUninitializedCapacity: array.count * 2) { out in
-            var i = 0
-            for byte in array {
-                out[i] = digits[Int(byte >> 4)]
-                out[i + 1] = digits[Int(byte & 0x0f)]
-                i += 2
-            }
-            return i
-        }
+        Array(bytes).withUnsafeBytes { encode($0) }
     }
 
     /// Encodes raw memory as lowercase hex.
