@@ -165,7 +165,10 @@ public enum NIP44 {
         }
     }
 
-    static func unpad(_ padded: [UInt8]) throws -> [UInt8] {
+    /// Removes NIP-44 padding from a decrypted body (exposed to the fuzz targets, which cannot forge a MAC to
+    /// reach it through ``decryptBytes(_:conversationKey:maximumPayloadLength:)``).
+    @_spi(Fuzzing)
+    public static func unpad(_ padded: [UInt8]) throws -> [UInt8] {
         let invalid = CryptoError(.invalidPayload, "invalid NIP-44 padding")
         guard padded.count >= 2 else { throw invalid }
         let firstTwo = Int(padded[0]) << 8 | Int(padded[1])

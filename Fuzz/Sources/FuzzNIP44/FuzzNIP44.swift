@@ -1,5 +1,5 @@
 import CLibFuzzer
-import NostrCrypto
+@_spi(Fuzzing) import NostrCrypto
 
 // Decrypting arbitrary payloads must never trap: every input ends in a plaintext or a CryptoError.
 // A payload that does decrypt must re-encrypt and decrypt to the same bytes.
@@ -20,6 +20,13 @@ func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     }
     // Base64 alone, on raw bytes.
     _ = Base64.decode(text)
+    // The padding parser, which random payloads never reach past the MAC check: any input either unpads to
+    // a plaintext that pads back to exactly the input, or throws.
+    let input = Array(bytes)
+    if let plain = try? NIP44.unpad(input) {
+        precondition(!plain.isEmpty && input.count == (plain.count >= 65_536 ? 6 : 2) + NIP44.paddedLength(plain.count),
+            "unpad accepted a body of the wrong size")
+    }
     return 0
 }
 
