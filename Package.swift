@@ -3,10 +3,11 @@ import PackageDescription
 
 let package = Package(
     name: "Switchboard",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "NostrCrypto", targets: ["NostrCrypto"]),
         .library(name: "NostrCore", targets: ["NostrCore"]),
+        .library(name: "NostrRelay", targets: ["NostrRelay"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
     ],
@@ -39,6 +40,10 @@ let package = Package(
             name: "NostrCore",
             dependencies: ["NostrCrypto"]
         ),
+        .target(
+            name: "NostrRelay",
+            dependencies: ["NostrCore", "NostrCrypto"]
+        ),
         .executableTarget(
             name: "switchboard",
             dependencies: [
@@ -59,6 +64,10 @@ let package = Package(
         .testTarget(
             name: "NostrCoreTests",
             dependencies: ["NostrCore", "NostrCrypto"]
+        ),
+        .testTarget(
+            name: "NostrRelayTests",
+            dependencies: ["NostrRelay", "NostrCore", "NostrCrypto"]
         ),
     ],
     swiftLanguageModes: [.v6]
