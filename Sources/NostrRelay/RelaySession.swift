@@ -1,0 +1,157 @@
+public import NostrCore
+public import NostrCrypto
+
+/// One client connection to the embedded relay, as a state machine: text in, actions out. No I/O — the
+/// server executes the actions (store, query, send) in order, which keeps NIP-01's ordering per
+/// connection (stored events, then `EOSE`, then live events).
+public struct RelaySession: Sendable {
+    /// What the server must do in response to a message.
+    public enum Action: Hashable, Sendable {
+        /// Send this message to the client.
+        case send(RelayMessage)
+        /// Save the (verified, admitted) event, reply `OK` from the outcome, broadcast if it says so.
+        case store(Event)
+        /// Query stored events for a new subscription, send them, then `EOSE`.
+        case query(subscriptionID: String, filters: [Filter])
+        /// Count stored events and reply `COUNT`.
+        case count(subscriptionID: String, filters: [Filter])
+    }
+
+    public let policy: RelayPolicy
+    /// The NIP-42 challenge sent to this connection.
+    public let challenge: String
+    /// Open subscriptions by id.
+    public private(set) var subscriptions: [String: [Filter]] = [:]
+    /// Public keys this connection has authenticated as (NIP-42).
+    public private(set) var authenticated: Set<PublicKey> = []
+    private var bucket: TokenBucket
+
+    /// A session for a new connection; `now` is monotonic seconds for the rate limiter.
+    public init(policy: RelayPolicy, challenge: String, now: Double) {
+        self.policy = policy
+        self.challenge = challenge
+        self.bucket = TokenBucket(rate: policy.messagesPerSecond, burst: policy.messageBurst, now: now)
+    }
+
+    /// The messages to send as the connection opens (the NIP-42 challenge).
+    public var greeting: [Action] { [.send(.auth(challenge: challenge))] }
+
+    /// Handles one text message from the client.
+    /// - Parameters:
+    ///   - clock: wall-clock seconds (for `created_at` checks); `monotonic`: for the rate limiter.
+    public mutating func receive(_ text: String, clock: Timestamp, monotonic: Double) -> [Action] {
+        guard bucket.take(now: monotonic) else {
+            return [.send(.notice(MachineReadablePrefix.rateLimited.message("slow down")))]
+        }
+        guard text.utf8.count <= policy.maximumMessageLength else {
+            return [.send(.notice("error: message larger than \(policy.maximumMessageLength) bytes"))]
+        }
+        let message: ClientMessage
+        do {
+            message = try ClientMessage(json: text, limits: policy.messageLimits)
+        } catch let error as NostrError {
+            return rejection(for: text, error)
+        } catch {
+            return [.send(.notice("error: could not parse the message"))]
+        }
+        switch message {
+        case .event(let event): return receiveEvent(event, clock: clock)
+        case .request(let id, let filters): return openSubscription(id, filters, counting: false)
+        case .count(let id, let filters): return openSubscription(id, filters, counting: true)
+        case .close(let id):
+            subscriptions[id] = nil
+            return []
+        case .auth(let event): return authenticate(event, clock: clock)
+        }
+    }
+
+    /// A parse failure becomes the most specific reply the client can match to its request.
+    private func rejection(for text: String, _ error: NostrError) -> [Action] {
+        // If it looked like an EVENT with an id, answer OK false so the publisher is not left waiting.
+        if case .array(let array)? = try? JSON.parse(text), array.first?.string == "EVENT", array.count >= 2,
+            let idText = array[1].object?["id"]?.string, let id = try? EventID(hex: idText)
+        {
+            return [.send(.ok(eventID: id, accepted: false, message: MachineReadablePrefix.invalid.message(error.message)))]
+        }
+        if case .array(let array)? = try? JSON.parse(text), let verb = array.first?.string, verb == "REQ" || verb == "COUNT",
+            array.count >= 2, let id = array[1].string, !id.isEmpty, id.utf8.count <= policy.maximumSubscriptionIDLength
+        {
+            let prefix: MachineReadablePrefix = error.code == .tooLarge ? .restricted : .invalid
+            return [.send(.closed(subscriptionID: id, message: prefix.message(error.message)))]
+        }
+        return [.send(.notice("error: \(error.message)"))]
+    }
+
+    private func receiveEvent(_ event: Event, clock: Timestamp) -> [Action] {
+        func reject(_ prefix: MachineReadablePrefix, _ detail: String) -> [Action] {
+            [.send(.ok(eventID: event.id, accepted: false, message: prefix.message(detail)))]
+        }
+        do {
+            try event.verify()
+        } catch let error as NostrError {
+            return reject(.invalid, error.code == .invalidID ? "event id does not match" : "bad signature")
+        } catch {
+            return reject(.invalid, "could not verify")
+        }
+        if policy.authRequired && !authenticated.contains(event.pubkey) {
+            return reject(.authRequired, "authenticate as the event's author to publish")
+        }
+        if event.createdAt > clock + policy.maximumFutureSkew {
+            return reject(.invalid, "created_at is too far in the future")
+        }
+        return [.store(event)]
+    }
+
+    private mutating func openSubscription(_ id: String, _ filters: [Filter], counting: Bool) -> [Action] {
+        if policy.authRequired {
+            for filter in filters {
+                let wanted = filter.tags["p"] ?? []
+                if let missing = wanted.first(where: { hex in !authenticated.contains { $0.hex == hex } }) {
+                    return [.send(.closed(
+                        subscriptionID: id,
+                        message: MachineReadablePrefix.authRequired.message("authenticate as \(missing.prefix(64)) to read its events")))]
+                }
+            }
+        }
+        let capped = filters.map { filter -> Filter in
+            var f = filter
+            f.limit = min(filter.limit ?? policy.maximumLimit, policy.maximumLimit)
+            return f
+        }
+        if counting { return [.count(subscriptionID: id, filters: capped)] }
+        if subscriptions[id] == nil, subscriptions.count >= policy.maximumSubscriptions {
+            return [.send(.closed(
+                subscriptionID: id,
+                message: MachineReadablePrefix.restricted.message("at most \(policy.maximumSubscriptions) subscriptions per connection")))]
+        }
+        subscriptions[id] = filters
+        return [.query(subscriptionID: id, filters: capped)]
+    }
+
+    private mutating func authenticate(_ event: Event, clock: Timestamp) -> [Action] {
+        do {
+            let key = try ClientAuthentication.validate(event, challenge: challenge, relayURL: policy.relayURL, now: clock)
+            authenticated.insert(key)
+            return [.send(.ok(eventID: event.id, accepted: true, message: ""))]
+        } catch let error as NostrError {
+            return [.send(.ok(eventID: event.id, accepted: false, message: MachineReadablePrefix.authRequired.message(error.message)))]
+        } catch {
+            return [.send(.ok(eventID: event.id, accepted: false, message: MachineReadablePrefix.error.message("auth failed")))]
+        }
+    }
+
+    /// Whether this connection may receive `event` (NIP-42 read policy when auth is required): events
+    /// that `p`-tag someone go only to that someone or the author.
+    public func mayRead(_ event: Event) -> Bool {
+        guard policy.authRequired else { return true }
+        let tagged = event.tagValues("p")
+        if tagged.isEmpty || authenticated.contains(event.pubkey) { return true }
+        return authenticated.contains { key in tagged.contains(key.hex) }
+    }
+
+    /// The ids of this connection's subscriptions that `event` matches and may be delivered to (live fan-out).
+    public func liveSubscriptions(for event: Event) -> [String] {
+        guard mayRead(event) else { return [] }
+        return subscriptions.compactMap { id, filters in filters.contains { $0.matches(event) } ? id : nil }
+    }
+}

@@ -1,0 +1,143 @@
+import NostrCore
+import NostrCrypto
+import Testing
+@testable import NostrRelay
+
+@Suite("RelaySession: message handling, limits, NIP-42 policy")
+struct RelaySessionTests {
+    let url = "ws://127.0.0.1:7777"
+    let alice = SecretKey.generate()
+    let bob = SecretKey.generate()
+
+    func session(auth: Bool = false, configure: (inout RelayPolicy) -> Void = { _ in }) -> RelaySession {
+        var policy = RelayPolicy(relayURL: url)
+        policy.authRequired = auth
+        configure(&policy)
+        return RelaySession(policy: policy, challenge: "challenge-1", now: 0)
+    }
+
+    func note(_ key: SecretKey, tags: [NostrCore.Tag] = [], at t: Timestamp = 1000) -> Event {
+        EventTemplate(kind: 1, content: "hi", tags: tags, createdAt: t).sign(with: key)
+    }
+
+    func okMessage(_ actions: [RelaySession.Action]) -> (Bool, String)? {
+        guard case .send(.ok(_, let accepted, let message))? = actions.first else { return nil }
+        return (accepted, message)
+    }
+
+    @Test("greeting sends the NIP-42 challenge")
+    func greeting() {
+        #expect(session().greeting == [.send(.auth(challenge: "challenge-1"))])
+    }
+
+    @Test("a valid EVENT is stored; a bad signature or id gets OK false invalid:")
+    func events() {
+        var s = session()
+        let e = note(alice)
+        #expect(s.receive(ClientMessage.event(e).json, clock: 1000, monotonic: 1) == [.store(e)])
+        let forged = Event(id: e.id, pubkey: bob.publicKey, createdAt: e.createdAt, kind: e.kind, tags: e.tags, content: e.content, sig: e.sig)
+        let reply = okMessage(s.receive(ClientMessage.event(forged).json, clock: 1000, monotonic: 1))
+        #expect(reply?.0 == false)
+        #expect(reply?.1.hasPrefix("invalid:") == true)
+        let future = note(alice, at: 1000 + 3600)
+        #expect(okMessage(s.receive(ClientMessage.event(future).json, clock: 1000, monotonic: 1))?.1.hasPrefix("invalid:") == true)
+    }
+
+    @Test("malformed EVENT with a readable id still gets OK false; junk gets a NOTICE")
+    func malformed() {
+        var s = session()
+        let e = note(alice)
+        let broken = ClientMessage.event(e).json.replacingOccurrences(of: "\"kind\":1", with: "\"kind\":\"one\"")
+        let reply = okMessage(s.receive(broken, clock: 1000, monotonic: 1))
+        #expect(reply?.0 == false)
+        #expect(reply?.1.hasPrefix("invalid:") == true)
+        for junk in ["", "{", "[\"PING\"]", "[1,2]", String(repeating: "[", count: 10_000)] {
+            guard case .send(.notice(let text))? = s.receive(junk, clock: 1000, monotonic: 1).first else {
+                Issue.record("no NOTICE for \(junk.prefix(20))")
+                continue
+            }
+            #expect(text.hasPrefix("error:"))
+        }
+    }
+
+    @Test("REQ registers a subscription, caps limit, CLOSE removes it; live matching")
+    func subscriptions() {
+        var s = session()
+        let actions = s.receive("[\"REQ\",\"s1\",{\"kinds\":[1],\"limit\":999999}]", clock: 1000, monotonic: 1)
+        #expect(actions == [.query(subscriptionID: "s1", filters: [Filter(kinds: [1], limit: 5_000)])])
+        #expect(s.liveSubscriptions(for: note(alice)) == ["s1"])
+        #expect(s.liveSubscriptions(for: EventTemplate(kind: 7).sign(with: alice)).isEmpty)
+        #expect(s.receive("[\"CLOSE\",\"s1\"]", clock: 1000, monotonic: 1).isEmpty)
+        #expect(s.liveSubscriptions(for: note(alice)).isEmpty)
+    }
+
+    @Test("too many subscriptions or filters are CLOSED with a reason")
+    func limits() {
+        var s = session { $0.maximumSubscriptions = 2; $0.maximumFilters = 2 }
+        _ = s.receive("[\"REQ\",\"a\",{}]", clock: 1000, monotonic: 1)
+        _ = s.receive("[\"REQ\",\"b\",{}]", clock: 1000, monotonic: 1)
+        guard case .send(.closed("c", let m))? = s.receive("[\"REQ\",\"c\",{}]", clock: 1000, monotonic: 1).first else {
+            Issue.record("no CLOSED")
+            return
+        }
+        #expect(m.hasPrefix("restricted:"))
+        // Re-using an open id replaces it rather than counting twice.
+        #expect(s.receive("[\"REQ\",\"a\",{\"kinds\":[1]}]", clock: 1000, monotonic: 1).count == 1)
+        guard case .send(.closed("d", let m2))? = s.receive("[\"REQ\",\"d\",{},{},{}]", clock: 1000, monotonic: 1).first else {
+            Issue.record("no CLOSED for too many filters")
+            return
+        }
+        #expect(m2.hasPrefix("restricted:"))
+        guard case .send(.closed("e", let m3))? = s.receive("[\"REQ\",\"e\",{\"bogus\":1}]", clock: 1000, monotonic: 1).first else {
+            Issue.record("no CLOSED for a bad filter")
+            return
+        }
+        #expect(m3.hasPrefix("invalid:"))
+    }
+
+    @Test("oversized messages and floods are refused")
+    func sizeAndRate() {
+        var s = session { $0.maximumMessageLength = 100; $0.messagesPerSecond = 1; $0.messageBurst = 3 }
+        guard case .send(.notice(let big))? = s.receive(String(repeating: "x", count: 101), clock: 1000, monotonic: 0).first else {
+            Issue.record("no NOTICE for size")
+            return
+        }
+        #expect(big.contains("larger"))
+        var limited = 0
+        for _ in 0..<10 {
+            if case .send(.notice(let n))? = s.receive("[\"CLOSE\",\"x\"]", clock: 1000, monotonic: 0).first, n.hasPrefix("rate-limited:") {
+                limited += 1
+            }
+        }
+        #expect(limited == 8)  // the oversized message took one token, the burst allows two more
+        #expect(s.receive("[\"CLOSE\",\"x\"]", clock: 1000, monotonic: 5).isEmpty)
+    }
+
+    @Test("auth required: writes need the author's AUTH, p-tagged reads need the tagged key's")
+    func authRequired() {
+        var s = session(auth: true)
+        let e = note(alice)
+        #expect(okMessage(s.receive(ClientMessage.event(e).json, clock: 1000, monotonic: 1))?.1.hasPrefix("auth-required:") == true)
+        let dm = note(alice, tags: [["p", bob.publicKey.hex]])
+        guard case .send(.closed("dms", let m))? = s.receive("[\"REQ\",\"dms\",{\"#p\":[\"\(bob.publicKey.hex)\"]}]", clock: 1000, monotonic: 1).first else {
+            Issue.record("no CLOSED auth-required")
+            return
+        }
+        #expect(m.hasPrefix("auth-required:"))
+        // Wrong challenge, then the right one.
+        let wrong = ClientAuthentication.makeEvent(relay: url, challenge: "nope", secretKey: bob, createdAt: 1000)
+        #expect(okMessage(s.receive(ClientMessage.auth(wrong).json, clock: 1000, monotonic: 1))?.0 == false)
+        let right = ClientAuthentication.makeEvent(relay: url, challenge: "challenge-1", secretKey: bob, createdAt: 1000)
+        #expect(okMessage(s.receive(ClientMessage.auth(right).json, clock: 1000, monotonic: 1))?.0 == true)
+        #expect(s.receive("[\"REQ\",\"dms\",{\"#p\":[\"\(bob.publicKey.hex)\"]}]", clock: 1000, monotonic: 1).count == 1)
+        #expect(s.liveSubscriptions(for: dm) == ["dms"])
+        // A DM to someone else is not delivered to Bob even on an open filter.
+        _ = s.receive("[\"REQ\",\"all\",{}]", clock: 1000, monotonic: 1)
+        let other = note(alice, tags: [["p", SecretKey.generate().publicKey.hex]])
+        #expect(s.liveSubscriptions(for: other).isEmpty)
+        #expect(!s.mayRead(other))
+        #expect(s.receive(ClientMessage.event(note(bob)).json, clock: 1000, monotonic: 1).count == 1)
+    }
+}
+
+import Foundation
