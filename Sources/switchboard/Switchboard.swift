@@ -4,11 +4,11 @@ import NostrCore
 import NostrCrypto
 
 @main
-struct Switchboard: ParsableCommand {
+struct Switchboard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchboard",
         abstract: "Keys, events, encryption and NIP-19 for Nostr — the developer and operator tool of Switchboard.",
-        subcommands: [KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self]
+        subcommands: [KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self, RelayCommand.self]
     )
 }
 

@@ -1,0 +1,169 @@
+public import Hummingbird
+import HummingbirdWebSocket
+public import Logging
+import NIOCore
+public import NostrCore
+import NostrCrypto
+public import ServiceLifecycle
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A NIP-01 relay that runs in-process: for development, tests and `switchboard relay`.
+///
+/// One HTTP/1.1 listener serves WebSocket upgrades (the Nostr protocol) and, for a plain GET with
+/// `Accept: application/nostr+json`, the NIP-11 document. Each connection runs one ordered loop: a message
+/// is handled (stored, queried, answered) before the next is read, so replies keep NIP-01's order.
+public final class EmbeddedRelay: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// Interface to bind; loopback by default.
+        public var host = "127.0.0.1"
+        /// Port to bind; 0 picks a free one (see `onReady`).
+        public var port = 0
+        /// Limits and access rules. `relayURL` is filled in once the port is known.
+        public var policy = RelayPolicy(relayURL: "")
+        /// Outgoing messages a connection may have queued before it is closed as too slow.
+        public var outboxCapacity = 10_000
+        public var information = RelayInformation()
+
+        public init() {}
+    }
+
+    let configuration: Configuration
+    let store: any EventStore
+    let logger: Logger
+    let onReady: @Sendable (String) async -> Void
+    let hub = RelayHub()
+    let url = Mutex<String>("")
+
+    /// - Parameter onReady: called with `ws://HOST:PORT` once the listener accepts connections.
+    public init(
+        configuration: Configuration = Configuration(), store: any EventStore = MemoryEventStore(),
+        logger: Logger = Logger(label: "switchboard.relay"), onReady: @escaping @Sendable (String) async -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.store = store
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        let router = Router()
+        let information = configuration.information
+        let relay = self
+        router.get("/") { request, _ -> Response in
+            let accept = request.headers[.accept] ?? ""
+            guard accept.contains("application/nostr+json") else {
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: "This is a Nostr relay: connect with a WebSocket client.\n")))
+            }
+            var headers = EmbeddedRelay.corsHeaders
+            headers[.contentType] = "application/nostr+json"
+            return Response(
+                status: .ok, headers: headers,
+                body: .init(byteBuffer: ByteBuffer(string: information.json(policy: relay.policy))))
+        }
+        router.on("/", method: .options) { _, _ -> Response in
+            Response(status: .noContent, headers: EmbeddedRelay.corsHeaders)
+        }
+        let frameSize = max(configuration.policy.maximumMessageLength + 1024, 1 << 16)
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: frameSize))) { request, _, _ in
+                .upgrade([:]) { inbound, outbound, _ in
+                    try await relay.serve(inbound: inbound, outbound: outbound, frameSize: frameSize)
+                }
+            },
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? relay.configuration.port
+                let address = "ws://\(relay.configuration.host):\(port)"
+                relay.url.withLock { $0 = address }
+                relay.logger.info("relay listening", metadata: ["nostr.relay": "\(address)"])
+                await relay.onReady(address)
+            },
+            logger: logger
+        )
+        try await app.run()
+    }
+
+    static let corsHeaders: HTTPFields = [
+        .accessControlAllowOrigin: "*", .accessControlAllowHeaders: "*", .accessControlAllowMethods: "GET, OPTIONS",
+    ]
+
+    var policy: RelayPolicy {
+        var policy = configuration.policy
+        policy.relayURL = url.withLock { $0 }
+        return policy
+    }
+
+    func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, frameSize: Int) async throws {
+        let (outbox, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingOldest(configuration.outboxCapacity))
+        let session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: Self.monotonicSeconds())
+        let id = hub.register(session, outbox: continuation)
+        defer { hub.remove(id) }
+        for action in session.greeting { try await execute(action, connection: id) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await text in outbox {
+                    try await outbound.write(.text(text))
+                }
+                // The outbox ends when the connection closes or when it overflowed (a client too slow to read).
+                try? await outbound.close(.normalClosure, reason: nil)
+            }
+            do {
+                for try await message in inbound.messages(maxSize: frameSize) {
+                    guard case .text(let text) = message else {
+                        hub.send(id, .notice("error: binary messages are not supported"))
+                        continue
+                    }
+                    let actions = hub.receive(id, text: text, clock: .now, monotonic: Self.monotonicSeconds())
+                    for action in actions { try await execute(action, connection: id) }
+                }
+            } catch {
+                logger.debug("connection ended", metadata: ["error": "\(error)"])
+            }
+            hub.remove(id)
+            try await group.waitForAll()
+        }
+    }
+
+    func execute(_ action: RelaySession.Action, connection id: UInt64) async throws {
+        switch action {
+        case .send(let message):
+            hub.send(id, message)
+        case .store(let event):
+            let outcome: StoreOutcome
+            do {
+                outcome = try await store.save(event, now: .now)
+            } catch {
+                logger.error("store failed", metadata: ["nostr.event.id": "\(event.id.hex)", "error": "\(error)"])
+                hub.send(id, .ok(eventID: event.id, accepted: false, message: MachineReadablePrefix.error.message("could not store the event")))
+                return
+            }
+            let reply = outcome.okReply
+            hub.send(id, .ok(eventID: event.id, accepted: reply.accepted, message: reply.message))
+            if outcome.shouldBroadcast { hub.broadcast(event) }
+        case .query(let subscriptionID, let filters):
+            let events = (try? await store.query(filters, now: .now)) ?? []
+            hub.finishQuery(id, subscriptionID: subscriptionID, stored: events)
+        case .count(let subscriptionID, let filters):
+            do {
+                hub.send(id, .count(subscriptionID: subscriptionID, count: try await store.count(filters, now: .now)))
+            } catch {
+                hub.send(id, .closed(subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("count failed")))
+            }
+        }
+    }
+
+    static func newChallenge() -> String { Hex.encode(SecureMemory.randomBytes(16)) }
+
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,40 @@
+import ArgumentParser
+import Logging
+import NostrRelay
+import ServiceLifecycle
+
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "Run the embedded NIP-01 relay (in memory) until SIGTERM or SIGINT.",
+        discussion: "Prints ws://HOST:PORT on stdout once it accepts connections. Port 0 picks a free port.")
+
+    @Option(help: "Interface to bind.") var host = "127.0.0.1"
+    @Option(help: "Port to bind (0 = any free port).") var port = 0
+    @Flag(help: "Require NIP-42 authentication to publish (as the author) and to read events that p-tag a pubkey (as that pubkey).")
+    var authRequired = false
+    @Option(help: "Largest accepted message in bytes.") var maxMessageLength = 512 * 1024
+    @Option(help: "Messages per second per connection (sustained).") var rateLimit: Double = 100
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .info
+            return handler
+        }
+        var configuration = EmbeddedRelay.Configuration()
+        configuration.host = host
+        configuration.port = port
+        configuration.policy.authRequired = authRequired
+        configuration.policy.maximumMessageLength = maxMessageLength
+        configuration.policy.messagesPerSecond = rateLimit
+        configuration.policy.messageBurst = rateLimit * 2
+        let logger = Logger(label: "switchboard.relay")
+        let relay = EmbeddedRelay(configuration: configuration, logger: logger) { url in
+            IO.writeLine(url)
+        }
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: relay)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
