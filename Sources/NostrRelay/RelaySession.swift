@@ -41,10 +41,10 @@ public struct RelaySession: Sendable {
     ///   - clock: wall-clock seconds (for `created_at` checks); `monotonic`: for the rate limiter.
     public mutating func receive(_ text: String, clock: Timestamp, monotonic: Double) -> [Action] {
         guard bucket.take(now: monotonic) else {
-            return [.send(.notice(MachineReadablePrefix.rateLimited.message("slow down")))]
+            return refusal(for: text, .rateLimited, "slow down")
         }
         guard text.utf8.count <= policy.maximumMessageLength else {
-            return [.send(.notice("error: message larger than \(policy.maximumMessageLength) bytes"))]
+            return refusal(for: text, .invalid, "message larger than \(policy.maximumMessageLength) bytes")
         }
         let message: ClientMessage
         do {
@@ -62,6 +62,70 @@ public struct RelaySession: Sendable {
             subscriptions[id] = nil
             return []
         case .auth(let event): return authenticate(event, clock: clock)
+        }
+    }
+
+    /// A message refused before parsing (rate limit, size) still gets the reply its sender waits for: `OK`
+    /// for an EVENT, `CLOSED` for a REQ or COUNT, `NOTICE` otherwise. The verb and id are found by a bounded
+    /// scan, not a full parse, so a flood costs little.
+    private func refusal(for text: String, _ prefix: MachineReadablePrefix, _ detail: String) -> [Action] {
+        let reason = prefix.message(detail)
+        switch Self.sniff(text) {
+        case .event(let id): return [.send(.ok(eventID: id, accepted: false, message: reason))]
+        case .subscription(let id) where id.utf8.count <= policy.maximumSubscriptionIDLength:
+            return [.send(.closed(subscriptionID: id, message: reason))]
+        default: return [.send(.notice(prefix == .rateLimited ? reason : "error: \(detail)"))]
+        }
+    }
+
+    enum Sniffed: Equatable {
+        case event(EventID)
+        case subscription(String)
+        case other
+    }
+
+    /// Finds `["EVENT",{…"id":"<hex>"…` or `["REQ"|"COUNT","<sub>"` without parsing the whole message. In an
+    /// EVENT the first unescaped `"id":"` is the event's own key (strings inside it have their quotes escaped).
+    static func sniff(_ text: String) -> Sniffed {
+        let bytes = Array(text.utf8.prefix(4096))
+        func string(at start: Int) -> String? {
+            guard start < bytes.count, bytes[start] == UInt8(ascii: "\"") else { return nil }
+            var end = start + 1
+            while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\\") { end += 1 }
+            guard end < bytes.count, bytes[end] == UInt8(ascii: "\"") else { return nil }
+            return String(decoding: bytes[(start + 1)..<end], as: UTF8.self)
+        }
+        func skipSpace(_ i: Int) -> Int {
+            var i = i
+            while i < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[i]) { i += 1 }
+            return i
+        }
+        var i = skipSpace(0)
+        guard i < bytes.count, bytes[i] == UInt8(ascii: "[") else { return .other }
+        i = skipSpace(i + 1)
+        guard let verb = string(at: i) else { return .other }
+        i = skipSpace(i + verb.utf8.count + 2)
+        guard i < bytes.count, bytes[i] == UInt8(ascii: ",") else { return .other }
+        i = skipSpace(i + 1)
+        switch verb {
+        case "REQ", "COUNT":
+            return string(at: i).map(Sniffed.subscription) ?? .other
+        case "EVENT":
+            let key = Array("\"id\"".utf8)
+            var j = i
+            while j + key.count < bytes.count {
+                if Array(bytes[j..<(j + key.count)]) == key {
+                    var k = skipSpace(j + key.count)
+                    guard k < bytes.count, bytes[k] == UInt8(ascii: ":") else { return .other }
+                    k = skipSpace(k + 1)
+                    guard let hex = string(at: k), let id = try? EventID(hex: hex) else { return .other }
+                    return .event(id)
+                }
+                j += 1
+            }
+            return .other
+        default:
+            return .other
         }
     }
 
@@ -94,7 +158,8 @@ public struct RelaySession: Sendable {
             return reject(.invalid, "could not verify")
         }
         if policy.authRequired && !authenticated.contains(event.pubkey) {
-            return reject(.authRequired, "authenticate as the event's author to publish")
+            // A fresh copy of the challenge: clients such as rust-nostr wait for one before authenticating.
+            return reject(.authRequired, "authenticate as the event's author to publish") + greeting
         }
         if event.createdAt > clock + policy.maximumFutureSkew {
             return reject(.invalid, "created_at is too far in the future")
@@ -110,6 +175,7 @@ public struct RelaySession: Sendable {
                     return [.send(.closed(
                         subscriptionID: id,
                         message: MachineReadablePrefix.authRequired.message("authenticate as \(missing.prefix(64)) to read its events")))]
+                        + greeting
                 }
             }
         }

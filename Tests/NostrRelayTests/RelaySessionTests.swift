@@ -113,6 +113,41 @@ struct RelaySessionTests {
         #expect(s.receive("[\"CLOSE\",\"x\"]", clock: 1000, monotonic: 5).isEmpty)
     }
 
+    @Test("refused before parsing (rate, size), EVENTs still get OK false and REQs CLOSED")
+    func refusalsKeepTheProtocol() {
+        var s = session { $0.messagesPerSecond = 0.001; $0.messageBurst = 1; $0.maximumMessageLength = 2000 }
+        _ = s.receive("[\"CLOSE\",\"x\"]", clock: 1000, monotonic: 0)
+        let e = note(alice)
+        let reply = okMessage(s.receive(ClientMessage.event(e).json, clock: 1000, monotonic: 0))
+        #expect(reply?.0 == false)
+        #expect(reply?.1.hasPrefix("rate-limited:") == true)
+        guard case .send(.closed("sub", let m))? = s.receive("[\"REQ\", \"sub\", {}]", clock: 1000, monotonic: 0).first else {
+            Issue.record("no CLOSED for a rate-limited REQ")
+            return
+        }
+        #expect(m.hasPrefix("rate-limited:"))
+        var big = session { $0.maximumMessageLength = 300 }
+        let large = EventTemplate(kind: 1, content: String(repeating: "\"quoted \\\"id\\\":\\\"x\" ", count: 20), createdAt: 5).sign(with: alice)
+        let sizeReply = okMessage(big.receive(ClientMessage.event(large).json, clock: 1000, monotonic: 0))
+        #expect(sizeReply?.0 == false)
+        #expect(sizeReply?.1.hasPrefix("invalid:") == true)
+        guard case .send(.ok(let id, _, _))? = big.receive(ClientMessage.event(large).json, clock: 1000, monotonic: 0).first else {
+            Issue.record("no OK")
+            return
+        }
+        #expect(id == large.id)
+    }
+
+    @Test("the sniffer finds EVENT ids and subscription ids, and nothing in junk")
+    func sniffing() {
+        let e = note(alice)
+        #expect(RelaySession.sniff(ClientMessage.event(e).json) == .event(e.id))
+        #expect(RelaySession.sniff(" [ \"COUNT\" , \"c1\" ,{}]") == .subscription("c1"))
+        for junk in ["", "[", "[\"EVENT\"", "[\"EVENT\",{\"id\":\"zz\"}]", "{\"id\":1}", "[\"REQ\",5]", "[\"X\",\"y\"]"] {
+            #expect(RelaySession.sniff(junk) == .other, "\(junk)")
+        }
+    }
+
     @Test("auth required: writes need the author's AUTH, p-tagged reads need the tagged key's")
     func authRequired() {
         var s = session(auth: true)
