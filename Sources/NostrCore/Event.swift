@@ -70,12 +70,9 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
         writer.integer(createdAt)
         writer.raw(",")
         writer.integer(kind.rawValue)
-        writer.raw(",[")
-        for (i, tag) in tags.enumerated() {
-            if i > 0 { writer.raw(",") }
-            writer.stringArray(tag.fields)
-        }
-        writer.raw("],")
+        writer.raw(",")
+        writer.tags(tags)
+        writer.raw(",")
         writer.string(content)
         writer.raw("]")
         return writer.bytes
@@ -137,12 +134,9 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
         writer.integer(createdAt)
         writer.raw(",\"kind\":")
         writer.integer(kind.rawValue)
-        writer.raw(",\"tags\":[")
-        for (i, tag) in tags.enumerated() {
-            if i > 0 { writer.raw(",") }
-            writer.stringArray(tag.fields)
-        }
-        writer.raw("],\"content\":")
+        writer.raw(",\"tags\":")
+        writer.tags(tags)
+        writer.raw(",\"content\":")
         writer.string(content)
         if let sig {
             writer.raw(",\"sig\":\"")

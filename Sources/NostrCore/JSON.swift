@@ -346,6 +346,16 @@ public struct JSONWriter: Sendable {
         bytes.append(UInt8(ascii: "]"))
     }
 
+    /// Writes a `tags` array: arrays of strings.
+    public mutating func tags(_ tags: [Tag]) {
+        bytes.append(UInt8(ascii: "["))
+        for (i, tag) in tags.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            stringArray(tag.fields)
+        }
+        bytes.append(UInt8(ascii: "]"))
+    }
+
     /// Writes any ``JSONValue`` (object keys in sorted order, for stable output).
     public mutating func value(_ value: JSONValue) {
         switch value {
