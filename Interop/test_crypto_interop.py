@@ -518,26 +518,11 @@ def test_rust_nip44_is_capped_below_spec_limit():
 def test_nip44_rust_encrypts_switchboard_decrypts(switchboard, rng):
     edges = [1, 2, 31, 32, 33, 63, 64, 65, 255, 256, 257, 1023, 1024, 1025,
              4096, 8193, 32768, 32769, 65000, RUST_NIP44_MAX]
-    cases = []
-    for n in _lengths(rng, edges, 120, RUST_NIP44_MAX):
-        sender, recipient = make_keys(rng), make_keys(rng)
-        text = make_plaintext(rng, n)
-        payload = nip44_encrypt(sender.secret_key(), recipient.public_key(), text, Nip44Version.V2)
-        args = ["decrypt", "--sec", sec_arg(rng, recipient), "--from", pub_arg(rng, sender)]
-        if n < 2000 and rng.random() < 0.3:
-            args.append(payload)
-            stdin = b""
-        else:
-            stdin = payload.encode("ascii")
-        cases.append((text, args, stdin))
-
-    results = switchboard.run_many([(a, s) for _, a, s in cases])
-    failures = [
-        f"{len(text.encode())}-byte plaintext {text!r:.200}: expected exit 0 and the exact bytes\n{res.describe()}"
-        for (text, _, _), res in zip(cases, results)
-        if res.returncode != 0 or res.stdout != text.encode("utf-8")
-    ]
-    assert not failures, report(failures, len(cases), "rust-nostr NIP-44 payloads not decrypted exactly")
+    _assert_switchboard_decrypts(
+        switchboard, rng, _lengths(rng, edges, 120, RUST_NIP44_MAX), argument_limit=2000, label="NIP-44",
+        encrypt=lambda sender, recipient, text: nip44_encrypt(
+            sender.secret_key(), recipient.public_key(), text, Nip44Version.V2),
+    )
 
 
 def test_nip44_switchboard_encrypts_rust_decrypts(switchboard, rng):
@@ -777,13 +762,22 @@ NIP04_PAYLOAD = re.compile(r"^([A-Za-z0-9+/]+={0,2})\?iv=([A-Za-z0-9+/]{22}==)$"
 
 
 def test_nip04_rust_encrypts_switchboard_decrypts(switchboard, rng):
+    _assert_switchboard_decrypts(
+        switchboard, rng, _lengths(rng, [1, 15, 16, 17, 31, 32, 33, 20000], 50, 20000), argument_limit=None,
+        label="NIP-04", encrypt=lambda sender, recipient, text: sender.nip04_encrypt(recipient.public_key(), text),
+    )
+
+
+def _assert_switchboard_decrypts(switchboard, rng, lengths, argument_limit, label, encrypt):
+    """rust-nostr encrypts one random plaintext per length; `switchboard decrypt` must print exactly it.
+    Some payloads go as an argument (only below `argument_limit` bytes, when given), the rest on stdin."""
     cases = []
-    for n in _lengths(rng, [1, 15, 16, 17, 31, 32, 33, 20000], 50, 20000):
+    for n in lengths:
         sender, recipient = make_keys(rng), make_keys(rng)
         text = make_plaintext(rng, n)
-        payload = sender.nip04_encrypt(recipient.public_key(), text)
+        payload = encrypt(sender, recipient, text)
         args = ["decrypt", "--sec", sec_arg(rng, recipient), "--from", pub_arg(rng, sender)]
-        if rng.random() < 0.3:
+        if (argument_limit is None or n < argument_limit) and rng.random() < 0.3:
             args.append(payload)
             stdin = b""
         else:
@@ -796,7 +790,7 @@ def test_nip04_rust_encrypts_switchboard_decrypts(switchboard, rng):
         for (text, _, _), res in zip(cases, results)
         if res.returncode != 0 or res.stdout != text.encode("utf-8")
     ]
-    assert not failures, report(failures, len(cases), "rust-nostr NIP-04 payloads not decrypted exactly")
+    assert not failures, report(failures, len(cases), f"rust-nostr {label} payloads not decrypted exactly")
 
 
 def test_nip04_switchboard_encrypts_rust_decrypts(switchboard, rng):
