@@ -551,6 +551,10 @@ def test_req_stored_then_eose_then_live(start_relay, rng):
 
                 # CLOSE "lim": later notes reach "multi" only.
                 await raw.send(["CLOSE", "lim"])
+                # CLOSE has no reply; a REQ answered on the same (ordered) connection proves the relay has
+                # processed it before the next note is published from another connection.
+                assert await raw.stored("barrier", {"ids": ["0" * 64]}) == []
+                await raw.send(["CLOSE", "barrier"])
                 after_close = make_event(author, 1, "after close")
                 assert_published(await publish(publisher, after_close), after_close)
                 assert await raw.live("multi") == as_dict(after_close)
