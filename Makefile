@@ -4,7 +4,7 @@
 SWIFT        ?= swift
 VENV         := Interop/.venv
 PYTHON       := $(VENV)/bin/python
-APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev pkg-config python3 python3-venv
+APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test deps venv build build-release unit interop bench fuzz clean

@@ -130,6 +130,14 @@ class RelayProcess:
         return (f"[seed {SEED}] {' '.join(self.args)}\n  returncode: {self.proc.poll()}\n"
                 f"  stdout: {self.stdout_lines[:5]!r}\n  stderr tail:\n{self.stderr_tail()}")
 
+    stopped_by_test = False
+
+    def restart_check_stop(self):
+        """Stops the relay in the middle of a test; fails unless it was running and exited on SIGTERM."""
+        was_alive, exited = self.stop()
+        self.stopped_by_test = True
+        assert was_alive and exited, f"relay did not stop cleanly:\n{self.describe()}"
+
     def stop(self):
         """SIGTERM, wait, SIGKILL. Returns (was_alive_before, exited_on_sigterm)."""
         was_alive = self.alive()
@@ -160,6 +168,8 @@ def start_relay(switchboard, tmp_path):
     yield start
     problems = []
     for relay in started:
+        if relay.stopped_by_test:
+            continue
         was_alive, exited = relay.stop()
         if not was_alive:
             problems.append(f"relay died during the test:\n{relay.describe()}")
@@ -607,8 +617,13 @@ def test_subscription_limit_gives_closed_restricted(start_relay):
 # 3. Replaceable and addressable events
 # --------------------------------------------------------------------------
 
-def test_replaceable_and_addressable(start_relay, rng):
-    relay = start_relay()
+def storage_args(storage: str, tmp_path) -> list:
+    return ["--db", str(tmp_path / "events.sqlite")] if storage == "sqlite" else []
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_replaceable_and_addressable(start_relay, rng, storage, tmp_path):
+    relay = start_relay(*storage_args(storage, tmp_path))
     alice, bob, carol = new_keys(rng), new_keys(rng), new_keys(rng)
     t = now() - 500
 
@@ -746,8 +761,9 @@ def test_expiration_nip40(start_relay, rng):
     run(body)
 
 
-def test_deletion_nip09(start_relay, rng):
-    relay = start_relay()
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_deletion_nip09(start_relay, rng, storage, tmp_path):
+    relay = start_relay(*storage_args(storage, tmp_path))
     alice, bob = new_keys(rng), new_keys(rng)
     t = now() - 300
 
@@ -786,6 +802,47 @@ def test_deletion_nip09(start_relay, rng):
             assert await raw.stored("still", {"ids": [hexid(n1)]}) == []
 
     run(body)
+
+
+def test_sqlite_store_survives_restart(start_relay, rng, tmp_path):
+    """--db: what rust-nostr published is served by the next relay process on the same file, deletions and
+    replacements included."""
+    db = ["--db", str(tmp_path / "events.sqlite")]
+    alice = new_keys(rng)
+    t = now() - 100
+    notes = [make_event(alice, 1, f"note {i}", tags=[["t", "persist"]], created_at=t + i) for i in range(20)]
+    profile = make_event(alice, 0, '{"name":"v2"}', created_at=t + 50)
+    old_profile = make_event(alice, 0, '{"name":"v1"}', created_at=t + 40)
+    deletion = make_event(alice, 5, "", tags=[["e", hexid(notes[0])]], created_at=t + 60)
+
+    first = start_relay(*db)
+
+    async def publish_all():
+        async with nostr_client(first.url) as client:
+            for event in notes + [old_profile, profile, deletion]:
+                assert_published(await publish(client, event), event)
+
+    run(publish_all)
+    first.restart_check_stop()
+    second = start_relay(*db)
+
+    async def check():
+        got = ids(await fetch(second.url, Filter().hashtag("persist")))
+        assert got == ids(newest_first(notes[1:])), "the deleted note stays deleted, the rest come back newest first"
+        got = ids(await fetch(second.url, Filter().author(alice.public_key()).kind(Kind(0))))
+        assert got == [hexid(profile)]
+        async with raw_conn(second.url) as raw:
+            await raw.publish(notes[0])
+            assert await raw.stored("still-deleted", {"ids": [hexid(notes[0])]}) == []
+
+    run(check)
+
+
+def test_unopenable_db_is_a_clear_error(switchboard, tmp_path):
+    proc = subprocess.run([switchboard.path, "relay", "--port", "0", "--db", str(tmp_path / "no" / "such" / "dir.sqlite")],
+                          capture_output=True, timeout=START_TIMEOUT)
+    assert proc.returncode != 0
+    assert b"cannot open the database" in proc.stderr, proc.stderr
 
 
 # --------------------------------------------------------------------------

@@ -148,8 +148,12 @@ public final class EmbeddedRelay: Service, Sendable {
             hub.send(id, .ok(eventID: event.id, accepted: reply.accepted, message: reply.message))
             if outcome.shouldBroadcast { hub.broadcast(event) }
         case .query(let subscriptionID, let filters):
-            let events = (try? await store.query(filters, now: .now)) ?? []
-            hub.finishQuery(id, subscriptionID: subscriptionID, stored: events)
+            do {
+                hub.finishQuery(id, subscriptionID: subscriptionID, stored: try await store.query(filters, now: .now))
+            } catch {
+                logger.error("query failed", metadata: ["error": "\(error)"])
+                hub.failQuery(id, subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("query failed"))
+            }
         case .count(let subscriptionID, let filters):
             do {
                 hub.send(id, .count(subscriptionID: subscriptionID, count: try await store.count(filters, now: .now)))

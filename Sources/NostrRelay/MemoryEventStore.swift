@@ -10,8 +10,8 @@ public final class MemoryEventStore: EventStore {
         var events: [EventID: Event] = [:]
         /// Current version per replaceable/addressable address.
         var addresses: [String: EventID] = [:]
-        /// NIP-09: ids deleted by their author (the author is kept so only the author's deletion counts).
-        var deletedIDs: [EventID: PublicKey] = [:]
+        /// NIP-09: ids with the pubkeys that asked to delete them (only the author's request counts).
+        var deletedIDs: [EventID: Set<PublicKey>] = [:]
         /// NIP-09 `a` deletions: address → deletion `created_at` (versions up to it are deleted).
         var deletedAddresses: [String: Timestamp] = [:]
     }
@@ -29,7 +29,7 @@ public final class MemoryEventStore: EventStore {
         if event.kind.isEphemeral { return .ephemeral }
         return state.withLock { state in
             if state.events[event.id] != nil { return .duplicate }
-            if let author = state.deletedIDs[event.id], author == event.pubkey { return .deleted }
+            if state.deletedIDs[event.id]?.contains(event.pubkey) == true { return .deleted }
             if let address = event.replacementAddress {
                 if let deletedUpTo = state.deletedAddresses[address], event.createdAt <= deletedUpTo { return .deleted }
                 if let currentID = state.addresses[address], let current = state.events[currentID] {
@@ -58,7 +58,7 @@ public final class MemoryEventStore: EventStore {
                         state.addresses[address] = nil
                     }
                 }
-                state.deletedIDs[b] = deletion.pubkey
+                state.deletedIDs[b, default: []].insert(deletion.pubkey)
             case "a":
                 let address = tag.fields[1]
                 let parts = address.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)

@@ -75,6 +75,17 @@ final class RelayHub: Sendable {
         }
     }
 
+    /// Ends a subscription whose stored-event query failed: `CLOSED` with `message`, no live events after it.
+    func failQuery(_ id: UInt64, subscriptionID: String, message: String) {
+        connections.withLock { all in
+            guard var connection = all[id] else { return }
+            connection.pending[subscriptionID] = nil
+            connection.session.dropSubscription(subscriptionID)
+            Self.enqueue(RelayMessage.closed(subscriptionID: subscriptionID, message: message).json, to: &connection)
+            all[id] = connection
+        }
+    }
+
     /// Sends a newly accepted event to every matching subscription on every connection.
     func broadcast(_ event: Event) {
         connections.withLock { all in

@@ -22,6 +22,9 @@ public struct RelaySession: Sendable {
     public let challenge: String
     /// Open subscriptions by id.
     public private(set) var subscriptions: [String: [Filter]] = [:]
+
+    /// Ends a subscription the relay could not serve (its `CLOSED` is sent by the caller).
+    mutating func dropSubscription(_ id: String) { subscriptions[id] = nil }
     /// Public keys this connection has authenticated as (NIP-42).
     public private(set) var authenticated: Set<PublicKey> = []
     private var bucket: TokenBucket

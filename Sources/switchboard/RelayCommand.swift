@@ -6,13 +6,15 @@ import ServiceLifecycle
 struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
-        abstract: "Run the embedded NIP-01 relay (in memory) until SIGTERM or SIGINT.",
+        abstract: "Run the embedded NIP-01 relay until SIGTERM or SIGINT.",
         discussion: "Prints ws://HOST:PORT on stdout once it accepts connections. Port 0 picks a free port.")
 
     @Option(help: "Interface to bind.") var host = "127.0.0.1"
     @Option(help: "Port to bind (0 = any free port).") var port = 0
     @Flag(help: "Require NIP-42 authentication to publish (as the author) and to read events that p-tag a pubkey (as that pubkey).")
     var authRequired = false
+    @Option(help: "SQLite database file for events (created if missing); without it, events are kept in memory.")
+    var db: String?
     @Option(help: "Largest accepted message in bytes.") var maxMessageLength = 512 * 1024
     @Option(help: "Messages per second per connection (sustained).") var rateLimit: Double = 100
 
@@ -30,7 +32,17 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.policy.messagesPerSecond = rateLimit
         configuration.policy.messageBurst = rateLimit * 2
         let logger = Logger(label: "switchboard.relay")
-        let relay = EmbeddedRelay(configuration: configuration, logger: logger) { url in
+        let store: any EventStore
+        if let db {
+            do {
+                store = try SQLiteEventStore(path: db)
+            } catch {
+                throw ValidationError("cannot open the database \(db): \(error)")
+            }
+        } else {
+            store = MemoryEventStore()
+        }
+        let relay = EmbeddedRelay(configuration: configuration, store: store, logger: logger) { url in
             IO.writeLine(url)
         }
         let group = ServiceGroup(
