@@ -8,7 +8,10 @@ struct Switchboard: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchboard",
         abstract: "Keys, events, encryption and NIP-19 for Nostr — the developer and operator tool of Switchboard.",
-        subcommands: [KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self, RelayCommand.self]
+        subcommands: [
+            KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self, RelayCommand.self,
+            PublishCommand.self, SubscribeCommand.self,
+        ]
     )
 }
 

@@ -1,0 +1,311 @@
+import NostrCore
+import NostrCrypto
+
+/// The client side of one relay connection as a state machine: which subscriptions and publishes are in
+/// flight, what must be re-sent after a reconnect, NIP-42 authentication and rate-limit back-off.
+///
+/// It performs no I/O. ``RelayConnection`` feeds it what happens (connected, a message arrived, a timer fired)
+/// and executes the actions it returns.
+struct RelayClientState {
+    struct Configuration {
+        /// Subtracted from the newest `created_at` seen when a subscription is resumed after a reconnect.
+        var resumeMargin: Int64 = 60
+        /// Whether a signer is available to answer NIP-42 challenges.
+        var canAuthenticate = false
+        /// Rate-limit back-off: first delay and cap, in seconds (doubled per attempt).
+        var rateLimitDelay: Double = 1
+        var rateLimitMaximumDelay: Double = 30
+        /// How many times a rate-limited publish is retried before it is reported rejected.
+        var rateLimitRetries = 5
+        var messageLimits = MessageLimits()
+    }
+
+    enum Waiting: Equatable {
+        /// Sent (or will be, on connect); nothing to wait for.
+        case none
+        /// Refused with `auth-required:`; re-sent once authenticated.
+        case authentication
+        /// Refused with `rate-limited:`; re-sent at this monotonic time.
+        case retry(at: Double, attempt: Int)
+    }
+
+    struct Subscription {
+        var filters: [Filter]
+        /// Newest `created_at` delivered (capped at the wall clock when it arrived).
+        var newestSeen: Timestamp?
+        /// Wall clock when the relay first sent `EOSE`.
+        var caughtUpAt: Timestamp?
+        var waiting: Waiting = .none
+        var reportedEndOfStoredEvents = false
+        /// The message of an `auth-required:` refusal, reported if authentication fails.
+        var refusal: String?
+    }
+
+    struct Publish {
+        var event: Event
+        var waiting: Waiting = .none
+        var refusal: String?
+    }
+
+    enum Action: Equatable {
+        case send(String)
+        case deliver(subscriptionID: String, Event)
+        case endOfStoredEvents(subscriptionID: String)
+        case subscriptionClosed(subscriptionID: String, message: String)
+        case publishFinished(EventID, PublishResult)
+        /// Sign a NIP-42 event for this challenge and pass it to ``authenticationSigned(_:)``.
+        case authenticate(challenge: String)
+        case notice(String)
+        /// A message or event the relay should not have sent: dropped and counted.
+        case dropped(reason: String)
+    }
+
+    let configuration: Configuration
+    private(set) var isConnected = false
+    private(set) var subscriptions: [String: Subscription] = [:]
+    private(set) var publishes: [EventID: Publish] = [:]
+    private var challenge: String?
+    private var authenticationInFlight: EventID?
+    private var isAuthenticated = false
+
+    init(configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    // MARK: Connection
+
+    /// A connection opened: everything live is sent again (subscriptions resumed from where they were).
+    mutating func connected() -> [Action] {
+        isConnected = true
+        challenge = nil
+        authenticationInFlight = nil
+        isAuthenticated = false
+        var actions = [Action]()
+        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) {
+            subscriptions[id]?.waiting = .none
+            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
+        }
+        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) {
+            publishes[id]?.waiting = .none
+            actions.append(.send(ClientMessage.event(publish.event).json))
+        }
+        return actions
+    }
+
+    mutating func disconnected() {
+        isConnected = false
+        authenticationInFlight = nil
+    }
+
+    /// The filters that resume `subscription` after a gap: `since` moved up to what was already seen (minus
+    /// the margin) and no `limit`, so every event of the gap comes, and little else.
+    func resumeFilters(_ subscription: Subscription) -> [Filter] {
+        guard let anchor = subscription.newestSeen ?? subscription.caughtUpAt else { return subscription.filters }
+        let since = max(0, anchor - configuration.resumeMargin)
+        return subscription.filters.map { filter in
+            var f = filter
+            f.since = max(filter.since ?? 0, since)
+            f.limit = nil
+            return f
+        }
+    }
+
+    // MARK: Requests from the pool
+
+    mutating func subscribe(_ id: String, filters: [Filter]) -> [Action] {
+        subscriptions[id] = Subscription(filters: filters)
+        return isConnected ? [.send(ClientMessage.request(subscriptionID: id, filters: filters).json)] : []
+    }
+
+    mutating func unsubscribe(_ id: String) -> [Action] {
+        guard subscriptions.removeValue(forKey: id) != nil, isConnected else { return [] }
+        return [.send(ClientMessage.close(subscriptionID: id).json)]
+    }
+
+    mutating func publish(_ event: Event) -> [Action] {
+        publishes[event.id] = Publish(event: event)
+        return isConnected ? [.send(ClientMessage.event(event).json)] : []
+    }
+
+    /// The publisher stopped waiting (timeout): forget the event.
+    mutating func abandonPublish(_ id: EventID) {
+        publishes[id] = nil
+    }
+
+    // MARK: Relay messages
+
+    mutating func receive(_ text: String, now: Timestamp, monotonic: Double) -> [Action] {
+        let message: RelayMessage
+        do {
+            message = try RelayMessage(json: text, limits: configuration.messageLimits)
+        } catch {
+            return [.dropped(reason: "unreadable message: \(error)")]
+        }
+        switch message {
+        case .event(let id, let event):
+            return receiveEvent(event, subscriptionID: id, now: now)
+        case .endOfStoredEvents(let id):
+            guard var subscription = subscriptions[id] else { return [] }
+            if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
+            let first = !subscription.reportedEndOfStoredEvents
+            subscription.reportedEndOfStoredEvents = true
+            subscriptions[id] = subscription
+            return first ? [.endOfStoredEvents(subscriptionID: id)] : []
+        case .closed(let id, let text):
+            return receiveClosed(id, text, monotonic: monotonic)
+        case .ok(let id, let accepted, let text):
+            return receiveOK(id, accepted: accepted, text, monotonic: monotonic)
+        case .auth(let newChallenge):
+            challenge = newChallenge
+            isAuthenticated = false
+            authenticationInFlight = nil
+            return authenticateIfNeeded()
+        case .notice(let text):
+            return [.notice(text)]
+        case .count:
+            return []
+        }
+    }
+
+    private mutating func receiveEvent(_ event: Event, subscriptionID id: String, now: Timestamp) -> [Action] {
+        guard var subscription = subscriptions[id] else { return [] }  // closed meanwhile
+        guard event.isValid else { return [.dropped(reason: "event \(event.id.hex) fails id or signature check")] }
+        guard subscription.filters.contains(where: { $0.matches(event) }) else {
+            return [.dropped(reason: "event \(event.id.hex) does not match subscription \(id)")]
+        }
+        let seen = min(event.createdAt, now)
+        subscription.newestSeen = max(subscription.newestSeen ?? seen, seen)
+        subscriptions[id] = subscription
+        return [.deliver(subscriptionID: id, event)]
+    }
+
+    private mutating func receiveClosed(_ id: String, _ text: String, monotonic: Double) -> [Action] {
+        guard var subscription = subscriptions[id] else { return [] }
+        switch MachineReadablePrefix(message: text) {
+        case .authRequired where configuration.canAuthenticate && !isAuthenticated:
+            subscription.waiting = .authentication
+            subscription.refusal = text
+            subscriptions[id] = subscription
+            return authenticateIfNeeded()
+        case .rateLimited:
+            let attempt = subscription.waiting.attempt + 1
+            subscription.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
+            subscriptions[id] = subscription
+            return []
+        default:
+            subscriptions[id] = nil
+            return [.subscriptionClosed(subscriptionID: id, message: text)]
+        }
+    }
+
+    private mutating func receiveOK(_ id: EventID, accepted: Bool, _ text: String, monotonic: Double) -> [Action] {
+        if id == authenticationInFlight {
+            authenticationInFlight = nil
+            return accepted ? authenticationAccepted() : authenticationRefused(text)
+        }
+        guard var publish = publishes[id] else { return [] }
+        if accepted {
+            publishes[id] = nil
+            return [.publishFinished(id, .accepted(message: text))]
+        }
+        switch MachineReadablePrefix(message: text) {
+        case .authRequired where configuration.canAuthenticate && !isAuthenticated:
+            publish.waiting = .authentication
+            publish.refusal = text
+            publishes[id] = publish
+            return authenticateIfNeeded()
+        case .rateLimited where publish.waiting.attempt < configuration.rateLimitRetries:
+            let attempt = publish.waiting.attempt + 1
+            publish.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
+            publishes[id] = publish
+            return []
+        default:
+            publishes[id] = nil
+            return [.publishFinished(id, .rejected(message: text))]
+        }
+    }
+
+    // MARK: NIP-42
+
+    private var waitingForAuthentication: Bool {
+        subscriptions.values.contains { $0.waiting == .authentication }
+            || publishes.values.contains { $0.waiting == .authentication }
+    }
+
+    private mutating func authenticateIfNeeded() -> [Action] {
+        guard isConnected, configuration.canAuthenticate, authenticationInFlight == nil, !isAuthenticated,
+            let challenge, waitingForAuthentication
+        else { return [] }
+        return [.authenticate(challenge: challenge)]
+    }
+
+    /// The signed AUTH event for the current challenge.
+    mutating func authenticationSigned(_ event: Event) -> [Action] {
+        guard isConnected, event.firstTagValue("challenge") == challenge else { return [] }
+        authenticationInFlight = event.id
+        return [.send(ClientMessage.auth(event).json)]
+    }
+
+    /// Signing the AUTH event failed: whatever waited for it fails with the relay's refusal.
+    mutating func authenticationFailed(_ reason: String) -> [Action] {
+        authenticationRefused(reason)
+    }
+
+    private mutating func authenticationAccepted() -> [Action] {
+        isAuthenticated = true
+        var actions = [Action]()
+        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) where subscription.waiting == .authentication {
+            subscriptions[id]?.waiting = .none
+            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
+        }
+        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) where publish.waiting == .authentication {
+            publishes[id]?.waiting = .none
+            actions.append(.send(ClientMessage.event(publish.event).json))
+        }
+        return actions
+    }
+
+    private mutating func authenticationRefused(_ reason: String) -> [Action] {
+        var actions = [Action]()
+        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) where subscription.waiting == .authentication {
+            subscriptions[id] = nil
+            actions.append(.subscriptionClosed(subscriptionID: id, message: subscription.refusal ?? reason))
+        }
+        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) where publish.waiting == .authentication {
+            publishes[id] = nil
+            actions.append(.publishFinished(id, .rejected(message: publish.refusal ?? reason)))
+        }
+        return actions
+    }
+
+    // MARK: Timers
+
+    /// Re-sends what waited out a rate-limit back-off.
+    mutating func tick(monotonic: Double) -> [Action] {
+        guard isConnected else { return [] }
+        var actions = [Action]()
+        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) {
+            guard case .retry(let at, _) = subscription.waiting, at <= monotonic else { continue }
+            subscriptions[id]?.waiting = .retry(at: .infinity, attempt: subscription.waiting.attempt)
+            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
+        }
+        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) {
+            guard case .retry(let at, _) = publish.waiting, at <= monotonic else { continue }
+            publishes[id]?.waiting = .retry(at: .infinity, attempt: publish.waiting.attempt)
+            actions.append(.send(ClientMessage.event(publish.event).json))
+        }
+        return actions
+    }
+
+    private func backoff(_ attempt: Int) -> Double {
+        min(configuration.rateLimitMaximumDelay, configuration.rateLimitDelay * Double(1 << min(attempt - 1, 16)))
+    }
+}
+
+extension RelayClientState.Waiting {
+    /// Rate-limit attempts so far (kept while the re-sent message is in flight).
+    var attempt: Int {
+        if case .retry(_, let attempt) = self { return attempt }
+        return 0
+    }
+}

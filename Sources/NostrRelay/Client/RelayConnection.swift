@@ -1,0 +1,388 @@
+import Foundation
+import Logging
+import CoreMetrics
+import NostrCore
+import NostrCrypto
+import Synchronization
+import WSClient
+
+/// Where a connection hands what its relay sent for the pool's subscriptions.
+protocol RelayConnectionDelegate: Sendable {
+    func deliver(_ event: Event, subscriptionID: String, from relay: RelayURL) async
+    func endOfStoredEvents(subscriptionID: String, from relay: RelayURL) async
+    func subscriptionClosed(subscriptionID: String, by relay: RelayURL, message: String) async
+}
+
+/// A snapshot of one relay connection's health, for status pages and health checks.
+public struct RelayStatus: Hashable, Sendable {
+    public var url: RelayURL
+    public var isConnected: Bool
+    /// Connections opened after the first.
+    public var reconnects: Int
+    public var messagesReceived: Int
+    public var messagesSent: Int
+    /// Events dropped because their id or signature was wrong, or they did not match the subscription.
+    public var invalidEvents: Int
+    /// Why the last connection attempt or connection ended.
+    public var lastError: String?
+}
+
+/// One relay: connects, keeps the connection alive, reconnects with capped exponential back-off and jitter
+/// for as long as it runs, and re-sends live subscriptions and unconfirmed publishes on every new connection.
+///
+/// All messages from the relay are read and handled in one loop, in order; delivering an event waits while
+/// the subscriber's buffer is full, which stops reading from this relay (and only this relay).
+final class RelayConnection: Sendable {
+    struct Shared {
+        var machine: RelayClientState
+        var outbox: AsyncStream<String>.Continuation?
+        var waiters: [EventID: [UInt64: OneShot<PublishResult>]] = [:]
+        var nextWaiter: UInt64 = 0
+        var status: RelayStatus
+        var connections = 0
+    }
+
+    let url: RelayURL
+    private let shared: Mutex<Shared>
+    private let configuration: RelayPool.Configuration
+    private let signer: (any EventSigner)?
+    private let delegate: any RelayConnectionDelegate
+    private let logger: Logger
+    private let stopSignal = AsyncStream<Never>.makeStream()
+    private let metrics: Instruments
+
+    struct Instruments {
+        let connected: Gauge
+        let reconnects: Counter
+        let messagesIn: Counter
+        let messagesOut: Counter
+        let invalid: Counter
+        let publishDuration: CoreMetrics.Timer
+
+        init(url: RelayURL, factory: any MetricsFactory) {
+            let dimensions = [("relay", url.string)]
+            connected = Gauge(label: "nostr_relay_connected", dimensions: dimensions, factory: factory)
+            reconnects = Counter(label: "nostr_relay_reconnects_total", dimensions: dimensions, factory: factory)
+            messagesIn = Counter(label: "nostr_relay_messages_received_total", dimensions: dimensions, factory: factory)
+            messagesOut = Counter(label: "nostr_relay_messages_sent_total", dimensions: dimensions, factory: factory)
+            invalid = Counter(label: "nostr_relay_invalid_events_total", dimensions: dimensions, factory: factory)
+            publishDuration = CoreMetrics.Timer(label: "nostr_relay_publish_duration", dimensions: dimensions, factory: factory)
+        }
+    }
+
+    init(
+        url: RelayURL, configuration: RelayPool.Configuration, signer: (any EventSigner)?,
+        delegate: any RelayConnectionDelegate, logger: Logger
+    ) {
+        self.url = url
+        self.configuration = configuration
+        self.signer = signer
+        self.delegate = delegate
+        var logger = logger
+        logger[metadataKey: "nostr.relay"] = "\(url)"
+        self.logger = logger
+        var machineConfiguration = RelayClientState.Configuration()
+        machineConfiguration.resumeMargin = configuration.resumeMargin
+        machineConfiguration.canAuthenticate = signer != nil
+        self.shared = Mutex(Shared(
+            machine: RelayClientState(configuration: machineConfiguration),
+            status: RelayStatus(url: url, isConnected: false, reconnects: 0, messagesReceived: 0, messagesSent: 0, invalidEvents: 0)))
+        self.metrics = Instruments(url: url, factory: configuration.metricsFactory)
+    }
+
+    var status: RelayStatus { shared.withLock { $0.status } }
+
+    /// Ends ``run()``: the connection closes and is not reopened.
+    func stop() { stopSignal.continuation.finish() }
+
+    /// Runs until ``stop()`` or cancellation.
+    func run() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.connectLoop() }
+            group.addTask { await self.tickLoop() }
+            for await _ in stopSignal.stream {}
+            group.cancelAll()
+        }
+        shared.withLock { shared in
+            shared.status.isConnected = false
+            for waiter in shared.waiters.values.flatMap(\.values) { waiter.fulfil(.unreachable(reason: "relay removed")) }
+            shared.waiters = [:]
+        }
+    }
+
+    // MARK: Requests
+
+    func subscribe(_ id: String, filters: [Filter]) {
+        withMachine { $0.subscribe(id, filters: filters) }
+    }
+
+    func unsubscribe(_ id: String) {
+        withMachine { $0.unsubscribe(id) }
+    }
+
+    /// Sends `event` (now, or as soon as connected) and waits for the relay's `OK`, re-sending after a
+    /// reconnect, NIP-42 authentication or a rate-limit back-off, until `timeout`.
+    func publish(_ event: Event, timeout: Duration) async -> PublishResult {
+        let started = ContinuousClock.now
+        let waiter = OneShot<PublishResult>()
+        let token = shared.withLock { shared in
+            let token = shared.nextWaiter
+            shared.nextWaiter += 1
+            shared.waiters[event.id, default: [:]][token] = waiter
+            return token
+        }
+        withMachine { $0.publish(event) }
+        let result = await withTaskGroup(of: PublishResult?.self) { group in
+            group.addTask { await waiter.wait() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        if let result {
+            metrics.publishDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
+            return result
+        }
+        return shared.withLock { shared in
+            shared.waiters[event.id]?[token] = nil
+            if shared.waiters[event.id]?.isEmpty == true {
+                shared.waiters[event.id] = nil
+                shared.machine.abandonPublish(event.id)
+            }
+            return shared.status.isConnected ? .timedOut : .unreachable(reason: shared.status.lastError ?? "not connected")
+        }
+    }
+
+    // MARK: The loops
+
+    private func connectLoop() async {
+        var failures = 0
+        var client = WebSocketClientConfiguration(
+            maxFrameSize: configuration.maximumMessageSize, closeTimeout: .seconds(2),
+            autoPing: .enabled(timePeriod: configuration.pingInterval))
+        client.additionalHeaders[.userAgent] = "switchboard"
+        while !Task.isCancelled {
+            let opened = ContinuousClock.now
+            var reason = "closed by the relay"
+            do {
+                try await WebSocketClient.connect(url: url.string, configuration: client, logger: logger) { inbound, outbound, _ in
+                    try await self.session(inbound: inbound, outbound: outbound)
+                }
+            } catch {
+                reason = Self.describe(error)
+            }
+            let wasConnected = shared.withLock { shared in
+                let was = shared.status.isConnected
+                shared.outbox?.finish()
+                shared.outbox = nil
+                shared.machine.disconnected()
+                shared.status.isConnected = false
+                shared.status.lastError = reason
+                return was
+            }
+            metrics.connected.record(0)
+            if Task.isCancelled { return }
+            if wasConnected {
+                logger.warning("disconnected", metadata: ["reason": "\(reason)"])
+            } else {
+                logger.debug("connection failed", metadata: ["reason": "\(reason)"])
+            }
+            // A connection that stayed up a while starts the back-off over.
+            if ContinuousClock.now - opened > .seconds(10) { failures = 0 }
+            let delay = Self.backoff(failures, base: configuration.reconnectDelay, cap: configuration.maximumReconnectDelay)
+            failures += 1
+            try? await Task.sleep(for: delay)
+        }
+    }
+
+    /// Capped exponential back-off with jitter: a delay between half and all of `base · 2^failures`.
+    static func backoff(_ failures: Int, base: Duration, cap: Duration) -> Duration {
+        let ceiling = min(cap, base * (1 << min(failures, 20)))
+        return ceiling * Double.random(in: 0.5...1)
+    }
+
+    private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+        let (outbox, continuation) = AsyncStream<String>.makeStream()
+        let actions = shared.withLock { shared in
+            shared.outbox = continuation
+            shared.connections += 1
+            if shared.connections > 1 { shared.status.reconnects += 1 }
+            shared.status.isConnected = true
+            shared.status.lastError = nil
+            let actions = shared.machine.connected()
+            Self.sendAll(actions, &shared)
+            return actions
+        }
+        if actions.isEmpty || status.reconnects > 0 { logger.info("connected") }
+        if status.reconnects > 0 { metrics.reconnects.increment() }
+        metrics.connected.record(1)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await text in outbox {
+                    try await outbound.writeTextMessage(text)
+                    self.metrics.messagesOut.increment()
+                }
+            }
+            await execute(actions)
+            for try await message in inbound.messages(maxSize: configuration.maximumMessageSize) {
+                metrics.messagesIn.increment()
+                shared.withLock { $0.status.messagesReceived += 1 }
+                guard case .text(let text) = message else {
+                    await execute([.dropped(reason: "binary message")])
+                    continue
+                }
+                let now = Timestamp.now, monotonic = Self.monotonicSeconds()
+                await execute(withMachine(execute: false) { $0.receive(text, now: now, monotonic: monotonic) })
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func tickLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            let monotonic = Self.monotonicSeconds()
+            await execute(withMachine(execute: false) { $0.tick(monotonic: monotonic) })
+        }
+    }
+
+    // MARK: Actions
+
+    /// Runs `body` on the state machine and queues its sends in order (under the same lock, so two callers'
+    /// messages never interleave out of order); the other actions run afterwards, unless `execute` is false,
+    /// when they are returned.
+    @discardableResult
+    private func withMachine(execute: Bool = true, _ body: (inout RelayClientState) -> [RelayClientState.Action])
+        -> [RelayClientState.Action]
+    {
+        let actions = shared.withLock { shared in
+            let actions = body(&shared.machine)
+            Self.sendAll(actions, &shared)
+            return actions
+        }
+        if execute {
+            for action in actions {
+                switch action {
+                case .publishFinished(let id, let result): finish(id, result)
+                case .send: continue
+                default: assertionFailure("requests only send or finish")
+                }
+            }
+        }
+        return actions
+    }
+
+    private static func sendAll(_ actions: [RelayClientState.Action], _ shared: inout Shared) {
+        for case .send(let text) in actions {
+            shared.outbox?.yield(text)
+            shared.status.messagesSent += 1
+        }
+    }
+
+    private func execute(_ actions: [RelayClientState.Action]) async {
+        for action in actions {
+            switch action {
+            case .send:
+                continue  // queued by withMachine
+            case .deliver(let id, let event):
+                await delegate.deliver(event, subscriptionID: id, from: url)
+            case .endOfStoredEvents(let id):
+                await delegate.endOfStoredEvents(subscriptionID: id, from: url)
+            case .subscriptionClosed(let id, let message):
+                logger.info("subscription closed by the relay", metadata: ["nostr.subscription": "\(id)", "message": "\(message)"])
+                await delegate.subscriptionClosed(subscriptionID: id, by: url, message: message)
+            case .publishFinished(let id, let result):
+                finish(id, result)
+            case .authenticate(let challenge):
+                await authenticate(challenge)
+            case .notice(let text):
+                logger.notice("NOTICE from relay", metadata: ["message": "\(text.prefix(500))"])
+            case .dropped(let reason):
+                shared.withLock { $0.status.invalidEvents += 1 }
+                metrics.invalid.increment()
+                logger.debug("dropped a message from the relay", metadata: ["reason": "\(reason.prefix(300))"])
+            }
+        }
+    }
+
+    private func finish(_ id: EventID, _ result: PublishResult) {
+        let waiters = shared.withLock { $0.waiters.removeValue(forKey: id) } ?? [:]
+        for waiter in waiters.values { waiter.fulfil(result) }
+    }
+
+    private func authenticate(_ challenge: String) async {
+        guard let signer else { return }
+        let template = EventTemplate(kind: .clientAuthentication, tags: [["relay", url.string], ["challenge", challenge]])
+        do {
+            let event = try await signer.sign(template)
+            logger.debug("authenticating (NIP-42)", metadata: ["nostr.pubkey": "\(event.pubkey.hex)"])
+            await execute(withMachine(execute: false) { $0.authenticationSigned(event) })
+        } catch {
+            logger.error("could not sign the NIP-42 event", metadata: ["error": "\(error)"])
+            await execute(withMachine(execute: false) { $0.authenticationFailed("auth-required: signing failed") })
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        let text = String(describing: error)
+        return text.count > 200 ? String(text.prefix(200)) + "…" : text
+    }
+
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// A value delivered once to one waiter; waiting ends early (with `nil`) if the waiting task is cancelled.
+final class OneShot<Value: Sendable>: Sendable {
+    private struct State {
+        var value: Value?
+        var continuation: CheckedContinuation<Value?, Never>?
+        var cancelled = false
+    }
+
+    private let state = Mutex(State())
+
+    func fulfil(_ value: Value) {
+        let continuation = state.withLock { state -> CheckedContinuation<Value?, Never>? in
+            guard state.value == nil else { return nil }
+            state.value = value
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume(returning: value)
+    }
+
+    func wait() async -> Value? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let immediate: Value?? = state.withLock { state in
+                    if let value = state.value { return .some(value) }
+                    if state.cancelled { return .some(nil) }
+                    state.continuation = continuation
+                    return .none
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let continuation = state.withLock { state -> CheckedContinuation<Value?, Never>? in
+                state.cancelled = true
+                defer { state.continuation = nil }
+                return state.continuation
+            }
+            continuation?.resume(returning: nil)
+        }
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,304 @@
+import AsyncAlgorithms
+public import CoreMetrics
+public import Logging
+public import NostrCore
+import NostrCrypto
+public import ServiceLifecycle
+import Synchronization
+
+/// Connections to several relays, used as one: subscriptions that span them (deduplicated, verified,
+/// resumed after reconnects) and publishing with a result per relay.
+///
+/// Run it as a swift-service-lifecycle `Service` (or call ``run()`` in a task): connections exist only while
+/// it runs; relays can be added and removed at any time. Each relay has its own loop, so a slow or dead relay
+/// never delays the others.
+///
+/// ```swift
+/// let pool = RelayPool(relays: [try RelayURL("wss://relay.example")], signer: KeySigner(key), logger: logger)
+/// try await withThrowingDiscardingTaskGroup { group in
+///     group.addTask { try await pool.run() }
+///     try await pool.withSubscription([Filter(kinds: [1])]) { subscription in
+///         for try await item in subscription { … }
+///     }
+/// }
+/// ```
+public final class RelayPool: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// Largest WebSocket message (and frame) accepted from a relay.
+        public var maximumMessageSize = 1 << 20
+        /// A ping is sent this often; no pong within the next period closes the connection as dead.
+        public var pingInterval: Duration = .seconds(20)
+        /// Reconnect back-off: the first delay and the cap (doubled per failure, with jitter).
+        public var reconnectDelay: Duration = .milliseconds(500)
+        public var maximumReconnectDelay: Duration = .seconds(30)
+        /// A resumed subscription asks for events from this many seconds before the newest one seen.
+        public var resumeMargin: Int64 = 60
+        /// How long ``RelayPool/publish(_:to:timeout:)`` waits for relays by default.
+        public var publishTimeout: Duration = .seconds(10)
+        /// Items a subscription buffers before its relays stop being read.
+        public var subscriptionBufferSize = 256
+        /// Event ids a subscription remembers to drop copies arriving from other relays.
+        public var deduplicationCapacity = 10_000
+        /// Where the per-relay metrics go (the global swift-metrics factory by default).
+        public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+
+        public init() {}
+    }
+
+    struct Registry {
+        var connections: [RelayURL: RelayConnection] = [:]
+        var subscriptions: [String: PoolSubscription] = [:]
+        /// Connections added and not yet handed to ``run()``.
+        var starts: AsyncStream<RelayConnection>.Continuation
+    }
+
+    public let configuration: Configuration
+    private let signer: (any EventSigner)?
+    private let logger: Logger
+    private let registry: Mutex<Registry>
+    private let starts: AsyncStream<RelayConnection>
+
+    /// A pool for `relays`; `signer` answers NIP-42 challenges (without one, `auth-required:` refusals are
+    /// reported as they are).
+    public init(relays: [RelayURL] = [], signer: (any EventSigner)? = nil, configuration: Configuration = Configuration(), logger: Logger) {
+        self.configuration = configuration
+        self.signer = signer
+        self.logger = logger
+        let (stream, continuation) = AsyncStream<RelayConnection>.makeStream()
+        self.starts = stream
+        self.registry = Mutex(Registry(starts: continuation))
+        for url in relays { add(url) }
+    }
+
+    /// The relays in the pool.
+    public var relays: [RelayURL] { registry.withLock { $0.connections.keys.sorted() } }
+
+    /// Each relay's connection state and counters.
+    public func status() -> [RelayStatus] {
+        registry.withLock { Array($0.connections.values) }.map(\.status).sorted { $0.url < $1.url }
+    }
+
+    /// Adds a relay (connected while the pool runs). Subscriptions that span all relays are opened on it.
+    /// Returns false if it is already in the pool.
+    @discardableResult
+    public func add(_ url: RelayURL) -> Bool {
+        let delegate = Delegate(pool: self)
+        return registry.withLock { registry in
+            guard registry.connections[url] == nil else { return false }
+            let connection = RelayConnection(url: url, configuration: configuration, signer: signer, delegate: delegate, logger: logger)
+            registry.connections[url] = connection
+            for (id, subscription) in registry.subscriptions where subscription.relays == nil {
+                connection.subscribe(id, filters: subscription.filters)
+            }
+            registry.starts.yield(connection)
+            return true
+        }
+    }
+
+    /// Closes and forgets a relay; its pending publishes end as unreachable.
+    public func remove(_ url: RelayURL) {
+        let connection = registry.withLock { $0.connections.removeValue(forKey: url) }
+        connection?.stop()
+    }
+
+    /// Runs every relay's connection until cancelled or, as a `Service`, until graceful shutdown.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                for await connection in self.starts {
+                    group.addTask { await connection.run() }
+                }
+            }
+        }
+        let subscriptions = registry.withLock { registry in
+            registry.starts.finish()
+            return Array(registry.subscriptions.values)
+        }
+        for subscription in subscriptions { subscription.finish() }
+    }
+
+    // MARK: Publishing
+
+    /// Publishes `event` to `relays` (all by default) and waits for each relay's answer, at most `timeout`.
+    ///
+    /// A relay that is down gets the event when it comes back, within the timeout; `auth-required:` and
+    /// `rate-limited:` refusals are retried after authenticating or backing off.
+    public func publish(_ event: Event, to relays: [RelayURL]? = nil, timeout: Duration? = nil) async -> [RelayURL: PublishResult] {
+        let targets = registry.withLock { registry in
+            relays.map { $0.compactMap { registry.connections[$0] } } ?? Array(registry.connections.values)
+        }
+        let timeout = timeout ?? configuration.publishTimeout
+        var results = [RelayURL: PublishResult]()
+        await withTaskGroup(of: (RelayURL, PublishResult).self) { group in
+            for connection in targets {
+                group.addTask { (connection.url, await connection.publish(event, timeout: timeout)) }
+            }
+            for await (url, result) in group { results[url] = result }
+        }
+        for url in relays ?? [] where results[url] == nil {
+            results[url] = .unreachable(reason: "not in the pool")
+        }
+        return results
+    }
+
+    // MARK: Subscriptions
+
+    /// Opens a subscription on `relays` (every relay in the pool, now and later, by default), runs `body` with
+    /// its items, and closes it on every relay when `body` returns or throws.
+    ///
+    /// Events are verified before they are delivered and deduplicated across relays. After a reconnect the
+    /// subscription is resumed from the newest event seen (minus ``Configuration/resumeMargin``). When the
+    /// consumer falls ``Configuration/subscriptionBufferSize`` items behind, the relays feeding it are not read
+    /// until it catches up.
+    public func withSubscription<Result>(
+        _ filters: [Filter], on relays: [RelayURL]? = nil,
+        _ body: (RelaySubscription) async throws -> Result
+    ) async throws -> Result {
+        let id = Hex.encode(SecureMemory.randomBytes(8))
+        let subscription = PoolSubscription(
+            filters: filters, relays: relays.map(Set.init), deduplicationCapacity: configuration.deduplicationCapacity)
+        let connections = registry.withLock { registry in
+            registry.subscriptions[id] = subscription
+            return registry.connections.values.filter { relays?.contains($0.url) ?? true }
+        }
+        for connection in connections { connection.subscribe(id, filters: filters) }
+        defer {
+            let connections = registry.withLock { registry in
+                registry.subscriptions[id] = nil
+                return Array(registry.connections.values)
+            }
+            for connection in connections { connection.unsubscribe(id) }
+            subscription.finish()
+        }
+        return try await body(RelaySubscription(id: id, channel: subscription.channel, bufferSize: configuration.subscriptionBufferSize))
+    }
+
+    /// Stored events matching `filters` from `relays` (all by default): collected until every relay has sent
+    /// `EOSE` or closed the request, or `timeout` passes; deduplicated, newest first.
+    public func fetch(_ filters: [Filter], from relays: [RelayURL]? = nil, timeout: Duration = .seconds(10)) async throws -> [Event] {
+        let expected = Set(relays ?? self.relays)
+        let collected = Collector()
+        try await withSubscription(filters, on: relays) { subscription in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    var pending = expected
+                    for await item in subscription {
+                        switch item {
+                        case .event(let event, _): collected.append(event)
+                        case .endOfStoredEvents(let relay), .closed(let relay, _): pending.remove(relay)
+                        }
+                        if pending.isEmpty { break }
+                    }
+                }
+                group.addTask { try? await Task.sleep(for: timeout) }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        return collected.events.sorted(by: Event.queryOrder)
+    }
+
+    private final class Collector: Sendable {
+        private let storage = Mutex<[Event]>([])
+        func append(_ event: Event) { storage.withLock { $0.append(event) } }
+        var events: [Event] { storage.withLock { $0 } }
+    }
+
+    fileprivate func subscription(_ id: String) -> PoolSubscription? {
+        registry.withLock { $0.subscriptions[id] }
+    }
+
+    /// Forwards what connections receive to the pool's subscriptions (holds the pool weakly: connections
+    /// must not keep a removed pool alive).
+    struct Delegate: RelayConnectionDelegate {
+        weak let pool: RelayPool?
+
+        func deliver(_ event: Event, subscriptionID: String, from relay: RelayURL) async {
+            await pool?.subscription(subscriptionID)?.deliver(event, from: relay)
+        }
+
+        func endOfStoredEvents(subscriptionID: String, from relay: RelayURL) async {
+            await pool?.subscription(subscriptionID)?.channel.send(.endOfStoredEvents(relay: relay))
+        }
+
+        func subscriptionClosed(subscriptionID: String, by relay: RelayURL, message: String) async {
+            await pool?.subscription(subscriptionID)?.channel.send(.closed(relay: relay, message: message))
+        }
+    }
+}
+
+/// A pool subscription's shared state: its filters, the relays it spans, the channel its items go through
+/// and the ids already delivered.
+final class PoolSubscription: Sendable {
+    let filters: [Filter]
+    let relays: Set<RelayURL>?
+    let channel = AsyncChannel<SubscriptionItem>()
+    private let seen: Mutex<RecentEventIDs>
+
+    init(filters: [Filter], relays: Set<RelayURL>?, deduplicationCapacity: Int) {
+        self.filters = filters
+        self.relays = relays
+        self.seen = Mutex(RecentEventIDs(capacity: deduplicationCapacity))
+    }
+
+    func deliver(_ event: Event, from relay: RelayURL) async {
+        guard seen.withLock({ $0.insert(event.id) }) else { return }
+        await channel.send(.event(event, relay: relay))
+    }
+
+    func finish() { channel.finish() }
+}
+
+/// The items of a pool subscription, in the order each relay sent them; see
+/// ``RelayPool/withSubscription(_:on:_:)``.
+public struct RelaySubscription: AsyncSequence, Sendable {
+    public typealias Element = SubscriptionItem
+    public typealias Failure = Never
+
+    /// The subscription id sent to the relays.
+    public let id: String
+    private let items: AsyncBufferSequence<AsyncChannel<SubscriptionItem>>
+
+    init(id: String, channel: AsyncChannel<SubscriptionItem>, bufferSize: Int) {
+        self.id = id
+        self.items = channel.buffer(policy: .bounded(Swift.max(1, bufferSize)))
+    }
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: AsyncBufferSequence<AsyncChannel<SubscriptionItem>>.Iterator
+
+        public mutating func next() async -> SubscriptionItem? {
+            await base.next()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: items.makeAsyncIterator())
+    }
+}
+
+/// The most recent event ids seen, up to a capacity (oldest forgotten first).
+struct RecentEventIDs {
+    private var members = Set<EventID>()
+    private var order: [EventID] = []
+    private var next = 0
+    let capacity: Int
+
+    init(capacity: Int) {
+        self.capacity = max(1, capacity)
+        members.reserveCapacity(self.capacity)
+    }
+
+    /// Adds `id`; false if it was already there.
+    mutating func insert(_ id: EventID) -> Bool {
+        guard members.insert(id).inserted else { return false }
+        if order.count < capacity {
+            order.append(id)
+        } else {
+            members.remove(order[next])
+            order[next] = id
+            next = (next + 1) % capacity
+        }
+        return true
+    }
+}

@@ -1,0 +1,156 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+
+/// Options shared by the commands that talk to relays through a ``RelayPool``.
+struct PoolOptions: ParsableArguments {
+    @Option(name: .customLong("relay"), help: "A relay URL (ws:// or wss://); repeat for several.")
+    var relays: [String] = []
+
+    @Option(name: .customLong("auth-sec"), help: "Secret key (hex or nsec) for NIP-42 authentication; or SWITCHBOARD_AUTH_SECRET_KEY.")
+    var authSecret: String?
+
+    @Flag(help: "Log the pool's connection events on stderr.") var verbose = false
+
+    func validate() throws {
+        guard !relays.isEmpty else { throw ValidationError("name at least one --relay") }
+        for relay in relays {
+            do { _ = try RelayURL(relay) } catch { throw ValidationError("invalid relay URL: \(relay)") }
+        }
+    }
+
+    func makePool() throws -> RelayPool {
+        var signer: (any EventSigner)?
+        if let text = authSecret ?? ProcessInfo.processInfo.environment["SWITCHBOARD_AUTH_SECRET_KEY"] {
+            do {
+                signer = KeySigner(try SecretKey(hexOrNsec: text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            } catch {
+                throw ValidationError("invalid --auth-sec (expected 64 hex characters or an nsec)")
+            }
+        }
+        var logger = Logger(label: "switchboard.pool") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = verbose ? .debug : .error
+        return RelayPool(relays: try relays.map(RelayURL.init), signer: signer, logger: logger)
+    }
+}
+
+/// Runs `body` while `pool` runs; stops the pool when `body` returns.
+func withRunningPool<R: Sendable>(_ pool: RelayPool, _ body: () async throws -> R) async throws -> R {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await pool.run() }
+        defer { group.cancelAll() }
+        return try await body()
+    }
+}
+
+struct PublishCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish",
+        abstract: "Publish signed events (one JSON object per line on stdin) to relays.",
+        discussion: """
+            Prints one JSON line per event: {"id": ..., "results": {"<relay>": "accepted" | "rejected: <message>" | \
+            "timed out" | "unreachable: <reason>"}}. Exits with 1 if some event was accepted by no relay.
+            """)
+
+    @OptionGroup var pool: PoolOptions
+    @Option(help: "Seconds to wait for each relay's OK.") var timeout: Double = 10
+
+    func run() async throws {
+        var events = [Event]()
+        try reportingErrors {
+            let text = try IO.readStandardInputText("events")
+            for line in text.split(whereSeparator: \.isNewline) where !line.allSatisfy(\.isWhitespace) {
+                let event = try Event(json: String(line))
+                try event.verify()
+                events.append(event)
+            }
+        }
+        let relayPool = try pool.makePool()
+        let timeout = Duration.milliseconds(Int64(max(0, timeout) * 1000))
+        let allAccepted = try await withRunningPool(relayPool) {
+            var allAccepted = true
+            for event in events {
+                let results = await relayPool.publish(event, timeout: timeout)
+                var writer = JSONWriter()
+                writer.raw("{\"id\":")
+                writer.string(event.id.hex)
+                writer.raw(",\"results\":{")
+                for (index, (relay, result)) in results.sorted(by: { $0.key < $1.key }).enumerated() {
+                    if index > 0 { writer.raw(",") }
+                    writer.string(relay.string)
+                    writer.raw(":")
+                    writer.string(Self.describe(result))
+                }
+                writer.raw("}}")
+                IO.writeLine(writer.text)
+                if !results.values.contains(where: \.isAccepted) { allAccepted = false }
+            }
+            return allAccepted
+        }
+        if !allAccepted { throw ExitCode(1) }
+    }
+
+    static func describe(_ result: PublishResult) -> String {
+        switch result {
+        case .accepted: return "accepted"
+        case .rejected(let message): return "rejected: \(message)"
+        case .timedOut: return "timed out"
+        case .unreachable(let reason): return "unreachable: \(reason)"
+        }
+    }
+}
+
+struct SubscribeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "subscribe",
+        abstract: "Subscribe on relays and print what arrives, one JSON line per item, until interrupted.",
+        discussion: """
+            Lines: {"relay": ..., "event": {...}} for each verified event (once, whichever relay sends it \
+            first), {"relay": ..., "eose": true} and {"relay": ..., "closed": "<message>"}. The subscription \
+            survives relay restarts: it is resumed from the newest event seen.
+            """)
+
+    @OptionGroup var pool: PoolOptions
+    @Option(name: .customLong("filter"), help: "A NIP-01 filter as JSON; repeat for several.") var filters: [String] = []
+    @Flag(help: "Exit once every relay has sent EOSE (or closed the subscription).") var closeOnEose = false
+
+    func run() async throws {
+        var parsed = [Filter]()
+        try reportingErrors {
+            for text in filters.isEmpty ? ["{}"] : filters { parsed.append(try Filter(jsonValue: JSON.parse(text))) }
+        }
+        let relayPool = try pool.makePool()
+        let relays = Set(relayPool.relays)
+        let closeOnEose = self.closeOnEose
+        try await withRunningPool(relayPool) {
+            try await relayPool.withSubscription(parsed) { subscription in
+                var pending = relays
+                for await item in subscription {
+                    var writer = JSONWriter()
+                    writer.raw("{\"relay\":")
+                    switch item {
+                    case .event(let event, let relay):
+                        writer.string(relay.string)
+                        writer.raw(",\"event\":")
+                        event.write(to: &writer)
+                    case .endOfStoredEvents(let relay):
+                        writer.string(relay.string)
+                        writer.raw(",\"eose\":true")
+                        pending.remove(relay)
+                    case .closed(let relay, let message):
+                        writer.string(relay.string)
+                        writer.raw(",\"closed\":")
+                        writer.string(message)
+                        pending.remove(relay)
+                    }
+                    writer.raw("}")
+                    IO.writeLine(writer.text)
+                    if closeOnEose && pending.isEmpty { return }
+                }
+            }
+        }
+    }
+}
