@@ -147,6 +147,7 @@ struct RelayClientState {
         case .endOfStoredEvents(let id):
             guard var subscription = subscriptions[id] else { return [] }
             if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
+            if case .retry = subscription.waiting { subscription.waiting = .none }
             let first = !subscription.reportedEndOfStoredEvents
             subscription.reportedEndOfStoredEvents = true
             subscriptions[id] = subscription

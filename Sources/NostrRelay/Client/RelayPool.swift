@@ -1,4 +1,3 @@
-import AsyncAlgorithms
 public import CoreMetrics
 public import Logging
 public import NostrCore
@@ -156,7 +155,8 @@ public final class RelayPool: Service, Sendable {
     ) async throws -> Result {
         let id = Hex.encode(SecureMemory.randomBytes(8))
         let subscription = PoolSubscription(
-            filters: filters, relays: relays.map(Set.init), deduplicationCapacity: configuration.deduplicationCapacity)
+            filters: filters, relays: relays.map(Set.init), bufferSize: configuration.subscriptionBufferSize,
+            deduplicationCapacity: configuration.deduplicationCapacity)
         let connections = registry.withLock { registry in
             registry.subscriptions[id] = subscription
             return registry.connections.values.filter { relays?.contains($0.url) ?? true }
@@ -170,7 +170,7 @@ public final class RelayPool: Service, Sendable {
             for connection in connections { connection.unsubscribe(id) }
             subscription.finish()
         }
-        return try await body(RelaySubscription(id: id, channel: subscription.channel, bufferSize: configuration.subscriptionBufferSize))
+        return try await body(RelaySubscription(id: id, channel: subscription.channel))
     }
 
     /// Stored events matching `filters` from `relays` (all by default): collected until every relay has sent
@@ -232,10 +232,11 @@ public final class RelayPool: Service, Sendable {
 final class PoolSubscription: Sendable {
     let filters: [Filter]
     let relays: Set<RelayURL>?
-    let channel = AsyncChannel<SubscriptionItem>()
+    let channel: BoundedChannel<SubscriptionItem>
     private let seen: Mutex<RecentEventIDs>
 
-    init(filters: [Filter], relays: Set<RelayURL>?, deduplicationCapacity: Int) {
+    init(filters: [Filter], relays: Set<RelayURL>?, bufferSize: Int, deduplicationCapacity: Int) {
+        self.channel = BoundedChannel(capacity: bufferSize)
         self.filters = filters
         self.relays = relays
         self.seen = Mutex(RecentEventIDs(capacity: deduplicationCapacity))
@@ -250,30 +251,25 @@ final class PoolSubscription: Sendable {
 }
 
 /// The items of a pool subscription, in the order each relay sent them; see
-/// ``RelayPool/withSubscription(_:on:_:)``.
+/// ``RelayPool/withSubscription(_:on:_:)``. Iterating again after a `break` continues where it stopped.
 public struct RelaySubscription: AsyncSequence, Sendable {
     public typealias Element = SubscriptionItem
     public typealias Failure = Never
 
     /// The subscription id sent to the relays.
     public let id: String
-    private let items: AsyncBufferSequence<AsyncChannel<SubscriptionItem>>
-
-    init(id: String, channel: AsyncChannel<SubscriptionItem>, bufferSize: Int) {
-        self.id = id
-        self.items = channel.buffer(policy: .bounded(Swift.max(1, bufferSize)))
-    }
+    let channel: BoundedChannel<SubscriptionItem>
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        var base: AsyncBufferSequence<AsyncChannel<SubscriptionItem>>.Iterator
+        let channel: BoundedChannel<SubscriptionItem>
 
         public mutating func next() async -> SubscriptionItem? {
-            await base.next()
+            await channel.next()
         }
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(base: items.makeAsyncIterator())
+        AsyncIterator(channel: channel)
     }
 }
 

@@ -1,0 +1,206 @@
+import NostrCore
+import NostrCrypto
+import Testing
+@testable import NostrRelay
+
+@Suite("RelayClientState: the client side of one relay connection, without I/O")
+struct RelayClientStateTests {
+    let author = SecretKey.generate()
+
+    func note(_ t: Timestamp, _ content: String = "") -> Event {
+        EventTemplate(kind: 1, content: content, createdAt: t).sign(with: author)
+    }
+
+    func machine(canAuthenticate: Bool = false) -> RelayClientState {
+        var configuration = RelayClientState.Configuration()
+        configuration.resumeMargin = 60
+        configuration.canAuthenticate = canAuthenticate
+        configuration.rateLimitDelay = 1
+        configuration.rateLimitRetries = 2
+        return RelayClientState(configuration: configuration)
+    }
+
+    func sent(_ actions: [RelayClientState.Action]) throws -> [ClientMessage] {
+        try actions.compactMap { action in
+            guard case .send(let text) = action else { return nil }
+            return try ClientMessage(json: text)
+        }
+    }
+
+    @Test("subscriptions wait for the connection, then resume after a reconnect from the newest event seen")
+    func resume() throws {
+        var state = machine()
+        let filter = Filter(kinds: [1], since: 100, limit: 10)
+        #expect(state.subscribe("s", filters: [filter]).isEmpty)
+        #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [filter])])
+        let a = note(5000), b = note(4000)
+        for event in [a, b] {
+            let actions = state.receive(RelayMessage.event(subscriptionID: "s", event: event).json, now: 10_000, monotonic: 0)
+            #expect(actions == [.deliver(subscriptionID: "s", event)])
+        }
+        #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_000, monotonic: 0)
+            == [.endOfStoredEvents(subscriptionID: "s")])
+        state.disconnected()
+        var resumed = filter
+        resumed.since = 5000 - 60
+        resumed.limit = nil
+        #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [resumed])])
+        // EOSE is reported to the subscriber once, not after every reconnect.
+        #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_001, monotonic: 0).isEmpty)
+    }
+
+    @Test("a subscription with no events resumes from when the relay first sent EOSE; future timestamps are capped")
+    func resumeAnchors() throws {
+        var state = machine()
+        _ = state.subscribe("quiet", filters: [Filter(kinds: [7])])
+        _ = state.subscribe("future", filters: [Filter(kinds: [1])])
+        _ = state.connected()
+        _ = state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "quiet").json, now: 2000, monotonic: 0)
+        _ = state.receive(RelayMessage.event(subscriptionID: "future", event: note(999_999)).json, now: 3000, monotonic: 0)
+        state.disconnected()
+        let requests = try sent(state.connected())
+        #expect(requests == [
+            .request(subscriptionID: "future", filters: [Filter(kinds: [1], since: 3000 - 60)]),
+            .request(subscriptionID: "quiet", filters: [Filter(kinds: [7], since: 2000 - 60)]),
+        ])
+    }
+
+    @Test("bad events are dropped: wrong signature, not matching the filters, unreadable messages")
+    func dropsBadInput() throws {
+        var state = machine()
+        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+        _ = state.connected()
+        let good = note(10, "hello")
+        let forged = Event(
+            id: good.id, pubkey: good.pubkey, createdAt: good.createdAt, kind: good.kind, tags: good.tags,
+            content: "tampered", sig: good.sig)
+        let wrongKind = EventTemplate(kind: 7, content: "+", createdAt: 10).sign(with: author)
+        for event in [forged, wrongKind] {
+            let actions = state.receive(RelayMessage.event(subscriptionID: "s", event: event).json, now: 20, monotonic: 0)
+            #expect(actions.count == 1)
+            guard case .dropped = actions.first else { Issue.record("expected a drop, got \(actions)"); continue }
+        }
+        for junk in ["not json", "[\"EVENT\"]", "[\"OK\",\"zz\",true,\"\"]", "{}", "[42]"] {
+            let actions = state.receive(junk, now: 20, monotonic: 0)
+            guard case .dropped = actions.first else { Issue.record("\(junk) → \(actions)"); continue }
+        }
+        // Events for a subscription this side does not have (closed meanwhile) are ignored.
+        #expect(state.receive(RelayMessage.event(subscriptionID: "other", event: good).json, now: 20, monotonic: 0).isEmpty)
+        #expect(state.receive(RelayMessage.event(subscriptionID: "s", event: good).json, now: 20, monotonic: 0)
+            == [.deliver(subscriptionID: "s", good)])
+    }
+
+    @Test("publishes are re-sent after a reconnect until the relay answers OK")
+    func publishResend() throws {
+        var state = machine()
+        let event = note(10)
+        #expect(state.publish(event).isEmpty)
+        #expect(try sent(state.connected()) == [.event(event)])
+        state.disconnected()
+        #expect(try sent(state.connected()) == [.event(event)])
+        let ok = RelayMessage.ok(eventID: event.id, accepted: true, message: "duplicate: have it").json
+        #expect(state.receive(ok, now: 20, monotonic: 0) == [.publishFinished(event.id, .accepted(message: "duplicate: have it"))])
+        state.disconnected()
+        #expect(state.connected().isEmpty)
+    }
+
+    @Test("auth-required: authenticates with the current challenge, then re-sends the event and the request")
+    func authentication() throws {
+        var state = machine(canAuthenticate: true)
+        let event = note(10)
+        _ = state.connected()
+        _ = state.publish(event)
+        _ = state.subscribe("dm", filters: [Filter(tags: ["p": ["x"]])])
+        #expect(state.receive(RelayMessage.auth(challenge: "c1").json, now: 20, monotonic: 0).isEmpty)
+        let refusal = RelayMessage.ok(eventID: event.id, accepted: false, message: "auth-required: sign in").json
+        #expect(state.receive(refusal, now: 20, monotonic: 0) == [.authenticate(challenge: "c1")])
+        // A second refusal while authentication is in progress does not start another.
+        let closed = RelayMessage.closed(subscriptionID: "dm", message: "auth-required: p-tagged").json
+        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c1")])
+        let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c1", secretKey: author)
+        #expect(try sent(state.authenticationSigned(auth)) == [.auth(auth)])
+        #expect(state.receive(closed, now: 20, monotonic: 0).isEmpty)
+        let accepted = try sent(state.receive(RelayMessage.ok(eventID: auth.id, accepted: true, message: "").json, now: 20, monotonic: 0))
+        #expect(accepted == [.request(subscriptionID: "dm", filters: [Filter(tags: ["p": ["x"]])]), .event(event)])
+        // Once authenticated, another auth-required is final.
+        let again = state.receive(refusal, now: 20, monotonic: 0)
+        #expect(again == [.publishFinished(event.id, .rejected(message: "auth-required: sign in"))])
+    }
+
+    @Test("auth-required without a signer, or a refused AUTH, is reported as the relay's refusal")
+    func authenticationFails() throws {
+        var plain = machine()
+        let event = note(10)
+        _ = plain.connected()
+        _ = plain.publish(event)
+        let refusal = RelayMessage.ok(eventID: event.id, accepted: false, message: "auth-required: who are you").json
+        #expect(plain.receive(refusal, now: 20, monotonic: 0) == [.publishFinished(event.id, .rejected(message: "auth-required: who are you"))])
+
+        var signing = machine(canAuthenticate: true)
+        _ = signing.connected()
+        _ = signing.publish(event)
+        _ = signing.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
+        _ = signing.receive(refusal, now: 20, monotonic: 0)
+        let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: author)
+        _ = signing.authenticationSigned(auth)
+        let refused = signing.receive(RelayMessage.ok(eventID: auth.id, accepted: false, message: "invalid: bad").json, now: 20, monotonic: 0)
+        #expect(refused == [.publishFinished(event.id, .rejected(message: "auth-required: who are you"))])
+    }
+
+    @Test("rate-limited: re-sent after the back-off, rejected when the retries run out")
+    func rateLimit() throws {
+        var state = machine()
+        let event = note(10)
+        _ = state.connected()
+        _ = state.publish(event)
+        let limited = RelayMessage.ok(eventID: event.id, accepted: false, message: "rate-limited: slow down").json
+        #expect(state.receive(limited, now: 20, monotonic: 100).isEmpty)
+        #expect(state.tick(monotonic: 100.5).isEmpty)
+        #expect(try sent(state.tick(monotonic: 101.1)) == [.event(event)])
+        #expect(state.tick(monotonic: 200).isEmpty)  // in flight: not sent twice
+        #expect(state.receive(limited, now: 20, monotonic: 200).isEmpty)
+        #expect(state.tick(monotonic: 201.5).isEmpty)  // second back-off is twice as long
+        #expect(try sent(state.tick(monotonic: 202.1)) == [.event(event)])
+        #expect(state.receive(limited, now: 20, monotonic: 300) == [.publishFinished(event.id, .rejected(message: "rate-limited: slow down"))])
+
+        _ = state.subscribe("s", filters: [Filter()])
+        let closed = RelayMessage.closed(subscriptionID: "s", message: "rate-limited: too many REQs").json
+        #expect(state.receive(closed, now: 20, monotonic: 400).isEmpty)
+        #expect(try sent(state.tick(monotonic: 401.1)) == [.request(subscriptionID: "s", filters: [Filter()])])
+        let blocked = RelayMessage.closed(subscriptionID: "s", message: "blocked: no").json
+        #expect(state.receive(blocked, now: 20, monotonic: 402) == [.subscriptionClosed(subscriptionID: "s", message: "blocked: no")])
+        #expect(state.subscriptions.isEmpty)
+    }
+}
+
+@Suite("Relay client helpers")
+struct RelayClientHelperTests {
+    @Test("relay URLs are normalised and validated")
+    func urls() throws {
+        #expect(try RelayURL("WSS://Relay.Example.COM:443/").string == "wss://relay.example.com")
+        #expect(try RelayURL(" ws://127.0.0.1:7000 ").string == "ws://127.0.0.1:7000")
+        #expect(try RelayURL("ws://host:80/path/x").string == "ws://host/path/x")
+        #expect(try RelayURL("wss://a.example").isSecure)
+        for bad in ["https://a.example", "relay.example", "ws://", "wss:///path", "ws://user@host", ""] {
+            #expect(throws: NostrError.self, "\(bad)") { try RelayURL(bad) }
+        }
+    }
+
+    @Test("the deduplication window is bounded and forgets the oldest ids first")
+    func recentIDs() {
+        var recent = RecentEventIDs(capacity: 3)
+        let ids = (0..<5).map { i in EventID(Bytes32(Array(repeating: UInt8(i), count: 32))!) }
+        let inserted = [0, 1, 2, 1, 3, 0, 2, 3, 1].map { recent.insert(ids[$0]) }
+        // 3 forgets ids[0]; 0 then forgets ids[1]; 2 and 3 are still remembered; 1 is new again.
+        #expect(inserted == [true, true, true, false, true, true, false, false, true])
+    }
+
+    @Test("reconnect back-off doubles, is capped, and is jittered within half to all of its ceiling")
+    func backoff() {
+        for failures in 0..<40 {
+            let ceiling = min(Duration.seconds(30), .milliseconds(500) * (1 << min(failures, 20)))
+            let delay = RelayConnection.backoff(failures, base: .milliseconds(500), cap: .seconds(30))
+            #expect(delay >= ceiling / 2 && delay <= ceiling, "\(failures): \(delay)")
+        }
+    }
+}
