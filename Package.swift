@@ -74,7 +74,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "switchboard-bench",
-            dependencies: ["NostrCore", "NostrCrypto", "CSecp256k1", "CSodium", "COpenSSL"]
+            dependencies: [
+                "NostrCore", "NostrCrypto", "NostrRelay", "CSecp256k1", "CSodium", "COpenSSL",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "WSClient", package: "swift-websocket"),
+            ]
         ),
         .testTarget(
             name: "NostrCryptoTests",

@@ -149,7 +149,10 @@ public final class EmbeddedRelay: Service, Sendable {
             if outcome.shouldBroadcast { hub.broadcast(event) }
         case .query(let subscriptionID, let filters):
             do {
-                hub.finishQuery(id, subscriptionID: subscriptionID, stored: try await store.query(filters, now: .now))
+                // One REQ gets at most `maximumLimit` stored events in all (newest first), whatever its number of
+                // filters, so a reply always fits the connection's outbox.
+                let stored = try await store.query(filters, now: .now).prefix(configuration.policy.maximumLimit)
+                hub.finishQuery(id, subscriptionID: subscriptionID, stored: Array(stored))
             } catch {
                 logger.error("query failed", metadata: ["error": "\(error)"])
                 hub.failQuery(id, subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("query failed"))

@@ -169,7 +169,14 @@ let arguments = CommandLine.arguments.dropFirst()
 switch arguments.first {
 case "crypto", nil:
     runCrypto()
+case "relay":
+    do {
+        try await runRelay()
+    } catch {
+        print("relay benchmark failed: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: switchboard-bench crypto")
+    print("usage: switchboard-bench crypto | relay")
     exit(64)
 }

@@ -70,27 +70,46 @@ struct PublishCommand: AsyncParsableCommand {
         }
         let relayPool = try pool.makePool()
         let timeout = Duration.milliseconds(Int64(max(0, timeout) * 1000))
+        // Every event is in flight at once (up to a window), so a dead relay costs one timeout, not one per event.
         let allAccepted = try await withRunningPool(relayPool) {
-            var allAccepted = true
-            for event in events {
-                let results = await relayPool.publish(event, timeout: timeout)
-                var writer = JSONWriter()
-                writer.raw("{\"id\":")
-                writer.string(event.id.hex)
-                writer.raw(",\"results\":{")
-                for (index, (relay, result)) in results.sorted(by: { $0.key < $1.key }).enumerated() {
-                    if index > 0 { writer.raw(",") }
-                    writer.string(relay.string)
-                    writer.raw(":")
-                    writer.string(Self.describe(result))
+            try await withThrowingTaskGroup(of: (Int, [RelayURL: PublishResult]).self) { group in
+                var results = [Int: [RelayURL: PublishResult]]()
+                var launched = 0, printed = 0
+                var allAccepted = true
+                while printed < events.count {
+                    while launched < events.count && launched - printed < 256 {
+                        let index = launched, event = events[index]
+                        group.addTask { (index, await relayPool.publish(event, timeout: timeout)) }
+                        launched += 1
+                    }
+                    guard let (index, outcome) = try await group.next() else { break }
+                    results[index] = outcome
+                    // Print in input order.
+                    while let outcome = results.removeValue(forKey: printed) {
+                        IO.writeLine(Self.line(events[printed], outcome))
+                        if !outcome.values.contains(where: \.isAccepted) { allAccepted = false }
+                        printed += 1
+                    }
                 }
-                writer.raw("}}")
-                IO.writeLine(writer.text)
-                if !results.values.contains(where: \.isAccepted) { allAccepted = false }
+                return allAccepted
             }
-            return allAccepted
         }
         if !allAccepted { throw ExitCode(1) }
+    }
+
+    static func line(_ event: Event, _ results: [RelayURL: PublishResult]) -> String {
+        var writer = JSONWriter()
+        writer.raw("{\"id\":")
+        writer.string(event.id.hex)
+        writer.raw(",\"results\":{")
+        for (index, (relay, result)) in results.sorted(by: { $0.key < $1.key }).enumerated() {
+            if index > 0 { writer.raw(",") }
+            writer.string(relay.string)
+            writer.raw(":")
+            writer.string(describe(result))
+        }
+        writer.raw("}}")
+        return writer.text
     }
 
     static func describe(_ result: PublishResult) -> String {
@@ -115,7 +134,9 @@ struct SubscribeCommand: AsyncParsableCommand {
 
     @OptionGroup var pool: PoolOptions
     @Option(name: .customLong("filter"), help: "A NIP-01 filter as JSON; repeat for several.") var filters: [String] = []
-    @Flag(help: "Exit once every relay has sent EOSE (or closed the subscription).") var closeOnEose = false
+    @Flag(help: "Exit once every relay has sent EOSE (or closed the subscription), or after --timeout.") var closeOnEose = false
+    @Option(help: "With --close-on-eose: seconds to wait for relays that have not sent EOSE (unreachable ones included).")
+    var timeout: Double = 10
 
     func run() async throws {
         var parsed = [Filter]()
@@ -125,32 +146,45 @@ struct SubscribeCommand: AsyncParsableCommand {
         let relayPool = try pool.makePool()
         let relays = Set(relayPool.relays)
         let closeOnEose = self.closeOnEose
+        let deadline = ContinuousClock.now + .milliseconds(Int64(max(0, timeout) * 1000))
         try await withRunningPool(relayPool) {
             try await relayPool.withSubscription(parsed) { subscription in
-                var pending = relays
-                for await item in subscription {
-                    var writer = JSONWriter()
-                    writer.raw("{\"relay\":")
-                    switch item {
-                    case .event(let event, let relay):
-                        writer.string(relay.string)
-                        writer.raw(",\"event\":")
-                        event.write(to: &writer)
-                    case .endOfStoredEvents(let relay):
-                        writer.string(relay.string)
-                        writer.raw(",\"eose\":true")
-                        pending.remove(relay)
-                    case .closed(let relay, let message):
-                        writer.string(relay.string)
-                        writer.raw(",\"closed\":")
-                        writer.string(message)
-                        pending.remove(relay)
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { await Self.print(subscription, relays: relays, closeOnEose: closeOnEose) }
+                    if closeOnEose {
+                        group.addTask { try? await Task.sleep(until: deadline) }
                     }
-                    writer.raw("}")
-                    IO.writeLine(writer.text)
-                    if closeOnEose && pending.isEmpty { return }
+                    await group.next()
+                    group.cancelAll()
                 }
             }
+        }
+    }
+
+    /// Prints items until every relay in `relays` has sent EOSE or closed (with `closeOnEose`), or forever.
+    static func print(_ subscription: RelaySubscription, relays: Set<RelayURL>, closeOnEose: Bool) async {
+        var pending = relays
+        for await item in subscription {
+            var writer = JSONWriter()
+            writer.raw("{\"relay\":")
+            switch item {
+            case .event(let event, let relay):
+                writer.string(relay.string)
+                writer.raw(",\"event\":")
+                event.write(to: &writer)
+            case .endOfStoredEvents(let relay):
+                writer.string(relay.string)
+                writer.raw(",\"eose\":true")
+                pending.remove(relay)
+            case .closed(let relay, let message):
+                writer.string(relay.string)
+                writer.raw(",\"closed\":")
+                writer.string(message)
+                pending.remove(relay)
+            }
+            writer.raw("}")
+            IO.writeLine(writer.text)
+            if closeOnEose && pending.isEmpty { return }
         }
     }
 }
