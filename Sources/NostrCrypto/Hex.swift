@@ -51,10 +51,17 @@ public enum Hex {
 
     /// Decodes exactly `count` bytes of hex into `destination`; returns false on any mismatch.
     static func decode(_ text: some StringProtocol, into destination: UnsafeMutableRawBufferPointer) -> Bool {
+        // Native strings are contiguous UTF-8: decode from the buffer (ids, keys and signatures of every event
+        // read from a relay go through here).
+        if let result = text.utf8.withContiguousStorageIfAvailable({ decode($0, into: destination) }) { return result }
+        return decode(Array(text.utf8), into: destination)
+    }
+
+    private static func decode(_ utf8: some Collection<UInt8>, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         var ok = true
         var index = 0
         var high: UInt8? = nil
-        for c in text.utf8 {
+        for c in utf8 {
             guard let n = nibble(c), index < destination.count else {
                 ok = false
                 break

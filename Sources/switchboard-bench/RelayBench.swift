@@ -139,12 +139,16 @@ func runRelay() async throws {
         let publisher = RelayPool(relays: [url], logger: quiet)
         let ingest = try await withPool(publisher) { try await publishAll(events, through: publisher) }
         say("relay ingest (verify+store+OK)   \(padLeft(format(ingest), 10)) events/s   (\(count) events, one connection, 256 in flight)")
+    }
 
+    // Pool receive, from a `switchboard relay` process (so the relay's work is not on this process's threads,
+    // as in a deployment): stored events streamed to one subscription, each verified before delivery.
+    try await withRelayProcess(["--rate-limit", "1000000", "--max-limit", "\(count)"]) { url, _ in
+        let loader = RelayPool(relays: [url], logger: quiet)
+        _ = try await withPool(loader) { try await publishAll(events, through: loader) }
         // The relay's send rate alone: a bare WebSocket client that counts messages up to EOSE.
         let sendRate = try await rawReceiveRate(url, expected: count)
         say("relay send (bare client, no parse) \(padLeft(format(sendRate), 10)) events/s")
-
-        // Pool receive: stored events streamed to one subscription, each verified before delivery.
         let messages = events.prefix(2000).map { RelayMessage.event(subscriptionID: "s", event: $0).json }
         for round in 1...2 {
             let raw = rawVerifyRate(events)
@@ -213,13 +217,12 @@ func runRelay() async throws {
     try await idleConnectionMemory()
 }
 
-/// RSS of a `switchboard relay` process and of this one, before and after opening idle pool connections.
-func idleConnectionMemory() async throws {
-    let connections = 500
-    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard").path
+/// Runs the release `switchboard relay` (beside this binary) with `arguments` while `body` runs.
+func withRelayProcess<R>(_ arguments: [String], _ body: (RelayURL, Process) async throws -> R) async throws -> R {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("switchboard")
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
-    process.arguments = ["relay", "--port", "0"]
+    process.executableURL = binary
+    process.arguments = ["relay", "--port", "0"] + arguments
     let output = Pipe()
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
@@ -231,22 +234,29 @@ func idleConnectionMemory() async throws {
     guard let line = String(data: output.fileHandleForReading.availableData, encoding: .utf8)?.split(separator: "\n").first else {
         throw BenchFailure("the relay process printed no URL")
     }
-    let url = try RelayURL(String(line))
-    try await Task.sleep(for: .milliseconds(300))
-    let relayBefore = residentKiB(pid: process.processIdentifier), selfBefore = residentKiB()
-    let pools = (0..<connections).map { _ in RelayPool(relays: [url], logger: quiet) }
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        for pool in pools { group.addTask { try await pool.run() } }
-        defer { group.cancelAll() }
-        let deadline = now() + 30
-        while pools.contains(where: { !($0.status().first?.isConnected ?? false) }) {
-            guard now() < deadline else { throw BenchFailure("connections did not open") }
-            try await Task.sleep(for: .milliseconds(100))
+    return try await body(try RelayURL(String(line)), process)
+}
+
+/// RSS of a `switchboard relay` process and of this one, before and after opening idle pool connections.
+func idleConnectionMemory() async throws {
+    let connections = 500
+    try await withRelayProcess([]) { url, process in
+        try await Task.sleep(for: .milliseconds(300))
+        let relayBefore = residentKiB(pid: process.processIdentifier), selfBefore = residentKiB()
+        let pools = (0..<connections).map { _ in RelayPool(relays: [url], logger: quiet) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for pool in pools { group.addTask { try await pool.run() } }
+            defer { group.cancelAll() }
+            let deadline = now() + 30
+            while pools.contains(where: { !($0.status().first?.isConnected ?? false) }) {
+                guard now() < deadline else { throw BenchFailure("connections did not open") }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            try await Task.sleep(for: .seconds(1))
+            let relayAfter = residentKiB(pid: process.processIdentifier), selfAfter = residentKiB()
+            let relayPer = Double(relayAfter - relayBefore) / Double(connections)
+            let clientPer = Double(selfAfter - selfBefore) / Double(connections)
+            say("idle connections: \(connections)        relay process \(String(format: "%.1f", relayPer)) KiB/connection (RSS \(relayBefore / 1024) → \(relayAfter / 1024) MiB); client pools \(String(format: "%.1f", clientPer)) KiB/connection")
         }
-        try await Task.sleep(for: .seconds(1))
-        let relayAfter = residentKiB(pid: process.processIdentifier), selfAfter = residentKiB()
-        let relayPer = Double(relayAfter - relayBefore) / Double(connections)
-        let clientPer = Double(selfAfter - selfBefore) / Double(connections)
-        say("idle connections: \(connections)        relay process \(String(format: "%.1f", relayPer)) KiB/connection (RSS \(relayBefore / 1024) → \(relayAfter / 1024) MiB); client pools \(String(format: "%.1f", clientPer)) KiB/connection")
     }
 }

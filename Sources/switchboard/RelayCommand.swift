@@ -17,6 +17,7 @@ struct RelayCommand: AsyncParsableCommand {
     var db: String?
     @Option(help: "Largest accepted message in bytes.") var maxMessageLength = 512 * 1024
     @Option(help: "Messages per second per connection (sustained).") var rateLimit: Double = 100
+    @Option(help: "Most stored events one REQ is answered with (a filter's limit is capped to it).") var maxLimit = 5_000
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -31,6 +32,9 @@ struct RelayCommand: AsyncParsableCommand {
         configuration.policy.maximumMessageLength = maxMessageLength
         configuration.policy.messagesPerSecond = rateLimit
         configuration.policy.messageBurst = rateLimit * 2
+        configuration.policy.maximumLimit = maxLimit
+        // A connection's outbox must hold a whole REQ answer.
+        configuration.outboxCapacity = max(configuration.outboxCapacity, 2 * maxLimit)
         let logger = Logger(label: "switchboard.relay")
         let store: any EventStore
         if let db {
