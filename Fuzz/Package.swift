@@ -24,6 +24,14 @@ let package = Package(
                 .product(name: "NostrCrypto", package: switchboard),
             ]
         ),
+        .executableTarget(
+            name: "FuzzRelaySession",
+            dependencies: [
+                "CLibFuzzer",
+                .product(name: "NostrCore", package: switchboard),
+                .product(name: "NostrRelay", package: switchboard),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

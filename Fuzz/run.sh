@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(FuzzNIP44 FuzzMessages)
+[ ${#targets[@]} -eq 0 ] && targets=(FuzzNIP44 FuzzMessages FuzzRelaySession)
 
 swift build -c release --scratch-path ../.build-fuzz \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xswiftc -use-ld=lld
