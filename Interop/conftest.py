@@ -157,3 +157,19 @@ def switchboard():
         )
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         yield Switchboard(path, pool)
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> tuple:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. Returns (was_alive_before, exited_on_sigterm)."""
+    was_alive = proc.poll() is None
+    exited = True
+    if was_alive:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            exited = False
+            proc.kill()
+            proc.wait(timeout)
+    return was_alive, exited
+

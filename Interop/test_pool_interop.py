@@ -70,7 +70,7 @@ from websockets.asyncio.server import serve as ws_serve
 import nostr_sdk
 from nostr_sdk import LocalRelayBuilder, WritePolicy, WritePolicyResult
 
-from conftest import SEED
+from conftest import SEED, terminate
 from test_relay_interop import (
     as_dict,
     assert_published,
@@ -206,16 +206,7 @@ class Proc:
 
     def stop(self):
         """SIGTERM, wait, SIGKILL. Returns (was_alive, exited_on_sigterm)."""
-        was_alive = self.alive()
-        exited = True
-        if was_alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                exited = False
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        was_alive, exited = terminate(self.proc, STOP_TIMEOUT)
         self._reader.join(2)
         with contextlib.suppress(Exception):
             self._stderr.close()

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import subprocess
 import threading
 import time
@@ -72,7 +71,7 @@ from nostr_sdk import (
     Timestamp,
 )
 
-from conftest import SEED
+from conftest import SEED, terminate
 
 START_TIMEOUT = 10.0   # relay must print its URL within this
 STOP_TIMEOUT = 5.0     # relay must exit within this after SIGTERM
@@ -140,18 +139,9 @@ class RelayProcess:
 
     def stop(self):
         """SIGTERM, wait, SIGKILL. Returns (was_alive_before, exited_on_sigterm)."""
-        was_alive = self.alive()
-        exited = True
-        if was_alive:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                exited = False
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+        result = terminate(self.proc, STOP_TIMEOUT)
         self._stderr.close()
-        return was_alive, exited
+        return result
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-public import Hummingbird
+import Hummingbird
 import HummingbirdWebSocket
 public import Logging
 import NIOCore
-public import NostrCore
+import NostrCore
 import NostrCrypto
 public import ServiceLifecycle
 import Synchronization
@@ -102,7 +102,7 @@ public final class EmbeddedRelay: Service, Sendable {
 
     func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, frameSize: Int) async throws {
         let (outbox, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingOldest(configuration.outboxCapacity))
-        let session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: Self.monotonicSeconds())
+        let session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
         let id = hub.register(session, outbox: continuation)
         defer { hub.remove(id) }
         for action in session.greeting { try await execute(action, connection: id) }
@@ -120,7 +120,7 @@ public final class EmbeddedRelay: Service, Sendable {
                         hub.send(id, .notice("error: binary messages are not supported"))
                         continue
                     }
-                    let actions = hub.receive(id, text: text, clock: .now, monotonic: Self.monotonicSeconds())
+                    let actions = hub.receive(id, text: text, clock: .now, monotonic: monotonicSeconds())
                     for action in actions { try await execute(action, connection: id) }
                 }
             } catch {
@@ -168,9 +168,4 @@ public final class EmbeddedRelay: Service, Sendable {
 
     static func newChallenge() -> String { Hex.encode(SecureMemory.randomBytes(16)) }
 
-    static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }

@@ -1,4 +1,4 @@
-public import NostrCore
+import NostrCore
 
 /// The relay's NIP-11 information document.
 public struct RelayInformation: Sendable {

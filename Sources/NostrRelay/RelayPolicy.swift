@@ -1,4 +1,5 @@
-public import NostrCore
+import Foundation
+import NostrCore
 
 /// The embedded relay's limits and access rules; all of them are reported in its NIP-11 document.
 public struct RelayPolicy: Hashable, Sendable {
@@ -57,4 +58,11 @@ public struct TokenBucket: Hashable, Sendable {
         tokens -= 1
         return true
     }
+}
+
+/// Seconds on the monotonic clock, for the rate limiter and back-off timers (it never jumps with the wall clock).
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -46,14 +46,6 @@ func withBenchRelay<R: Sendable>(_ body: (RelayURL) async throws -> R) async thr
     }
 }
 
-func withPool<R: Sendable>(_ pool: RelayPool, _ body: () async throws -> R) async throws -> R {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await pool.run() }
-        defer { group.cancelAll() }
-        return try await body()
-    }
-}
-
 struct BenchFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
@@ -137,7 +129,7 @@ func runRelay() async throws {
     try await withBenchRelay { url in
         // Relay ingest: one pool connection, 256 publishes awaiting OK at a time.
         let publisher = RelayPool(relays: [url], logger: quiet)
-        let ingest = try await withPool(publisher) { try await publishAll(events, through: publisher) }
+        let ingest = try await publisher.withRunning { try await publishAll(events, through: publisher) }
         say("relay ingest (verify+store+OK)   \(padLeft(format(ingest), 10)) events/s   (\(count) events, one connection, 256 in flight)")
     }
 
@@ -145,7 +137,7 @@ func runRelay() async throws {
     // as in a deployment): stored events streamed to one subscription, each verified before delivery.
     try await withRelayProcess(["--rate-limit", "1000000", "--max-limit", "\(count)"]) { url, _ in
         let loader = RelayPool(relays: [url], logger: quiet)
-        _ = try await withPool(loader) { try await publishAll(events, through: loader) }
+        _ = try await loader.withRunning { try await publishAll(events, through: loader) }
         // The relay's send rate alone: a bare WebSocket client that counts messages up to EOSE.
         let sendRate = try await rawReceiveRate(url, expected: count)
         say("relay send (bare client, no parse) \(padLeft(format(sendRate), 10)) events/s")
@@ -162,7 +154,7 @@ func runRelay() async throws {
             configuration.subscriptionBufferSize = 1024
             configuration.deduplicationCapacity = count
             let reader = RelayPool(relays: [url], configuration: configuration, logger: quiet)
-            let (received, seconds) = try await withPool(reader) {
+            let (received, seconds) = try await reader.withRunning {
                 try await reader.withSubscription([Filter(tags: ["t": ["bench"]])]) { subscription in
                     let start = now()
                     let received = await drain(subscription, count: count)

@@ -37,15 +37,6 @@ struct PoolOptions: ParsableArguments {
     }
 }
 
-/// Runs `body` while `pool` runs; stops the pool when `body` returns.
-func withRunningPool<R: Sendable>(_ pool: RelayPool, _ body: () async throws -> R) async throws -> R {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await pool.run() }
-        defer { group.cancelAll() }
-        return try await body()
-    }
-}
-
 struct PublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "publish",
@@ -71,7 +62,7 @@ struct PublishCommand: AsyncParsableCommand {
         let relayPool = try pool.makePool()
         let timeout = Duration.milliseconds(Int64(max(0, timeout) * 1000))
         // Every event is in flight at once (up to a window), so a dead relay costs one timeout, not one per event.
-        let allAccepted = try await withRunningPool(relayPool) {
+        let allAccepted = try await relayPool.withRunning {
             try await withThrowingTaskGroup(of: (Int, [RelayURL: PublishResult]).self) { group in
                 var results = [Int: [RelayURL: PublishResult]]()
                 var launched = 0, printed = 0
@@ -147,7 +138,7 @@ struct SubscribeCommand: AsyncParsableCommand {
         let relays = Set(relayPool.relays)
         let closeOnEose = self.closeOnEose
         let deadline = ContinuousClock.now + .milliseconds(Int64(max(0, timeout) * 1000))
-        try await withRunningPool(relayPool) {
+        try await relayPool.withRunning {
             try await relayPool.withSubscription(parsed) { subscription in
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask { await Self.print(subscription, relays: relays, closeOnEose: closeOnEose) }

@@ -6,37 +6,39 @@ import Synchronization
 import Testing
 @testable import NostrRelay
 
-/// Runs an embedded relay on 127.0.0.1 while `body` runs; it is stopped (its task cancelled) when `body`
-/// returns or throws.
+/// Runs an embedded relay on 127.0.0.1 while `body` runs; it is stopped when `body` returns or throws.
 func withEmbeddedRelay<R: Sendable>(
-    port: Int = 0, store: any EventStore = MemoryEventStore(), _ body: (RelayURL) async throws -> R
+    port: Int = 0, store: any EventStore = MemoryEventStore(), authRequired: Bool = false,
+    _ body: (RelayURL) async throws -> R
 ) async throws -> R {
-    let (ready, readyContinuation) = AsyncStream<String>.makeStream()
-    var configuration = EmbeddedRelay.Configuration()
-    configuration.port = port
-    let relay = EmbeddedRelay(configuration: configuration, store: store, logger: Logger(label: "test.relay") { _ in SwiftLogNoOpLogHandler() }) {
-        readyContinuation.yield($0)
-    }
-    return try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await relay.run() }
-        defer { group.cancelAll() }
-        let url = try await withTimeout(.seconds(10), "relay start") { await ready.first { _ in true } }
-        guard let url else { throw TestFailure("the relay did not start") }
-        return try await body(try RelayURL(url))
+    let runner = RelayRunner(store: store, authRequired: authRequired)
+    let url = try await runner.start(port: port)
+    do {
+        let result = try await body(url)
+        await runner.stop()
+        return result
+    } catch {
+        await runner.stop()
+        throw error
     }
 }
 
 /// An embedded relay that a test starts and stops at will (to restart it on the same port).
 final class RelayRunner: Sendable {
     let store: any EventStore
+    let authRequired: Bool
     private let task = Mutex<Task<Void, any Error>?>(nil)
 
-    init(store: any EventStore) { self.store = store }
+    init(store: any EventStore, authRequired: Bool = false) {
+        self.store = store
+        self.authRequired = authRequired
+    }
 
     func start(port: Int = 0) async throws -> RelayURL {
         let (ready, readyContinuation) = AsyncStream<String>.makeStream()
         var configuration = EmbeddedRelay.Configuration()
         configuration.port = port
+        configuration.policy.authRequired = authRequired
         let relay = EmbeddedRelay(configuration: configuration, store: store, logger: Logger(label: "test.relay") { _ in SwiftLogNoOpLogHandler() }) {
             readyContinuation.yield($0)
         }
@@ -53,15 +55,6 @@ final class RelayRunner: Sendable {
         }
         running?.cancel()
         _ = await running?.result
-    }
-}
-
-/// Runs `pool` while `body` runs.
-func withRunningPool<R: Sendable>(_ pool: RelayPool, _ body: () async throws -> R) async throws -> R {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await pool.run() }
-        defer { group.cancelAll() }
-        return try await body()
     }
 }
 
@@ -120,7 +113,7 @@ struct RelayPoolTests {
         try await withEmbeddedRelay { a in
             try await withEmbeddedRelay { b in
                 let pool = RelayPool(relays: [a, b], configuration: configuration, logger: logger)
-                try await withRunningPool(pool) {
+                try await pool.withRunning {
                     let stored = notes(5, tag: "x")
                     for event in stored {
                         let results = await pool.publish(event, timeout: .seconds(5))
@@ -166,7 +159,7 @@ struct RelayPoolTests {
             let port = Int(a.string.split(separator: ":").last ?? "") ?? 0
             let pool = RelayPool(relays: [a, b], configuration: configuration, logger: logger)
             do {
-                try await withRunningPool(pool) {
+                try await pool.withRunning {
                     try await pool.withSubscription([Filter(authors: [author.publicKey])]) { subscription in
                         let before = notes(2, from: .now - 10, tag: "before")
                         for event in before { #expect(await pool.publish(event, timeout: .seconds(5)).values.allSatisfy { $0.isAccepted }) }
@@ -221,7 +214,7 @@ struct RelayPoolTests {
         configuration.subscriptionBufferSize = 4
         try await withEmbeddedRelay { a in
             let pool = RelayPool(relays: [a], configuration: configuration, logger: logger)
-            try await withRunningPool(pool) {
+            try await pool.withRunning {
                 let stored = notes(60, from: .now - 1000, tag: "bp")
                 for event in stored { _ = await pool.publish(event, timeout: .seconds(5)) }
                 let received = pool.status()[0].messagesReceived
@@ -242,7 +235,7 @@ struct RelayPoolTests {
         try await withEmbeddedRelay { a in
             try await withEmbeddedRelay { b in
                 let pool = RelayPool(relays: [a], logger: logger)
-                try await withRunningPool(pool) {
+                try await pool.withRunning {
                     let event = notes(1, tag: "dyn")[0]
                     #expect(pool.add(b))
                     #expect(!pool.add(b))
@@ -260,25 +253,15 @@ struct RelayPoolTests {
 
     @Test("NIP-42: the pool authenticates with its signer when a relay requires it")
     func authentication() async throws {
-        var relayConfiguration = EmbeddedRelay.Configuration()
-        relayConfiguration.policy.authRequired = true
-        let (ready, readyContinuation) = AsyncStream<String>.makeStream()
-        let relay = EmbeddedRelay(configuration: relayConfiguration, logger: Logger(label: "t") { _ in SwiftLogNoOpLogHandler() }) {
-            readyContinuation.yield($0)
-        }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await relay.run() }
-            defer { group.cancelAll() }
-            guard let text = await ready.first(where: { _ in true }) else { throw TestFailure("relay did not start") }
-            let url = try RelayURL(text)
+        try await withEmbeddedRelay(authRequired: true) { url in
             let event = notes(1, tag: "auth")[0]
             let anonymous = RelayPool(relays: [url], logger: logger)
-            try await withRunningPool(anonymous) {
+            try await anonymous.withRunning {
                 let result = await anonymous.publish(event, timeout: .seconds(5))
                 #expect(result[url]?.rejectionPrefix == .authRequired)
             }
             let signed = RelayPool(relays: [url], signer: KeySigner(author), logger: logger)
-            try await withRunningPool(signed) {
+            try await signed.withRunning {
                 #expect(await signed.publish(event, timeout: .seconds(5))[url]?.isAccepted == true)
             }
         }

@@ -80,16 +80,7 @@ struct RelayClientState {
         challenge = nil
         authenticationInFlight = nil
         isAuthenticated = false
-        var actions = [Action]()
-        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) {
-            subscriptions[id]?.waiting = .none
-            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
-        }
-        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) {
-            publishes[id]?.waiting = .none
-            actions.append(.send(ClientMessage.event(publish.event).json))
-        }
-        return actions
+        return resend { _ in Waiting.none }
     }
 
     mutating func disconnected() {
@@ -254,16 +245,7 @@ struct RelayClientState {
 
     private mutating func authenticationAccepted() -> [Action] {
         isAuthenticated = true
-        var actions = [Action]()
-        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) where subscription.waiting == .authentication {
-            subscriptions[id]?.waiting = .none
-            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
-        }
-        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) where publish.waiting == .authentication {
-            publishes[id]?.waiting = .none
-            actions.append(.send(ClientMessage.event(publish.event).json))
-        }
-        return actions
+        return resend { $0 == .authentication ? Waiting.none : nil }
     }
 
     private mutating func authenticationRefused(_ reason: String) -> [Action] {
@@ -284,15 +266,27 @@ struct RelayClientState {
     /// Re-sends what waited out a rate-limit back-off.
     mutating func tick(monotonic: Double) -> [Action] {
         guard isConnected else { return [] }
+        // In flight again; the attempt count is kept until the relay answers.
+        return resend { waiting in
+            guard case .retry(let at, let attempt) = waiting, at <= monotonic else { return nil }
+            return .retry(at: .infinity, attempt: attempt)
+        }
+    }
+
+    /// Re-sends (in id order, subscriptions first) every subscription and publish for which `next` gives a new
+    /// waiting state, and sets it.
+    private mutating func resend(_ next: (Waiting) -> Waiting?) -> [Action] {
         var actions = [Action]()
-        for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) {
-            guard case .retry(let at, _) = subscription.waiting, at <= monotonic else { continue }
-            subscriptions[id]?.waiting = .retry(at: .infinity, attempt: subscription.waiting.attempt)
+        for id in subscriptions.compactMap({ next($0.value.waiting) == nil ? nil : $0.key }).sorted() {
+            guard var subscription = subscriptions[id], let waiting = next(subscription.waiting) else { continue }
+            subscription.waiting = waiting
+            subscriptions[id] = subscription
             actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
         }
-        for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) {
-            guard case .retry(let at, _) = publish.waiting, at <= monotonic else { continue }
-            publishes[id]?.waiting = .retry(at: .infinity, attempt: publish.waiting.attempt)
+        for id in publishes.compactMap({ next($0.value.waiting) == nil ? nil : $0.key }).sorted() {
+            guard var publish = publishes[id], let waiting = next(publish.waiting) else { continue }
+            publish.waiting = waiting
+            publishes[id] = publish
             actions.append(.send(ClientMessage.event(publish.event).json))
         }
         return actions

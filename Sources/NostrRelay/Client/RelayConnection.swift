@@ -113,11 +113,11 @@ final class RelayConnection: Sendable {
     // MARK: Requests
 
     func subscribe(_ id: String, filters: [Filter]) {
-        withMachine { $0.subscribe(id, filters: filters) }
+        _ = withMachine { $0.subscribe(id, filters: filters) }
     }
 
     func unsubscribe(_ id: String) {
-        withMachine { $0.unsubscribe(id) }
+        _ = withMachine { $0.unsubscribe(id) }
     }
 
     /// Sends `event` (now, or as soon as connected) and waits for the relay's `OK`, re-sending after a
@@ -131,7 +131,7 @@ final class RelayConnection: Sendable {
             shared.waiters[event.id, default: [:]][token] = waiter
             return token
         }
-        withMachine { $0.publish(event) }
+        _ = withMachine { $0.publish(event) }
         let result = await withTaskGroup(of: PublishResult?.self) { group in
             group.addTask { await waiter.wait() }
             group.addTask {
@@ -229,13 +229,12 @@ final class RelayConnection: Sendable {
             await execute(actions)
             for try await message in inbound.messages(maxSize: configuration.maximumMessageSize) {
                 metrics.messagesIn.increment()
-                shared.withLock { $0.status.messagesReceived += 1 }
                 guard case .text(let text) = message else {
                     await execute([.dropped(reason: "binary message")])
                     continue
                 }
-                let now = Timestamp.now, monotonic = Self.monotonicSeconds()
-                await execute(withMachine(execute: false) { $0.receive(text, now: now, monotonic: monotonic) })
+                let now = Timestamp.now, monotonic = monotonicSeconds()
+                await execute(withMachine(countingReceived: true) { $0.receive(text, now: now, monotonic: monotonic) })
             }
             group.cancelAll()
         }
@@ -244,35 +243,25 @@ final class RelayConnection: Sendable {
     private func tickLoop() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(250))
-            let monotonic = Self.monotonicSeconds()
-            await execute(withMachine(execute: false) { $0.tick(monotonic: monotonic) })
+            let monotonic = monotonicSeconds()
+            await execute(withMachine { $0.tick(monotonic: monotonic) })
         }
     }
 
     // MARK: Actions
 
     /// Runs `body` on the state machine and queues its sends in order (under the same lock, so two callers'
-    /// messages never interleave out of order); the other actions run afterwards, unless `execute` is false,
-    /// when they are returned.
-    @discardableResult
-    private func withMachine(execute: Bool = true, _ body: (inout RelayClientState) -> [RelayClientState.Action])
-        -> [RelayClientState.Action]
-    {
-        let actions = shared.withLock { shared in
+    /// messages never interleave out of order); returns all its actions for ``execute(_:)``. A message read
+    /// from the relay is counted under the same lock.
+    private func withMachine(
+        countingReceived: Bool = false, _ body: (inout RelayClientState) -> [RelayClientState.Action]
+    ) -> [RelayClientState.Action] {
+        shared.withLock { shared in
+            if countingReceived { shared.status.messagesReceived += 1 }
             let actions = body(&shared.machine)
             Self.sendAll(actions, &shared)
             return actions
         }
-        if execute {
-            for action in actions {
-                switch action {
-                case .publishFinished(let id, let result): finish(id, result)
-                case .send: continue
-                default: assertionFailure("requests only send or finish")
-                }
-            }
-        }
-        return actions
     }
 
     private static func sendAll(_ actions: [RelayClientState.Action], _ shared: inout Shared) {
@@ -319,10 +308,10 @@ final class RelayConnection: Sendable {
         do {
             let event = try await signer.sign(template)
             logger.debug("authenticating (NIP-42)", metadata: ["nostr.pubkey": "\(event.pubkey.hex)"])
-            await execute(withMachine(execute: false) { $0.authenticationSigned(event) })
+            await execute(withMachine { $0.authenticationSigned(event) })
         } catch {
             logger.error("could not sign the NIP-42 event", metadata: ["error": "\(error)"])
-            await execute(withMachine(execute: false) { $0.authenticationFailed("auth-required: signing failed") })
+            await execute(withMachine { $0.authenticationFailed("auth-required: signing failed") })
         }
     }
 
@@ -331,11 +320,6 @@ final class RelayConnection: Sendable {
         return text.count > 200 ? String(text.prefix(200)) + "…" : text
     }
 
-    static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
 }
 
 /// A value delivered once to one waiter; waiting ends early (with `nil`) if the waiting task is cancelled.

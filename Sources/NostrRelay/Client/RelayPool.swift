@@ -116,6 +116,16 @@ public final class RelayPool: Service, Sendable {
         for subscription in subscriptions { subscription.finish() }
     }
 
+    /// Runs the pool while `body` runs and stops it when `body` returns or throws: for tools and tests that
+    /// use a pool for one job (a service runs it as a `Service` instead).
+    public func withRunning<Result: Sendable>(_ body: () async throws -> Result) async throws -> Result {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.run() }
+            defer { group.cancelAll() }
+            return try await body()
+        }
+    }
+
     // MARK: Publishing
 
     /// Publishes `event` to `relays` (all by default) and waits for each relay's answer, at most `timeout`.
