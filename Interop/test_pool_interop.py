@@ -42,6 +42,9 @@ Relays used (all bound to 127.0.0.1):
         in the future ("invalid: <ts> is too old" / "is in the future").
   * switchboard's own relay (`switchboard relay`), and small raw WebSocket
     servers written here (the `websockets` package) for misbehaving relays.
+  * For wss://, a TLS-terminating TCP proxy (Python's ssl module, i.e.
+    OpenSSL) in front of our relay, with a throw-away CA and server
+    certificates made by the `openssl` command line tool.
 
 Every process started is stopped at teardown (SIGTERM, then SIGKILL after
 STOP_TIMEOUT); a relay or long-running subscriber that died during a test
@@ -274,8 +277,8 @@ class Procs:
         return relay
 
     # --- switchboard subscribe (long-running) --------------------------------
-    def subscriber(self, relays, filters, auth_sec=None, name="subscriber") -> "Subscriber":
-        argv = [self.sb, "subscribe", "--verbose", *relay_args(relays)]
+    def subscriber(self, relays, filters, auth_sec=None, name="subscriber", extra=()) -> "Subscriber":
+        argv = [self.sb, "subscribe", "--verbose", *relay_args(relays), *extra]
         for f in filters:
             argv += ["--filter", json.dumps(f)]
         if auth_sec:
@@ -415,9 +418,9 @@ class OneShot:
                 f"  stderr tail:\n{self.stderr[-2000:]}")
 
 
-def sb_publish(procs: Procs, relays, events, timeout=None, auth_sec=None, limit=ONE_SHOT_LIMIT):
+def sb_publish(procs: Procs, relays, events, timeout=None, auth_sec=None, limit=ONE_SHOT_LIMIT, extra=()):
     """Runs `switchboard publish`; returns (run, {event id: {relay: result}})."""
-    argv = [procs.sb, "publish", *relay_args(relays)]
+    argv = [procs.sb, "publish", *relay_args(relays), *extra]
     if timeout is not None:
         argv += ["--timeout", str(timeout)]
     if auth_sec:
@@ -442,9 +445,10 @@ def sb_publish(procs: Procs, relays, events, timeout=None, auth_sec=None, limit=
     return run, results
 
 
-def sb_fetch(procs: Procs, relays, filters, auth_sec=None, limit=ONE_SHOT_LIMIT, eose_timeout=3):
+def sb_fetch(procs: Procs, relays, filters, auth_sec=None, limit=ONE_SHOT_LIMIT, eose_timeout=3, extra=()):
     """`switchboard subscribe --close-on-eose --timeout eose_timeout`; returns (run, parsed items)."""
-    argv = [procs.sb, "subscribe", *relay_args(relays), "--close-on-eose", "--timeout", str(eose_timeout)]
+    argv = [procs.sb, "subscribe", *relay_args(relays), "--close-on-eose", "--timeout", str(eose_timeout),
+            *extra]
     for f in filters:
         argv += ["--filter", json.dumps(f)]
     if auth_sec:
@@ -988,3 +992,117 @@ def test_nip42_through_the_pool(procs, aio, rng):
     sub.wait_ids([hexid(live)])
     time.sleep(QUIET)
     sub.assert_once(by_id(*dms, live))
+
+
+# ==========================================================================
+# 7. wss:// (TLS)
+# ==========================================================================
+
+def openssl(*args, cwd):
+    run = subprocess.run(["openssl", *map(str, args)], cwd=cwd, capture_output=True, timeout=30)
+    assert run.returncode == 0, f"openssl {' '.join(map(str, args))}: {run.stderr.decode()[-1000:]}"
+
+
+def make_certificates(directory: Path) -> dict:
+    """A throw-away CA, a server certificate for localhost signed by it, and one signed by it
+    for another name. Returns the file paths."""
+    days = ["-days", "2"]
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=switchboard test CA", *days, cwd=directory)
+    for name, san in (("good", "IP:127.0.0.1,DNS:localhost"), ("wrong-name", "DNS:relay.example")):
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
+        (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-extfile", f"{name}.ext", *days, cwd=directory)
+    return {"ca": directory / "ca.pem",
+            "good": (directory / "good.pem", directory / "good.key"),
+            "wrong-name": (directory / "wrong-name.pem", directory / "wrong-name.key")}
+
+
+class TLSProxy:
+    """Terminates TLS on 127.0.0.1 (port 0) and forwards the bytes to a plain TCP port; runs on the
+    aio loop."""
+
+    def __init__(self, aio: LoopThread, certificate, target_port: int):
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*map(str, certificate))
+        self.writers = set()
+
+        async def pipe(reader, writer):
+            with contextlib.suppress(Exception):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            with contextlib.suppress(Exception):
+                writer.close()
+
+        async def handle(client_reader, client_writer):
+            try:
+                relay_reader, relay_writer = await asyncio.open_connection("127.0.0.1", target_port)
+            except OSError:
+                client_writer.close()
+                return
+            self.writers |= {client_writer, relay_writer}
+            await asyncio.gather(pipe(client_reader, relay_writer), pipe(relay_reader, client_writer))
+
+        async def start():
+            return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+
+        self.server = aio.call(start())
+        self.port = self.server.sockets[0].getsockname()[1]
+        # A host name, not 127.0.0.1: swift-websocket always sends the URL's host as SNI, and an IP
+        # address is not a valid SNI name, so wss:// needs a name (as every public relay has).
+        self.url = f"wss://localhost:{self.port}"
+
+        async def stop():
+            self.server.close()
+            for writer in self.writers:
+                writer.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+        aio.finalizers.append(stop)
+
+
+def test_pool_over_wss(procs, aio, rng, tmp_path):
+    certs = make_certificates(tmp_path)
+    relay = procs.sb_relay("relay-behind-tls")
+    tls = TLSProxy(aio, certs["good"], relay.port)
+    trusted = ["--ca-file", str(certs["ca"])]
+    author = new_keys(rng)
+    events = [make_event(author, 1, f"over TLS {i}", created_at=now() - 10 + i) for i in range(3)]
+
+    # Not trusted (only the system's roots): the certificate is refused, nothing reaches the relay.
+    run, results = sb_publish(procs, [tls.url], events[:1], timeout=3)
+    assert run.returncode == 1, run.describe()
+    assert results[hexid(events[0])][tls.url].startswith("unreachable:"), run.describe()
+    run, items = sb_fetch(procs, [relay.url], [{"authors": [pk(author)]}])
+    assert not events_of(items), f"an event got through an untrusted TLS connection\n{run.describe()}"
+
+    # With the test CA: publish and read back through wss://, byte-identical.
+    run, results = sb_publish(procs, [tls.url], events, timeout=5, extra=trusted)
+    assert run.returncode == 0, run.describe()
+    assert_all(results, tls.url, "accepted", run)
+    run, items = sb_fetch(procs, [tls.url], [{"authors": [pk(author)]}], extra=trusted)
+    assert run.returncode == 0, run.describe()
+    assert sorted(e["id"] for _, e in events_of(items)) == sorted(hexid(e) for e in events), run.describe()
+    assert all(e == as_dict(ev) for (_, e), ev in zip(sorted(events_of(items), key=lambda x: x[1]["id"]),
+                                                      sorted(events, key=hexid))), run.describe()
+    assert eose_relays(items) == [tls.url], run.describe()
+
+    # Live delivery and a 64 KiB+ event over TLS.
+    sub = procs.subscriber([tls.url], [{"authors": [pk(author)]}], name="tls-subscriber", extra=trusted)
+    sub.wait_eose([tls.url])
+    big = make_event(author, 1, "x" * 70_000)
+    run, results = sb_publish(procs, [tls.url], [big], timeout=5, extra=trusted)
+    assert results[hexid(big)][tls.url] == "accepted", run.describe()
+    sub.wait_ids([hexid(big)])
+    time.sleep(QUIET)
+    sub.assert_once(by_id(*events, big))
+
+    # A certificate from the trusted CA but for another host name is refused too.
+    wrong = TLSProxy(aio, certs["wrong-name"], relay.port)
+    run, results = sb_publish(procs, [wrong.url], events[:1], timeout=3, extra=trusted)
+    assert results[hexid(events[0])][wrong.url].startswith("unreachable:"), run.describe()
+    assert "certificate" in results[hexid(events[0])][wrong.url], run.describe()

@@ -70,9 +70,11 @@ public final class EmbeddedRelay: Service, Sendable {
             Response(status: .noContent, headers: EmbeddedRelay.corsHeaders)
         }
         let frameSize = max(configuration.policy.maximumMessageLength + 1024, 1 << 16)
+        // A peer that never answers the closing handshake holds up shutdown for at most closeTimeout.
+        let webSocket = WebSocketServerConfiguration(maxFrameSize: frameSize, closeTimeout: .seconds(2))
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: frameSize))) { request, _, _ in
+            server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, _, _ in
                 .upgrade([:]) { inbound, outbound, _ in
                     try await relay.serve(inbound: inbound, outbound: outbound, frameSize: frameSize)
                 }

@@ -13,12 +13,18 @@ struct PoolOptions: ParsableArguments {
     @Option(name: .customLong("auth-sec"), help: "Secret key (hex or nsec) for NIP-42 authentication; or SWITCHBOARD_AUTH_SECRET_KEY.")
     var authSecret: String?
 
+    @Option(help: "PEM file of certificate authorities to trust for wss:// relays, besides the system's.")
+    var caFile: String?
+
     @Flag(help: "Log the pool's connection events on stderr.") var verbose = false
 
     func validate() throws {
         guard !relays.isEmpty else { throw ValidationError("name at least one --relay") }
         for relay in relays {
             do { _ = try RelayURL(relay) } catch { throw ValidationError("invalid relay URL: \(relay)") }
+        }
+        if let caFile, !FileManager.default.isReadableFile(atPath: caFile) {
+            throw ValidationError("cannot read --ca-file \(caFile)")
         }
     }
 
@@ -33,7 +39,9 @@ struct PoolOptions: ParsableArguments {
         }
         var logger = Logger(label: "switchboard.pool") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = verbose ? .debug : .error
-        return RelayPool(relays: try relays.map(RelayURL.init), signer: signer, logger: logger)
+        var configuration = RelayPool.Configuration()
+        configuration.additionalTrustRootsFile = caFile
+        return RelayPool(relays: try relays.map(RelayURL.init), signer: signer, configuration: configuration, logger: logger)
     }
 }
 

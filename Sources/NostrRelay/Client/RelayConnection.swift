@@ -3,6 +3,7 @@ import Logging
 import CoreMetrics
 import NostrCore
 import NostrCrypto
+import NIOSSL
 import Synchronization
 import WSClient
 
@@ -164,11 +165,17 @@ final class RelayConnection: Sendable {
             maxFrameSize: configuration.maximumMessageSize, closeTimeout: .seconds(2),
             autoPing: .enabled(timePeriod: configuration.pingInterval))
         client.additionalHeaders[.userAgent] = "switchboard"
+        // wss:// verifies the relay's certificate and host name against the system's trust roots (and the
+        // configured extra ones); ws:// ignores this.
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let file = configuration.additionalTrustRootsFile { tls.additionalTrustRoots = [.file(file)] }
         while !Task.isCancelled {
             let opened = ContinuousClock.now
             var reason = "closed by the relay"
             do {
-                try await WebSocketClient.connect(url: url.string, configuration: client, logger: logger) { inbound, outbound, _ in
+                try await WebSocketClient.connect(
+                    url: url.string, configuration: client, tlsConfiguration: tls, logger: logger
+                ) { inbound, outbound, _ in
                     try await self.session(inbound: inbound, outbound: outbound)
                 }
             } catch {

@@ -38,6 +38,9 @@ public final class RelayPool: Service, Sendable {
         public var subscriptionBufferSize = 256
         /// Event ids a subscription remembers to drop copies arriving from other relays.
         public var deduplicationCapacity = 10_000
+        /// A PEM file of certificate authorities trusted for `wss://` relays besides the system's trust roots
+        /// (for relays behind a private CA).
+        public var additionalTrustRootsFile: String?
         /// Where the per-relay metrics go (the global swift-metrics factory by default).
         public var metricsFactory: any MetricsFactory = MetricsSystem.factory
 
