@@ -97,6 +97,7 @@ let package = Package(
                 "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "WSClient", package: "swift-websocket"),
             ]
         ),
     ],

@@ -1,6 +1,7 @@
 import NostrCore
 import NostrCrypto
 import Testing
+import WSClient
 @testable import NostrRelay
 
 @Suite("RelayClientState: the client side of one relay connection, without I/O")
@@ -201,6 +202,45 @@ struct RelayClientHelperTests {
             let ceiling = min(Duration.seconds(30), .milliseconds(500) * (1 << min(failures, 20)))
             let delay = RelayConnection.backoff(failures, base: .milliseconds(500), cap: .seconds(30))
             #expect(delay >= ceiling / 2 && delay <= ceiling, "\(failures): \(delay)")
+        }
+    }
+
+    @Test("a burst parsed and verified across cores keeps the relay's order and each verdict")
+    func preparedBatchKeepsOrder() async throws {
+        let key = SecretKey.generate()
+        var messages: [WebSocketMessage] = []
+        var expected: [String] = []
+        for i in 0..<97 {
+            let event = EventTemplate(kind: 1, content: "n\(i)", createdAt: Timestamp(1000 + Int64(i))).sign(with: key)
+            switch i % 5 {
+            case 0:
+                let forged = Event(id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind,
+                    tags: event.tags, content: "altered", sig: event.sig)
+                messages.append(.text(RelayMessage.event(subscriptionID: "s", event: forged).json))
+                expected.append("event \(event.id.hex) invalid")
+            case 3:
+                messages.append(.text(RelayMessage.endOfStoredEvents(subscriptionID: "s\(i)").json))
+                expected.append("eose s\(i)")
+            case 4:
+                messages.append(.text("[\"EVENT\",\"s\",{\"id\":\(i)}]"))
+                expected.append("unreadable")
+            default:
+                messages.append(.text(RelayMessage.event(subscriptionID: "s", event: event).json))
+                expected.append("event \(event.id.hex) valid")
+            }
+        }
+        func summary(_ received: RelayClientState.Received) -> String {
+            switch received {
+            case .unreadable: "unreadable"
+            case .message(.event(_, let event), let valid): "event \(event.id.hex) \(valid ? "valid" : "invalid")"
+            case .message(.endOfStoredEvents(let id), _): "eose \(id)"
+            case .message(let other, _): "other \(other)"
+            }
+        }
+        for size in [1, 3, 8, 64, 97] {
+            let batch = Array(messages.prefix(size))
+            let prepared = await RelayConnection.prepare(batch, limits: MessageLimits())
+            #expect(prepared.map(summary) == Array(expected.prefix(size)), "batch of \(size)")
         }
     }
 }

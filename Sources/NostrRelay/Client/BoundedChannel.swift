@@ -98,6 +98,17 @@ final class BoundedChannel<Element: Sendable>: Sendable {
         }
     }
 
+    /// The next element (waiting for one) and up to `maximum − 1` more that are already buffered, in order;
+    /// empty once the channel is finished and empty.
+    func nextBatch(maximum: Int) async -> [Element] {
+        guard let first = await next() else { return [] }
+        var batch = [first]
+        state.withLock { state in
+            while batch.count < maximum, let element = Self.take(&state) { batch.append(element) }
+        }
+        return batch
+    }
+
     /// Ends the channel: buffered elements can still be read; waiting senders are released.
     func finish() {
         let (producers, consumer) = state.withLock { state in

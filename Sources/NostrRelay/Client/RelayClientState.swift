@@ -47,6 +47,27 @@ struct RelayClientState {
         var refusal: String?
     }
 
+    /// A message from the relay, parsed and, if it is an event, checked (id and signature): the expensive part
+    /// of receiving, which needs no state, so ``RelayConnection`` does it outside its lock and, for a burst of
+    /// messages, on several cores at once.
+    enum Received: Sendable {
+        case message(RelayMessage, eventIsValid: Bool)
+        case unreadable(reason: String)
+
+        init(_ text: String, limits: MessageLimits) {
+            do {
+                let message = try RelayMessage(json: text, limits: limits)
+                if case .event(_, let event) = message {
+                    self = .message(message, eventIsValid: event.isValid)
+                } else {
+                    self = .message(message, eventIsValid: true)
+                }
+            } catch {
+                self = .unreadable(reason: "unreadable message: \(error)")
+            }
+        }
+    }
+
     enum Action: Equatable {
         case send(String)
         case deliver(subscriptionID: String, Event)
@@ -125,16 +146,23 @@ struct RelayClientState {
 
     // MARK: Relay messages
 
+    /// Parses, checks and handles one message from the relay.
     mutating func receive(_ text: String, now: Timestamp, monotonic: Double) -> [Action] {
-        let message: RelayMessage
-        do {
-            message = try RelayMessage(json: text, limits: configuration.messageLimits)
-        } catch {
-            return [.dropped(reason: "unreadable message: \(error)")]
+        receive(Received(text, limits: configuration.messageLimits), now: now, monotonic: monotonic)
+    }
+
+    /// Handles one message from the relay, already parsed and checked.
+    mutating func receive(_ received: Received, now: Timestamp, monotonic: Double) -> [Action] {
+        let message: RelayMessage, eventIsValid: Bool
+        switch received {
+        case .unreadable(let reason):
+            return [.dropped(reason: reason)]
+        case .message(let parsed, let valid):
+            (message, eventIsValid) = (parsed, valid)
         }
         switch message {
         case .event(let id, let event):
-            return receiveEvent(event, subscriptionID: id, now: now)
+            return receiveEvent(event, isValid: eventIsValid, subscriptionID: id, now: now)
         case .endOfStoredEvents(let id):
             guard var subscription = subscriptions[id] else { return [] }
             if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
@@ -159,9 +187,9 @@ struct RelayClientState {
         }
     }
 
-    private mutating func receiveEvent(_ event: Event, subscriptionID id: String, now: Timestamp) -> [Action] {
+    private mutating func receiveEvent(_ event: Event, isValid: Bool, subscriptionID id: String, now: Timestamp) -> [Action] {
         guard var subscription = subscriptions[id] else { return [] }  // closed meanwhile
-        guard event.isValid else { return [.dropped(reason: "event \(event.id.hex) fails id or signature check")] }
+        guard isValid else { return [.dropped(reason: "event \(event.id.hex) fails id or signature check")] }
         guard subscription.filters.contains(where: { $0.matches(event) }) else {
             return [.dropped(reason: "event \(event.id.hex) does not match subscription \(id)")]
         }

@@ -51,6 +51,7 @@ final class RelayConnection: Sendable {
     private let logger: Logger
     private let stopSignal = AsyncStream<Never>.makeStream()
     private let metrics: Instruments
+    private let messageLimits: MessageLimits
 
     struct Instruments {
         let connected: Gauge
@@ -85,6 +86,7 @@ final class RelayConnection: Sendable {
         var machineConfiguration = RelayClientState.Configuration()
         machineConfiguration.resumeMargin = configuration.resumeMargin
         machineConfiguration.canAuthenticate = signer != nil
+        self.messageLimits = machineConfiguration.messageLimits
         self.shared = Mutex(Shared(
             machine: RelayClientState(configuration: machineConfiguration),
             status: RelayStatus(url: url, isConnected: false, reconnects: 0, messagesReceived: 0, messagesSent: 0, invalidEvents: 0)))
@@ -226,6 +228,10 @@ final class RelayConnection: Sendable {
         if actions.isEmpty || status.reconnects > 0 { logger.info("connected") }
         if status.reconnects > 0 { metrics.reconnects.increment() }
         metrics.connected.record(1)
+        // Reading and handling are two stages joined by a small bounded channel: while one batch of messages
+        // is parsed and verified (on several cores when it is large) and handled in order, the next is read.
+        // A full channel stops the reading, so backpressure still reaches the relay.
+        let received = BoundedChannel<WebSocketMessage>(capacity: Self.readAhead)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await text in outbox {
@@ -233,17 +239,46 @@ final class RelayConnection: Sendable {
                     self.metrics.messagesOut.increment()
                 }
             }
-            await execute(actions)
-            for try await message in inbound.messages(maxSize: configuration.maximumMessageSize) {
-                metrics.messagesIn.increment()
-                guard case .text(let text) = message else {
-                    await execute([.dropped(reason: "binary message")])
-                    continue
+            group.addTask {
+                defer { received.finish() }
+                for try await message in inbound.messages(maxSize: self.configuration.maximumMessageSize) {
+                    await received.send(message)
                 }
-                let now = Timestamp.now, monotonic = monotonicSeconds()
-                await execute(withMachine(countingReceived: true) { $0.receive(text, now: now, monotonic: monotonic) })
             }
+            await execute(actions)
+            while case let batch = await received.nextBatch(maximum: Self.readAhead), !batch.isEmpty {
+                metrics.messagesIn.increment(by: batch.count)
+                for message in await Self.prepare(batch, limits: messageLimits) {
+                    let now = Timestamp.now, monotonic = monotonicSeconds()
+                    await execute(withMachine(countingReceived: true) { $0.receive(message, now: now, monotonic: monotonic) })
+                }
+            }
+            // The reader has ended: its error (or the writer's), if any, ends the session.
+            try await group.next()
             group.cancelAll()
+        }
+    }
+
+    /// Messages read ahead of the one being handled.
+    static let readAhead = 64
+
+    /// Parses and checks `messages`; a batch large enough to be worth it is split across the cores.
+    static func prepare(_ messages: [WebSocketMessage], limits: MessageLimits) async -> [RelayClientState.Received] {
+        func prepare(_ message: WebSocketMessage) -> RelayClientState.Received {
+            guard case .text(let text) = message else { return .unreadable(reason: "binary message") }
+            return RelayClientState.Received(text, limits: limits)
+        }
+        let parts = min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 4)
+        guard parts > 1 else { return messages.map(prepare) }
+        let size = (messages.count + parts - 1) / parts
+        return await withTaskGroup(of: (Int, [RelayClientState.Received]).self) { group in
+            for start in stride(from: 0, to: messages.count, by: size) {
+                let slice = messages[start..<min(start + size, messages.count)]
+                group.addTask { (start, slice.map(prepare)) }
+            }
+            var prepared = [[RelayClientState.Received]](repeating: [], count: parts)
+            for await (start, part) in group { prepared[start / size] = part }
+            return prepared.flatMap { $0 }
         }
     }
 
