@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "NostrCrypto", targets: ["NostrCrypto"]),
         .library(name: "NostrCore", targets: ["NostrCore"]),
         .library(name: "NostrRelay", targets: ["NostrRelay"]),
+        .library(name: "NostrService", targets: ["NostrService"]),
+        .library(name: "NostrServiceTesting", targets: ["NostrServiceTesting"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
     ],
@@ -63,6 +65,25 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        .target(
+            name: "NostrService",
+            dependencies: [
+                "NostrCore",
+                "NostrCrypto",
+                "NostrRelay",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
+            name: "NostrServiceTesting",
+            dependencies: [
+                "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "switchboard",
             dependencies: [
@@ -98,6 +119,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "WSClient", package: "swift-websocket"),
+            ]
+        ),
+        .testTarget(
+            name: "NostrServiceTests",
+            dependencies: [
+                "NostrService", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
     ],

@@ -61,7 +61,7 @@ public struct TokenBucket: Hashable, Sendable {
 }
 
 /// Seconds on the monotonic clock, for the rate limiter and back-off timers (it never jumps with the wall clock).
-func monotonicSeconds() -> Double {
+package func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

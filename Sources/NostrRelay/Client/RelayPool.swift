@@ -41,6 +41,10 @@ public final class RelayPool: Service, Sendable {
         /// A PEM file of certificate authorities trusted for `wss://` relays besides the system's trust roots
         /// (for relays behind a private CA).
         public var additionalTrustRootsFile: String?
+        /// Whether ``RelayPool/run()`` ends on swift-service-lifecycle's graceful shutdown. An owner that still
+        /// needs the pool while it winds down (to publish the answers of requests in flight) sets it to false
+        /// and cancels `run()` itself when done.
+        public var stopsOnGracefulShutdown = true
         /// Where the per-relay metrics go (the global swift-metrics factory by default).
         public var metricsFactory: any MetricsFactory = MetricsSystem.factory
 
@@ -105,12 +109,17 @@ public final class RelayPool: Service, Sendable {
 
     /// Runs every relay's connection until cancelled or, as a `Service`, until graceful shutdown.
     public func run() async throws {
-        await cancelWhenGracefulShutdown {
+        let connections: @Sendable () async -> Void = {
             await withDiscardingTaskGroup { group in
                 for await connection in self.starts {
                     group.addTask { await connection.run() }
                 }
             }
+        }
+        if configuration.stopsOnGracefulShutdown {
+            await cancelWhenGracefulShutdown { await connections() }
+        } else {
+            await connections()
         }
         let subscriptions = registry.withLock { registry in
             registry.starts.finish()
@@ -283,6 +292,12 @@ public struct RelaySubscription: AsyncSequence, Sendable {
 
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(channel: channel)
+    }
+
+    /// Ends iteration (from any task): items already buffered are still read, then iteration ends. The relays
+    /// are told to close the subscription when ``RelayPool/withSubscription(_:on:_:)`` returns.
+    public func stop() {
+        channel.finish()
     }
 }
 

@@ -1,0 +1,74 @@
+public import Logging
+public import NostrCore
+public import NostrRelay
+
+/// What a service does with the requests of some kinds.
+///
+/// The runtime calls ``handle(_:context:)`` at most once per request event, however many relays deliver it and
+/// however often it is replayed, and publishes the replies it returns (signed by the key the request
+/// addressed, encrypted in the request's scheme). A copy of the request arriving later gets the same replies
+/// again. Throw a ``ServiceError`` to answer with an error; ``errorReply(to:error:)`` shapes it for the
+/// protocol, and is also used for requests the runtime refuses (rate limit, concurrency, timeout).
+///
+/// ```swift
+/// struct Uppercase: RequestHandler {
+///     var kinds: Set<Kind> { [25_910] }
+///     func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+///         [request.reply(kind: 25_911, content: request.content.uppercased())]
+///     }
+///     func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
+///         request.reply(kind: 25_911, content: "error: \(error.message)")
+///     }
+/// }
+/// ```
+public protocol RequestHandler: Sendable {
+    /// The request kinds this handler answers.
+    var kinds: Set<Kind> { get }
+    /// Encryption schemes accepted (default NIP-44 and NIP-04); others are refused with
+    /// ``ServiceError/Code/unsupportedEncryption``.
+    var encryptions: Set<PayloadEncryption> { get }
+    /// Whether requests of these kinds that `p`-tag no one are taken too (as NIP-90 job requests may be).
+    /// Requests that `p`-tag someone else are never taken. Default false.
+    var acceptsUntargeted: Bool { get }
+    /// How long ``handle(_:context:)`` may run before the request is answered with
+    /// ``ServiceError/Code/timeout`` (default 30 s).
+    var timeout: Duration { get }
+    /// Whether a request interrupted by a crash or restart may be run again (default false: it is answered
+    /// with ``ServiceError/Code/interrupted`` instead, so nothing is signed or paid twice).
+    var isIdempotent: Bool { get }
+
+    /// Handles one request; returns the replies to publish (recorded, and re-sent for duplicates).
+    func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply]
+
+    /// The protocol's error reply for `request`, or nil when the protocol has none. When the payload could not
+    /// be decrypted, `request.content` is empty and the error is ``ServiceError/Code/badRequest``.
+    func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply?
+}
+
+extension RequestHandler {
+    public var encryptions: Set<PayloadEncryption> { [.nip44, .nip04] }
+    public var acceptsUntargeted: Bool { false }
+    public var timeout: Duration { .seconds(30) }
+    public var isIdempotent: Bool { false }
+    public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? { nil }
+}
+
+/// What a handler may use while it handles a request.
+public struct RequestContext: Sendable {
+    /// A logger carrying the request's metadata (`nostr.event.id`, `nostr.kind`, `nostr.pubkey`).
+    public let logger: Logger
+    /// The service's storage, for state a handler keeps (``ServiceStore/value(_:in:)`` and friends).
+    public let store: any ServiceStore
+    /// The service's relay pool, for fetching what a request refers to.
+    public let pool: RelayPool
+    /// When the handler's time is up.
+    public let deadline: ContinuousClock.Instant
+    let publish: @Sendable (ServiceReply) async -> [RelayURL: PublishResult]
+
+    /// Publishes an intermediate reply now (progress, a payment request) and waits for the relays' answers.
+    /// Unlike the replies ``RequestHandler/handle(_:context:)`` returns, it is not recorded or re-sent.
+    @discardableResult
+    public func send(_ reply: ServiceReply) async -> [RelayURL: PublishResult] {
+        await publish(reply)
+    }
+}

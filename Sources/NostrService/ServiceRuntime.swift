@@ -1,0 +1,515 @@
+import Foundation
+public import Logging
+public import CoreMetrics
+public import NostrCore
+public import NostrCrypto
+public import NostrRelay
+public import ServiceLifecycle
+import Synchronization
+
+/// Runs a keyed service over relays: subscribes to its request kinds on every relay, checks, deduplicates and
+/// rate-limits each request, decrypts it, calls its ``RequestHandler``, and publishes the encrypted, signed
+/// replies, confirmed by the relays' `OK`.
+///
+/// The pipeline, per request event:
+/// 1. Ingress: id and signature (checked by the pool), size cap, age window, NIP-40 `expiration`, NIP-13
+///    minimum proof of work, a handler for the kind and one of the service's keys in its `p` tags.
+/// 2. Dedup: a claim in the ``ServiceStore`` journal before the handler runs. A copy from another relay or a
+///    replay after a restart never runs the handler again; the recorded replies are re-sent instead.
+/// 3. Policy: allow and deny lists, a token bucket per sender, in-flight caps per sender and overall; refusals
+///    get the handler's error reply (at most one per second per sender).
+/// 4. Decrypt (NIP-44, or NIP-04 when the content has `?iv=`), handle within the handler's timeout, encrypt in
+///    the same scheme, sign with the key the request addressed.
+/// 5. Publish to the relay the request came from, the service's relays and any the reply names, retrying
+///    relays that time out; the outcome goes to the journal.
+/// 6. On start, subscriptions begin at the journal's checkpoint minus a margin (within the age window), so
+///    requests stored by relays while the service was down are answered.
+///
+/// Run it as a swift-service-lifecycle `Service`: graceful shutdown stops taking requests, lets the ones in
+/// flight finish (up to ``Configuration/shutdownGracePeriod``), records the checkpoint and closes connections.
+public final class ServiceRuntime: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// The relays the service listens on and answers through.
+        public var relays: [RelayURL] = []
+        /// Largest request event accepted, in bytes of its JSON.
+        public var maximumRequestSize = 128 * 1024
+        /// Requests created longer ago than this are not answered (also bounds the catch-up after downtime).
+        public var maximumAge: Int64 = 3600
+        /// Requests dated further than this into the future are not answered.
+        public var maximumClockSkew: Int64 = 300
+        /// NIP-13 proof of work each request must carry (0 = none).
+        public var minimumProofOfWork = 0
+        /// The catch-up subscription starts this many seconds before the checkpoint.
+        public var catchUpMargin: Int64 = 60
+        /// Requests handled at the same time, over all senders; more wait (and the relays are read slower).
+        public var maximumConcurrentRequests = 64
+        /// Per-sender limits and lists.
+        public var policy = RequestPolicy.Configuration()
+        /// How long the relays get to confirm a reply, per attempt, and how many attempts a relay that did not
+        /// answer gets.
+        public var publishTimeout: Duration = .seconds(5)
+        public var publishAttempts = 3
+        /// Relays outside ``relays`` (named by replies) kept connected at most; the least recently used goes.
+        public var maximumExtraRelays = 32
+        /// On graceful shutdown, how long requests in flight may take to finish before they are cancelled.
+        public var shutdownGracePeriod: Duration = .seconds(10)
+        /// The relay pool's settings (its metrics factory is the runtime's).
+        public var pool = RelayPool.Configuration()
+        /// Where the runtime's metrics go (the global swift-metrics factory by default).
+        public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+
+        public init(relays: [RelayURL] = []) {
+            self.relays = relays
+        }
+    }
+
+    public let configuration: Configuration
+    /// The service's relays; handlers may use it to fetch events.
+    public let pool: RelayPool
+    /// The store holding the journal and handlers' state.
+    public let store: any ServiceStore
+    private let keys: [PublicKey: any ServiceSigner]
+    private let keyOrder: [PublicKey]
+    private let handlers: [Kind: any RequestHandler]
+    private let extraRelays: ExtraRelays
+    private let logger: Logger
+    private let metrics: ServiceMetrics
+    private let owner = Hex.encode(SecureMemory.randomBytes(8))
+    private let state: Mutex<RuntimeState>
+
+    struct RuntimeState {
+        var policy: RequestPolicy
+        var checkpoints: [PublicKey: Timestamp] = [:]
+        var subscribed = false
+        var stopping = false
+        var subscription: RelaySubscription?
+    }
+
+    /// - Parameters:
+    ///   - keys: the keys requests may address; the first also answers relays' NIP-42 challenges.
+    ///   - handlers: one per request kind (a kind claimed twice is a programming error).
+    public init(
+        keys: [any ServiceSigner], handlers: [any RequestHandler], store: any ServiceStore,
+        configuration: Configuration, logger: Logger
+    ) {
+        precondition(!keys.isEmpty, "a service needs at least one key")
+        self.configuration = configuration
+        self.store = store
+        self.keys = Dictionary(keys.map { ($0.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
+        self.keyOrder = keys.map(\.publicKey)
+        var byKind: [Kind: any RequestHandler] = [:]
+        for handler in handlers {
+            for kind in handler.kinds {
+                precondition(byKind[kind] == nil, "two handlers for kind \(kind)")
+                byKind[kind] = handler
+            }
+        }
+        self.handlers = byKind
+        self.logger = logger
+        var poolConfiguration = configuration.pool
+        poolConfiguration.stopsOnGracefulShutdown = false
+        poolConfiguration.metricsFactory = configuration.metricsFactory
+        self.pool = RelayPool(relays: configuration.relays, signer: keys[0], configuration: poolConfiguration, logger: logger)
+        self.extraRelays = ExtraRelays(capacity: configuration.maximumExtraRelays, configuration: poolConfiguration, logger: logger)
+        self.metrics = ServiceMetrics(factory: configuration.metricsFactory)
+        self.state = Mutex(RuntimeState(policy: RequestPolicy(configuration: configuration.policy)))
+    }
+
+    /// True once the request subscription has been sent to the relays (readiness for health checks is this
+    /// plus at least one connected relay).
+    public var isSubscribed: Bool { state.withLock { $0.subscribed } }
+
+    /// Ready to serve: subscribed, and at least one relay connected.
+    public var isReady: Bool { isSubscribed && pool.status().contains(where: \.isConnected) }
+
+    // MARK: Running
+
+    public func run() async throws {
+        let filters = try await requestFilters()
+        try await withThrowingTaskGroup(of: Void.self) { connections in
+            connections.addTask { try await self.pool.run() }
+            connections.addTask { try await self.extraRelays.pool.run() }
+            connections.addTask { await self.flushCheckpointsPeriodically() }
+            defer { connections.cancelAll() }
+            try await pool.withSubscription(filters) { subscription in
+                state.withLock { $0.subscription = subscription; $0.subscribed = true }
+                logger.info("listening", metadata: [
+                    "nostr.kinds": "\(handlers.keys.map(\.rawValue).sorted())", "nostr.relays": "\(configuration.relays.count)",
+                ])
+                await withGracefulShutdownHandler {
+                    await intake(subscription)
+                } onGracefulShutdown: {
+                    self.stopIntake()
+                }
+            }
+            await flushCheckpoints()
+        }
+        logger.info("stopped")
+    }
+
+    /// Stops taking requests: ``run()`` then waits for those in flight and returns. Graceful shutdown does
+    /// the same.
+    public func stopIntake() {
+        let subscription = state.withLock { state in
+            state.stopping = true
+            return state.subscription
+        }
+        subscription?.stop()
+    }
+
+    /// The subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds, from
+    /// the checkpoint minus the margin (but not before the age window).
+    func requestFilters() async throws -> [Filter] {
+        let now = Timestamp.now
+        var since = now - configuration.maximumAge
+        var checkpoints: [Timestamp] = []
+        for key in keyOrder {
+            if let checkpoint = try await store.checkpoint(for: key) { checkpoints.append(checkpoint) }
+        }
+        if checkpoints.count == keyOrder.count, let oldest = checkpoints.min() {
+            since = max(since, oldest - configuration.catchUpMargin)
+        }
+        let targeted = Set(handlers.keys)
+        let untargeted = Set(handlers.filter { $0.value.acceptsUntargeted }.map(\.key))
+        var filters = [Filter(kinds: targeted, tags: ["p": Set(keyOrder.map(\.hex))], since: since)]
+        if !untargeted.isEmpty { filters.append(Filter(kinds: untargeted, since: since)) }
+        return filters
+    }
+
+    private func intake(_ subscription: RelaySubscription) async {
+        let slots = AsyncSemaphore(configuration.maximumConcurrentRequests)
+        await withDiscardingTaskGroup { group in
+            for await item in subscription {
+                guard case .event(let event, let relay) = item else { continue }
+                if state.withLock({ $0.stopping }) { break }
+                guard let route = admit(event) else { continue }
+                await slots.acquire()
+                group.addTask {
+                    defer { slots.release() }
+                    await self.process(event, relay: relay, route: route)
+                }
+            }
+            // Intake has stopped: let what is in flight finish, within the grace period.
+            if await !slots.waitUntilIdle(timeout: configuration.shutdownGracePeriod) {
+                logger.warning("requests still running after the grace period; cancelling them")
+                group.cancelAll()
+            }
+        }
+    }
+
+    // MARK: The pipeline
+
+    struct Route {
+        let handler: any RequestHandler
+        let key: any ServiceSigner
+    }
+
+    /// Ingress checks that need no storage; nil (counted) when the request is dropped.
+    func admit(_ event: Event) -> Route? {
+        let now = Timestamp.now
+        func drop(_ reason: String) -> Route? {
+            metrics.dropped(reason)
+            logger.debug("request dropped", metadata: ["nostr.event.id": "\(event.id.hex)", "reason": "\(reason)"])
+            return nil
+        }
+        guard let handler = handlers[event.kind] else { return drop("unknown_kind") }
+        let addressed = event.tagValues("p")
+        let key: (any ServiceSigner)?
+        if addressed.isEmpty {
+            key = handler.acceptsUntargeted ? keys[keyOrder[0]] : nil
+        } else {
+            key = addressed.lazy.compactMap { try? PublicKey(hex: $0) }.compactMap { self.keys[$0] }.first
+        }
+        guard let key else { return drop("not_addressed") }
+        if event.createdAt < now - configuration.maximumAge { return drop("too_old") }
+        if event.createdAt > now + configuration.maximumClockSkew { return drop("future") }
+        if let expiration = event.expiration, expiration <= now { return drop("expired") }
+        if configuration.minimumProofOfWork > 0 && event.id.difficulty < configuration.minimumProofOfWork {
+            return drop("insufficient_pow")
+        }
+        if event.json.utf8.count > configuration.maximumRequestSize { return drop("oversize") }
+        if !state.withLock({ $0.policy.permits(event.pubkey) }) { return drop("denied") }
+        return Route(handler: handler, key: key)
+    }
+
+    private func process(_ event: Event, relay: RelayURL, route: Route) async {
+        var logger = self.logger
+        logger[metadataKey: "nostr.event.id"] = "\(event.id.hex)"
+        logger[metadataKey: "nostr.kind"] = "\(event.kind.rawValue)"
+        logger[metadataKey: "nostr.pubkey"] = "\(event.pubkey.hex)"
+        let kind = "\(event.kind.rawValue)"
+        let handler = route.handler
+        let lease = Int64(handler.timeout.components.seconds) + 60
+        let claim: ClaimResult
+        do {
+            claim = try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
+        } catch {
+            metrics.request(kind: kind, outcome: "store_error")
+            logger.error("could not claim the request in the journal; not handled", metadata: ["error": "\(error)"])
+            return
+        }
+        switch claim {
+        case .inProgress:
+            metrics.duplicate(kind: kind)
+            return
+        case .finished(let replies):
+            metrics.duplicate(kind: kind)
+            if !replies.isEmpty {
+                logger.debug("duplicate request; re-sending its replies")
+                _ = await publish(replies, arrivedOn: relay, extra: [])
+            }
+            return
+        case .interrupted:
+            var rerun = false
+            if handler.isIdempotent {
+                rerun = (try? await store.reclaim(event.id, owner: owner, now: .now, lease: lease)) ?? false
+            }
+            if !rerun {
+                metrics.request(kind: kind, outcome: "interrupted")
+                logger.warning("request was interrupted earlier; answering with an error instead of running it again")
+                await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)
+                return
+            }
+        case .claimed:
+            break
+        }
+        noteCheckpoint(route.key.publicKey, event.createdAt)
+
+        let decision = state.withLock { $0.policy.admit(event.pubkey, now: monotonicSeconds()) }
+        switch decision {
+        case .admit:
+            break
+        case .drop:
+            metrics.dropped("denied")
+            try? await store.finish(event.id, outcome: "dropped:denied", replies: [], now: .now)
+            return
+        case .refuse(let error, let reply):
+            metrics.request(kind: kind, outcome: error.code.rawValue)
+            if reply {
+                await refuse(event, relay: relay, route: route, with: error, logger: logger)
+            } else {
+                try? await store.finish(event.id, outcome: "error:\(error.code)", replies: [], now: .now)
+            }
+            return
+        }
+        defer { state.withLock { $0.policy.finished(event.pubkey) } }
+
+        let request: ServiceRequest
+        do {
+            request = try decrypt(event, relay: relay, route: route)
+        } catch let error as ServiceError {
+            metrics.request(kind: kind, outcome: error.code.rawValue)
+            await refuse(event, relay: relay, route: route, with: error, logger: logger)
+            return
+        } catch {
+            metrics.request(kind: kind, outcome: ServiceError.Code.badRequest.rawValue)
+            await refuse(event, relay: relay, route: route, with: ServiceError(.badRequest, "the content could not be decrypted"), logger: logger)
+            return
+        }
+
+        let started = ContinuousClock.now
+        let outcome = await run(handler, request, key: route.key, logger: logger)
+        metrics.handlerDuration(kind: kind, ContinuousClock.now - started)
+        var replies: [ServiceReply]
+        let outcomeName: String
+        switch outcome {
+        case .success(let returned):
+            replies = returned
+            outcomeName = "answered"
+        case .failure(let error):
+            if error.code == .internal { logger.error("handler failed", metadata: ["error": "\(error.message)"]) }
+            replies = handler.errorReply(to: request, error: error).map { [$0] } ?? []
+            outcomeName = "error:\(error.code)"
+        }
+        if Task.isCancelled {
+            // Cut off by shutdown: the claim stays open and is reported as interrupted if the request comes back.
+            metrics.request(kind: kind, outcome: "cancelled")
+            return
+        }
+        let events: [Event]
+        do {
+            events = try await sign(replies, for: request, key: route.key)
+        } catch {
+            logger.error("could not encrypt or sign the reply", metadata: ["error": "\(error)"])
+            replies = []
+            events = []
+        }
+        metrics.request(kind: kind, outcome: events.isEmpty && !replies.isEmpty ? "internal" : outcomeName.hasPrefix("error") ? "error" : "answered")
+        do {
+            try await store.finish(event.id, outcome: outcomeName, replies: events, now: .now)
+        } catch {
+            logger.error("could not record the answer in the journal", metadata: ["error": "\(error)"])
+        }
+        guard !events.isEmpty else { return }
+        let delivery = await publish(events, arrivedOn: relay, extra: replies.flatMap(\.relays))
+        try? await store.recordDelivery(event.id, delivery)
+    }
+
+    /// Answers `event` with the handler's error reply for `error` (if its protocol has one) and records it.
+    private func refuse(_ event: Event, relay: RelayURL, route: Route, with error: ServiceError, logger: Logger) async {
+        let request = (try? decrypt(event, relay: relay, route: route))
+            ?? ServiceRequest(event: event, content: "", encryption: Self.encryption(of: event, handler: route.handler), recipient: route.key.publicKey, relay: relay)
+        var events: [Event] = []
+        if let reply = route.handler.errorReply(to: request, error: error) {
+            events = (try? await sign([reply], for: request, key: route.key)) ?? []
+        }
+        try? await store.finish(event.id, outcome: "error:\(error.code)", replies: events, now: .now)
+        guard !events.isEmpty else { return }
+        let delivery = await publish(events, arrivedOn: relay, extra: [])
+        try? await store.recordDelivery(event.id, delivery)
+    }
+
+    static func encryption(of event: Event, handler: any RequestHandler) -> PayloadEncryption {
+        if handler.encryptions == [.plaintext] { return .plaintext }
+        return NIP04.isNIP04Payload(event.content) ? .nip04 : .nip44
+    }
+
+    func decrypt(_ event: Event, relay: RelayURL, route: Route) throws -> ServiceRequest {
+        let encryption = Self.encryption(of: event, handler: route.handler)
+        guard route.handler.encryptions.contains(encryption) else {
+            throw ServiceError(.unsupportedEncryption, "\(encryption.rawValue) is not accepted here")
+        }
+        let content: String
+        switch encryption {
+        case .plaintext: content = event.content
+        case .nip44: content = try route.key.nip44Decrypt(event.content, from: event.pubkey)
+        case .nip04: content = try route.key.nip04Decrypt(event.content, from: event.pubkey)
+        }
+        return ServiceRequest(event: event, content: content, encryption: encryption, recipient: route.key.publicKey, relay: relay)
+    }
+
+    /// Runs the handler with its timeout; any error that is not a ``ServiceError`` becomes an internal one.
+    private func run(
+        _ handler: any RequestHandler, _ request: ServiceRequest, key: any ServiceSigner, logger: Logger
+    ) async -> Result<[ServiceReply], ServiceError> {
+        let deadline = ContinuousClock.now + handler.timeout
+        let context = RequestContext(logger: logger, store: store, pool: pool, deadline: deadline) { reply in
+            guard let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
+            var results: [RelayURL: PublishResult] = [:]
+            for event in events {
+                results = await self.publishOnce(event, to: self.targets(arrivedOn: request.relay, extra: reply.relays))
+            }
+            return results
+        }
+        return await withTaskGroup(of: Result<[ServiceReply], ServiceError>?.self) { group in
+            group.addTask {
+                do {
+                    return .success(try await handler.handle(request, context: context))
+                } catch let error as ServiceError {
+                    return .failure(error)
+                } catch {
+                    if Task.isCancelled { return .failure(ServiceError(.unavailable, "the service is shutting down")) }
+                    logger.error("handler threw", metadata: ["error": "\(error)"])
+                    return .failure(ServiceError(.internal, "internal error"))
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(until: deadline)
+                return Task.isCancelled ? nil : .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? .failure(ServiceError(.unavailable, "the service is shutting down"))
+        }
+    }
+
+    /// Encrypts each reply's content for its recipient in its scheme and signs it with `key`.
+    func sign(_ replies: [ServiceReply], for request: ServiceRequest, key: any ServiceSigner) async throws -> [Event] {
+        var events: [Event] = []
+        for reply in replies {
+            let recipient = reply.recipient ?? request.sender
+            let content: String
+            switch reply.encryption {
+            case .plaintext: content = reply.content
+            case .nip44: content = try key.nip44Encrypt(reply.content, to: recipient)
+            case .nip04: content = try key.nip04Encrypt(reply.content, to: recipient)
+            }
+            events.append(try await key.sign(EventTemplate(kind: reply.kind, content: content, tags: reply.tags)))
+        }
+        return events
+    }
+
+    // MARK: Publishing
+
+    func targets(arrivedOn relay: RelayURL, extra: [RelayURL]) -> Set<RelayURL> {
+        Set(pool.relays).union([relay]).union(extra)
+    }
+
+    /// Publishes `events`, retrying relays that did not answer; returns a summary for the journal.
+    private func publish(_ events: [Event], arrivedOn relay: RelayURL, extra: [RelayURL]) async -> String {
+        let targets = targets(arrivedOn: relay, extra: extra)
+        var accepted = 0, total = 0
+        for event in events {
+            var pending = targets
+            var results: [RelayURL: PublishResult] = [:]
+            for attempt in 0..<max(1, configuration.publishAttempts) {
+                if attempt > 0 { try? await Task.sleep(for: .seconds(1 << (attempt - 1))) }
+                let round = await publishOnce(event, to: pending)
+                results.merge(round) { _, new in new }
+                pending = Set(round.filter { !$0.value.isFinal }.keys)
+                if pending.isEmpty || Task.isCancelled { break }
+            }
+            let ok = results.values.filter(\.isAccepted).count
+            metrics.replyPublished(accepted: ok > 0)
+            accepted += ok
+            total += results.count
+        }
+        return "accepted \(accepted) of \(total)"
+    }
+
+    private func publishOnce(_ event: Event, to targets: Set<RelayURL>) async -> [RelayURL: PublishResult] {
+        let own = Set(pool.relays)
+        let extra = targets.subtracting(own)
+        async let ownResults = pool.publish(event, to: Array(targets.intersection(own)), timeout: configuration.publishTimeout)
+        let extraResults = extra.isEmpty ? [:] : await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
+        return await ownResults.merging(extraResults) { first, _ in first }
+    }
+
+    // MARK: Checkpoints
+
+    private func noteCheckpoint(_ key: PublicKey, _ createdAt: Timestamp) {
+        state.withLock { state in
+            state.checkpoints[key] = max(state.checkpoints[key] ?? createdAt, createdAt)
+        }
+    }
+
+    private func flushCheckpoints() async {
+        let pending = state.withLock { state in
+            defer { state.checkpoints = [:] }
+            return state.checkpoints
+        }
+        for (key, createdAt) in pending {
+            do {
+                try await store.advanceCheckpoint(for: key, to: createdAt)
+            } catch {
+                logger.error("could not record the checkpoint", metadata: ["error": "\(error)"])
+                noteCheckpoint(key, createdAt)
+            }
+        }
+    }
+
+    private func flushCheckpointsPeriodically() async {
+        var sincePrune = 0
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            await flushCheckpoints()
+            sincePrune += 1
+            if sincePrune >= 3600 {
+                sincePrune = 0
+                // Requests older than the age window are refused at ingress, so their journal rows can go.
+                let removed = (try? await store.pruneJournal(before: .now - configuration.maximumAge - 86_400)) ?? 0
+                if removed > 0 { logger.info("pruned the journal", metadata: ["rows": "\(removed)"]) }
+            }
+        }
+    }
+}
+
+extension PublishResult {
+    /// Whether trying again cannot change the answer (accepted or refused, as opposed to no answer).
+    var isFinal: Bool {
+        switch self {
+        case .accepted, .rejected: true
+        case .timedOut, .unreachable: false
+        }
+    }
+}

@@ -1,0 +1,90 @@
+public import NostrCore
+public import NostrCrypto
+
+/// What the journal knows about a request when the runtime tries to claim it.
+public enum ClaimResult: Sendable, Equatable {
+    /// The caller owns the request now and runs its handler.
+    case claimed
+    /// Another runtime (or this one) is handling it, within its lease.
+    case inProgress
+    /// It was handled; these replies were published for it (re-send them).
+    case finished(replies: [Event])
+    /// It was claimed and never finished, and the lease has run out: the runtime that held it stopped.
+    case interrupted
+}
+
+/// A request as the journal records it.
+public struct JournalEntry: Sendable, Hashable {
+    public var id: EventID
+    /// The service key it is addressed to.
+    public var service: PublicKey
+    public var sender: PublicKey
+    public var kind: Kind
+    public var createdAt: Timestamp
+
+    public init(id: EventID, service: PublicKey, sender: PublicKey, kind: Kind, createdAt: Timestamp) {
+        self.id = id
+        self.service = service
+        self.sender = sender
+        self.kind = kind
+        self.createdAt = createdAt
+    }
+
+    public init(_ request: Event, service: PublicKey) {
+        self.init(id: request.id, service: service, sender: request.pubkey, kind: request.kind, createdAt: request.createdAt)
+    }
+}
+
+/// Where a service keeps what must outlive the process: the request journal (claims, replies, delivery
+/// outcomes), the catch-up checkpoints, and key-value state for handlers (clients, permissions, budgets, jobs).
+///
+/// Two implementations: ``SQLiteServiceStore`` (a file in the data directory, the default) and
+/// ``PostgresServiceStore`` (shared by several replicas). ``claim(_:owner:now:lease:)`` is atomic in both, so
+/// runtimes sharing a store never both run one request.
+public protocol ServiceStore: Sendable {
+    /// Claims `entry` for `owner` unless the journal already has it.
+    func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult
+
+    /// Takes over an ``ClaimResult/interrupted`` request (for handlers that may run twice); false if another
+    /// runtime took it first.
+    func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool
+
+    /// Records that a claimed request is done, with the replies to re-send for its duplicates. `outcome` is a
+    /// short machine-readable word (`answered`, `error:<code>`).
+    func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws
+
+    /// Records how publishing the replies went (`accepted by 2 of 3 relays`, say).
+    func recordDelivery(_ id: EventID, _ delivery: String) async throws
+
+    /// The newest `created_at` of requests the service has claimed, if any.
+    func checkpoint(for service: PublicKey) async throws -> Timestamp?
+
+    /// Moves the checkpoint forward to `createdAt` (never back).
+    func advanceCheckpoint(for service: PublicKey, to createdAt: Timestamp) async throws
+
+    /// Forgets finished requests created before `createdAt`; returns how many.
+    func pruneJournal(before createdAt: Timestamp) async throws -> Int
+
+    /// A handler's value for `key` in `namespace`.
+    func value(_ key: String, in namespace: String) async throws -> [UInt8]?
+
+    /// Sets (or, with nil, removes) a value.
+    func setValue(_ value: [UInt8]?, forKey key: String, in namespace: String) async throws
+
+    /// Every value in `namespace`, by key.
+    func values(in namespace: String) async throws -> [String: [UInt8]]
+}
+
+/// Encodes and decodes the replies kept in the journal (a JSON array of events).
+enum StoredReplies {
+    static func encode(_ events: [Event]) -> String {
+        "[" + events.map(\.json).joined(separator: ",") + "]"
+    }
+
+    static func decode(_ text: String) throws -> [Event] {
+        guard case .array(let values) = try JSON.parse(text) else {
+            throw ServiceError(.internal, "the journal's replies are not a JSON array")
+        }
+        return try values.map(Event.init(jsonValue:))
+    }
+}

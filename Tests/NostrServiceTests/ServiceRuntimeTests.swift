@@ -1,0 +1,378 @@
+import Foundation
+import Logging
+import Metrics
+import MetricsTestKit
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrServiceTesting
+import Synchronization
+import Testing
+@testable import NostrService
+
+typealias Tag = NostrCore.Tag
+
+let requestKind: Kind = 5910  // a regular (stored) kind, so relays keep requests for the catch-up
+let replyKind: Kind = 6910
+
+/// Upper-cases the request; counts executions per request id. `sleep:N` waits N ms first, `fail` throws a
+/// ServiceError, `crash` throws another error, `hang` outlives the timeout.
+final class Uppercase: RequestHandler {
+    let executions = Mutex<[EventID: Int]>([:])
+    var kinds: Set<Kind> { [requestKind] }
+    var timeout: Duration { .seconds(2) }
+
+    func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        executions.withLock { $0[request.event.id, default: 0] += 1 }
+        if request.content.hasPrefix("sleep:"), let ms = Int(request.content.dropFirst(6)) {
+            try await Task.sleep(for: .milliseconds(ms))
+        }
+        switch request.content {
+        case "fail": throw ServiceError(.unauthorized, "not for you")
+        case "crash": throw CocoaError(.fileNoSuchFile)
+        case "hang": try await Task.sleep(for: .seconds(60))
+        default: break
+        }
+        return [request.reply(kind: replyKind, content: request.content.uppercased())]
+    }
+
+    func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
+        request.reply(kind: replyKind, content: "error \(error.code): \(error.message)")
+    }
+
+    var total: Int { executions.withLock { $0.values.reduce(0, +) } }
+    func count(_ id: EventID) -> Int { executions.withLock { $0[id] ?? 0 } }
+}
+
+let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+/// A runtime for `handler` over `relays` with a store in `directory`, running while `body` runs.
+func withRuntime<R: Sendable>(
+    _ relays: [RelayURL], handler: any RequestHandler, key: LocalServiceKey, directory: URL,
+    metrics: TestMetrics = TestMetrics(), configure: (inout ServiceRuntime.Configuration) -> Void = { _ in },
+    _ body: (ServiceRuntime) async throws -> R
+) async throws -> R {
+    var configuration = ServiceRuntime.Configuration(relays: relays)
+    configuration.metricsFactory = metrics
+    configuration.pool.reconnectDelay = .milliseconds(50)
+    configuration.publishTimeout = .seconds(2)
+    configure(&configuration)
+    let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+    let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await runtime.run() }
+        defer { group.cancelAll() }
+        try await withDeadline(.seconds(10), "the runtime to be ready") {
+            while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        return try await body(runtime)
+    }
+}
+
+/// A client-side pool on `relays` that collects replies to `client`.
+func withReplies<R: Sendable>(
+    _ relays: [RelayURL], for client: TestClient, _ body: (RelayPool, RelaySubscription) async throws -> R
+) async throws -> R {
+    var configuration = RelayPool.Configuration()
+    configuration.reconnectDelay = .milliseconds(50)
+    let pool = RelayPool(relays: relays, configuration: configuration, logger: quiet)
+    return try await pool.withRunning {
+        try await pool.withSubscription([Filter(kinds: [replyKind], tags: ["p": [client.publicKey.hex]])]) { subscription in
+            try await body(pool, subscription)
+        }
+    }
+}
+
+/// Reads `subscription` until `done` holds for the replies seen (by relay), or fails after `limit`.
+func awaitReplies(
+    _ subscription: RelaySubscription, limit: Duration = .seconds(10),
+    until done: @escaping @Sendable ([(Event, RelayURL)]) -> Bool
+) async throws -> [(Event, RelayURL)] {
+    let box = Mutex<[(Event, RelayURL)]>([])
+    do {
+        try await withDeadline(limit, "replies") {
+            for await item in subscription {
+                if case .event(let event, let relay) = item {
+                    box.withLock { $0.append((event, relay)) }
+                    if done(box.withLock { $0 }) { return }
+                }
+            }
+        }
+    } catch {
+        let seen = box.withLock { $0 }
+        throw TestKitError("\(error); saw \(seen.count) replies: \(seen.map(\.0.content))")
+    }
+    return box.withLock { $0 }
+}
+
+func publish(_ event: Event, on relays: [RelayURL], through pool: RelayPool) async throws {
+    let results = await pool.publish(event, to: relays, timeout: .seconds(5))
+    guard results.count == relays.count, results.values.allSatisfy(\.isAccepted) else {
+        throw TestKitError("publishing \(event.id.hex) failed: \(results)")
+    }
+}
+
+func counter(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, String)]) -> Int64 {
+    (try? metrics.expectCounter(label, dimensions))?.totalValue ?? 0
+}
+
+@Suite("ServiceRuntime end to end over embedded relays", .timeLimit(.minutes(2)))
+struct ServiceRuntimeTests {
+    let key = LocalServiceKey(SecretKey.generate())
+    let client = TestClient()
+
+    @Test("the same request on three relays runs once; the reply reaches all three")
+    func threeRelaysOneExecution() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(3) { relays in
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            let metrics = TestMetrics()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let request = try client.request(kind: requestKind, content: "hello", to: key.publicKey)
+                    // Publish the same event to each relay separately, a little apart.
+                    for url in urls {
+                        try await publish(request, on: [url], through: pool)
+                        try await Task.sleep(for: .milliseconds(30))
+                    }
+                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    let reply = seen[0].0
+                    #expect(try client.read(reply) == "HELLO")
+                    #expect(reply.pubkey == key.publicKey)
+                    #expect(reply.tagValues("e") == [request.id.hex])
+                    #expect(reply.tagValues("p") == [client.publicKey.hex])
+                    // On every relay: ask each one directly.
+                    for url in urls {
+                        let stored = try await pool.fetch([Filter(ids: [reply.id])], from: [url], timeout: .seconds(5))
+                        #expect(stored.map(\.id) == [reply.id], "reply missing on \(url)")
+                    }
+                }
+            }
+            #expect(handler.total == 1)
+            #expect(counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "answered")]) == 1)
+        }
+    }
+
+    @Test("requests stored while the service was down are answered once after a restart; old ones are re-sent, not re-run")
+    func catchUpAfterRestart() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(2) { relays in
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            let first = try client.request(kind: requestKind, content: "before", to: key.publicKey)
+            try await withReplies(urls, for: client) { pool, replies in
+                try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
+                    try await publish(first, on: urls, through: pool)
+                    _ = try await awaitReplies(replies) { $0.contains { $0.0.tagValues("e") == [first.id.hex] } }
+                }
+                // Down: three requests land on the relays.
+                let missed = try (0..<3).map { try client.request(kind: requestKind, content: "missed \($0)", to: key.publicKey) }
+                for request in missed { try await publish(request, on: urls, through: pool) }
+                try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
+                    let seen = try await awaitReplies(replies) { seen in
+                        missed.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }
+                    }
+                    let texts = try Set(seen.filter { $0.0.tagValues("e") != [first.id.hex] }.map { try client.read($0.0) })
+                    #expect(texts == ["MISSED 0", "MISSED 1", "MISSED 2"])
+                    // Published again after the restart: answered from the journal.
+                    try await publish(first, on: urls, through: pool)
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            #expect(handler.count(first.id) == 1)
+            #expect(handler.total == 4)
+        }
+    }
+
+    @Test("past its rate a sender gets the handler's error reply, not silence")
+    func rateLimited() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            let metrics = TestMetrics()
+            let handler = Uppercase()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
+                $0.policy.burst = 2
+                $0.policy.rate = 0.01
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let requests = try (0..<3).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
+                    for request in requests { try await publish(request, on: urls, through: pool) }
+                    let seen = try await awaitReplies(replies) { $0.count >= 3 }
+                    let texts = try seen.map { try client.read($0.0) }
+                    #expect(texts.filter { $0.hasPrefix("R") }.count == 2)
+                    #expect(texts.filter { $0.hasPrefix("error rate-limited") }.count == 1, "\(texts)")
+                }
+            }
+            #expect(handler.total == 2)
+            #expect(counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "rate-limited")]) == 1)
+        }
+    }
+
+    @Test("oversize and future requests arriving through a relay are dropped and counted; the handler never sees them")
+    func ingressDrops() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            let metrics = TestMetrics()
+            let handler = Uppercase()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
+                $0.maximumRequestSize = 4096
+                $0.maximumAge = 600
+                $0.maximumClockSkew = 300
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let now = Timestamp.now
+                    let bad = [
+                        try client.request(kind: requestKind, content: String(repeating: "x", count: 5000), to: key.publicKey),
+                        try client.request(kind: requestKind, content: "future", to: key.publicKey, createdAt: now + 600),
+                    ]
+                    for request in bad { try await publish(request, on: urls, through: pool) }
+                    let good = try client.request(kind: requestKind, content: "fine", to: key.publicKey)
+                    try await publish(good, on: urls, through: pool)
+                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    #expect(try seen.map { try client.read($0.0) } == ["FINE"])
+                    try await Task.sleep(for: .milliseconds(300))
+                }
+            }
+            #expect(handler.total == 1)
+            for reason in ["oversize", "future"] {
+                #expect(counter(metrics, "switchboard_requests_dropped_total", [("reason", reason)]) == 1, "\(reason)")
+            }
+        }
+    }
+
+    @Test("NIP-04 requests are answered in NIP-04; handler errors, failures and timeouts get error replies")
+    func schemesAndErrors() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let legacy = try client.request(kind: requestKind, content: "legacy", to: key.publicKey, encryption: .nip04)
+                    let failing = try client.request(kind: requestKind, content: "fail", to: key.publicKey)
+                    let crashing = try client.request(kind: requestKind, content: "crash", to: key.publicKey)
+                    let hanging = try client.request(kind: requestKind, content: "hang", to: key.publicKey)
+                    let garbage = EventTemplate(kind: requestKind, content: "not a payload", tags: [["p", key.publicKey.hex]]).sign(with: client.key)
+                    for request in [legacy, failing, crashing, hanging, garbage] { try await publish(request, on: urls, through: pool) }
+                    let seen = try await awaitReplies(replies) { $0.count >= 5 }
+                    func reply(to request: Event) throws -> Event {
+                        guard let found = seen.first(where: { $0.0.tagValues("e") == [request.id.hex] }) else {
+                            throw TestKitError("no reply to \(request.content)")
+                        }
+                        return found.0
+                    }
+                    let legacyReply = try reply(to: legacy)
+                    #expect(NIP04.isNIP04Payload(legacyReply.content))
+                    #expect(try client.read(legacyReply) == "LEGACY")
+                    #expect(try client.read(reply(to: failing)) == "error unauthorized: not for you")
+                    #expect(try client.read(reply(to: crashing)) == "error internal: internal error")
+                    #expect(try client.read(reply(to: hanging)).hasPrefix("error timeout:"))
+                    #expect(try client.read(reply(to: garbage)) == "error bad-request: the content could not be decrypted")
+                }
+            }
+        }
+    }
+
+    @Test("stopping intake lets a request in flight finish and publish its reply before run() returns")
+    func gracefulShutdown() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            try await withReplies(urls, for: client) { pool, replies in
+                let request = try client.request(kind: requestKind, content: "sleep:800", to: key.publicKey)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                        try await publish(request, on: urls, through: pool)
+                        try await withDeadline(.seconds(5), "the handler to start") {
+                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                        }
+                        runtime.stopIntake()
+                    }
+                    // run() returns by itself once the request in flight is answered.
+                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await group.waitForAll()
+                }
+                let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                #expect(try client.read(seen[0].0) == "SLEEP:800")
+                #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "x", now: .now, lease: 60)
+                    == .finished(replies: [seen[0].0]))
+            }
+        }
+    }
+
+    @Test("a request interrupted by a crash is answered with an error, not run again")
+    func interruptedRequest() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            let request = try client.request(kind: requestKind, content: "was running", to: key.publicKey)
+            // A previous process claimed it long ago and died.
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            _ = try await store.claim(JournalEntry(request, service: key.publicKey), owner: "dead", now: .now - 600, lease: 62)
+            try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    try await publish(request, on: urls, through: pool)
+                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    #expect(try client.read(seen[0].0).hasPrefix("error interrupted:"))
+                }
+            }
+            #expect(handler.total == 0)
+        }
+    }
+
+    @Test("ingress: every check drops with its own counted reason; a proper request passes", arguments: [
+        "expired", "too_old", "insufficient_pow", "not_addressed", "unknown_kind", "denied", "untargeted", "proper",
+    ])
+    func ingress(reason: String) throws {
+        let metrics = TestMetrics()
+        var configuration = ServiceRuntime.Configuration(relays: [])
+        configuration.metricsFactory = metrics
+        configuration.minimumProofOfWork = reason == "insufficient_pow" ? 12 : 0
+        let stranger = TestClient()
+        configuration.policy.deny = [stranger.publicKey]
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
+        let someoneElse = SecretKey.generate().publicKey
+        let event: Event = switch reason {
+        case "expired": try client.request(kind: requestKind, content: "x", to: key.publicKey, tags: [["expiration", "\(Timestamp.now - 1)"]])
+        // Relays do not send these to a fresh subscription (its `since` is within the window), but a
+        // subscription that has run for longer than the window gets them live.
+        case "too_old": try client.request(kind: requestKind, content: "x", to: key.publicKey, createdAt: .now - configuration.maximumAge - 10)
+        case "insufficient_pow": try client.request(kind: requestKind, content: "x", to: key.publicKey)
+        case "not_addressed": try client.request(kind: requestKind, content: "x", to: someoneElse)
+        case "unknown_kind": try client.request(kind: 5911, content: "x", to: key.publicKey)
+        case "denied": try stranger.request(kind: requestKind, content: "x", to: key.publicKey)
+        case "untargeted": EventTemplate(kind: requestKind, content: "no p tag").sign(with: client.key)
+        default: try client.request(kind: requestKind, content: "x", to: key.publicKey)
+        }
+        let route = runtime.admit(event)
+        if reason == "proper" {
+            #expect(route?.key.publicKey == key.publicKey)
+            #expect(metrics.counters.isEmpty)
+        } else {
+            #expect(route == nil)
+            // Untargeted requests count as not addressed unless the handler accepts them.
+            let expected = reason == "untargeted" ? "not_addressed" : reason
+            #expect(counter(metrics, "switchboard_requests_dropped_total", [("reason", expected)]) == 1)
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import Foundation
+import NostrCore
+import NostrCrypto
+import Testing
+@testable import NostrService
+
+func temporaryDirectory() throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-test-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+@Suite("SQLiteServiceStore: the journal, checkpoints and handler state")
+struct ServiceStoreTests {
+    let service = SecretKey.generate().publicKey
+
+    func entry(_ createdAt: Timestamp = 1000) -> JournalEntry {
+        let request = EventTemplate(kind: 25_910, content: "x", createdAt: createdAt).sign(with: SecretKey.generate())
+        return JournalEntry(request, service: service)
+    }
+
+    func reply() -> Event { EventTemplate(kind: 25_911, content: "answer").sign(with: SecretKey.generate()) }
+
+    @Test("a request is claimed once; copies see it in progress, then its recorded replies")
+    func claimOnce() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        let request = entry()
+        #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+        #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
+        let replies = [reply(), reply()]
+        try await store.finish(request.id, outcome: "answered", replies: replies, now: 2002)
+        #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
+        try await store.recordDelivery(request.id, "accepted 3 of 3")
+        #expect(try await store.claim(request, owner: "c", now: 9999, lease: 60) == .finished(replies: replies))
+    }
+
+    @Test("a claim never finished is interrupted after its lease; only one runtime can take it over")
+    func interrupted() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        let request = entry()
+        #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+        #expect(try await store.claim(request, owner: "b", now: 2060, lease: 60) == .inProgress)
+        #expect(try await store.claim(request, owner: "b", now: 2061, lease: 60) == .interrupted)
+        #expect(try await store.reclaim(request.id, owner: "b", now: 2061, lease: 60))
+        #expect(try await !store.reclaim(request.id, owner: "c", now: 2062, lease: 60))
+        #expect(try await store.claim(request, owner: "c", now: 2062, lease: 60) == .inProgress)
+    }
+
+    @Test("concurrent claims of one request, from two store instances on one file: exactly one wins")
+    func concurrentClaims() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        let stores = [try SQLiteServiceStore(path: path), try SQLiteServiceStore(path: path)]
+        let requests = (0..<50).map { _ in entry() }
+        let results = await withTaskGroup(of: ClaimResult?.self) { group in
+            for request in requests {
+                for attempt in 0..<4 {
+                    group.addTask { try? await stores[attempt % 2].claim(request, owner: "o\(attempt)", now: 2000, lease: 60) }
+                }
+            }
+            var results: [ClaimResult?] = []
+            for await result in group { results.append(result) }
+            return results
+        }
+        #expect(results.count == 200)
+        #expect(results.filter { $0 == .claimed }.count == 50)
+        #expect(results.filter { $0 == .inProgress }.count == 150)
+    }
+
+    @Test("checkpoints only move forward; pruning keeps unfinished and recent requests")
+    func checkpointsAndPruning() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        #expect(try await store.checkpoint(for: service) == nil)
+        try await store.advanceCheckpoint(for: service, to: 500)
+        try await store.advanceCheckpoint(for: service, to: 400)
+        #expect(try await store.checkpoint(for: service) == 500)
+        let old = entry(100), oldOpen = entry(100), recent = entry(900)
+        for request in [old, oldOpen, recent] { _ = try await store.claim(request, owner: "a", now: 1000, lease: 60) }
+        try await store.finish(old.id, outcome: "answered", replies: [], now: 1000)
+        try await store.finish(recent.id, outcome: "answered", replies: [], now: 1000)
+        #expect(try await store.pruneJournal(before: 500) == 1)
+        #expect(try await store.claim(old, owner: "b", now: 1001, lease: 60) == .claimed)
+        #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress)
+        #expect(try await store.claim(recent, owner: "b", now: 1001, lease: 60) == .finished(replies: []))
+    }
+
+    @Test("key-value state by namespace, persisted across reopening")
+    func keyValue() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        do {
+            let store = try SQLiteServiceStore(path: path)
+            try await store.setValue([1, 2, 3], forKey: "alice", in: "clients")
+            try await store.setValue([4], forKey: "bob", in: "clients")
+            try await store.setValue([9], forKey: "alice", in: "budgets")
+            try await store.setValue([5, 5], forKey: "bob", in: "clients")
+            try await store.setValue(nil, forKey: "alice", in: "budgets")
+        }
+        let reopened = try SQLiteServiceStore(path: path)
+        #expect(try await reopened.values(in: "clients") == ["alice": [1, 2, 3], "bob": [5, 5]])
+        #expect(try await reopened.value("alice", in: "budgets") == nil)
+        #expect(try await reopened.value("bob", in: "clients") == [5, 5])
+    }
+}
+
+@Suite("RequestPolicy: rate limits, in-flight caps and lists")
+struct RequestPolicyTests {
+    let alice = SecretKey.generate().publicKey
+    let bob = SecretKey.generate().publicKey
+
+    func policy(_ change: (inout RequestPolicy.Configuration) -> Void = { _ in }) -> RequestPolicy {
+        var configuration = RequestPolicy.Configuration()
+        configuration.rate = 2
+        configuration.burst = 3
+        configuration.maximumConcurrentPerSender = 100
+        change(&configuration)
+        return RequestPolicy(configuration: configuration)
+    }
+
+    @Test("a sender gets its burst, then its rate; others are unaffected; one error reply per second")
+    func tokenBucket() {
+        var policy = policy()
+        let decisions = (0..<6).map { _ in policy.admit(alice, now: 10) }
+        #expect(decisions.prefix(3).allSatisfy { $0 == .admit })
+        guard case .refuse(let error, reply: true) = decisions[3] else {
+            Issue.record("the 4th request should be refused with a reply: \(decisions[3])")
+            return
+        }
+        #expect(error.code == .rateLimited)
+        #expect(decisions[4] == .refuse(error, reply: false))
+        #expect(policy.admit(bob, now: 10) == .admit)
+        // Half a second refills one token at 2/s.
+        #expect(policy.admit(alice, now: 10.5) == .admit)
+        #expect(policy.admit(alice, now: 10.5) != .admit)
+        // A full second after the last error reply, the next refusal is answered again.
+        #expect(policy.admit(alice, now: 11.01) == .admit)
+        #expect(policy.admit(alice, now: 11.01) == .refuse(error, reply: true))
+    }
+
+    @Test("in-flight cap per sender, released by finished")
+    func inFlight() {
+        var policy = policy { $0.maximumConcurrentPerSender = 2; $0.burst = 100; $0.rate = 100 }
+        #expect(policy.admit(alice, now: 0) == .admit)
+        #expect(policy.admit(alice, now: 0) == .admit)
+        guard case .refuse(let error, _) = policy.admit(alice, now: 0) else {
+            Issue.record("a third request in flight should be refused")
+            return
+        }
+        #expect(error.code == .tooManyRequests)
+        policy.finished(alice)
+        #expect(policy.admit(alice, now: 0) == .admit)
+    }
+
+    @Test("deny wins; an allow list admits only its members")
+    func lists() {
+        var denying = policy { $0.deny = [alice] }
+        #expect(denying.admit(alice, now: 0) == .drop)
+        #expect(denying.admit(bob, now: 0) == .admit)
+        var allowing = policy { $0.allow = [bob] }
+        #expect(!allowing.permits(alice))
+        #expect(allowing.admit(bob, now: 0) == .admit)
+    }
+
+    @Test("tracked senders stay bounded (those with requests in flight are kept; the global cap bounds them)")
+    func bounded() {
+        var policy = policy { $0.trackedSenders = 100; $0.maximumConcurrentPerSender = 1 }
+        let busy = SecretKey.generate().publicKey
+        #expect(policy.admit(busy, now: 0) == .admit)
+        for i in 0..<1_000 {
+            let sender = SecretKey.generate().publicKey
+            #expect(policy.admit(sender, now: Double(i) / 1000) == .admit)
+            policy.finished(sender)
+            #expect(policy.trackedCount <= 100)
+        }
+        // The busy sender was never forgotten: its request in flight still counts against its cap.
+        guard case .refuse(let error, _) = policy.admit(busy, now: 1) else {
+            Issue.record("the busy sender's in-flight count was lost")
+            return
+        }
+        #expect(error.code == .tooManyRequests)
+    }
+}
