@@ -95,6 +95,21 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Examples, built with everything else (so CI builds them).
+        .executableTarget(
+            name: "uppercase-service",
+            dependencies: [
+                "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/UppercaseService"
+        ),
+        .executableTarget(
+            name: "uppercase-client",
+            dependencies: ["NostrRelay", "NostrCore", "NostrCrypto", .product(name: "Logging", package: "swift-log")],
+            path: "Examples/UppercaseClient"
+        ),
         .executableTarget(
             name: "switchboard-bench",
             dependencies: [
