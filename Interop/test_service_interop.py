@@ -172,3 +172,45 @@ def test_example_client_and_restart_keep_the_key(procs, tmp_path):
     assert again.pubkey == service.pubkey
     run = OneShot([client, "--relay", relay.url, "--to", again.pubkey, "again"], "", 20)
     assert run.returncode == 0 and run.stdout.strip() == "AGAIN", run.describe()
+
+
+def http_get(host_port: str, path: str):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{host_port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_and_health_endpoint(procs, aio, rng, tmp_path):
+    relay = procs.sb_relay("relay")
+    argv = [example(procs, "uppercase-service"), "--data-dir", tmp_path / "service", "--relay", relay.url,
+            "--http", "127.0.0.1:0"]
+    service = procs.start(argv, "uppercase-service")
+    ready = service.wait_for(lambda lines: next((l for l in lines if l.startswith("ready ")), None), READY, "ready")
+    http = service.wait_for(lambda lines: next((l for l in lines if l.startswith("http ")), None), READY, "http line")
+    address = http.split()[1]
+    assert address.startswith("127.0.0.1:"), http
+
+    status, body = http_get(address, "/health")
+    health = json.loads(body)
+    assert status == 200 and health["ready"] is True and health["relays"] == [
+        {"url": relay.url, "connected": True, "reconnects": 0}], body
+
+    keys = new_keys(rng)
+    event = request_event(keys, ready.split()[1], "count me", "nip44")
+    assert len(aio.call(ask([relay.url], keys, event), STEP * 3)) == 1
+    status, text = http_get(address, "/metrics")
+    assert status == 200, text
+    assert 'switchboard_requests_total{kind="25910",outcome="answered"} 1' in text, text
+    assert "switchboard_handler_duration" in text and "nostr_relay_connected" in text, text
+
+    # The only relay goes away: not ready (503) until it is back.
+    relay.kill()
+    deadline = time.monotonic() + STEP
+    while time.monotonic() < deadline and http_get(address, "/health")[0] != 503:
+        time.sleep(0.1)
+    status, body = http_get(address, "/health")
+    assert status == 503 and json.loads(body)["ready"] is False, body

@@ -1,18 +1,21 @@
 // An example service on the Switchboard runtime: NIP-44 encrypted "uppercase" RPC on ephemeral kinds.
 //
-//   uppercase-service --data-dir DIR --relay ws://127.0.0.1:7777 [--relay ...]
+//   uppercase-service --data-dir DIR --relay ws://127.0.0.1:7777 [--relay ...] [--http 127.0.0.1:PORT]
 //
 // A request is a kind 25910 event p-tagging the service, its content NIP-44 encrypted (NIP-04 works too);
 // the reply is a kind 25911 event p-tagging the requester and e-tagging the request, with the text
 // upper-cased and encrypted back. Kinds 20000–29999 are ephemeral: relays pass them on without storing them.
 // The service key is created on first run in DIR/service.key (mode 0600); the journal is DIR/service.sqlite.
-// Prints "ready <service public key hex>" once it listens; stops on SIGTERM/SIGINT.
+// Prints "ready <service public key hex>" once it listens; stops on SIGTERM/SIGINT. With --http, serves
+// GET /metrics (Prometheus) and GET /health there and also prints "http HOST:PORT" (port 0 = a free one).
 import Foundation
 import Logging
+import Metrics
 import NostrCore
 import NostrCrypto
 import NostrRelay
 import NostrService
+import Prometheus
 import ServiceLifecycle
 
 struct Uppercase: RequestHandler {
@@ -44,26 +47,33 @@ func loadOrCreateKey(in directory: URL) throws -> SecretKey {
     return key
 }
 
-func arguments() -> (directory: URL, relays: [RelayURL])? {
+func arguments() -> (directory: URL, relays: [RelayURL], http: (String, Int)?)? {
     var directory: URL?
     var relays: [RelayURL] = []
+    var http: (String, Int)?
     var iterator = CommandLine.arguments.dropFirst().makeIterator()
     while let argument = iterator.next() {
         switch argument {
         case "--data-dir": directory = iterator.next().map { URL(fileURLWithPath: $0) }
         case "--relay": if let text = iterator.next(), let url = try? RelayURL(text) { relays.append(url) } else { return nil }
+        case "--http":
+            guard let text = iterator.next(), let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...])
+            else { return nil }
+            http = (String(text[..<colon]), port)
         default: return nil
         }
     }
     guard let directory, !relays.isEmpty else { return nil }
-    return (directory, relays)
+    return (directory, relays, http)
 }
 
-guard let (directory, relays) = arguments() else {
-    FileHandle.standardError.write(Data("usage: uppercase-service --data-dir DIR --relay URL [--relay URL]...\n".utf8))
+guard let (directory, relays, http) = arguments() else {
+    FileHandle.standardError.write(Data("usage: uppercase-service --data-dir DIR --relay URL [--relay URL]... [--http HOST:PORT]\n".utf8))
     exit(64)
 }
 LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+let registry = PrometheusCollectorRegistry()
+MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
 var logger = Logger(label: "uppercase")
 logger.logLevel = .notice
 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -85,8 +95,14 @@ struct ReadyLine: Service {
     }
 }
 
+var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+    .init(service: runtime), .init(service: ReadyLine(runtime: runtime, key: key.publicKey)),
+]
+if let (host, port) = http {
+    services.append(.init(service: OperationsServer(host: host, port: port, registry: registry, runtime: runtime, logger: logger) { host, port in
+        FileHandle.standardOutput.write(Data("http \(host):\(port)\n".utf8))
+    }))
+}
 let group = ServiceGroup(
-    configuration: .init(
-        services: [.init(service: runtime), .init(service: ReadyLine(runtime: runtime, key: key.publicKey))],
-        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
 try await group.run()

@@ -1,0 +1,63 @@
+import Hummingbird
+public import Logging
+import NostrCore
+import NostrRelay
+public import Prometheus
+public import ServiceLifecycle
+
+/// The operator's HTTP listener for a service: `GET /metrics` (Prometheus text exposition of `registry`) and
+/// `GET /health` (200 when the runtime is subscribed and at least one relay is connected, 503 otherwise, with
+/// each relay's state as JSON). Binds to 127.0.0.1 unless told otherwise: it is not meant for the internet.
+public struct OperationsServer: Service {
+    let host: String
+    let port: Int
+    let registry: PrometheusCollectorRegistry
+    let runtime: ServiceRuntime
+    let logger: Logger
+    let onListening: @Sendable (String, Int) async -> Void
+
+    /// - Parameter onListening: called with the bound host and port once it accepts connections.
+    public init(
+        host: String = "127.0.0.1", port: Int, registry: PrometheusCollectorRegistry, runtime: ServiceRuntime,
+        logger: Logger, onListening: @escaping @Sendable (String, Int) async -> Void = { _, _ in }
+    ) {
+        self.host = host
+        self.port = port
+        self.registry = registry
+        self.runtime = runtime
+        self.logger = logger
+        self.onListening = onListening
+    }
+
+    public func run() async throws {
+        let router = Router()
+        let registry = self.registry
+        let runtime = self.runtime
+        router.get("/metrics") { _, _ -> Response in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: registry.emitToBuffer())))
+        }
+        router.get("/health") { _, _ -> Response in
+            let ready = runtime.isReady
+            let relays = runtime.pool.status().map { status in
+                var url = JSONWriter()
+                url.string(status.url.string)
+                return "{\"url\":\(url.text),\"connected\":\(status.isConnected),\"reconnects\":\(status.reconnects)}"
+            }
+            let body = "{\"ready\":\(ready),\"subscribed\":\(runtime.isSubscribed),\"relays\":[\(relays.joined(separator: ","))]}\n"
+            return Response(
+                status: ready ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+        }
+        let onListening = self.onListening
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: nil),
+            onServerRunning: { channel in
+                await onListening(channel.localAddress?.ipAddress ?? "", channel.localAddress?.port ?? 0)
+            },
+            logger: logger)
+        try await app.runService()
+    }
+}
