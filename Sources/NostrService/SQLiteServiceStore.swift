@@ -6,7 +6,7 @@ public import NostrCrypto
 /// A ``ServiceStore`` in an SQLite file (GRDB, WAL mode): the default, for one service process.
 ///
 /// Claims are single write transactions, so they are atomic between tasks and between processes that open the
-/// same file; replicas on several machines need ``PostgresServiceStore``.
+/// same file. Replicas on several machines need a shared database (a PostgreSQL store is planned).
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
 

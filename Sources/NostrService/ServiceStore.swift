@@ -38,9 +38,8 @@ public struct JournalEntry: Sendable, Hashable {
 /// Where a service keeps what must outlive the process: the request journal (claims, replies, delivery
 /// outcomes), the catch-up checkpoints, and key-value state for handlers (clients, permissions, budgets, jobs).
 ///
-/// Two implementations: ``SQLiteServiceStore`` (a file in the data directory, the default) and
-/// ``PostgresServiceStore`` (shared by several replicas). ``claim(_:owner:now:lease:)`` is atomic in both, so
-/// runtimes sharing a store never both run one request.
+/// ``SQLiteServiceStore`` keeps it in a file in the data directory. Implementations must make
+/// ``claim(_:owner:now:lease:)`` atomic, so runtimes sharing a store never both run one request.
 public protocol ServiceStore: Sendable {
     /// Claims `entry` for `owner` unless the journal already has it.
     func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult
