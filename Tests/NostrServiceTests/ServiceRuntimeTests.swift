@@ -116,6 +116,13 @@ func counter(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, St
     (try? metrics.expectCounter(label, dimensions))?.totalValue ?? 0
 }
 
+/// `count` test relays and a fresh data directory, both gone when `body` ends.
+func withRelaysAndDirectory(_ count: Int, _ body: ([RelayURL], URL) async throws -> Void) async throws {
+    let directory = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(at: directory) }
+    try await withTestRelays(count) { relays in try await body(relays.compactMap(\.url), directory) }
+}
+
 @Suite("ServiceRuntime end to end over embedded relays", .timeLimit(.minutes(2)))
 struct ServiceRuntimeTests {
     let key = LocalServiceKey(SecretKey.generate())
@@ -123,10 +130,7 @@ struct ServiceRuntimeTests {
 
     @Test("the same request on three relays runs once; the reply reaches all three")
     func threeRelaysOneExecution() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(3) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(3) { urls, directory in
             let handler = Uppercase()
             let metrics = TestMetrics()
             try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics) { _ in
@@ -157,10 +161,7 @@ struct ServiceRuntimeTests {
 
     @Test("requests stored while the service was down are answered once after a restart; old ones are re-sent, not re-run")
     func catchUpAfterRestart() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(2) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(2) { urls, directory in
             let handler = Uppercase()
             let first = try client.request(kind: requestKind, content: "before", to: key.publicKey)
             try await withReplies(urls, for: client) { pool, replies in
@@ -189,10 +190,7 @@ struct ServiceRuntimeTests {
 
     @Test("past its rate a sender gets the handler's error reply, not silence")
     func rateLimited() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(1) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(1) { urls, directory in
             let metrics = TestMetrics()
             let handler = Uppercase()
             try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
@@ -215,10 +213,7 @@ struct ServiceRuntimeTests {
 
     @Test("oversize and future requests arriving through a relay are dropped and counted; the handler never sees them")
     func ingressDrops() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(1) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(1) { urls, directory in
             let metrics = TestMetrics()
             let handler = Uppercase()
             try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
@@ -249,10 +244,7 @@ struct ServiceRuntimeTests {
 
     @Test("NIP-04 requests are answered in NIP-04; handler errors, failures and timeouts get error replies")
     func schemesAndErrors() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(1) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase()
             try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
@@ -283,10 +275,7 @@ struct ServiceRuntimeTests {
 
     @Test("stopping intake lets a request in flight finish and publish its reply before run() returns")
     func gracefulShutdown() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(1) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase()
             var configuration = ServiceRuntime.Configuration(relays: urls)
             configuration.pool.reconnectDelay = .milliseconds(50)
@@ -317,10 +306,7 @@ struct ServiceRuntimeTests {
 
     @Test("a request interrupted by a crash is answered with an error, not run again")
     func interruptedRequest() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        try await withTestRelays(1) { relays in
-            let urls = relays.compactMap(\.url)
+        try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase()
             let request = try client.request(kind: requestKind, content: "was running", to: key.publicKey)
             // A previous process claimed it long ago and died.
