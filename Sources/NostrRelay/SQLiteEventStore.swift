@@ -1,5 +1,5 @@
 import Foundation
-import GRDB
+package import GRDB
 public import NostrCore
 import NostrCrypto
 
@@ -14,11 +14,7 @@ public final class SQLiteEventStore: EventStore {
 
     /// Opens (creating if needed) the database at `path`.
     public init(path: String) throws {
-        var configuration = Configuration()
-        configuration.label = "switchboard.events"
-        configuration.busyMode = .timeout(5)
-        pool = try DatabasePool(path: path, configuration: configuration)
-        try Self.migrator.migrate(pool)
+        pool = try openMigratedDatabase(path: path, label: "switchboard.events", migrator: Self.migrator)
     }
 
     static var migrator: DatabaseMigrator {
@@ -219,4 +215,15 @@ public final class SQLiteEventStore: EventStore {
         }
         return (clauses.joined(separator: " AND "), arguments)
     }
+}
+
+/// Opens (creating if needed) an SQLite database in WAL mode through GRDB, waiting up to 5 s for another
+/// writer's lock, and brings its schema up to date with `migrator`. Shared by the package's SQLite stores.
+package func openMigratedDatabase(path: String, label: String, migrator: DatabaseMigrator) throws -> DatabasePool {
+    var configuration = Configuration()
+    configuration.label = label
+    configuration.busyMode = .timeout(5)
+    let pool = try DatabasePool(path: path, configuration: configuration)
+    try migrator.migrate(pool)
+    return pool
 }

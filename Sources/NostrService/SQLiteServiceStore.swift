@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 public import NostrCore
 public import NostrCrypto
+import NostrRelay
 
 /// A ``ServiceStore`` in an SQLite file (GRDB, WAL mode): the default, for one service process.
 ///
@@ -12,11 +13,7 @@ public final class SQLiteServiceStore: ServiceStore {
 
     /// Opens (creating and migrating if needed) the database at `path`.
     public init(path: String) throws {
-        var configuration = Configuration()
-        configuration.label = "switchboard.service"
-        configuration.busyMode = .timeout(5)
-        pool = try DatabasePool(path: path, configuration: configuration)
-        try Self.migrator.migrate(pool)
+        pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
     }
 
     static var migrator: DatabaseMigrator {
