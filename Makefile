@@ -4,15 +4,19 @@
 SWIFT        ?= swift
 VENV         := Interop/.venv
 PYTHON       := $(VENV)/bin/python
-APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv
+APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv postgresql
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test deps venv build build-release unit interop bench fuzz clean
+.PHONY: demo test check deps venv build build-release unit interop bench fuzz clean
 
 demo: deps build
 	Scripts/demo.sh .build/debug/switchboard
 
+# The tests that need PostgreSQL get a throw-away cluster on a loopback port (Scripts/with-postgres.sh).
 test: deps venv build
+	Scripts/with-postgres.sh $(MAKE) --no-print-directory check
+
+check:
 	$(SWIFT) test
 	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop
 
@@ -38,7 +42,7 @@ build-release:
 	$(SWIFT) build -c release
 
 unit: deps
-	$(SWIFT) test
+	Scripts/with-postgres.sh $(SWIFT) test
 
 interop: deps venv build
 	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop

@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "NostrCore", targets: ["NostrCore"]),
         .library(name: "NostrRelay", targets: ["NostrRelay"]),
         .library(name: "NostrService", targets: ["NostrService"]),
+        .library(name: "NostrServicePostgres", targets: ["NostrServicePostgres"]),
         .library(name: "NostrServiceTesting", targets: ["NostrServiceTesting"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
@@ -24,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.29.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
     ],
     targets: [
         // The three C libraries, as Debian packages them. Only NostrCrypto imports these
@@ -78,6 +80,16 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The PostgreSQL store is its own module, so services that only use SQLite do not build postgres-nio.
+        .target(
+            name: "NostrServicePostgres",
+            dependencies: [
+                "NostrService", "NostrCore", "NostrCrypto",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -144,7 +156,7 @@ let package = Package(
         .testTarget(
             name: "NostrServiceTests",
             dependencies: [
-                "NostrService", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
+                "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

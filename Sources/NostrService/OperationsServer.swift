@@ -40,7 +40,7 @@ public struct OperationsServer: Service {
         }
         router.get("/health") { _, _ -> Response in
             let ready = runtime.isReady
-            let relays = runtime.pool.status().map { status in
+            let relays = runtime.relayStatus().map { status in
                 var url = JSONWriter()
                 url.string(status.url.string)
                 return "{\"url\":\(url.text),\"connected\":\(status.isConnected),\"reconnects\":\(status.reconnects)}"

@@ -59,7 +59,7 @@ public struct RequestContext: Sendable {
     public let logger: Logger
     /// The service's storage, for state a handler keeps (``ServiceStore/value(_:in:)`` and friends).
     public let store: any ServiceStore
-    /// The service's relay pool, for fetching what a request refers to.
+    /// The service's relay pool (its working connections), for fetching what a request refers to.
     public let pool: RelayPool
     /// When the handler's time is up.
     public let deadline: ContinuousClock.Instant

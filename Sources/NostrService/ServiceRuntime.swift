@@ -64,8 +64,12 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     public let configuration: Configuration
-    /// The service's relays; handlers may use it to fetch events.
+    /// The service's relays, for everything but listening: replies, announcements, and handlers' fetches and
+    /// publishes. The request subscription has connections of its own, so requests waiting for a free slot
+    /// (which slows reading them) never hold up the relays' answers (`OK`, `EOSE`) to this pool.
     public let pool: RelayPool
+    /// The connections carrying the request subscription, and nothing else.
+    private let listener: RelayPool
     /// The store holding the journal and handlers' state.
     public let store: any ServiceStore
     private let keys: [PublicKey: any ServiceSigner]
@@ -106,11 +110,19 @@ public final class ServiceRuntime: Service, Sendable {
         }
         self.handlers = byKind
         self.logger = logger
-        var poolConfiguration = configuration.pool
-        poolConfiguration.stopsOnGracefulShutdown = false
-        poolConfiguration.metricsFactory = configuration.metricsFactory
-        self.pool = RelayPool(relays: configuration.relays, signer: keys[0], configuration: poolConfiguration, logger: logger)
-        self.extraRelays = ExtraRelays(capacity: configuration.maximumExtraRelays, configuration: poolConfiguration, logger: logger)
+        func poolConfiguration(_ role: String) -> RelayPool.Configuration {
+            var poolConfiguration = configuration.pool
+            poolConfiguration.stopsOnGracefulShutdown = false
+            poolConfiguration.metricsFactory = configuration.metricsFactory
+            poolConfiguration.metricsDimensions.append(("connection", role))
+            return poolConfiguration
+        }
+        self.listener = RelayPool(
+            relays: configuration.relays, signer: keys[0], configuration: poolConfiguration("listen"), logger: logger)
+        self.pool = RelayPool(
+            relays: configuration.relays, signer: keys[0], configuration: poolConfiguration("work"), logger: logger)
+        self.extraRelays = ExtraRelays(
+            capacity: configuration.maximumExtraRelays, configuration: poolConfiguration("extra"), logger: logger)
         self.metrics = ServiceMetrics(factory: configuration.metricsFactory)
         self.state = Mutex(RuntimeState(policy: RequestPolicy(configuration: configuration.policy)))
     }
@@ -120,18 +132,22 @@ public final class ServiceRuntime: Service, Sendable {
     public var isSubscribed: Bool { state.withLock { $0.subscribed } }
 
     /// Ready to serve: subscribed, and at least one relay connected.
-    public var isReady: Bool { isSubscribed && pool.status().contains(where: \.isConnected) }
+    public var isReady: Bool { isSubscribed && listener.status().contains(where: \.isConnected) }
+
+    /// The listening connections' states (what ``isReady`` looks at).
+    public func relayStatus() -> [RelayStatus] { listener.status() }
 
     // MARK: Running
 
     public func run() async throws {
         let filters = try await requestFilters()
         try await withThrowingTaskGroup(of: Void.self) { connections in
+            connections.addTask { try await self.listener.run() }
             connections.addTask { try await self.pool.run() }
             connections.addTask { try await self.extraRelays.pool.run() }
             connections.addTask { await self.flushCheckpointsPeriodically() }
             defer { connections.cancelAll() }
-            try await pool.withSubscription(filters) { subscription in
+            try await listener.withSubscription(filters) { subscription in
                 state.withLock { $0.subscription = subscription; $0.subscribed = true }
                 logger.info("listening", metadata: [
                     "nostr.kinds": "\(handlers.keys.map(\.rawValue).sorted())", "nostr.relays": "\(configuration.relays.count)",

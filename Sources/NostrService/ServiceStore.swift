@@ -75,12 +75,12 @@ public protocol ServiceStore: Sendable {
 }
 
 /// Encodes and decodes the replies kept in the journal (a JSON array of events).
-enum StoredReplies {
-    static func encode(_ events: [Event]) -> String {
+package enum StoredReplies {
+    package static func encode(_ events: [Event]) -> String {
         "[" + events.map(\.json).joined(separator: ",") + "]"
     }
 
-    static func decode(_ text: String) throws -> [Event] {
+    package static func decode(_ text: String) throws -> [Event] {
         guard case .array(let values) = try JSON.parse(text) else {
             throw ServiceError(.internal, "the journal's replies are not a JSON array")
         }

@@ -46,9 +46,11 @@ final class Uppercase: RequestHandler {
 
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
-/// A runtime for `handler` over `relays` with a store in `directory`, running while `body` runs.
+/// A runtime for `handler` over `relays` with `store` (by default an SQLite file in `directory`), running while
+/// `body` runs.
 func withRuntime<R: Sendable>(
-    _ relays: [RelayURL], handler: any RequestHandler, key: LocalServiceKey, directory: URL,
+    _ relays: [RelayURL], handler: any RequestHandler, key: LocalServiceKey, directory: URL? = nil,
+    store: (any ServiceStore)? = nil,
     metrics: TestMetrics = TestMetrics(), configure: (inout ServiceRuntime.Configuration) -> Void = { _ in },
     _ body: (ServiceRuntime) async throws -> R
 ) async throws -> R {
@@ -57,7 +59,9 @@ func withRuntime<R: Sendable>(
     configuration.pool.reconnectDelay = .milliseconds(50)
     configuration.publishTimeout = .seconds(2)
     configure(&configuration)
-    let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+    guard let store = try store ?? directory.map({ try SQLiteServiceStore(path: $0.appendingPathComponent("service.sqlite").path) }) else {
+        throw TestKitError("withRuntime needs a store or a directory")
+    }
     let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await runtime.run() }
@@ -156,6 +160,63 @@ struct ServiceRuntimeTests {
             }
             #expect(handler.total == 1)
             #expect(counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "answered")]) == 1)
+        }
+    }
+
+    @Test("two runtimes on one key sharing PostgreSQL: 1,000 requests delivered to both, each executed exactly once")
+    func replicasSharingPostgres() async throws {
+        // A thousand requests and replies per connection: more than a public relay's rate limit allows.
+        var relayConfiguration = EmbeddedRelay.Configuration()
+        relayConfiguration.policy.messagesPerSecond = 100_000
+        relayConfiguration.policy.messageBurst = 100_000
+        try await withTestRelays(2, configuration: relayConfiguration) { relays in
+            let urls = relays.compactMap(\.url)
+            try await withStores(.postgres, count: 2) { stores in
+                let handlers = [Uppercase(), Uppercase()]
+                let clients = (0..<20).map { _ in TestClient() }
+                let requests = try (0..<1000).map { try clients[$0 % 20].request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
+                let generous: (inout ServiceRuntime.Configuration) -> Void = {
+                    $0.policy.rate = 10_000
+                    $0.policy.burst = 10_000
+                    $0.policy.maximumConcurrentPerSender = 64
+                }
+                var configuration = RelayPool.Configuration()
+                configuration.reconnectDelay = .milliseconds(50)
+                let pool = RelayPool(relays: urls, configuration: configuration, logger: quiet)
+                try await withRuntime(urls, handler: handlers[0], key: key, store: stores[0], configure: generous) { _ in
+                    try await withRuntime(urls, handler: handlers[1], key: key, store: stores[1], configure: generous) { _ in
+                        try await pool.withRunning {
+                            let filter = Filter(kinds: [replyKind], tags: ["p": Set(clients.map(\.publicKey.hex))])
+                            try await pool.withSubscription([filter]) { replies in
+                                // Every request goes to both relays, so both runtimes receive every one. Replies are
+                                // read while publishing: an unread subscription holds up its connection (backpressure).
+                                let seen = try await withThrowingTaskGroup(of: Void.self) { group in
+                                    group.addTask {
+                                        for chunk in stride(from: 0, to: requests.count, by: 100) {
+                                            try await withThrowingTaskGroup(of: Void.self) { group in
+                                                for request in requests[chunk..<min(chunk + 100, requests.count)] {
+                                                    group.addTask { try await publish(request, on: urls, through: pool) }
+                                                }
+                                                try await group.waitForAll()
+                                            }
+                                        }
+                                    }
+                                    let seen = try await awaitReplies(replies, limit: .seconds(60)) { seen in
+                                        Set(seen.flatMap { $0.0.tagValues("e") }).count == requests.count
+                                    }
+                                    try await group.waitForAll()
+                                    return seen
+                                }
+                                let answered = Set(seen.flatMap { $0.0.tagValues("e") })
+                                #expect(answered == Set(requests.map(\.id.hex)))
+                            }
+                        }
+                    }
+                }
+                let twice = requests.filter { handlers[0].count($0.id) + handlers[1].count($0.id) != 1 }
+                #expect(twice.isEmpty, "\(twice.count) requests were not executed exactly once")
+                #expect(handlers[0].total + handlers[1].total == requests.count)
+            }
         }
     }
 

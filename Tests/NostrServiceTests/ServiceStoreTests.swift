@@ -3,6 +3,7 @@ import NostrCore
 import NostrCrypto
 import Testing
 @testable import NostrService
+import NostrServicePostgres
 
 func temporaryDirectory() throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-test-\(UUID().uuidString)")
@@ -10,7 +11,7 @@ func temporaryDirectory() throws -> URL {
     return url
 }
 
-@Suite("SQLiteServiceStore: the journal, checkpoints and handler state")
+@Suite("ServiceStore on SQLite and PostgreSQL: the journal, checkpoints and handler state")
 struct ServiceStoreTests {
     let service = SecretKey.generate().publicKey
 
@@ -21,93 +22,120 @@ struct ServiceStoreTests {
 
     func reply() -> Event { EventTemplate(kind: 25_911, content: "answer").sign(with: SecretKey.generate()) }
 
-    @Test("a request is claimed once; copies see it in progress, then its recorded replies")
-    func claimOnce() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-        let request = entry()
-        #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-        #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
-        let replies = [reply(), reply()]
-        try await store.finish(request.id, outcome: "answered", replies: replies, now: 2002)
-        #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
-        try await store.recordDelivery(request.id, "accepted 3 of 3")
-        #expect(try await store.claim(request, owner: "c", now: 9999, lease: 60) == .finished(replies: replies))
-    }
-
-    @Test("a claim never finished is interrupted after its lease; only one runtime can take it over")
-    func interrupted() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-        let request = entry()
-        #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-        #expect(try await store.claim(request, owner: "b", now: 2060, lease: 60) == .inProgress)
-        #expect(try await store.claim(request, owner: "b", now: 2061, lease: 60) == .interrupted)
-        #expect(try await store.reclaim(request.id, owner: "b", now: 2061, lease: 60))
-        #expect(try await !store.reclaim(request.id, owner: "c", now: 2062, lease: 60))
-        #expect(try await store.claim(request, owner: "c", now: 2062, lease: 60) == .inProgress)
-    }
-
-    @Test("concurrent claims of one request, from two store instances on one file: exactly one wins")
-    func concurrentClaims() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let path = directory.appendingPathComponent("service.sqlite").path
-        let stores = [try SQLiteServiceStore(path: path), try SQLiteServiceStore(path: path)]
-        let requests = (0..<50).map { _ in entry() }
-        let results = await withTaskGroup(of: ClaimResult?.self) { group in
-            for request in requests {
-                for attempt in 0..<4 {
-                    group.addTask { try? await stores[attempt % 2].claim(request, owner: "o\(attempt)", now: 2000, lease: 60) }
-                }
-            }
-            var results: [ClaimResult?] = []
-            for await result in group { results.append(result) }
-            return results
+    @Test("a request is claimed once; copies see it in progress, then its recorded replies", arguments: StoreBackend.allCases)
+    func claimOnce(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            let request = entry()
+            #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
+            let replies = [reply(), reply()]
+            try await store.finish(request.id, outcome: "answered", replies: replies, now: 2002)
+            #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
+            try await store.recordDelivery(request.id, "accepted 3 of 3")
+            #expect(try await store.claim(request, owner: "c", now: 9999, lease: 60) == .finished(replies: replies))
         }
-        #expect(results.count == 200)
-        #expect(results.filter { $0 == .claimed }.count == 50)
-        #expect(results.filter { $0 == .inProgress }.count == 150)
     }
 
-    @Test("checkpoints only move forward; pruning keeps unfinished and recent requests")
-    func checkpointsAndPruning() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-        #expect(try await store.checkpoint(for: service) == nil)
-        try await store.advanceCheckpoint(for: service, to: 500)
-        try await store.advanceCheckpoint(for: service, to: 400)
-        #expect(try await store.checkpoint(for: service) == 500)
-        let old = entry(100), oldOpen = entry(100), recent = entry(900)
-        for request in [old, oldOpen, recent] { _ = try await store.claim(request, owner: "a", now: 1000, lease: 60) }
-        try await store.finish(old.id, outcome: "answered", replies: [], now: 1000)
-        try await store.finish(recent.id, outcome: "answered", replies: [], now: 1000)
-        #expect(try await store.pruneJournal(before: 500) == 1)
-        #expect(try await store.claim(old, owner: "b", now: 1001, lease: 60) == .claimed)
-        #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress)
-        #expect(try await store.claim(recent, owner: "b", now: 1001, lease: 60) == .finished(replies: []))
+    @Test("a claim never finished is interrupted after its lease; only one runtime can take it over", arguments: StoreBackend.allCases)
+    func interrupted(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            let request = entry()
+            #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+            #expect(try await store.claim(request, owner: "b", now: 2060, lease: 60) == .inProgress)
+            #expect(try await store.claim(request, owner: "b", now: 2061, lease: 60) == .interrupted)
+            #expect(try await store.reclaim(request.id, owner: "b", now: 2061, lease: 60))
+            #expect(try await !store.reclaim(request.id, owner: "c", now: 2062, lease: 60))
+            #expect(try await store.claim(request, owner: "c", now: 2062, lease: 60) == .inProgress)
+        }
     }
 
-    @Test("key-value state by namespace, persisted across reopening")
-    func keyValue() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let path = directory.appendingPathComponent("service.sqlite").path
-        do {
-            let store = try SQLiteServiceStore(path: path)
+    @Test("concurrent claims of each request from two store instances on one database: exactly one wins", arguments: StoreBackend.allCases)
+    func concurrentClaims(backend: StoreBackend) async throws {
+        try await withStores(backend, count: 2) { stores throws in
+            let requests = (0..<50).map { _ in entry() }
+            let results = await withTaskGroup(of: ClaimResult?.self) { group in
+                for request in requests {
+                    for attempt in 0..<4 {
+                        group.addTask { try? await stores[attempt % 2].claim(request, owner: "o\(attempt)", now: 2000, lease: 60) }
+                    }
+                }
+                var results: [ClaimResult?] = []
+                for await result in group { results.append(result) }
+                return results
+            }
+            #expect(results.count == 200)
+            #expect(results.filter { $0 == .claimed }.count == 50)
+            #expect(results.filter { $0 == .inProgress }.count == 150)
+        }
+    }
+
+    @Test("checkpoints only move forward; pruning keeps unfinished and recent requests", arguments: StoreBackend.allCases)
+    func checkpointsAndPruning(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            #expect(try await store.checkpoint(for: service) == nil)
+            try await store.advanceCheckpoint(for: service, to: 500)
+            try await store.advanceCheckpoint(for: service, to: 400)
+            #expect(try await store.checkpoint(for: service) == 500)
+            let old = entry(100), oldOpen = entry(100), recent = entry(900)
+            for request in [old, oldOpen, recent] { _ = try await store.claim(request, owner: "a", now: 1000, lease: 60) }
+            try await store.finish(old.id, outcome: "answered", replies: [], now: 1000)
+            try await store.finish(recent.id, outcome: "answered", replies: [], now: 1000)
+            #expect(try await store.pruneJournal(before: 500) == 1)
+            #expect(try await store.claim(old, owner: "b", now: 1001, lease: 60) == .claimed)
+            #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress)
+            #expect(try await store.claim(recent, owner: "b", now: 1001, lease: 60) == .finished(replies: []))
+        }
+    }
+
+    @Test("key-value state by namespace, seen by another store instance on the same database", arguments: StoreBackend.allCases)
+    func keyValue(backend: StoreBackend) async throws {
+        try await withStores(backend, count: 2) { stores throws in
+            let store = stores[0]
             try await store.setValue([1, 2, 3], forKey: "alice", in: "clients")
             try await store.setValue([4], forKey: "bob", in: "clients")
             try await store.setValue([9], forKey: "alice", in: "budgets")
             try await store.setValue([5, 5], forKey: "bob", in: "clients")
             try await store.setValue(nil, forKey: "alice", in: "budgets")
+            try await store.setValue([], forKey: "empty", in: "other")
+            let other = stores[1]
+            #expect(try await other.values(in: "clients") == ["alice": [1, 2, 3], "bob": [5, 5]])
+            #expect(try await other.value("alice", in: "budgets") == nil)
+            #expect(try await other.value("bob", in: "clients") == [5, 5])
+            #expect(try await other.value("empty", in: "other") == [])
+        }
+    }
+
+    @Test("the SQLite journal survives closing and reopening its file")
+    func sqliteReopen() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        let request = entry()
+        do {
+            let store = try SQLiteServiceStore(path: path)
+            #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+            try await store.finish(request.id, outcome: "answered", replies: [], now: 2001)
+            try await store.setValue([7], forKey: "k", in: "n")
         }
         let reopened = try SQLiteServiceStore(path: path)
-        #expect(try await reopened.values(in: "clients") == ["alice": [1, 2, 3], "bob": [5, 5]])
-        #expect(try await reopened.value("alice", in: "budgets") == nil)
-        #expect(try await reopened.value("bob", in: "clients") == [5, 5])
+        #expect(try await reopened.claim(request, owner: "b", now: 2002, lease: 60) == .finished(replies: []))
+        #expect(try await reopened.value("k", in: "n") == [7])
+    }
+
+    @Test("PostgreSQL URLs: user, password, port, database and sslmode; anything else is refused")
+    func postgresURLs() throws {
+        let configuration = try PostgresServiceStore.configuration(url: "postgres://svc:p%40ss@db.example:6543/switchboard?sslmode=disable")
+        #expect(configuration.host == "db.example")
+        #expect(configuration.port == 6543)
+        #expect(configuration.username == "svc")
+        #expect(configuration.password == "p@ss")
+        #expect(configuration.database == "switchboard")
+        #expect(throws: ServiceError.self) { try PostgresServiceStore.configuration(url: "mysql://db.example/x") }
+        #expect(throws: ServiceError.self) { try PostgresServiceStore.configuration(url: "postgres://db.example/x?sslmode=verify-full") }
+        #expect(throws: ServiceError.self) { try PostgresServiceStore.configuration(url: "postgres:///x") }
     }
 }
 

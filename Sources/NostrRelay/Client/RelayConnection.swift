@@ -61,8 +61,8 @@ final class RelayConnection: Sendable {
         let invalid: Counter
         let publishDuration: CoreMetrics.Timer
 
-        init(url: RelayURL, factory: any MetricsFactory) {
-            let dimensions = [("relay", url.string)]
+        init(url: RelayURL, factory: any MetricsFactory, dimensions extra: [(String, String)]) {
+            let dimensions = [("relay", url.string)] + extra
             connected = Gauge(label: "nostr_relay_connected", dimensions: dimensions, factory: factory)
             reconnects = Counter(label: "nostr_relay_reconnects_total", dimensions: dimensions, factory: factory)
             messagesIn = Counter(label: "nostr_relay_messages_received_total", dimensions: dimensions, factory: factory)
@@ -90,7 +90,7 @@ final class RelayConnection: Sendable {
         self.shared = Mutex(Shared(
             machine: RelayClientState(configuration: machineConfiguration),
             status: RelayStatus(url: url, isConnected: false, reconnects: 0, messagesReceived: 0, messagesSent: 0, invalidEvents: 0)))
-        self.metrics = Instruments(url: url, factory: configuration.metricsFactory)
+        self.metrics = Instruments(url: url, factory: configuration.metricsFactory, dimensions: configuration.metricsDimensions)
     }
 
     var status: RelayStatus { shared.withLock { $0.status } }

@@ -47,6 +47,9 @@ public final class RelayPool: Service, Sendable {
         public var stopsOnGracefulShutdown = true
         /// Where the per-relay metrics go (the global swift-metrics factory by default).
         public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+        /// Dimensions added to every per-relay metric besides `relay`, telling apart pools that connect to the
+        /// same relays (a service's listening and publishing connections, say).
+        public var metricsDimensions: [(String, String)] = []
 
         public init() {}
     }
