@@ -1,5 +1,6 @@
 public import Logging
 public import NostrCore
+public import NostrCrypto
 public import NostrRelay
 
 /// What a service does with the requests of some kinds.
@@ -36,6 +37,9 @@ public protocol RequestHandler: Sendable {
     /// Whether a request interrupted by a crash or restart may be run again (default false: it is answered
     /// with ``ServiceError/Code/interrupted`` instead, so nothing is signed or paid twice).
     var isIdempotent: Bool { get }
+    /// Whether replies also go to the requester's inbox relays (their NIP-65 read relays, else their kind
+    /// 10050 relays), which the runtime looks up on its relays and caches. Default false.
+    var repliesToInbox: Bool { get }
 
     /// Handles one request; returns the replies to publish (recorded, and re-sent for duplicates).
     func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply]
@@ -43,6 +47,25 @@ public protocol RequestHandler: Sendable {
     /// The protocol's error reply for `request`, or nil when the protocol has none. When the payload could not
     /// be decrypted, `request.content` is empty and the error is ``ServiceError/Code/badRequest``.
     func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply?
+
+    /// Events that tell the world about this service under `context.key` (a NIP-89 handler information event,
+    /// a NIP-47 info event): signed with that key and published, each confirmed by `OK`, on start, every
+    /// ``ServiceRuntime/Configuration/announcementInterval``, and whenever the relays change (to the old and
+    /// the new ones). Default none.
+    func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate]
+}
+
+/// What a handler knows when it writes its announcements.
+public struct AnnouncementContext: Sendable {
+    /// The service key the announcements are signed with.
+    public let key: PublicKey
+    /// The relays the service listens on.
+    public let relays: [RelayURL]
+    /// Now, for `created_at`.
+    public let now: Timestamp
+    /// When the runtime announces again at the latest: a NIP-40 `expiration` after this never lapses while the
+    /// service runs.
+    public let nextAnnouncement: Timestamp
 }
 
 extension RequestHandler {
@@ -50,7 +73,9 @@ extension RequestHandler {
     public var acceptsUntargeted: Bool { false }
     public var timeout: Duration { .seconds(30) }
     public var isIdempotent: Bool { false }
+    public var repliesToInbox: Bool { false }
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? { nil }
+    public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] { [] }
 }
 
 /// What a handler may use while it handles a request.

@@ -34,4 +34,12 @@ struct ServiceMetrics: Sendable {
     func replyPublished(accepted: Bool) {
         Counter(label: "switchboard_replies_published_total", dimensions: [("accepted", accepted ? "true" : "false")], factory: factory).increment()
     }
+
+    /// An announcement published (relay list, handler information): accepted by at least one relay, or by none.
+    func announcementPublished(kind: String, accepted: Bool) {
+        Counter(
+            label: "switchboard_announcements_published_total",
+            dimensions: [("kind", kind), ("accepted", accepted ? "true" : "false")], factory: factory
+        ).increment()
+    }
 }

@@ -53,6 +53,19 @@ public final class ServiceRuntime: Service, Sendable {
         public var maximumExtraRelays = 32
         /// On graceful shutdown, how long requests in flight may take to finish before they are cancelled.
         public var shutdownGracePeriod: Duration = .seconds(10)
+        /// Whether the service publishes its relay list (NIP-65 kind 10002: the relays it reads and writes).
+        public var announcesRelayList = true
+        /// How often announcements (the relay list, handlers' ``RequestHandler/announcements(_:)``) are
+        /// published again; after a round some relay did not confirm, the next comes after
+        /// ``announcementRetryDelay`` instead.
+        public var announcementInterval: Duration = .seconds(3600)
+        public var announcementRetryDelay: Duration = .seconds(30)
+        /// Requesters' inbox relays remembered (for handlers that reply to them), for how long, how many per
+        /// requester at most, and how long a lookup may take.
+        public var inboxCacheSize = 10_000
+        public var inboxCacheLifetime: Int64 = 3600
+        public var maximumInboxRelays = 4
+        public var inboxLookupTimeout: Duration = .seconds(3)
         /// The relay pool's settings (its metrics factory is the runtime's).
         public var pool = RelayPool.Configuration()
         /// Where the runtime's metrics go (the global swift-metrics factory by default).
@@ -69,17 +82,21 @@ public final class ServiceRuntime: Service, Sendable {
     /// (which slows reading them) never hold up the relays' answers (`OK`, `EOSE`) to this pool.
     public let pool: RelayPool
     /// The connections carrying the request subscription, and nothing else.
-    private let listener: RelayPool
+    let listener: RelayPool
     /// The store holding the journal and handlers' state.
     public let store: any ServiceStore
-    private let keys: [PublicKey: any ServiceSigner]
-    private let keyOrder: [PublicKey]
-    private let handlers: [Kind: any RequestHandler]
+    let keys: [PublicKey: any ServiceSigner]
+    let keyOrder: [PublicKey]
+    let handlers: [Kind: any RequestHandler]
+    let handlerList: [any RequestHandler]
     private let extraRelays: ExtraRelays
-    private let logger: Logger
-    private let metrics: ServiceMetrics
+    private let inboxRelays: InboxRelays
+    let logger: Logger
+    let metrics: ServiceMetrics
     private let owner = Hex.encode(SecureMemory.randomBytes(8))
-    private let state: Mutex<RuntimeState>
+    let state: Mutex<RuntimeState>
+    /// Wakes the announcement loop (start, timer, relay changes); coalesces.
+    let announcementSignal = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
 
     struct RuntimeState {
         var policy: RequestPolicy
@@ -87,6 +104,10 @@ public final class ServiceRuntime: Service, Sendable {
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
+        /// Relays the next announcement round also goes to (ones just removed from the service's set).
+        var formerRelays: Set<RelayURL> = []
+        /// Whether the last announcement round was confirmed, every event by at least one relay.
+        var announced = false
     }
 
     /// - Parameters:
@@ -109,6 +130,7 @@ public final class ServiceRuntime: Service, Sendable {
             }
         }
         self.handlers = byKind
+        self.handlerList = handlers
         self.logger = logger
         func poolConfiguration(_ role: String) -> RelayPool.Configuration {
             var poolConfiguration = configuration.pool
@@ -123,6 +145,9 @@ public final class ServiceRuntime: Service, Sendable {
             relays: configuration.relays, signer: keys[0], configuration: poolConfiguration("work"), logger: logger)
         self.extraRelays = ExtraRelays(
             capacity: configuration.maximumExtraRelays, configuration: poolConfiguration("extra"), logger: logger)
+        self.inboxRelays = InboxRelays(
+            pool: pool, capacity: configuration.inboxCacheSize, lifetime: configuration.inboxCacheLifetime,
+            maximumPerUser: configuration.maximumInboxRelays, timeout: configuration.inboxLookupTimeout)
         self.metrics = ServiceMetrics(factory: configuration.metricsFactory)
         self.state = Mutex(RuntimeState(policy: RequestPolicy(configuration: configuration.policy)))
     }
@@ -146,9 +171,12 @@ public final class ServiceRuntime: Service, Sendable {
             connections.addTask { try await self.pool.run() }
             connections.addTask { try await self.extraRelays.pool.run() }
             connections.addTask { await self.flushCheckpointsPeriodically() }
+            connections.addTask { await self.announceWhenAsked() }
+            connections.addTask { await self.askForAnnouncementsPeriodically() }
             defer { connections.cancelAll() }
             try await listener.withSubscription(filters) { subscription in
                 state.withLock { $0.subscription = subscription; $0.subscribed = true }
+                announcementSignal.continuation.yield()
                 logger.info("listening", metadata: [
                     "nostr.kinds": "\(handlers.keys.map(\.rawValue).sorted())", "nostr.relays": "\(configuration.relays.count)",
                 ])
@@ -357,7 +385,8 @@ public final class ServiceRuntime: Service, Sendable {
             logger.error("could not record the answer in the journal", metadata: ["error": "\(error)"])
         }
         guard !events.isEmpty else { return }
-        let delivery = await publish(events, arrivedOn: relay, extra: replies.flatMap(\.relays))
+        let extra = await replyRelays(event, handler: handler, named: replies.flatMap(\.relays))
+        let delivery = await publish(events, arrivedOn: relay, extra: extra)
         try? await store.recordDelivery(event.id, delivery)
     }
 
@@ -371,7 +400,8 @@ public final class ServiceRuntime: Service, Sendable {
         }
         try? await store.finish(event.id, outcome: "error:\(error.code)", replies: events, now: .now)
         guard !events.isEmpty else { return }
-        let delivery = await publish(events, arrivedOn: relay, extra: [])
+        let extra = await replyRelays(event, handler: route.handler, named: [])
+        let delivery = await publish(events, arrivedOn: relay, extra: extra)
         try? await store.recordDelivery(event.id, delivery)
     }
 
@@ -401,9 +431,10 @@ public final class ServiceRuntime: Service, Sendable {
         let deadline = ContinuousClock.now + handler.timeout
         let context = RequestContext(logger: logger, store: store, pool: pool, deadline: deadline) { reply in
             guard let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
+            let extra = await self.replyRelays(request.event, handler: handler, named: reply.relays)
             var results: [RelayURL: PublishResult] = [:]
             for event in events {
-                results = await self.publishOnce(event, to: self.targets(arrivedOn: request.relay, extra: reply.relays))
+                results = await self.publishOnce(event, to: self.targets(arrivedOn: request.relay, extra: extra))
             }
             return results
         }
@@ -456,21 +487,33 @@ public final class ServiceRuntime: Service, Sendable {
         let targets = targets(arrivedOn: relay, extra: extra)
         var accepted = 0, total = 0
         for event in events {
-            var pending = targets
-            var results: [RelayURL: PublishResult] = [:]
-            for attempt in 0..<max(1, configuration.publishAttempts) {
-                if attempt > 0 { try? await Task.sleep(for: .seconds(1 << (attempt - 1))) }
-                let round = await publishOnce(event, to: pending)
-                results.merge(round) { _, new in new }
-                pending = Set(round.filter { !$0.value.isFinal }.keys)
-                if pending.isEmpty || Task.isCancelled { break }
-            }
+            let results = await publishConfirmed(event, to: targets)
             let ok = results.values.filter(\.isAccepted).count
             metrics.replyPublished(accepted: ok > 0)
             accepted += ok
             total += results.count
         }
         return "accepted \(accepted) of \(total)"
+    }
+
+    /// Publishes `event` to `targets`, trying relays that did not answer again (after 1 s, 2 s, ...).
+    func publishConfirmed(_ event: Event, to targets: Set<RelayURL>) async -> [RelayURL: PublishResult] {
+        var pending = targets
+        var results: [RelayURL: PublishResult] = [:]
+        for attempt in 0..<max(1, configuration.publishAttempts) {
+            if attempt > 0 { try? await Task.sleep(for: .seconds(1 << (attempt - 1))) }
+            let round = await publishOnce(event, to: pending)
+            results.merge(round) { _, new in new }
+            pending = Set(round.filter { !$0.value.isFinal }.keys)
+            if pending.isEmpty || Task.isCancelled { break }
+        }
+        return results
+    }
+
+    /// The relays replies to `request` go to besides the arrival relay and the service's: those the replies
+    /// name and, for handlers that want it, the requester's inbox relays.
+    private func replyRelays(_ request: Event, handler: any RequestHandler, named: [RelayURL]) async -> [RelayURL] {
+        handler.repliesToInbox ? named + (await inboxRelays.relays(of: request.pubkey)) : named
     }
 
     private func publishOnce(_ event: Event, to targets: Set<RelayURL>) async -> [RelayURL: PublishResult] {
