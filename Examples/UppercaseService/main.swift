@@ -1,6 +1,7 @@
 // An example service on the Switchboard runtime: NIP-44 encrypted "uppercase" RPC on ephemeral kinds.
 //
 //   uppercase-service --data-dir DIR --relay ws://127.0.0.1:7777 [--relay ...] [--http 127.0.0.1:PORT]
+//                     [--sender-rate R --sender-burst B]
 //
 // A request is a kind 25910 event p-tagging the service, its content NIP-44 encrypted (NIP-04 works too);
 // the reply is a kind 25911 event p-tagging the requester and e-tagging the request, with the text
@@ -8,6 +9,8 @@
 // The service key is created on first run in DIR/service.key (mode 0600); the journal is DIR/service.sqlite.
 // Prints "ready <service public key hex>" once it listens; stops on SIGTERM/SIGINT. With --http, serves
 // GET /metrics (Prometheus) and GET /health there and also prints "http HOST:PORT" (port 0 = a free one).
+// --sender-rate and --sender-burst change the per-sender rate limit (default 10/s, bursts of 30); the load
+// benchmark (`switchboard-bench service`) raises them, since it sends from few keys.
 import Foundation
 import Logging
 import Metrics
@@ -47,10 +50,18 @@ func loadOrCreateKey(in directory: URL) throws -> SecretKey {
     return key
 }
 
-func arguments() -> (directory: URL, relays: [RelayURL], http: (String, Int)?)? {
+struct Arguments {
+    var directory: URL
+    var relays: [RelayURL]
+    var http: (String, Int)?
+    var policy = RequestPolicy.Configuration()
+}
+
+func arguments() -> Arguments? {
     var directory: URL?
     var relays: [RelayURL] = []
     var http: (String, Int)?
+    var policy = RequestPolicy.Configuration()
     var iterator = CommandLine.arguments.dropFirst().makeIterator()
     while let argument = iterator.next() {
         switch argument {
@@ -60,17 +71,27 @@ func arguments() -> (directory: URL, relays: [RelayURL], http: (String, Int)?)? 
             guard let text = iterator.next(), let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...])
             else { return nil }
             http = (String(text[..<colon]), port)
+        case "--sender-rate":
+            guard let rate = iterator.next().flatMap(Double.init), rate > 0 else { return nil }
+            policy.rate = rate
+        case "--sender-burst":
+            guard let burst = iterator.next().flatMap(Double.init), burst >= 1 else { return nil }
+            policy.burst = burst
         default: return nil
         }
     }
     guard let directory, !relays.isEmpty else { return nil }
-    return (directory, relays, http)
+    return Arguments(directory: directory, relays: relays, http: http, policy: policy)
 }
 
-guard let (directory, relays, http) = arguments() else {
-    FileHandle.standardError.write(Data("usage: uppercase-service --data-dir DIR --relay URL [--relay URL]... [--http HOST:PORT]\n".utf8))
+guard let options = arguments() else {
+    FileHandle.standardError.write(Data("""
+        usage: uppercase-service --data-dir DIR --relay URL [--relay URL]... [--http HOST:PORT]
+                                 [--sender-rate R] [--sender-burst B]\n
+        """.utf8))
     exit(64)
 }
+let (directory, relays, http) = (options.directory, options.relays, options.http)
 LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
 let registry = PrometheusCollectorRegistry()
 MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -79,8 +100,9 @@ logger.logLevel = .notice
 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
 let key = LocalServiceKey(try loadOrCreateKey(in: directory))
 let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-let runtime = ServiceRuntime(
-    keys: [key], handlers: [Uppercase()], store: store, configuration: .init(relays: relays), logger: logger)
+var configuration = ServiceRuntime.Configuration(relays: relays)
+configuration.policy = options.policy
+let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: logger)
 
 /// Prints the ready line once the runtime listens.
 struct ReadyLine: Service {

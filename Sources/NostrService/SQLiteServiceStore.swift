@@ -3,17 +3,31 @@ import GRDB
 public import NostrCore
 public import NostrCrypto
 import NostrRelay
+import Synchronization
 
 /// A ``ServiceStore`` in an SQLite file (GRDB, WAL mode): the default, for one service process.
 ///
-/// Claims are single write transactions, so they are atomic between tasks and between processes that open the
-/// same file. Replicas on several machines need a shared database (a PostgreSQL store is planned).
+/// Claims are atomic between tasks and between processes that open the same file (each runs in a write
+/// transaction). Replicas on several machines share a ``ServiceStore`` in PostgreSQL instead.
+///
+/// Journal writes (claims, answers, delivery outcomes) are committed in groups: those that arrive while a
+/// transaction is being written go together into the next one, each in a savepoint of its own, and each caller
+/// resumes once its group is committed (synchronous=FULL, so a claim is on disk before its handler runs).
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
+    private let queue = Mutex(WriteQueue())
+
+    private struct WriteQueue {
+        var pending: [any GroupedWrite] = []
+        var writing = false
+    }
 
     /// Opens (creating and migrating if needed) the database at `path`.
     public init(path: String) throws {
         pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
+        // Commits reach the disk before they return (SQLite's usual default, made certain here): a claim must
+        // survive a power cut, or a request could run again after it.
+        try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
     }
 
     static var migrator: DatabaseMigrator {
@@ -49,8 +63,44 @@ public final class SQLiteServiceStore: ServiceStore {
         return migrator
     }
 
+    // MARK: Group commit
+
+    /// Runs `body` in the next group transaction; returns its result once that transaction is committed.
+    private func grouped<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let write = Write(body: body, continuation: continuation)
+            let leads = queue.withLock { queue in
+                queue.pending.append(write)
+                defer { queue.writing = true }
+                return !queue.writing
+            }
+            if leads { pool.asyncWriteWithoutTransaction { db in self.drain(db) } }
+        }
+    }
+
+    /// On the writer queue: commits what is pending, one transaction per group, until nothing is.
+    private func drain(_ db: Database) {
+        while true {
+            let group = queue.withLock { queue in
+                defer { queue.pending = [] }
+                if queue.pending.isEmpty { queue.writing = false }
+                return queue.pending
+            }
+            if group.isEmpty { return }
+            do {
+                try db.inTransaction(.immediate) {
+                    for write in group { write.run(db) }
+                    return .commit
+                }
+                for write in group { write.complete(failure: nil) }
+            } catch {
+                for write in group { write.complete(failure: error) }
+            }
+        }
+    }
+
     public func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult {
-        try await pool.write { db in
+        try await grouped { db in
             try db.execute(
                 sql: """
                     INSERT INTO journal (id, service, sender, kind, created_at, owner, claimed_at)
@@ -75,7 +125,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {
-        try await pool.write { db in
+        try await grouped { db in
             try db.execute(
                 sql: "UPDATE journal SET owner = ?, claimed_at = ? WHERE id = ? AND finished_at IS NULL AND claimed_at + ? < ?",
                 arguments: [owner, now, Data(id.bytes32.bytes), lease, now])
@@ -84,7 +134,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
-        try await pool.write { db in
+        try await grouped { db in
             try db.execute(
                 sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ?",
                 arguments: [now, outcome, StoredReplies.encode(replies), Data(id.bytes32.bytes)])
@@ -92,7 +142,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func recordDelivery(_ id: EventID, _ delivery: String) async throws {
-        try await pool.write { db in
+        try await grouped { db in
             try db.execute(sql: "UPDATE journal SET delivery = ? WHERE id = ?", arguments: [delivery, Data(id.bytes32.bytes)])
         }
     }
@@ -151,6 +201,47 @@ public final class SQLiteServiceStore: ServiceStore {
                 values[row["key"]] = Array(data)
             }
             return values
+        }
+    }
+}
+
+/// A write waiting for its group transaction.
+private protocol GroupedWrite: Sendable {
+    /// Runs inside the group's transaction, in a savepoint: a failure undoes this write only.
+    func run(_ db: Database)
+    /// After the group's commit (failure nil) or its rollback.
+    func complete(failure: (any Error)?)
+}
+
+private final class Write<T: Sendable>: GroupedWrite {
+    private let body: @Sendable (Database) throws -> T
+    private let continuation: CheckedContinuation<T, any Error>
+    private let outcome = Mutex<Result<T, any Error>?>(nil)
+
+    init(body: @escaping @Sendable (Database) throws -> T, continuation: CheckedContinuation<T, any Error>) {
+        self.body = body
+        self.continuation = continuation
+    }
+
+    func run(_ db: Database) {
+        var result: Result<T, any Error> = .failure(ServiceError(.internal, "the journal write did not run"))
+        do {
+            try db.inSavepoint {
+                result = .success(try body(db))
+                return .commit
+            }
+        } catch {
+            result = .failure(error)
+        }
+        outcome.withLock { $0 = result }
+    }
+
+    func complete(failure: (any Error)?) {
+        let result = outcome.withLock { $0 } ?? .failure(ServiceError(.internal, "the journal write did not run"))
+        if let failure {
+            continuation.resume(throwing: failure)
+        } else {
+            continuation.resume(with: result)
         }
     }
 }

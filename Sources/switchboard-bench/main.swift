@@ -176,7 +176,14 @@ case "relay":
         print("relay benchmark failed: \(error)")
         exit(1)
     }
+case "service":
+    do {
+        try await runService()
+    } catch {
+        print("service benchmark failed: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: switchboard-bench crypto | relay")
+    print("usage: switchboard-bench crypto | relay | service")
     exit(64)
 }
