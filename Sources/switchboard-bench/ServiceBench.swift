@@ -207,6 +207,9 @@ func withUppercaseService<R>(_ relay: RelayURL, _ body: (PublicKey, Process) asy
     process.arguments = [
         "--data-dir", directory.path, "--relay", relay.string, "--sender-rate", "1000000", "--sender-burst", "1000000",
     ]
+    if let arenas = ProcessInfo.processInfo.environment["BENCH_MALLOC_ARENA_MAX"] {
+        process.environment = ProcessInfo.processInfo.environment.merging(["MALLOC_ARENA_MAX": arenas]) { $1 }
+    }
     let output = Pipe()
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
@@ -247,6 +250,7 @@ func runService() async throws {
             var configuration = RelayPool.Configuration()
             configuration.subscriptionBufferSize = 4096
             let pool = RelayPool(relays: [url], configuration: configuration, logger: quiet)
+            say("uppercase-service started: RSS \(ProcessUsage(pid: process.processIdentifier).residentKiB / 1024) MiB")
             try await pool.withRunning {
                 let filter = Filter(authors: [service], kinds: [replyKindBench], since: .now - 5)
                 try await pool.withSubscription([filter]) { replies in
