@@ -113,6 +113,9 @@ public final class ServiceRuntime: Service, Sendable {
     /// - Parameters:
     ///   - keys: the keys requests may address; the first also answers relays' NIP-42 challenges.
     ///   - handlers: one per request kind (a kind claimed twice is a programming error).
+    ///   - store: the journal and handlers' state (``SQLiteServiceStore``, or a PostgreSQL store for replicas).
+    ///   - configuration: relays, limits and timing.
+    ///   - logger: where the runtime logs (event ids, kinds and public keys; never content).
     public init(
         keys: [any ServiceSigner], handlers: [any RequestHandler], store: any ServiceStore,
         configuration: Configuration, logger: Logger
