@@ -77,10 +77,7 @@ func withRuntime<R: Sendable>(
 func withReplies<R: Sendable>(
     _ relays: [RelayURL], for client: TestClient, _ body: (RelayPool, RelaySubscription) async throws -> R
 ) async throws -> R {
-    var configuration = RelayPool.Configuration()
-    configuration.reconnectDelay = .milliseconds(50)
-    let pool = RelayPool(relays: relays, configuration: configuration, logger: quiet)
-    return try await pool.withRunning {
+    try await withClientPool(relays) { pool in
         try await pool.withSubscription([Filter(kinds: [replyKind], tags: ["p": [client.publicKey.hex]])]) { subscription in
             try await body(pool, subscription)
         }
@@ -180,12 +177,9 @@ struct ServiceRuntimeTests {
                     $0.policy.burst = 10_000
                     $0.policy.maximumConcurrentPerSender = 64
                 }
-                var configuration = RelayPool.Configuration()
-                configuration.reconnectDelay = .milliseconds(50)
-                let pool = RelayPool(relays: urls, configuration: configuration, logger: quiet)
                 try await withRuntime(urls, handler: handlers[0], key: key, store: stores[0], configure: generous) { _ in
                     try await withRuntime(urls, handler: handlers[1], key: key, store: stores[1], configure: generous) { _ in
-                        try await pool.withRunning {
+                        try await withClientPool(urls) { pool in
                             let filter = Filter(kinds: [replyKind], tags: ["p": Set(clients.map(\.publicKey.hex))])
                             try await pool.withSubscription([filter]) { replies in
                                 // Every request goes to both relays, so both runtimes receive every one. Replies are
