@@ -114,11 +114,7 @@ func rawVerifyRate(_ events: [Event]) -> Double {
 }
 
 func residentKiB(pid: Int32? = nil) -> Int {
-    let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8),
-        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-    else { return 0 }
-    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
+    residentKiBField("VmRSS:", pid: pid ?? getpid())
 }
 
 func runRelay() async throws {

@@ -44,6 +44,7 @@ struct ProcessUsage {
     }
 }
 
+/// A memory figure (`VmRSS:`, `VmHWM:`) of a process, in KiB.
 func residentKiBField(_ field: String, pid: Int32) -> Int {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
         let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field) })
