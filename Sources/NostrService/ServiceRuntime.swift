@@ -441,26 +441,24 @@ public final class ServiceRuntime: Service, Sendable {
             }
             return results
         }
-        return await withTaskGroup(of: Result<[ServiceReply], ServiceError>?.self) { group in
-            group.addTask {
-                do {
-                    return .success(try await handler.handle(request, context: context))
-                } catch let error as ServiceError {
-                    return .failure(error)
-                } catch {
-                    if Task.isCancelled { return .failure(ServiceError(.unavailable, "the service is shutting down")) }
-                    logger.error("handler threw", metadata: ["error": "\(error)"])
-                    return .failure(ServiceError(.internal, "internal error"))
-                }
+        // The handler runs as its own task so the shared deadline timer can cancel it; the caller's
+        // cancellation (shutdown) is passed on.
+        let work = Task {
+            do {
+                return Result<[ServiceReply], ServiceError>.success(try await handler.handle(request, context: context))
+            } catch let error as ServiceError {
+                return .failure(error)
+            } catch {
+                if Task.isCancelled { return .failure(ServiceError(.unavailable, "the service is shutting down")) }
+                logger.error("handler threw", metadata: ["error": "\(error)"])
+                return .failure(ServiceError(.internal, "internal error"))
             }
-            group.addTask {
-                try? await Task.sleep(until: deadline)
-                return Task.isCancelled ? nil : .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first ?? .failure(ServiceError(.unavailable, "the service is shutting down"))
         }
+        let timer = Deadlines.shared.schedule(at: deadline) { work.cancel() }
+        let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
+        // A timer that can still be cancelled has not fired: the handler answered in time.
+        if Deadlines.shared.cancel(timer) { return result }
+        return .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
     }
 
     /// Encrypts each reply's content for its recipient in its scheme and signs it with `key`.

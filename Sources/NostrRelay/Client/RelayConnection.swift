@@ -135,16 +135,9 @@ final class RelayConnection: Sendable {
             return token
         }
         _ = withMachine { $0.publish(event) }
-        let result = await withTaskGroup(of: PublishResult?.self) { group in
-            group.addTask { await waiter.wait() }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
+        let timer = Deadlines.shared.schedule(at: started + timeout) { waiter.expire() }
+        let result = await waiter.wait()
+        Deadlines.shared.cancel(timer)
         if let result {
             metrics.publishDuration.recordNanoseconds((ContinuousClock.now - started).nanoseconds)
             return result
@@ -364,7 +357,8 @@ final class RelayConnection: Sendable {
 
 }
 
-/// A value delivered once to one waiter; waiting ends early (with `nil`) if the waiting task is cancelled.
+/// A value delivered once to one waiter; waiting ends early (with `nil`) if the waiting task is cancelled or the
+/// wait is expired.
 final class OneShot<Value: Sendable>: Sendable {
     private struct State {
         var value: Value?
@@ -396,13 +390,18 @@ final class OneShot<Value: Sendable>: Sendable {
                 if let immediate { continuation.resume(returning: immediate) }
             }
         } onCancel: {
-            let continuation = state.withLock { state -> CheckedContinuation<Value?, Never>? in
-                state.cancelled = true
-                defer { state.continuation = nil }
-                return state.continuation
-            }
-            continuation?.resume(returning: nil)
+            expire()
         }
+    }
+
+    /// Ends the wait without a value (a timeout or cancellation), unless a value came first.
+    func expire() {
+        let continuation = state.withLock { state -> CheckedContinuation<Value?, Never>? in
+            state.cancelled = true
+            defer { state.continuation = nil }
+            return state.continuation
+        }
+        continuation?.resume(returning: nil)
     }
 }
 

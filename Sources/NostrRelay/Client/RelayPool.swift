@@ -202,31 +202,21 @@ public final class RelayPool: Service, Sendable {
     /// `EOSE` or closed the request, or `timeout` passes; deduplicated, newest first.
     public func fetch(_ filters: [Filter], from relays: [RelayURL]? = nil, timeout: Duration = .seconds(10)) async throws -> [Event] {
         let expected = Set(relays ?? self.relays)
-        let collected = Collector()
-        try await withSubscription(filters, on: relays) { subscription in
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    var pending = expected
-                    for await item in subscription {
-                        switch item {
-                        case .event(let event, _): collected.append(event)
-                        case .endOfStoredEvents(let relay), .closed(let relay, _): pending.remove(relay)
-                        }
-                        if pending.isEmpty { break }
-                    }
+        let collected = try await withSubscription(filters, on: relays) { subscription in
+            let timer = Deadlines.shared.schedule(at: .now + timeout) { subscription.stop() }
+            defer { Deadlines.shared.cancel(timer) }
+            var events: [Event] = []
+            var pending = expected
+            for await item in subscription {
+                switch item {
+                case .event(let event, _): events.append(event)
+                case .endOfStoredEvents(let relay), .closed(let relay, _): pending.remove(relay)
                 }
-                group.addTask { try? await Task.sleep(for: timeout) }
-                await group.next()
-                group.cancelAll()
+                if pending.isEmpty { break }
             }
+            return events
         }
-        return collected.events.sorted(by: Event.queryOrder)
-    }
-
-    private final class Collector: Sendable {
-        private let storage = Mutex<[Event]>([])
-        func append(_ event: Event) { storage.withLock { $0.append(event) } }
-        var events: [Event] { storage.withLock { $0 } }
+        return collected.sorted(by: Event.queryOrder)
     }
 
     fileprivate func subscription(_ id: String) -> PoolSubscription? {

@@ -1,0 +1,82 @@
+import Synchronization
+import Testing
+@testable import NostrRelay
+
+@Suite("Deadlines")
+struct DeadlinesTests {
+    final class Fired: Sendable {
+        let ids = Mutex<[Int]>([])
+        func record(_ id: Int) { ids.withLock { $0.append(id) } }
+        var all: [Int] { ids.withLock { $0 } }
+    }
+
+    /// Polls `condition` every 10 ms for at most `seconds`.
+    func eventually(within seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+        let end = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < end {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return condition()
+    }
+
+    @Test("due deadlines fire once, in any order of scheduling; cancelled ones never fire")
+    func fireAndCancel() async {
+        let deadlines = Deadlines(resolution: .milliseconds(5))
+        let fired = Fired()
+        let start = ContinuousClock.now
+        let late = deadlines.schedule(at: start + .milliseconds(300)) { fired.record(3) }
+        _ = deadlines.schedule(at: start + .milliseconds(50)) { fired.record(1) }
+        let cancelled = deadlines.schedule(at: start + .milliseconds(100)) { fired.record(2) }
+        #expect(deadlines.cancel(cancelled))
+        #expect(!deadlines.cancel(cancelled))
+        #expect(deadlines.pending == 2)
+
+        #expect(await eventually { fired.all == [1] })
+        #expect(ContinuousClock.now - start >= .milliseconds(50))
+        #expect(await eventually { fired.all == [1, 3] })
+        #expect(ContinuousClock.now - start >= .milliseconds(300))
+        #expect(!deadlines.cancel(late))
+        #expect(deadlines.pending == 0)
+    }
+
+    @Test("the timer stops when nothing is pending and starts again for a new deadline")
+    func restarts() async {
+        let deadlines = Deadlines(resolution: .milliseconds(5))
+        let fired = Fired()
+        _ = deadlines.schedule(at: .now + .milliseconds(20)) { fired.record(1) }
+        #expect(await eventually { fired.all == [1] })
+        try? await Task.sleep(for: .milliseconds(50))
+        _ = deadlines.schedule(at: .now + .milliseconds(20)) { fired.record(2) }
+        #expect(await eventually { fired.all == [1, 2] })
+    }
+
+    @Test("an earlier deadline scheduled after a later one is not held back by it")
+    func earlierAfterLater() async {
+        let deadlines = Deadlines(resolution: .milliseconds(5))
+        let fired = Fired()
+        let start = ContinuousClock.now
+        let far = deadlines.schedule(at: start + .seconds(60)) { fired.record(2) }
+        _ = deadlines.schedule(at: start + .milliseconds(30)) { fired.record(1) }
+        #expect(await eventually(within: 2) { fired.all == [1] })
+        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(deadlines.cancel(far))
+    }
+
+    @Test("thousands of operations that finish in time leave nothing pending")
+    func manyCancelled() async {
+        let deadlines = Deadlines(resolution: .milliseconds(5))
+        let fired = Fired()
+        await withTaskGroup(of: Void.self) { group in
+            for id in 0..<5_000 {
+                group.addTask {
+                    let token = deadlines.schedule(at: .now + .seconds(30)) { fired.record(id) }
+                    await Task.yield()
+                    _ = deadlines.cancel(token)
+                }
+            }
+        }
+        #expect(deadlines.pending == 0)
+        #expect(fired.all.isEmpty)
+    }
+}
