@@ -159,6 +159,7 @@ let package = Package(
             name: "NostrServiceTests",
             dependencies: [
                 "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

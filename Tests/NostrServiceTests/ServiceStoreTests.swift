@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import NostrCore
 import NostrCrypto
 import Testing
@@ -123,6 +124,38 @@ struct ServiceStoreTests {
         let reopened = try SQLiteServiceStore(path: path)
         #expect(try await reopened.claim(request, owner: "b", now: 2002, lease: 60) == .finished(replies: []))
         #expect(try await reopened.value("k", in: "n") == [7])
+    }
+
+    @Test("a journal written by the first schema is carried over when the store upgrades it")
+    func sqliteUpgrade() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        let finished = entry()
+        let open = entry()
+        do {
+            let pool = try DatabasePool(path: path)
+            try SQLiteServiceStore.migrator.migrate(pool, upTo: "v1")
+            try await pool.write { db in
+                for (request, finishedAt) in [(finished, 2001 as Int64?), (open, nil)] {
+                    try db.execute(
+                        sql: """
+                            INSERT INTO journal (id, service, sender, kind, created_at, owner, claimed_at, finished_at, outcome, replies)
+                            VALUES (?, ?, ?, ?, ?, 'a', 2000, ?, ?, ?)
+                            """,
+                        arguments: [
+                            Data(request.id.bytes32.bytes), Data(request.service.bytes32.bytes), Data(request.sender.bytes32.bytes),
+                            Int(request.kind.rawValue), request.createdAt, finishedAt, finishedAt.map { _ in "answered" },
+                            finishedAt.map { _ in "[]" },
+                        ])
+                }
+            }
+        }
+        let upgraded = try SQLiteServiceStore(path: path)
+        #expect(try await upgraded.claim(finished, owner: "b", now: 2002, lease: 60) == .finished(replies: []))
+        #expect(try await upgraded.claim(open, owner: "b", now: 2002, lease: 60) == .inProgress)
+        #expect(try await upgraded.claim(open, owner: "b", now: 3000, lease: 60) == .interrupted)
+        #expect(try await upgraded.claim(entry(), owner: "b", now: 3000, lease: 60) == .claimed)
     }
 
     @Test("PostgreSQL URLs: user, password, port, database and sslmode; anything else is refused")
