@@ -204,20 +204,10 @@ func withUppercaseService<R>(_ relay: RelayURL, _ body: (PublicKey, Process) asy
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-bench-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: directory) }
     let process = Process()
-    let arguments = [
+    process.executableURL = binary
+    process.arguments = [
         "--data-dir", directory.path, "--relay", relay.string, "--sender-rate", "1000000", "--sender-burst", "1000000",
     ]
-    // BENCH_SERVICE_WRAPPER runs the service under a profiler, e.g. "valgrind --tool=massif" or "perf record -g".
-    if let wrapper = ProcessInfo.processInfo.environment["BENCH_SERVICE_WRAPPER"], !wrapper.isEmpty {
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = wrapper.split(separator: " ").map(String.init) + [binary.path] + arguments
-    } else {
-        process.executableURL = binary
-        process.arguments = arguments
-    }
-    if let arenas = ProcessInfo.processInfo.environment["BENCH_MALLOC_ARENA_MAX"] {
-        process.environment = ProcessInfo.processInfo.environment.merging(["MALLOC_ARENA_MAX": arenas]) { $1 }
-    }
     let output = Pipe()
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
