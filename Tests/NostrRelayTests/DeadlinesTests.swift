@@ -5,9 +5,10 @@ import Testing
 @Suite("Deadlines")
 struct DeadlinesTests {
     final class Fired: Sendable {
-        let ids = Mutex<[Int]>([])
-        func record(_ id: Int) { ids.withLock { $0.append(id) } }
-        var all: [Int] { ids.withLock { $0 } }
+        let log = Mutex<[(id: Int, at: ContinuousClock.Instant)]>([])
+        func record(_ id: Int) { log.withLock { $0.append((id, .now)) } }
+        var all: [Int] { log.withLock { $0.map(\.id) } }
+        func time(of id: Int) -> ContinuousClock.Instant? { log.withLock { $0.first { $0.id == id }?.at } }
     }
 
     /// Polls `condition` every 10 ms for at most `seconds`.
@@ -20,7 +21,7 @@ struct DeadlinesTests {
         return condition()
     }
 
-    @Test("due deadlines fire once, in any order of scheduling; cancelled ones never fire")
+    @Test("due deadlines fire once, not before their time; cancelled ones never fire")
     func fireAndCancel() async {
         let deadlines = Deadlines(resolution: .milliseconds(5))
         let fired = Fired()
@@ -32,10 +33,11 @@ struct DeadlinesTests {
         #expect(!deadlines.cancel(cancelled))
         #expect(deadlines.pending == 2)
 
-        #expect(await eventually { fired.all == [1] })
-        #expect(ContinuousClock.now - start >= .milliseconds(50))
-        #expect(await eventually { fired.all == [1, 3] })
-        #expect(ContinuousClock.now - start >= .milliseconds(300))
+        #expect(await eventually { Set(fired.all) == [1, 3] })
+        try? await Task.sleep(for: .milliseconds(50))
+        #expect(fired.all.count == 2)
+        #expect(fired.time(of: 1).map { $0 - start >= .milliseconds(50) } == true)
+        #expect(fired.time(of: 3).map { $0 - start >= .milliseconds(300) } == true)
         #expect(!deadlines.cancel(late))
         #expect(deadlines.pending == 0)
     }
@@ -58,8 +60,8 @@ struct DeadlinesTests {
         let start = ContinuousClock.now
         let far = deadlines.schedule(at: start + .seconds(60)) { fired.record(2) }
         _ = deadlines.schedule(at: start + .milliseconds(30)) { fired.record(1) }
-        #expect(await eventually(within: 2) { fired.all == [1] })
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(await eventually(within: 30) { fired.all == [1] })
+        #expect(ContinuousClock.now - start < .seconds(30))
         #expect(deadlines.cancel(far))
     }
 

@@ -37,7 +37,7 @@ package final class Deadlines: Sendable {
     }
 
     /// Calls `fire` once, soon after `deadline`, unless ``cancel(_:)`` comes first. `fire` runs on the timer
-    /// task and must not block.
+    /// task and must not block; deadlines due in the same tick fire in no particular order.
     package func schedule(at deadline: ContinuousClock.Instant, _ fire: @escaping @Sendable () -> Void) -> Token {
         let (token, start) = state.withLock { state in
             let id = state.next
