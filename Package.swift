@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "NostrServiceTesting", targets: ["NostrServiceTesting"]),
         .executable(name: "switchboard", targets: ["switchboard"]),
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
+        .executable(name: "bunker", targets: ["bunker"]),
+        .library(name: "BunkerKit", targets: ["BunkerKit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -90,6 +92,25 @@ let package = Package(
                 "NostrService", "NostrCore", "NostrCrypto",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // bunker: the NIP-46 remote signer (BunkerKit is its library, tested on its own; `bunker` the daemon).
+        .target(
+            name: "BunkerKit",
+            dependencies: [
+                "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "bunker",
+            dependencies: [
+                "BunkerKit", "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

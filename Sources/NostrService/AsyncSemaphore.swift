@@ -2,7 +2,7 @@ import Synchronization
 
 /// Counts slots for work in flight: `acquire` waits while all are taken; `waitUntilIdle` waits for every slot
 /// to be returned. Waiters are served in order.
-final class AsyncSemaphore: Sendable {
+package final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
         var waiters: [CheckedContinuation<Void, Never>] = []
@@ -12,12 +12,12 @@ final class AsyncSemaphore: Sendable {
     private let capacity: Int
     private let state: Mutex<State>
 
-    init(_ capacity: Int) {
+    package init(_ capacity: Int) {
         self.capacity = max(1, capacity)
         self.state = Mutex(State(available: max(1, capacity)))
     }
 
-    func acquire() async {
+    package func acquire() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let now = state.withLock { state in
                 if state.available > 0 {
@@ -31,7 +31,7 @@ final class AsyncSemaphore: Sendable {
         }
     }
 
-    func release() {
+    package func release() {
         let (next, idle) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>]) in
             if !state.waiters.isEmpty { return (state.waiters.removeFirst(), []) }
             state.available += 1

@@ -1,0 +1,107 @@
+import Foundation
+public import NostrCrypto
+public import NostrService
+
+/// A single-use connection secret minted for a `bunker://` URI.
+public struct ConnectionSecret: Codable, Sendable, Hashable {
+    /// The remote-signer key the URI names.
+    public var signer: String
+    public var permissions: Permissions
+    public var label: String?
+    public var createdAt: Int64
+    /// The client that used it (then it is spent).
+    public var usedBy: String?
+
+    enum CodingKeys: String, CodingKey {
+        case signer, permissions, label
+        case createdAt = "created_at"
+        case usedBy = "used_by"
+    }
+}
+
+/// A client's session with one remote-signer key.
+public struct ClientSession: Codable, Sendable, Hashable {
+    public var signer: String
+    public var client: String
+    public var permissions: Permissions
+    /// What the client asked for in `connect`: recorded, not granted.
+    public var requested: Permissions
+    /// The client's own description (`connect`'s 4th parameter or the operator's label); display only.
+    public var name: String?
+    public var url: String?
+    public var label: String?
+    /// The relays the client was given; `switch_relays` answers with the bunker's relays when they differ.
+    public var relays: [String]
+    public var createdAt: Int64
+    public var lastUsed: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case signer, client, permissions, requested, name, url, label, relays
+        case createdAt = "created_at"
+        case lastUsed = "last_used"
+    }
+}
+
+/// Secrets and sessions, in the service store's key-value state (namespaces `bunker.secrets` and
+/// `bunker.clients`), so that `bunker uri`, `grant` and `revoke` work on the data directory while the daemon
+/// runs, and everything survives a restart.
+public struct BunkerState: Sendable {
+    static let secrets = "bunker.secrets"
+    static let clients = "bunker.clients"
+
+    public let store: any ServiceStore
+
+    public init(store: any ServiceStore) {
+        self.store = store
+    }
+
+    /// Mints a secret for `signer` (32 random bytes, hex).
+    public func mintSecret(for signer: PublicKey, permissions: Permissions, label: String?) async throws -> String {
+        var bytes = [UInt8](repeating: 0, count: 32)
+        bytes.withUnsafeMutableBytes { SecureMemory.fillRandom($0) }
+        let secret = Hex.encode(bytes)
+        let record = ConnectionSecret(signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970))
+        try await store.setValue(Array(try JSONEncoder().encode(record)), forKey: secret, in: Self.secrets)
+        return secret
+    }
+
+    public func secret(_ secret: String) async throws -> ConnectionSecret? {
+        try await store.value(secret, in: Self.secrets).map { try JSONDecoder().decode(ConnectionSecret.self, from: Data($0)) }
+    }
+
+    public func markSpent(_ secret: String, record: ConnectionSecret, by client: PublicKey) async throws {
+        var spent = record
+        spent.usedBy = client.hex
+        try await store.setValue(Array(try JSONEncoder().encode(spent)), forKey: secret, in: Self.secrets)
+    }
+
+    static func key(signer: String, client: String) -> String { "\(signer):\(client)" }
+
+    public func session(signer: PublicKey, client: PublicKey) async throws -> ClientSession? {
+        try await store.value(Self.key(signer: signer.hex, client: client.hex), in: Self.clients)
+            .map { try JSONDecoder().decode(ClientSession.self, from: Data($0)) }
+    }
+
+    public func save(_ session: ClientSession) async throws {
+        try await store.setValue(Array(try JSONEncoder().encode(session)), forKey: Self.key(signer: session.signer, client: session.client), in: Self.clients)
+    }
+
+    public func remove(signer: String, client: String) async throws {
+        try await store.setValue(nil, forKey: Self.key(signer: signer, client: client), in: Self.clients)
+    }
+
+    /// Every session, oldest first.
+    public func sessions() async throws -> [ClientSession] {
+        try await store.values(in: Self.clients).values
+            .map { try JSONDecoder().decode(ClientSession.self, from: Data($0)) }
+            .sorted { ($0.createdAt, $0.client) < ($1.createdAt, $1.client) }
+    }
+
+    /// Sessions whose client pubkey (hex or npub) or name matches `text`.
+    public func sessions(matching text: String) async throws -> [ClientSession] {
+        let lowered = text.lowercased()
+        return try await sessions().filter { session in
+            session.client == lowered || session.client.hasPrefix(lowered) && lowered.count >= 8 || session.name == text || session.label == text
+        }
+    }
+}

@@ -1,0 +1,258 @@
+import ArgumentParser
+import BunkerKit
+import Foundation
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+
+@main
+struct Bunker: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bunker",
+        abstract: "A NIP-46 remote signer: keeps users' keys on this machine and signs for their Nostr apps over relays.",
+        discussion: """
+            Keys are stored in DIR/keys as NIP-49 ncryptsec under a passphrase taken from BUNKER_PASSPHRASE or, \
+            on a terminal, a prompt. Sessions, secrets and the request journal are in DIR/bunker.sqlite; the \
+            commands below work on it while `bunker serve` runs.
+            """,
+        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self])
+}
+
+struct DataDirectory: ParsableArguments {
+    @Option(name: .customLong("data-dir"), help: "The bunker's data directory.")
+    var path = "./bunker-data"
+
+    var url: URL { URL(fileURLWithPath: path) }
+    var keys: KeyStore { KeyStore(directory: url) }
+
+    func openState() throws -> BunkerState {
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("keys").path) else {
+            throw ValidationError("\(path) is not a bunker data directory; run `bunker init --data-dir \(path)` first")
+        }
+        // It holds unspent connection secrets: readable by the operator only (SQLite gives its -wal and -shm
+        // files the same mode).
+        let database = url.appendingPathComponent("bunker.sqlite").path
+        if !FileManager.default.fileExists(atPath: database) {
+            guard FileManager.default.createFile(atPath: database, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw ValidationError("cannot create \(database)")
+            }
+        }
+        return BunkerState(store: try SQLiteServiceStore(path: database))
+    }
+
+    /// The relays `serve` uses, as it recorded them (for URIs minted by other commands).
+    func recordedRelays() throws -> [RelayURL] {
+        let file = url.appendingPathComponent("relays.json")
+        guard let data = try? Data(contentsOf: file) else {
+            throw ValidationError("no relays recorded yet: start `bunker serve` first, or pass --relay")
+        }
+        return try JSONDecoder().decode([String].self, from: data).map { try RelayURL($0) }
+    }
+
+    func recordRelays(_ relays: [RelayURL]) throws {
+        try JSONEncoder().encode(relays.map(\.string)).write(to: url.appendingPathComponent("relays.json"), options: .atomic)
+    }
+}
+
+/// The passphrase: BUNKER_PASSPHRASE, or asked for on the terminal (twice when it is new).
+func passphrase(new: Bool = false) throws -> String {
+    if let value = ProcessInfo.processInfo.environment["BUNKER_PASSPHRASE"] {
+        guard !value.isEmpty else { throw ValidationError("BUNKER_PASSPHRASE is empty") }
+        return value
+    }
+    guard isatty(STDIN_FILENO) == 1 else {
+        throw ValidationError("set BUNKER_PASSPHRASE, or run on a terminal to be asked for the passphrase")
+    }
+    let first = try readHidden(new ? "New passphrase: " : "Passphrase: ")
+    guard !first.isEmpty else { throw ValidationError("the passphrase must not be empty") }
+    if new, try readHidden("Again: ") != first { throw ValidationError("the passphrases differ") }
+    return first
+}
+
+/// Reads a line from the terminal without echoing it.
+func readHidden(_ prompt: String) throws -> String {
+    FileHandle.standardError.write(Data(prompt.utf8))
+    var saved = termios()
+    tcgetattr(STDIN_FILENO, &saved)
+    var quiet = saved
+    quiet.c_lflag &= ~tcflag_t(ECHO)
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet)
+    defer {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved)
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+    return readLine(strippingNewline: true) ?? ""
+}
+
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+func npub(_ key: PublicKey) -> String { NIP19Entity.npub(key).bech32 }
+
+/// A user key given as npub or hex, among the stored ones (the first when nil).
+func storedKey(_ text: String?, in directory: DataDirectory) throws -> (user: PublicKey, signer: PublicKey) {
+    let keys = try directory.keys.list()
+    guard let first = keys.first else { throw ValidationError("no keys in \(directory.path); run `bunker init`") }
+    guard let text else { return first }
+    let wanted: PublicKey
+    if case .npub(let key)? = try? NIP19Entity(bech32: text) {
+        wanted = key
+    } else if let key = try? PublicKey(hex: text) {
+        wanted = key
+    } else {
+        throw ValidationError("--key takes an npub or 64 hex characters")
+    }
+    guard let match = keys.first(where: { $0.user == wanted }) else { throw ValidationError("no key \(text) in \(directory.path)") }
+    return match
+}
+
+struct Init: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the data directory, the key store and its first user key (new, or imported).")
+
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one.") var `import`: String?
+
+    func run() async throws {
+        guard try directory.keys.list().isEmpty else {
+            throw ValidationError("\(directory.path) already holds keys; add more with `bunker key add`")
+        }
+        let secret = try passphrase(new: true)
+        let identity = try addKey(importing: `import`, passphrase: secret, to: directory)
+        _ = try directory.openState()
+        say(npub(identity.user.publicKey))
+    }
+}
+
+/// Adds a generated or imported key; an imported ncryptsec is opened with `BUNKER_IMPORT_PASSPHRASE` or the
+/// store's passphrase.
+func addKey(importing text: String?, passphrase: String, to directory: DataDirectory) throws -> BunkerIdentity {
+    guard let text = text?.trimmingCharacters(in: .whitespacesAndNewlines) else {
+        return try directory.keys.add(SecretKey.generate(), passphrase: passphrase, keySecurity: .secure)
+    }
+    if text.lowercased().hasPrefix("ncryptsec1") {
+        let password = ProcessInfo.processInfo.environment["BUNKER_IMPORT_PASSPHRASE"] ?? passphrase
+        let key = try NIP49.decrypt(text, password: password)
+        return try directory.keys.add(key, passphrase: passphrase, keySecurity: (try? NIP49.keySecurity(of: text)) ?? .unknown)
+    }
+    guard let key = try? SecretKey(hexOrNsec: text) else { throw ValidationError("--import takes an nsec, 64 hex characters or an ncryptsec") }
+    return try directory.keys.add(key, passphrase: passphrase, keySecurity: .insecure)
+}
+
+struct KeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "key", abstract: "Manage user keys.", subcommands: [Add.self, List.self, Export.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a user key (new, or imported); a running `serve` picks it up on restart.")
+        @OptionGroup var directory: DataDirectory
+        @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one.") var `import`: String?
+
+        func run() async throws {
+            let secret = try passphrase()
+            _ = try directory.keys.unlock(passphrase: secret)  // the same passphrase for every key
+            say(npub(try addKey(importing: `import`, passphrase: secret, to: directory).user.publicKey))
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List user keys and their remote-signer keys (no passphrase needed).")
+        @OptionGroup var directory: DataDirectory
+
+        func run() async throws {
+            for (user, signer) in try directory.keys.list() {
+                say("\(npub(user))  remote signer \(signer.hex)")
+            }
+        }
+    }
+
+    struct Export: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a user key as NIP-49 ncryptsec (encrypted under the store's passphrase).")
+        @OptionGroup var directory: DataDirectory
+        @Option(help: "The user key (npub or hex); the first one by default.") var key: String?
+
+        func run() async throws {
+            let (user, _) = try storedKey(key, in: directory)
+            say(try directory.keys.export(user, passphrase: try passphrase()))
+        }
+    }
+}
+
+/// Mints a secret and returns its bunker:// URI.
+func mintURI(for signer: PublicKey, relays: [RelayURL], permissions: Permissions, label: String?, state: BunkerState) async throws -> BunkerURI {
+    let secret = try await state.mintSecret(for: signer, permissions: permissions, label: label)
+    return BunkerURI(signer: signer, relays: relays, secret: secret)
+}
+
+struct URICommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "uri", abstract: "Mint another single-use secret and print its bunker:// URI (works while `serve` runs).")
+
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "The user key (npub or hex); the first one by default.") var key: String?
+    @Option(help: "Permissions the connecting client gets, comma-separated (sign_event, sign_event:<kind>, nip04_encrypt, nip04_decrypt, nip44_encrypt, nip44_decrypt); all by default.")
+    var perms: String?
+    @Option(help: "A label for the connection, shown by `bunker clients`.") var label: String?
+    @Option(help: "Relays to put in the URI; those `serve` uses by default.") var relay: [String] = []
+
+    func run() async throws {
+        let (_, signer) = try storedKey(key, in: directory)
+        let permissions = try perms.map { try Permissions(parsing: $0) } ?? .all
+        let relays = relay.isEmpty ? try directory.recordedRelays() : try relay.map { try RelayURL($0) }
+        say(try await mintURI(for: signer, relays: relays, permissions: permissions, label: label, state: try directory.openState()).description)
+    }
+}
+
+struct Clients: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List connected clients: name, url, permissions, last use.")
+    @OptionGroup var directory: DataDirectory
+
+    func run() async throws {
+        let formatter = ISO8601DateFormatter()
+        for session in try await directory.openState().sessions() {
+            let name = session.label ?? session.name ?? "-"
+            let used = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(session.lastUsed)))
+            say("\(session.client)  \(name)  \(session.url ?? "-")  perms=\(session.permissions.description.isEmpty ? "-" : session.permissions.description)  requested=\(session.requested.description.isEmpty ? "-" : session.requested.description)  last-used=\(used)  signer=\(session.signer)")
+        }
+    }
+}
+
+/// The one session `client` (pubkey hex, a prefix of at least 8 characters, or a name) names.
+func session(_ client: String, in state: BunkerState) async throws -> ClientSession {
+    let matches = try await state.sessions(matching: client)
+    guard matches.count == 1, let session = matches.first else {
+        throw ValidationError(matches.isEmpty ? "no client \(client)" : "\(client) names \(matches.count) clients; give more of the pubkey")
+    }
+    return session
+}
+
+struct Grant: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set a client's permissions (replacing them).")
+    @OptionGroup var directory: DataDirectory
+    @Argument(help: "The client: its pubkey (hex, or 8+ leading characters) or name.") var client: String
+    @Argument(help: "Permissions, comma-separated; \"all\" for every one.") var perms: String
+
+    func run() async throws {
+        let state = try directory.openState()
+        var found = try await session(client, in: state)
+        found.permissions = perms == "all" ? .all : try Permissions(parsing: perms)
+        try await state.save(found)
+        say("\(found.client) perms=\(found.permissions)")
+    }
+}
+
+struct Revoke: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "End a client's session; it must connect again with a new secret.")
+    @OptionGroup var directory: DataDirectory
+    @Argument(help: "The client: its pubkey (hex, or 8+ leading characters) or name.") var client: String
+
+    func run() async throws {
+        let state = try directory.openState()
+        let found = try await session(client, in: state)
+        try await state.remove(signer: found.signer, client: found.client)
+        say("revoked \(found.client)")
+    }
+}

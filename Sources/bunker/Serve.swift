@@ -1,0 +1,114 @@
+import ArgumentParser
+import BunkerKit
+import Foundation
+import Logging
+import Metrics
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import Prometheus
+import ServiceLifecycle
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Unlock the keys, connect to the relays and sign for connected clients until SIGTERM or SIGINT.",
+        discussion: """
+            Once subscribed it prints one bunker:// URI per user key, each with a fresh single-use secret. \
+            Without --relay it starts the embedded relay on 127.0.0.1 (development mode).
+            """)
+
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "A relay to serve on (repeat for several).") var relay: [String] = []
+    @Option(help: "Serve GET /metrics and GET /health on HOST:PORT (port 0 = a free one).") var http: String?
+    @Option(help: "Requests per second each client may send (sustained).") var clientRate: Double = 20
+    @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 60
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .notice
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let relays = try relay.map { try RelayURL($0) }
+        let listener = try http.map { text -> (String, Int) in
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
+                throw ValidationError("--http takes HOST:PORT")
+            }
+            return (String(text[..<colon]), port)
+        }
+        let identities = try directory.keys.unlock(passphrase: try passphrase())
+        guard !identities.isEmpty else { throw ValidationError("no keys in \(directory.path); run `bunker init` first") }
+        var policy = RequestPolicy.Configuration()
+        policy.rate = clientRate
+        policy.burst = max(1, clientBurst)
+        let daemon = BunkerDaemon(
+            directory: directory, identities: identities, state: try directory.openState(), relays: relays,
+            http: listener, policy: policy, registry: registry, logger: Logger(label: "bunker"))
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
+        try await group.run()
+    }
+}
+
+/// The running bunker: the runtime with the remote signer, the optional operations listener, and in
+/// development mode the embedded relay.
+struct BunkerDaemon: Service {
+    let directory: DataDirectory
+    let identities: [BunkerIdentity]
+    let state: BunkerState
+    let relays: [RelayURL]
+    let http: (String, Int)?
+    let policy: RequestPolicy.Configuration
+    let registry: PrometheusCollectorRegistry
+    let logger: Logger
+
+    func run() async throws {
+        guard relays.isEmpty else { return try await serve(on: relays) }
+        let (ready, announce) = AsyncStream<String>.makeStream()
+        var configuration = EmbeddedRelay.Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let relay = EmbeddedRelay(configuration: configuration, logger: Logger(label: "bunker.relay")) { url in announce.yield(url) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await relay.run() }
+            var urls = ready.makeAsyncIterator()
+            guard let text = await urls.next() else { return }
+            say("development mode: embedded relay on \(text) (pass --relay for real relays)")
+            try await serve(on: [try RelayURL(text)])
+            group.cancelAll()
+        }
+    }
+
+    private func serve(on relays: [RelayURL]) async throws {
+        try directory.recordRelays(relays)
+        let signer = RemoteSigner(identities: identities, state: state, relays: { relays })
+        var configuration = ServiceRuntime.Configuration(relays: relays)
+        configuration.policy = policy
+        let runtime = ServiceRuntime(
+            keys: identities.map { LocalServiceKey($0.signer) }, handlers: [signer], store: state.store,
+            configuration: configuration, logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await runtime.run() }
+            if let (host, port) = http {
+                group.addTask {
+                    try await OperationsServer(host: host, port: port, registry: registry, runtime: runtime, logger: logger) { host, port in
+                        say("http \(host):\(port)")
+                    }.run()
+                }
+            }
+            while !runtime.isReady {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            for identity in identities {
+                let uri = try await mintURI(for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, state: state)
+                say(uri.description)
+            }
+            try await group.waitForAll()
+        }
+    }
+}
