@@ -177,6 +177,10 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "BunkerKitTests",
+            dependencies: ["BunkerKit", "NostrRelay", "NostrCore", "NostrCrypto"]
+        ),
+        .testTarget(
             name: "NostrServiceTests",
             dependencies: [
                 "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",

@@ -1,0 +1,85 @@
+import Foundation
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import Testing
+@testable import BunkerKit
+
+@Suite("BunkerKit: NIP-46 messages, permissions, URIs and the key store")
+struct BunkerKitTests {
+    @Test("requests parse with string params; malformed ones are refused but keep their id for the error reply")
+    func requests() throws {
+        let request = try NIP46.Request(json: #"{"id":"r1","method":"sign_event","params":["{\"kind\":1}"]}"#)
+        #expect(request == NIP46.Request(id: "r1", method: "sign_event", params: [#"{"kind":1}"#]))
+        #expect(try NIP46.Request(json: request.json) == request)
+        #expect(throws: BunkerError.self) { try NIP46.Request(json: #"{"id":"r2","method":"ping","params":[1]}"#) }
+        #expect(throws: BunkerError.self) { try NIP46.Request(json: #"{"id":"r3"}"#) }
+        #expect(throws: (any Error).self) { try NIP46.Request(json: "not json") }
+        #expect(NIP46.Request.id(in: #"{"id":"r2","method":"ping","params":[1]}"#) == "r2")
+        #expect(NIP46.Request.id(in: "[]") == nil)
+    }
+
+    @Test("responses carry a result, an error, or both (an auth challenge)")
+    func responses() throws {
+        #expect(NIP46.Response(id: "a", result: "pong").json == #"{"id":"a","result":"pong"}"#)
+        #expect(NIP46.Response(id: "a", error: "no \"way\"").json == #"{"id":"a","error":"no \"way\""}"#)
+        let challenge = NIP46.Response(id: "b", result: "auth_url", error: "https://example.com/x")
+        #expect(try NIP46.Response(json: challenge.json) == challenge)
+    }
+
+    @Test("permissions: grantable methods and sign_event per kind; session methods need none; unknown ones refused")
+    func permissions() throws {
+        let granted = try Permissions(parsing: "sign_event:1, nip44_encrypt,ping")
+        #expect(granted.description == "nip44_encrypt,sign_event:1")
+        #expect(granted.missing("sign_event", kind: 1) == nil)
+        #expect(granted.missing("sign_event", kind: 7) == "sign_event:7")
+        #expect(granted.missing("nip04_decrypt") == "nip04_decrypt")
+        #expect(granted.missing("get_public_key") == nil)
+        #expect(Permissions.all.missing("sign_event", kind: 30_023) == nil)
+        #expect(throws: BunkerError.self) { try Permissions(parsing: "sign_everything") }
+        #expect(throws: BunkerError.self) { try Permissions(parsing: "sign_event:70000") }
+        #expect(Permissions(requested: "sign_event:4,bogus,nip44_decrypt").description == "nip44_decrypt,sign_event:4")
+        let encoded = try JSONEncoder().encode(granted)
+        #expect(try JSONDecoder().decode(Permissions.self, from: encoded) == granted)
+    }
+
+    @Test("bunker:// URIs round-trip with several relays and a secret; bad ones are refused")
+    func uris() throws {
+        let signer = SecretKey.generate().publicKey
+        let uri = BunkerURI(signer: signer, relays: [try RelayURL("wss://relay.example.com"), try RelayURL("ws://127.0.0.1:7777")], secret: "s3cr3t")
+        let text = uri.description
+        #expect(text.hasPrefix("bunker://\(signer.hex)?relay=wss%3A%2F%2Frelay.example.com&relay=ws%3A%2F%2F127.0.0.1%3A7777&secret=s3cr3t"))
+        #expect(try BunkerURI(text) == uri)
+        #expect(throws: BunkerError.self) { try BunkerURI("bunker://\(signer.hex)") }
+        #expect(throws: BunkerError.self) { try BunkerURI("nostrconnect://\(signer.hex)?relay=wss%3A%2F%2Fa.example") }
+        #expect(throws: BunkerError.self) { try BunkerURI("bunker://nothex?relay=wss%3A%2F%2Fa.example") }
+    }
+
+    @Test("the key store: ncryptsec files readable by the owner only, listed without the passphrase, a wrong one refused")
+    func keyStore() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-test-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = KeyStore(directory: directory)
+        let user = SecretKey.generate()
+        let identity = try store.add(user, passphrase: "correct horse", keySecurity: .insecure)
+        #expect(identity.user.publicKey == user.publicKey)
+        #expect(identity.signer.publicKey != user.publicKey)
+        #expect(throws: BunkerError.self) { try store.add(user, passphrase: "correct horse", keySecurity: .insecure) }
+
+        let file = directory.appendingPathComponent("keys/\(user.publicKey.hex).json")
+        let mode = try FileManager.default.attributesOfItem(atPath: file.path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+        let text = try String(contentsOf: file, encoding: .utf8)
+        #expect(!text.contains(user.exportHex()) && !text.contains(user.exportNsec()))
+        #expect(text.contains("ncryptsec1"))
+
+        let listed = try store.list()
+        #expect(listed.count == 1 && listed[0].user == user.publicKey && listed[0].signer == identity.signer.publicKey)
+        let unlocked = try store.unlock(passphrase: "correct horse")
+        #expect(unlocked.map(\.signer.publicKey) == [identity.signer.publicKey])
+        #expect(throws: BunkerError.self) { try store.unlock(passphrase: "wrong") }
+        let exported = try store.export(user.publicKey, passphrase: "correct horse")
+        #expect(try NIP49.decrypt(exported, password: "correct horse").publicKey == user.publicKey)
+        #expect(try NIP49.keySecurity(of: exported) == .insecure)
+    }
+}
