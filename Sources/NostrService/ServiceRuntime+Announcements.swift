@@ -62,7 +62,10 @@ extension ServiceRuntime {
         let relays = listener.relays
         let targets = Set(relays).union(former)
         guard !targets.isEmpty else { return false }
-        let now = Timestamp.now
+        let now = state.withLock { state in
+            state.lastAnnouncementTime = max(Timestamp.now, state.lastAnnouncementTime + 1)
+            return state.lastAnnouncementTime
+        }
         let context = { key in
             AnnouncementContext(
                 key: key, relays: relays, now: now,

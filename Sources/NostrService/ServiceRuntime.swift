@@ -108,6 +108,9 @@ public final class ServiceRuntime: Service, Sendable {
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
         var announced = false
+        /// The `created_at` of the last announcement round. Replaceable events need a strictly newer time to
+        /// replace the previous version, so a round within the same second as the last one moves a second on.
+        var lastAnnouncementTime: Timestamp = 0
     }
 
     /// - Parameters:
