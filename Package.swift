@@ -101,6 +101,7 @@ let package = Package(
             dependencies: [
                 "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
         .executableTarget(
@@ -124,6 +125,7 @@ let package = Package(
         .executableTarget(
             name: "switchboard",
             dependencies: [
+                "BunkerKit",
                 "NostrCore",
                 "NostrCrypto",
                 "NostrRelay",

@@ -42,12 +42,38 @@ public struct ClientSession: Codable, Sendable, Hashable {
     }
 }
 
+/// One line of the audit log: who asked for what and how it was decided — never content.
+public struct AuditRecord: Codable, Sendable, Hashable {
+    public var time: Int64
+    /// The remote-signer key the request addressed.
+    public var signer: String
+    public var client: String
+    public var method: String
+    /// The kind of the event to sign (`sign_event` only).
+    public var kind: UInt16?
+    /// `ok`, `approved-once`, `approved-always`, `unauthorized`, `denied`, `expired` or `error`.
+    public var decision: String
+    /// Milliseconds from the handler's start to the response (an approval's wait included).
+    public var latency: Double
+
+    public init(time: Int64, signer: String, client: String, method: String, kind: UInt16?, decision: String, latency: Double) {
+        self.time = time
+        self.signer = signer
+        self.client = client
+        self.method = method
+        self.kind = kind
+        self.decision = decision
+        self.latency = latency
+    }
+}
+
 /// Secrets and sessions, in the service store's key-value state (namespaces `bunker.secrets` and
 /// `bunker.clients`), so that `bunker uri`, `grant` and `revoke` work on the data directory while the daemon
 /// runs, and everything survives a restart.
 public struct BunkerState: Sendable {
     static let secrets = "bunker.secrets"
     static let clients = "bunker.clients"
+    static let auditLog = "bunker.audit"
 
     public let store: any ServiceStore
 
@@ -103,5 +129,22 @@ public struct BunkerState: Sendable {
         return try await sessions().filter { session in
             session.client == lowered || session.client.hasPrefix(lowered) && lowered.count >= 8 || session.name == text || session.label == text
         }
+    }
+
+    /// Appends `record` to the audit log.
+    public func audit(_ record: AuditRecord) async throws {
+        try await store.appendLog(Array(try JSONEncoder().encode(record)), at: record.time, in: Self.auditLog)
+    }
+
+    /// The newest audit records first: at most `limit`, older than sequence `before` when given.
+    public func auditRecords(limit: Int, before: Int64? = nil) async throws -> [(sequence: Int64, record: AuditRecord)] {
+        try await store.log(in: Self.auditLog, limit: limit, before: before).map { entry in
+            (entry.sequence, try JSONDecoder().decode(AuditRecord.self, from: Data(entry.entry)))
+        }
+    }
+
+    /// Forgets audit records older than `time`; returns how many.
+    public func pruneAudit(before time: Int64) async throws -> Int {
+        try await store.pruneLog(in: Self.auditLog, before: time)
     }
 }

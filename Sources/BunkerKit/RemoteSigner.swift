@@ -15,29 +15,107 @@ public struct RemoteSigner: RequestHandler {
     let identities: [PublicKey: BunkerIdentity]
     let state: BunkerState
     let relays: @Sendable () -> [RelayURL]
+    let approvals: Approvals?
     /// Serializes `connect`s, so a secret can be spent only once even when two clients race for it.
     private let connecting = AsyncSemaphore(1)
 
     /// - Parameters:
     ///   - identities: The user keys served, each under its remote-signer key.
     ///   - relays: The bunker's current relays (what `switch_relays` answers with when a client's differ).
-    public init(identities: [BunkerIdentity], state: BunkerState, relays: @escaping @Sendable () -> [RelayURL]) {
+    ///   - approvals: Where requests outside a client's grant are put to the operator (an `auth_url`
+    ///     challenge); without it they are refused as `unauthorized`.
+    public init(
+        identities: [BunkerIdentity], state: BunkerState, approvals: Approvals? = nil,
+        relays: @escaping @Sendable () -> [RelayURL]
+    ) {
         self.identities = Dictionary(identities.map { ($0.signer.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
         self.state = state
+        self.approvals = approvals
         self.relays = relays
     }
 
     public var kinds: Set<Kind> { [NIP46.kind] }
 
+    /// Long enough for the operator to settle an auth challenge.
+    public var timeout: Duration { (approvals?.timeout ?? .zero) + .seconds(30) }
+
     public func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
-        let response: NIP46.Response
+        let started = ContinuousClock.now
+        var answer: Answer
+        var method = "?"
         do {
             let message = try NIP46.Request(json: request.content)
-            response = await respond(to: message, from: request.sender, signer: request.recipient, logger: context.logger)
+            method = message.method
+            answer = await respond(to: message, from: request.sender, signer: request.recipient, logger: context.logger) { permission, event in
+                await self.challenge(permission, event: event, message: message, request: request, context: context)
+            }
         } catch {
-            response = NIP46.Response(id: NIP46.Request.id(in: request.content) ?? "", error: "bad request: \(error)")
+            answer = Answer(NIP46.Response(id: NIP46.Request.id(in: request.content) ?? "", error: "bad request: \(error)"), "error")
         }
-        return [reply(response, to: request)]
+        let record = AuditRecord(
+            time: Int64(Date().timeIntervalSince1970), signer: request.recipient.hex, client: request.sender.hex,
+            method: String(method.prefix(64)), kind: answer.kind.map(\.rawValue), decision: answer.decision,
+            latency: Self.milliseconds(ContinuousClock.now - started))
+        do {
+            try await state.audit(record)
+        } catch {
+            context.logger.error("could not write the audit log", metadata: ["error": "\(error)"])
+        }
+        return [reply(answer.response, to: request)]
+    }
+
+    /// A response and how it was decided, for the audit log: `ok`, `approved-once`, `approved-always`,
+    /// `unauthorized`, `denied`, `expired` or `error`.
+    struct Answer {
+        var response: NIP46.Response
+        var decision: String
+        var kind: Kind?
+
+        init(_ response: NIP46.Response, _ decision: String, kind: Kind? = nil) {
+            self.response = response
+            self.decision = decision
+            self.kind = kind
+        }
+    }
+
+    /// How a request outside the grant was settled: nil when refused outright (no challenge possible).
+    typealias Challenge = @Sendable (_ permission: String, _ event: EventTemplate?) async -> Approvals.Decision??
+
+    /// Puts a request outside the grant to the operator: sends the `auth_url` response, waits for the decision
+    /// (`.some(nil)` when none came in time), and grants the permission for good on "approve always".
+    private func challenge(
+        _ permission: String, event: EventTemplate?, message: NIP46.Request, request: ServiceRequest, context: RequestContext
+    ) async -> Approvals.Decision?? {
+        guard let approvals else { return nil }
+        let session = try? await state.session(signer: request.recipient, client: request.sender)
+        let user = identities[request.recipient].map { NIP19Entity.npub($0.user.publicKey).bech32 } ?? ""
+        guard let (id, url) = approvals.open(
+            client: request.sender.hex, clientName: session?.label ?? session?.name, user: user, method: message.method,
+            permission: permission, event: event.map { Self.display($0) })
+        else { return nil }
+        await context.send(reply(NIP46.Response(id: message.id, result: "auth_url", error: url), to: request))
+        let decision = await approvals.decision(id)
+        if decision == .always {
+            do {
+                if var current = try await state.session(signer: request.recipient, client: request.sender) {
+                    current.permissions.grant(permission)
+                    try await state.save(current)
+                }
+            } catch {
+                context.logger.error("could not record a granted permission", metadata: ["error": "\(error)"])
+            }
+        }
+        return .some(decision)
+    }
+
+    static func milliseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+    }
+
+    /// An event template as the approval page shows it.
+    static func display(_ template: EventTemplate) -> String {
+        let tags = template.tags.map { tag in "  " + tag.fields.map { "\"\($0)\"" }.joined(separator: ", ") }
+        return "kind \(template.kind.rawValue)\ntags:\n\(tags.isEmpty ? "  (none)" : tags.joined(separator: "\n"))\ncontent:\n\(template.content)"
     }
 
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
@@ -49,22 +127,25 @@ public struct RemoteSigner: RequestHandler {
         request.reply(kind: NIP46.kind, content: response.json, referencingRequest: false)
     }
 
-    func respond(to message: NIP46.Request, from client: PublicKey, signer: PublicKey, logger: Logger) async -> NIP46.Response {
-        func failure(_ text: String) -> NIP46.Response { NIP46.Response(id: message.id, error: text) }
-        guard let identity = identities[signer] else { return failure("unauthorized: this bunker does not serve \(signer.hex)") }
+    func respond(
+        to message: NIP46.Request, from client: PublicKey, signer: PublicKey, logger: Logger, challenge: Challenge
+    ) async -> Answer {
+        func failure(_ text: String, _ decision: String = "error") -> Answer { Answer(NIP46.Response(id: message.id, error: text), decision) }
+        guard let identity = identities[signer] else { return failure("unauthorized: this bunker does not serve \(signer.hex)", "unauthorized") }
         do {
             if message.method == "connect" {
-                return try await connect(message, client: client, identity: identity)
+                let response = try await connect(message, client: client, identity: identity)
+                return Answer(response, response.error == nil ? "ok" : "unauthorized")
             }
             guard var session = try await state.session(signer: signer, client: client) else {
-                return failure("unauthorized: not connected; send connect with the secret from a bunker:// URI")
+                return failure("unauthorized: not connected; send connect with the secret from a bunker:// URI", "unauthorized")
             }
             let now = Int64(Date().timeIntervalSince1970)
             if now - session.lastUsed >= 60 {
                 session.lastUsed = now
                 try await state.save(session)
             }
-            return try await call(message, session: session, identity: identity)
+            return try await call(message, session: session, identity: identity, challenge: challenge)
         } catch let error as BunkerError {
             return failure("bad request: \(error)")
         } catch let error as NostrError {
@@ -112,12 +193,29 @@ public struct RemoteSigner: RequestHandler {
         return NIP46.Response(id: message.id, result: "ack")
     }
 
-    private func call(_ message: NIP46.Request, session: ClientSession, identity: BunkerIdentity) async throws -> NIP46.Response {
+    private func call(
+        _ message: NIP46.Request, session: ClientSession, identity: BunkerIdentity, challenge: Challenge
+    ) async throws -> Answer {
         let id = message.id
         let params = message.params
-        func ok(_ result: String) -> NIP46.Response { NIP46.Response(id: id, result: result) }
-        func unauthorized(_ permission: String) -> NIP46.Response {
-            NIP46.Response(id: id, error: "unauthorized: \(permission) is not granted to this client")
+        var approval = "ok"
+        var kind: Kind?
+        func ok(_ result: String) -> Answer { Answer(NIP46.Response(id: id, result: result), approval, kind: kind) }
+        /// Nil when `permission` may be used now (granted, or approved by the operator); else the refusal.
+        func authorize(_ permission: String?, event: EventTemplate? = nil) async -> Answer? {
+            guard let permission else { return nil }
+            func refuse(_ text: String, _ decision: String) -> Answer { Answer(NIP46.Response(id: id, error: text), decision, kind: kind) }
+            switch await challenge(permission, event) {
+            case .none: return refuse("unauthorized: \(permission) is not granted to this client", "unauthorized")
+            case .some(.none): return refuse("unauthorized: \(permission) was not approved in time", "expired")
+            case .some(.deny): return refuse("unauthorized: the operator denied \(permission)", "denied")
+            case .some(.once):
+                approval = "approved-once"
+                return nil
+            case .some(.always):
+                approval = "approved-always"
+                return nil
+            }
         }
         func parameters(_ count: Int) throws {
             guard params.count >= count else { throw BunkerError("\(message.method) takes \(count) parameter\(count == 1 ? "" : "s")") }
@@ -130,11 +228,12 @@ public struct RemoteSigner: RequestHandler {
         case "sign_event":
             try parameters(1)
             let template = try EventTemplate(json: params[0])
-            if let missing = session.permissions.missing("sign_event", kind: template.kind) { return unauthorized(missing) }
+            kind = template.kind
+            if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind), event: template) { return refusal }
             return ok(template.sign(with: identity.user).json)
         case "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt":
-            if let missing = session.permissions.missing(message.method) { return unauthorized(missing) }
             try parameters(2)
+            if let refusal = await authorize(session.permissions.missing(message.method)) { return refusal }
             let peer = try PublicKey(validatingHex: params[0])
             switch message.method {
             case "nip04_encrypt": return ok(try NIP04.encrypt(params[1], secretKey: identity.user, publicKey: peer))
@@ -157,7 +256,7 @@ public struct RemoteSigner: RequestHandler {
             try await state.remove(signer: session.signer, client: session.client)
             return ok("ack")
         default:
-            return NIP46.Response(id: id, error: "unsupported method \"\(message.method)\"")
+            return Answer(NIP46.Response(id: id, error: "unsupported method \"\(message.method)\""), "error")
         }
     }
 }

@@ -256,6 +256,23 @@ public struct EventTemplate: Hashable, Sendable {
         let tags = try object["tags"].map(Event.parseTags) ?? []
         self.init(kind: Kind(kind), content: content, tags: tags, createdAt: createdAt)
     }
+
+    /// `{"kind":…,"content":…,"tags":[…]}`, with `"created_at"` when it is set (what NIP-46 `sign_event` takes).
+    public var json: String {
+        var writer = JSONWriter(capacity: 100 + content.utf8.count)
+        writer.raw("{\"kind\":")
+        writer.integer(kind.rawValue)
+        writer.raw(",\"content\":")
+        writer.string(content)
+        writer.raw(",\"tags\":")
+        writer.tags(tags)
+        if let createdAt {
+            writer.raw(",\"created_at\":")
+            writer.integer(createdAt)
+        }
+        writer.raw("}")
+        return writer.text
+    }
 }
 
 /// An event with its id but no signature: a NIP-59 "rumor".

@@ -1,4 +1,4 @@
-import Hummingbird
+public import Hummingbird
 public import Logging
 import NostrCore
 import NostrRelay
@@ -15,22 +15,28 @@ public struct OperationsServer: Service {
     let runtime: ServiceRuntime
     let logger: Logger
     let onListening: @Sendable (String, Int) async -> Void
+    let routes: @Sendable (Router<BasicRequestContext>) -> Void
 
-    /// - Parameter onListening: called with the bound host and port once it accepts connections.
+    /// - Parameters:
+    ///   - onListening: called with the bound host and port once it accepts connections.
+    ///   - routes: adds a service's own routes (the bunker's approval pages, say).
     public init(
         host: String = "127.0.0.1", port: Int, registry: PrometheusCollectorRegistry, runtime: ServiceRuntime,
-        logger: Logger, onListening: @escaping @Sendable (String, Int) async -> Void = { _, _ in }
+        logger: Logger, onListening: @escaping @Sendable (String, Int) async -> Void = { _, _ in },
+        routes: @escaping @Sendable (Router<BasicRequestContext>) -> Void = { _ in }
     ) {
         self.host = host
         self.port = port
         self.registry = registry
         self.runtime = runtime
         self.logger = logger
+        self.routes = routes
         self.onListening = onListening
     }
 
     public func run() async throws {
         let router = Router()
+        routes(router)
         let registry = self.registry
         let runtime = self.runtime
         router.get("/metrics") { _, _ -> Response in

@@ -87,6 +87,19 @@ public final class SQLiteServiceStore: ServiceStore {
                 CREATE INDEX journal_created ON journal(created_at);
                 """)
         }
+        // v3: append-only logs for handlers (audit trails), newest first by sequence.
+        migrator.registerMigration("v3") { db in
+            try db.execute(sql: """
+                CREATE TABLE log (
+                    seq INTEGER PRIMARY KEY,
+                    namespace TEXT NOT NULL,
+                    at INTEGER NOT NULL,
+                    entry BLOB NOT NULL
+                );
+                CREATE INDEX log_namespace ON log(namespace, seq);
+                CREATE INDEX log_at ON log(namespace, at);
+                """)
+        }
         return migrator
     }
 
@@ -233,6 +246,33 @@ public final class SQLiteServiceStore: ServiceStore {
                 values[row["key"]] = Array(data)
             }
             return values
+        }
+    }
+
+    public func appendLog(_ entry: [UInt8], at time: Timestamp, in namespace: String) async throws {
+        // Grouped with the journal writes: an entry per request costs no commit of its own.
+        try await grouped { db in
+            try db.cachedStatement(sql: "INSERT INTO log (namespace, at, entry) VALUES (?, ?, ?)")
+                .execute(arguments: [namespace, time, Data(entry)])
+        }
+    }
+
+    public func log(in namespace: String, limit: Int, before: Int64?) async throws -> [LogEntry] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT seq, at, entry FROM log WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                arguments: [namespace, before ?? Int64.max, max(0, limit)]
+            ).map { row in
+                let entry: Data = row["entry"]
+                return LogEntry(sequence: row["seq"], time: row["at"], entry: Array(entry))
+            }
+        }
+    }
+
+    public func pruneLog(in namespace: String, before time: Timestamp) async throws -> Int {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM log WHERE namespace = ? AND at < ?", arguments: [namespace, time])
+            return db.changesCount
         }
     }
 }

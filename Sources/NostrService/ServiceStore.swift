@@ -72,6 +72,30 @@ public protocol ServiceStore: Sendable {
 
     /// Every value in `namespace`, by key.
     func values(in namespace: String) async throws -> [String: [UInt8]]
+
+    /// Appends `entry` to the append-only log `namespace` (an audit trail, a history), stamped `time`.
+    func appendLog(_ entry: [UInt8], at time: Timestamp, in namespace: String) async throws
+
+    /// Entries of log `namespace`, newest first: at most `limit`, only those older than sequence number
+    /// `before` when it is given (to page back).
+    func log(in namespace: String, limit: Int, before: Int64?) async throws -> [LogEntry]
+
+    /// Removes the entries of log `namespace` stamped before `time`; returns how many.
+    func pruneLog(in namespace: String, before time: Timestamp) async throws -> Int
+}
+
+/// One entry of a store's append-only log.
+public struct LogEntry: Sendable, Hashable {
+    /// Increases with every append (across namespaces).
+    public var sequence: Int64
+    public var time: Timestamp
+    public var entry: [UInt8]
+
+    public init(sequence: Int64, time: Timestamp, entry: [UInt8]) {
+        self.sequence = sequence
+        self.time = time
+        self.entry = entry
+    }
 }
 
 /// Encodes and decodes the replies kept in the journal (a JSON array of events).

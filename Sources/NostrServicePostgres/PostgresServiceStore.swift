@@ -122,7 +122,19 @@ public final class PostgresServiceStore: ServiceStore, Service {
                 PRIMARY KEY (namespace, key)
             )
             """,
-        ]
+        ],
+        [
+            """
+            CREATE TABLE switchboard_log (
+                seq BIGSERIAL PRIMARY KEY,
+                namespace TEXT NOT NULL,
+                at BIGINT NOT NULL,
+                entry BYTEA NOT NULL
+            )
+            """,
+            "CREATE INDEX switchboard_log_namespace ON switchboard_log (namespace, seq)",
+            "CREATE INDEX switchboard_log_at ON switchboard_log (namespace, at)",
+        ],
     ]
 
     // MARK: ServiceStore
@@ -235,5 +247,34 @@ public final class PostgresServiceStore: ServiceStore, Service {
             values[key] = Array(value.readableBytesView)
         }
         return values
+    }
+
+    public func appendLog(_ entry: [UInt8], at time: Timestamp, in namespace: String) async throws {
+        try await prepared()
+        try await client.query(
+            "INSERT INTO switchboard_log (namespace, at, entry) VALUES (\(namespace), \(time), \(ByteBuffer(bytes: entry)))",
+            logger: logger)
+    }
+
+    public func log(in namespace: String, limit: Int, before: Int64?) async throws -> [LogEntry] {
+        try await prepared()
+        var entries: [LogEntry] = []
+        let rows = try await client.query(
+            """
+            SELECT seq, at, entry FROM switchboard_log WHERE namespace = \(namespace) AND seq < \(before ?? Int64.max)
+            ORDER BY seq DESC LIMIT \(max(0, limit))
+            """, logger: logger)
+        for try await (sequence, time, entry) in rows.decode((Int64, Int64, ByteBuffer).self) {
+            entries.append(LogEntry(sequence: sequence, time: time, entry: Array(entry.readableBytesView)))
+        }
+        return entries
+    }
+
+    public func pruneLog(in namespace: String, before time: Timestamp) async throws -> Int {
+        try await prepared()
+        let rows = try await client.query(
+            "DELETE FROM switchboard_log WHERE namespace = \(namespace) AND at < \(time) RETURNING 1", logger: logger
+        ).collect()
+        return rows.count
     }
 }

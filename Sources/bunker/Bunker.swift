@@ -17,7 +17,7 @@ struct Bunker: AsyncParsableCommand {
             on a terminal, a prompt. Sessions, secrets and the request journal are in DIR/bunker.sqlite; the \
             commands below work on it while `bunker serve` runs.
             """,
-        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self])
+        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self, Audit.self])
 }
 
 struct DataDirectory: ParsableArguments {
@@ -254,5 +254,33 @@ struct Revoke: AsyncParsableCommand {
         let found = try await session(client, in: state)
         try await state.remove(signer: found.signer, client: found.client)
         say("revoked \(found.client)")
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the audit log, newest first: time, client, method, kind, decision, latency (never content).")
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "How many records.") var limit = 50
+    @Option(help: "Only this client (pubkey hex).") var client: String?
+
+    func run() async throws {
+        let formatter = ISO8601DateFormatter()
+        let state = try directory.openState()
+        var before: Int64?
+        var shown = 0
+        // Pages back until `limit` matching records are shown or the log ends.
+        while shown < limit {
+            let page = try await state.auditRecords(limit: 500, before: before)
+            guard let last = page.last else { break }
+            before = last.sequence
+            for (_, record) in page where client.map({ record.client.hasPrefix($0.lowercased()) }) ?? true {
+                let time = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(record.time)))
+                let kind = record.kind.map { " kind=\($0)" } ?? ""
+                say("\(time)  \(record.client)  \(record.method)\(kind)  \(record.decision)  \(String(format: "%.1f", record.latency)) ms  signer=\(record.signer)")
+                shown += 1
+                if shown == limit { break }
+            }
+        }
     }
 }

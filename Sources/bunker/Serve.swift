@@ -20,7 +20,12 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var directory: DataDirectory
     @Option(help: "A relay to serve on (repeat for several).") var relay: [String] = []
-    @Option(help: "Serve GET /metrics and GET /health on HOST:PORT (port 0 = a free one).") var http: String?
+    @Option(help: "Serve GET /metrics, GET /health and the approval pages on HOST:PORT (port 0 = a free one). With it, requests outside a client's grant get an auth_url challenge; without it they are refused.")
+    var http: String?
+    @Option(help: "The address approval links use, when the listener is reached through a proxy (default http://HOST:PORT).")
+    var approvalURL: String?
+    @Option(help: "Seconds an auth challenge waits for the operator's decision.") var approvalTimeout: Int = 300
+    @Option(help: "Days the audit log is kept.") var auditDays: Int = 90
     @Option(help: "Requests per second each client may send (sustained).") var clientRate: Double = 20
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 60
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
@@ -48,7 +53,9 @@ struct Serve: AsyncParsableCommand {
         policy.burst = max(1, clientBurst)
         let daemon = BunkerDaemon(
             directory: directory, identities: identities, state: try directory.openState(), relays: relays,
-            http: listener, policy: policy, registry: registry, logger: Logger(label: "bunker"))
+            http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
+            approvalURL: approvalURL, auditDays: max(1, auditDays), policy: policy, registry: registry,
+            logger: Logger(label: "bunker"))
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
         try await group.run()
@@ -63,6 +70,9 @@ struct BunkerDaemon: Service {
     let state: BunkerState
     let relays: [RelayURL]
     let http: (String, Int)?
+    let approvals: Approvals?
+    let approvalURL: String?
+    let auditDays: Int
     let policy: RequestPolicy.Configuration
     let registry: PrometheusCollectorRegistry
     let logger: Logger
@@ -86,7 +96,7 @@ struct BunkerDaemon: Service {
 
     private func serve(on relays: [RelayURL]) async throws {
         try directory.recordRelays(relays)
-        let signer = RemoteSigner(identities: identities, state: state, relays: { relays })
+        let signer = RemoteSigner(identities: identities, state: state, approvals: approvals, relays: { relays })
         var configuration = ServiceRuntime.Configuration(relays: relays)
         configuration.policy = policy
         let runtime = ServiceRuntime(
@@ -95,12 +105,20 @@ struct BunkerDaemon: Service {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await runtime.run() }
             if let (host, port) = http {
+                let approvals = self.approvals
+                let approvalURL = self.approvalURL
                 group.addTask {
-                    try await OperationsServer(host: host, port: port, registry: registry, runtime: runtime, logger: logger) { host, port in
-                        say("http \(host):\(port)")
-                    }.run()
+                    try await OperationsServer(
+                        host: host, port: port, registry: registry, runtime: runtime, logger: logger,
+                        onListening: { host, port in
+                            approvals?.baseURL = approvalURL ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)"
+                            say("http \(host):\(port)")
+                        },
+                        routes: { router in approvals?.addRoutes(to: router) }
+                    ).run()
                 }
             }
+            group.addTask { await pruneAuditDaily() }
             while !runtime.isReady {
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -109,6 +127,19 @@ struct BunkerDaemon: Service {
                 say(uri.description)
             }
             try await group.waitForAll()
+        }
+    }
+
+    /// Forgets audit records older than ``auditDays``, now and once a day.
+    private func pruneAuditDaily() async {
+        while !Task.isCancelled {
+            do {
+                let removed = try await state.pruneAudit(before: Int64(Date().timeIntervalSince1970) - Int64(auditDays) * 86_400)
+                if removed > 0 { logger.info("audit log pruned", metadata: ["removed": "\(removed)"]) }
+            } catch {
+                logger.error("could not prune the audit log", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(86_400))
         }
     }
 }

@@ -1,0 +1,224 @@
+import Foundation
+public import Hummingbird
+import NostrCrypto
+import NostrRelay
+import Synchronization
+
+/// Auth challenges: a request outside a client's grant waits while a person decides on a page of the bunker's
+/// HTTP listener — approve once, approve always (the permission is granted), or deny.
+///
+/// Each challenge has an unguessable id (its URL, which the client is sent) and a second secret that only its
+/// page carries: deciding needs both, so a client that knows the URL cannot approve its own request from
+/// another origin. The page may not be framed. Whoever can read the page can decide, so the listener stays on
+/// 127.0.0.1 or behind the operator's own authentication.
+public final class Approvals: Sendable {
+    public enum Decision: String, Sendable {
+        case once, always, deny
+    }
+
+    /// What the page shows.
+    public struct Challenge: Sendable {
+        public let id: String
+        let formToken: String
+        public let client: String
+        public let clientName: String?
+        public let user: String
+        public let method: String
+        public let permission: String
+        /// The event to sign, pretty-printed (for `sign_event`).
+        public let event: String?
+        let created: ContinuousClock.Instant
+    }
+
+    struct Pending {
+        var challenge: Challenge
+        var waiter: CheckedContinuation<Decision?, Never>?
+        var decision: Decision?
+    }
+
+    private let pending = Mutex<[String: Pending]>([:])
+    private let base = Mutex<String?>(nil)
+    /// How long a challenge waits for a decision.
+    public let timeout: Duration
+    /// Open challenges at most (a client cannot flood the operator's page).
+    public let capacity: Int
+
+    public init(timeout: Duration = .seconds(300), capacity: Int = 100) {
+        self.timeout = timeout
+        self.capacity = capacity
+    }
+
+    /// Where challenges are served, e.g. `http://127.0.0.1:8080` (set once the listener is up); until then,
+    /// requests outside a grant are refused.
+    public var baseURL: String? {
+        get { base.withLock { $0 } }
+        set { base.withLock { $0 = newValue.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 } } }
+    }
+
+    /// Opens a challenge and returns its id and URL, or nil when challenges cannot be served now (no listener,
+    /// or too many open).
+    func open(client: String, clientName: String?, user: String, method: String, permission: String, event: String?) -> (id: String, url: String)? {
+        guard let base = baseURL else { return nil }
+        let challenge = Challenge(
+            id: Hex.encode(SecureMemory.randomBytes(16)), formToken: Hex.encode(SecureMemory.randomBytes(16)),
+            client: client, clientName: clientName, user: user, method: method, permission: permission, event: event,
+            created: .now)
+        let opened = pending.withLock { pending -> Bool in
+            guard pending.count < capacity else { return false }
+            pending[challenge.id] = Pending(challenge: challenge)
+            return true
+        }
+        return opened ? (challenge.id, "\(base)/auth/\(challenge.id)") : nil
+    }
+
+    /// Waits for the decision on challenge `id`; nil when none came within ``timeout`` or the wait was
+    /// cancelled. The challenge is closed afterwards.
+    func decision(_ id: String) async -> Decision? {
+        let timer = Deadlines.shared.schedule(at: .now + timeout) { [weak self] in self?.settle(id, nil) }
+        defer {
+            Deadlines.shared.cancel(timer)
+            _ = pending.withLock { $0.removeValue(forKey: id) }
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = pending.withLock { pending -> Decision?? in
+                    guard var entry = pending[id] else { return .some(nil) }
+                    if let decision = entry.decision { return .some(decision) }
+                    entry.waiter = continuation
+                    pending[id] = entry
+                    return .none
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            self.settle(id, nil)
+        }
+    }
+
+    /// Records `decision` for challenge `id` when `formToken` is its page's token; false otherwise.
+    func decide(_ id: String, formToken: String, _ decision: Decision) -> Bool {
+        let valid = pending.withLock { pending in
+            guard let entry = pending[id], entry.decision == nil else { return false }
+            let expected = Array(entry.challenge.formToken.utf8), given = Array(formToken.utf8)
+            return expected.count == given.count
+                && expected.withUnsafeBytes { a in given.withUnsafeBytes { b in SecureMemory.constantTimeEqual(a, b) } }
+        }
+        return valid && settle(id, decision)
+    }
+
+    @discardableResult
+    private func settle(_ id: String, _ decision: Decision?) -> Bool {
+        let waiter = pending.withLock { pending -> CheckedContinuation<Decision?, Never>?? in
+            guard var entry = pending[id], entry.decision == nil else { return .none }
+            entry.decision = decision
+            let waiter = entry.waiter
+            entry.waiter = nil
+            pending[id] = decision == nil ? nil : entry
+            return .some(waiter)
+        }
+        guard let waiter else { return false }
+        waiter?.resume(returning: decision)
+        return true
+    }
+
+    func challenge(_ id: String) -> Challenge? {
+        pending.withLock { $0[id].flatMap { $0.decision == nil ? $0.challenge : nil } }
+    }
+
+    /// Open challenges.
+    public var count: Int { pending.withLock { $0.count } }
+
+    // MARK: The pages
+
+    /// Adds `GET /auth/:id` (the page) and `POST /auth/:id` (the decision) to `router`.
+    public func addRoutes<Context: RequestContext>(to router: Router<Context>) {
+        router.get("/auth/:id") { [self] _, context -> Response in
+            guard let id = context.parameters.get("id"), let challenge = self.challenge(id) else {
+                return Self.page(.notFound, "Nothing to approve", "<p>This request was already decided, or it expired.</p>")
+            }
+            return Self.page(.ok, "Approve a request?", Self.form(challenge))
+        }
+        router.post("/auth/:id") { [self] request, context -> Response in
+            let body = try await request.body.collect(upTo: 4096)
+            guard let id = context.parameters.get("id"),
+                let form = try? URLEncodedFormDecoder().decode(DecisionForm.self, from: String(buffer: body)),
+                let decision = Decision(rawValue: form.decision)
+            else { return Self.page(.badRequest, "Bad request", "<p>The form was not understood.</p>") }
+            guard self.decide(id, formToken: form.token, decision) else {
+                return Self.page(.forbidden, "Not accepted", "<p>This request was already decided, expired, or the form is not the one this page served.</p>")
+            }
+            let outcome = switch decision {
+            case .once: "Approved once. The signer answers the client now."
+            case .always: "Approved, and granted from now on. The signer answers the client now."
+            case .deny: "Denied. The client gets an error."
+            }
+            return Self.page(.ok, "Done", "<p>\(Self.escape(outcome))</p>")
+        }
+    }
+
+    /// The decision form's fields.
+    struct DecisionForm: Decodable {
+        var token: String
+        var decision: String
+    }
+
+    static func form(_ challenge: Challenge) -> String {
+        var rows = [
+            ("Client", challenge.clientName.map { "\($0) (\(challenge.client))" } ?? challenge.client),
+            ("User key", challenge.user),
+            ("Method", challenge.method),
+            ("Permission needed", challenge.permission),
+        ].map { "<tr><th>\(escape($0.0))</th><td><code>\(escape($0.1))</code></td></tr>" }.joined()
+        if let event = challenge.event {
+            rows += "<tr><th>Event</th><td><pre>\(escape(event))</pre></td></tr>"
+        }
+        let buttons = [("once", "Approve once"), ("always", "Approve always"), ("deny", "Deny")].map {
+            "<button name=\"decision\" value=\"\($0.0)\">\($0.1)</button> "
+        }.joined()
+        return """
+            <table>\(rows)</table>
+            <form method="post" action="/auth/\(escape(challenge.id))">
+            <input type="hidden" name="token" value="\(escape(challenge.formToken))">
+            \(buttons)
+            </form>
+            """
+    }
+
+    static func page(_ status: HTTPResponse.Status, _ title: String, _ body: String) -> Response {
+        let html = """
+            <!doctype html>
+            <html><head><meta charset="utf-8"><title>bunker: \(escape(title))</title>
+            <style>body{font-family:sans-serif;max-width:48em;margin:2em auto}th{text-align:left;padding-right:1em;vertical-align:top}pre{white-space:pre-wrap;word-break:break-all}button{margin:1em .5em 0 0;padding:.5em 1em}</style>
+            </head><body><h1>\(escape(title))</h1>
+            \(body)
+            </body></html>
+
+            """
+        return Response(
+            status: status,
+            headers: [
+                .contentType: "text/html; charset=utf-8",
+                .contentSecurityPolicy: "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+                .init("X-Frame-Options")!: "DENY",
+                .cacheControl: "no-store",
+                .init("Referrer-Policy")!: "no-referrer",
+            ],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: html)))
+    }
+
+    static func escape(_ text: String) -> String {
+        var out = ""
+        out.reserveCapacity(text.utf8.count)
+        for character in text {
+            switch character {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&#39;"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}
