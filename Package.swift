@@ -180,7 +180,12 @@ let package = Package(
         ),
         .testTarget(
             name: "BunkerKitTests",
-            dependencies: ["BunkerKit", "NostrRelay", "NostrCore", "NostrCrypto"]
+            dependencies: [
+                "BunkerKit", "NostrService", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
         ),
         .testTarget(
             name: "NostrServiceTests",

@@ -109,6 +109,26 @@ struct ServiceStoreTests {
         }
     }
 
+    @Test("append-only logs by namespace: newest first, paged by sequence, pruned by time", arguments: StoreBackend.allCases)
+    func logs(backend: StoreBackend) async throws {
+        try await withStores(backend, count: 2) { stores throws in
+            let store = stores[0]
+            for time in 1...5 {
+                try await store.appendLog([UInt8(time)], at: Timestamp(time * 100), in: "audit")
+            }
+            try await store.appendLog([42], at: 50, in: "other")
+            let other = stores[1]
+            let newest = try await other.log(in: "audit", limit: 2, before: nil)
+            #expect(newest.map(\.entry) == [[5], [4]])
+            #expect(newest.map(\.time) == [500, 400])
+            let older = try await other.log(in: "audit", limit: 10, before: newest[1].sequence)
+            #expect(older.map(\.entry) == [[3], [2], [1]])
+            #expect(try await store.pruneLog(in: "audit", before: 300) == 2)
+            #expect(try await other.log(in: "audit", limit: 10, before: nil).map(\.entry) == [[5], [4], [3]])
+            #expect(try await other.log(in: "other", limit: 10, before: nil).map(\.entry) == [[42]])
+        }
+    }
+
     @Test("the SQLite journal survives closing and reopening its file")
     func sqliteReopen() async throws {
         let directory = try temporaryDirectory()

@@ -1,0 +1,333 @@
+import Foundation
+import Hummingbird
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import NostrServiceTesting
+import Prometheus
+import Synchronization
+import Testing
+@testable import BunkerKit
+
+typealias Tag = NostrCore.Tag
+
+let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+/// A bunker running over test relays: one user key, its remote-signer key, the runtime with the remote signer,
+/// and (with approvals) the HTTP listener with the approval pages.
+struct TestBunker {
+    let relays: [RelayURL]
+    let identity: BunkerIdentity
+    let state: BunkerState
+    let approvals: Approvals?
+    let runtime: ServiceRuntime
+
+    var signer: PublicKey { identity.signer.publicKey }
+
+    /// A new single-use `bunker://` URI for the first relay.
+    func uri(permissions: Permissions = .all, relays: [RelayURL]? = nil) async throws -> BunkerURI {
+        let secret = try await state.mintSecret(for: signer, permissions: permissions, label: nil)
+        return BunkerURI(signer: signer, relays: relays ?? [self.relays[0]], secret: secret)
+    }
+
+    func client(_ uri: BunkerURI, key: SecretKey = .generate()) -> NIP46Client {
+        var client = NIP46Client(uri: uri, key: key)
+        client.timeout = .seconds(10)
+        return client
+    }
+}
+
+/// Runs a bunker on `relayCount` test relays (with the approval pages when `approvals` is given) while `body`
+/// runs, and stops everything however it ends.
+func withBunker<R: Sendable>(
+    relays relayCount: Int = 1, approvals: Approvals? = nil, _ body: @escaping @Sendable (TestBunker) async throws -> R
+) async throws -> R {
+    try await withTestRelays(relayCount) { testRelays in
+        let urls = testRelays.compactMap(\.url)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let identity = BunkerIdentity(user: .generate(), signer: .generate())
+        let state = BunkerState(store: try SQLiteServiceStore(path: directory.appendingPathComponent("bunker.sqlite").path))
+        var configuration = ServiceRuntime.Configuration(relays: urls)
+        configuration.pool.reconnectDelay = .milliseconds(50)
+        configuration.publishTimeout = .seconds(2)
+        let runtime = ServiceRuntime(
+            keys: [LocalServiceKey(identity.signer)],
+            handlers: [RemoteSigner(identities: [identity], state: state, approvals: approvals, relays: { urls })],
+            store: state.store, configuration: configuration, logger: quiet)
+        let bunker = TestBunker(relays: urls, identity: identity, state: state, approvals: approvals, runtime: runtime)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await runtime.run() }
+            if let approvals {
+                let (listening, ready) = AsyncStream<Void>.makeStream()
+                group.addTask {
+                    try await OperationsServer(
+                        port: 0, registry: PrometheusCollectorRegistry(), runtime: runtime, logger: quiet,
+                        onListening: { host, port in
+                            approvals.baseURL = "http://\(host):\(port)"
+                            ready.yield()
+                        },
+                        routes: { approvals.addRoutes(to: $0) }
+                    ).run()
+                }
+                _ = try await withDeadline(.seconds(10), "the HTTP listener") { await listening.first { _ in true } }
+            }
+            defer { group.cancelAll() }
+            try await withDeadline(.seconds(10), "the bunker to be ready") {
+                while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            return try await body(bunker)
+        }
+    }
+}
+
+/// The error a NIP-46 call ended with, or nil if it succeeded.
+func refusal(_ call: () async throws -> some Any) async -> String? {
+    do {
+        _ = try await call()
+        return nil
+    } catch let error as NIP46Error {
+        return error.description
+    } catch {
+        return "\(error)"
+    }
+}
+
+@Suite("RemoteSigner end to end: the library's NIP-46 client against the bunker over a relay", .timeLimit(.minutes(2)))
+struct RemoteSignerTests {
+    @Test("a bunker:// secret works once: a second client using it is refused, the first keeps its session")
+    func singleUseSecret() async throws {
+        try await withBunker { bunker in
+            let uri = try await bunker.uri()
+            let user = try await bunker.client(uri).run { signer in
+                try await signer.connect()
+                return try await signer.publicKey()
+            }
+            #expect(user == bunker.identity.user.publicKey)
+            let second = await refusal { try await bunker.client(uri).run { try await $0.connect() } }
+            #expect(second?.contains("already been used") == true)
+            #expect(try await bunker.state.sessions().count == 1)
+        }
+    }
+
+    @Test("sign_event: the user's key signs, pubkey, id and signature check out; unknown methods and bad params get errors")
+    func signAndErrors() async throws {
+        try await withBunker { bunker in
+            try await bunker.client(try await bunker.uri()).run { signer in
+                try await signer.connect()
+                let template = EventTemplate(kind: 1, content: "hello", tags: [["t", "switchboard"]])
+                let event = try await signer.sign(template, as: bunker.identity.user.publicKey)
+                #expect(event.isValid)
+                #expect(event.content == "hello")
+
+                let unknown = await refusal { try await signer.call("frobnicate", ["x"]) }
+                #expect(unknown == #"unsupported method "frobnicate""#)
+                let notJSON = await refusal { try await signer.call("sign_event", ["not json"]) }
+                #expect(notJSON?.hasPrefix("bad request") == true)
+                let missing = await refusal { try await signer.call("nip44_encrypt", [bunker.signer.hex]) }
+                #expect(missing == "bad request: nip44_encrypt takes 2 parameters")
+                let badKey = await refusal { try await signer.call("nip04_encrypt", ["zz", "text"]) }
+                #expect(badKey?.hasPrefix("bad request") == true)
+            }
+        }
+    }
+
+    @Test("requests in NIP-04 are answered in NIP-04, and still work")
+    func nip04Transport() async throws {
+        try await withBunker { bunker in
+            var client = bunker.client(try await bunker.uri())
+            client.encryption = .nip04
+            // NIP-46 events are ephemeral (relays do not store them): watch them live.
+            let watcher = RelayPool(relays: bunker.relays, logger: quiet)
+            let replies = try await watcher.withRunning {
+                try await watcher.withSubscription([Filter(authors: [bunker.signer], kinds: [NIP46.kind])]) { events in
+                    let user = try await client.run { signer in
+                        try await signer.connect()
+                        return try await signer.publicKey()
+                    }
+                    #expect(user == bunker.identity.user.publicKey)
+                    events.stop()
+                    var replies: [Event] = []
+                    for await case .event(let event, _) in events { replies.append(event) }
+                    return replies
+                }
+            }
+            #expect(replies.count == 2)
+            #expect(replies.allSatisfy { $0.content.contains("?iv=") })
+        }
+    }
+
+    @Test("a revoked client is refused; logout answers ack, then the session is gone")
+    func revokeAndLogout() async throws {
+        try await withBunker { bunker in
+            let revokedKey = SecretKey.generate()
+            try await bunker.client(try await bunker.uri(), key: revokedKey).run { try await $0.connect() }
+            try await bunker.state.remove(signer: bunker.signer.hex, client: revokedKey.publicKey.hex)
+            let revoked = await refusal { try await bunker.client(BunkerURI(signer: bunker.signer, relays: bunker.relays, secret: nil), key: revokedKey).run { try await $0.ping() } }
+            #expect(revoked?.hasPrefix("unauthorized: not connected") == true)
+
+            try await bunker.client(try await bunker.uri()).run { signer in
+                try await signer.connect()
+                #expect(try await signer.ping() == "pong")
+                #expect(try await signer.call("logout") == "ack")
+                let after = await refusal { try await signer.ping() }
+                #expect(after?.hasPrefix("unauthorized: not connected") == true)
+            }
+        }
+    }
+
+    @Test("a request delivered by two relays is signed once; the second copy is answered from the journal")
+    func duplicateAnsweredFromJournal() async throws {
+        try await withBunker(relays: 2) { bunker in
+            let client = bunker.client(try await bunker.uri(relays: bunker.relays))
+            let request = NIP46.Request(id: "dup-1", method: "sign_event", params: [EventTemplate(kind: 1, content: "once").json])
+            let conversation = try ConversationKey(secretKey: client.key, publicKey: bunker.signer)
+            let pool = RelayPool(relays: bunker.relays, logger: quiet)
+            let (first, copy) = try await pool.withRunning {
+                // NIP-46 events are ephemeral: watch the second relay live for the copy's reply.
+                try await pool.withSubscription(
+                    [Filter(authors: [bunker.signer], kinds: [NIP46.kind], tags: ["p": [client.key.publicKey.hex]])], on: [bunker.relays[1]]
+                ) { secondRelay in
+                    try await client.run { signer in
+                        try await signer.connect()
+                        let event = try signer.event(for: request)
+                        let responses = signer.responses(to: request.id)
+                        _ = await pool.publish(event, to: [bunker.relays[0]])
+                        var first: NIP46.Response?
+                        for await response in responses {
+                            first = response
+                            break
+                        }
+                        // The same request event again, through the other relay (a replay, or a second relay).
+                        _ = await pool.publish(event, to: [bunker.relays[1]])
+                        let copy = try await withDeadline(.seconds(10), "the reply to the copy") { () -> NIP46.Response? in
+                            for await case .event(let reply, _) in secondRelay {
+                                let response = try NIP46.Response(json: NIP44.decrypt(reply.content, conversationKey: conversation))
+                                if response.id == request.id { return response }
+                            }
+                            return nil
+                        }
+                        return (first, copy)
+                    }
+                }
+            }
+            let signed = try Event(json: try #require(first?.result))
+            #expect(signed.content == "once")
+            // The very event the first delivery produced, not a second signature.
+            #expect(copy?.result == first?.result)
+            let signings = try await bunker.state.auditRecords(limit: 100).filter { $0.record.method == "sign_event" }
+            #expect(signings.count == 1)
+        }
+    }
+
+    @Test("without the approval pages, a kind outside the grant is refused, naming the permission; the audit log records it")
+    func unauthorizedWithoutListener() async throws {
+        try await withBunker { bunker in
+            try await bunker.client(try await bunker.uri(permissions: try Permissions(parsing: "sign_event:1"))).run { signer in
+                try await signer.connect()
+                _ = try await signer.sign(EventTemplate(kind: 1, content: "fine"))
+                let refused = await refusal { try await signer.sign(EventTemplate(kind: 4, content: "no")) }
+                #expect(refused == "unauthorized: sign_event:4 is not granted to this client")
+                let decrypt = await refusal { try await signer.call("nip44_decrypt", [bunker.signer.hex, "AAAA"]) }
+                #expect(decrypt == "unauthorized: nip44_decrypt is not granted to this client")
+            }
+            let records = try await bunker.state.auditRecords(limit: 10).map(\.record)
+            #expect(records.map(\.decision) == ["unauthorized", "unauthorized", "ok", "ok"])
+            #expect(records[1].kind == 4)
+            #expect(records.allSatisfy { $0.signer == bunker.signer.hex })
+        }
+    }
+
+    @Test("an auth challenge's decision: approve once, approve always (then granted), deny, and a forged form refused")
+    func approvals() async throws {
+        let approvals = Approvals(timeout: .seconds(20))
+        try await withBunker(approvals: approvals) { bunker in
+            let challenges = AsyncStream<String>.makeStream()
+            var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            client.timeout = .seconds(20)
+            client.onAuthChallenge = { challenges.continuation.yield($0) }
+            try await client.run { signer in
+                try await signer.connect()
+                var urls = challenges.stream.makeAsyncIterator()
+                /// Signs kind 7 while the test settles the challenge with `decision` through the page.
+                func sign(deciding decision: String, forgeFirst: Bool = false) async throws -> String? {
+                    try await withThrowingTaskGroup(of: String?.self) { group in
+                        group.addTask { await refusal { try await signer.sign(EventTemplate(kind: 7, content: "+", tags: [["e", "0"]])) } }
+                        let url = try #require(await urls.next())
+                        #expect(url.hasPrefix(try #require(approvals.baseURL) + "/auth/"))
+                        let page = try await HTTP.get(url)
+                        #expect(page.status == 200)
+                        #expect(page.body.contains("sign_event:7"))
+                        #expect(page.body.contains(client.key.publicKey.hex))
+                        let token = try #require(page.body.firstMatch(of: /name="token" value="([0-9a-f]+)"/)?.1)
+                        if forgeFirst {
+                            #expect(try await HTTP.post(url, form: "token=\(String(repeating: "0", count: token.count))&decision=always").status == 403)
+                        }
+                        #expect(try await HTTP.post(url, form: "token=\(token)&decision=\(decision)").status == 200)
+                        let result = try await group.next() ?? nil
+                        return result
+                    }
+                }
+                #expect(try await sign(deciding: "once", forgeFirst: true) == nil)
+                #expect(try await bunker.state.sessions().first?.permissions.entries == [])
+                #expect(try await sign(deciding: "deny") == "unauthorized: the operator denied sign_event:7")
+                #expect(try await sign(deciding: "always") == nil)
+                #expect(try await bunker.state.sessions().first?.permissions.entries == ["sign_event:7"])
+                // Granted now: no challenge.
+                _ = try await signer.sign(EventTemplate(kind: 7, content: "+"))
+            }
+            let decisions = try await bunker.state.auditRecords(limit: 10).map(\.record.decision)
+            #expect(decisions == ["ok", "approved-always", "denied", "approved-once", "ok"])
+            #expect(approvals.count == 0)
+        }
+    }
+
+    @Test("an auth challenge nobody decides expires with an error; the page then says so")
+    func approvalExpires() async throws {
+        let approvals = Approvals(timeout: .seconds(1))
+        try await withBunker(approvals: approvals) { bunker in
+            let seen = Mutex<[String]>([])
+            var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            client.onAuthChallenge = { url in seen.withLock { $0.append(url) } }
+            let refused = await refusal { try await client.run { signer in
+                try await signer.connect()
+                return try await signer.call("nip44_encrypt", [bunker.signer.hex, "secret"])
+            } }
+            #expect(refused == "unauthorized: nip44_encrypt was not approved in time")
+            let url = try #require(seen.withLock { $0.first })
+            #expect(try await HTTP.get(url).status == 404)
+        }
+    }
+}
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The test's HTTP client for the approval pages (what a person's browser does).
+enum HTTP {
+    struct Reply {
+        var status: Int
+        var body: String
+    }
+
+    static func get(_ url: String) async throws -> Reply {
+        try await send(URLRequest(url: try #require(URL(string: url))))
+    }
+
+    static func post(_ url: String, form: String) async throws -> Reply {
+        var request = URLRequest(url: try #require(URL(string: url)))
+        request.httpMethod = "POST"
+        request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")
+        request.httpBody = Data(form.utf8)
+        return try await send(request)
+    }
+
+    private static func send(_ request: URLRequest) async throws -> Reply {
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: String(decoding: data, as: UTF8.self))
+    }
+}
