@@ -14,12 +14,19 @@ and raise NostrSdkError carrying the bunker's `error` string.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import subprocess
+import time
+import urllib.parse
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from nostr_sdk import (
+    Event,
     EventBuilder,
     Keys,
     Kind,
@@ -50,8 +57,8 @@ def bunker(procs: Procs, *args) -> str:
     return result.stdout.decode().strip()
 
 
-def serve(procs: Procs, data: Path, relay_url: str):
-    proc = procs.start([bunker_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url], "bunker")
+def serve(procs: Procs, data: Path, relay_url: str, *extra):
+    proc = procs.start([bunker_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url, *extra], "bunker")
     uri = proc.wait_for(lambda lines: next((l for l in lines if l.startswith("bunker://")), None), READY, "bunker:// line")
     return proc, uri.strip()
 
@@ -163,3 +170,102 @@ def test_permissions_revocation_and_restart(procs, aio, tmp_path):  # noqa: F811
             await connect(limited, app).sign_event_async(EventBuilder(Kind(1), "no").finalize_unsigned(user))
 
     aio.call(revoked(), timeout=60)
+
+
+def test_nostrconnect_started_by_rust_nostr_client(procs, aio, tmp_path):  # noqa: F811
+    """The client-initiated flow: rust-nostr's NostrConnect with a nostrconnect:// URI on its own relay (rust's
+    LocalRelay, which the bunker does not use); `bunker connect` makes the running daemon answer there with the
+    URI's secret, and serve the client there from then on."""
+    data = tmp_path / "bunker"
+    user_npub = bunker(procs, "init", "--data-dir", str(data))
+    relay = procs.sb_relay("bunker-relay")
+    serve(procs, data, relay.url)
+    client_relay = start_rust_relay(aio).url
+    app = Keys.generate()
+    secret = "interop-" + app.public_key().to_hex()[:8]
+    # rust-nostr 0.45 parses only the older form, with name and url in a JSON `metadata` parameter.
+    metadata = json.dumps({"name": "Interop App"})
+    query = urllib.parse.urlencode([("relay", client_relay), ("secret", secret), ("perms", "sign_event:1,nip44_encrypt"), ("metadata", metadata)])
+    uri = f"nostrconnect://{app.public_key().to_hex()}?{query}"
+
+    async def session():
+        signer = NostrConnect(NostrConnectUri.parse(uri), app, timedelta(seconds=30), None)
+        # The client listens first (the response is an ephemeral event), then the operator accepts its URI.
+        asked = asyncio.ensure_future(signer.get_public_key_async())
+        await asyncio.sleep(1.0)
+        accept = await asyncio.create_subprocess_exec(
+            bunker_path(procs), "connect", "--data-dir", str(data), "--label", "from nostrconnect", uri,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=test_pool_interop.ENV)
+        out, err = await asyncio.wait_for(accept.communicate(), 40)
+        assert accept.returncode == 0, err.decode()
+        assert out.decode().startswith(f"connected {app.public_key().to_hex()} (Interop App)"), out.decode()
+        user = await asyncio.wait_for(asked, 30)
+        assert user.to_bech32() == user_npub
+        note = await signer.sign_event_async(EventBuilder(Kind(1), "via nostrconnect").finalize_unsigned(user))
+        assert note.verify() and note.author().to_hex() == user.to_hex()
+        third = Keys.generate()
+        assert nip44_decrypt(third.secret_key(), user, await signer.nip44_encrypt_async(third.public_key(), "hi")) == "hi"
+
+    aio.call(session(), timeout=90)
+    clients = bunker(procs, "clients", "--data-dir", str(data)).splitlines()
+    assert len(clients) == 1, clients
+    line = clients[0]
+    assert line.startswith(app.public_key().to_hex()) and "from nostrconnect" in line, line
+    # What the URI asked for is recorded as requested; the grant is the operator's (all, by default).
+    assert "requested=nip44_encrypt,sign_event:1" in line, line
+
+    # A URI whose relay does not exist: the CLI reports the failure instead of claiming success.
+    bad = f"nostrconnect://{Keys.generate().public_key().to_hex()}?relay=ws%3A%2F%2F127.0.0.1%3A1&secret=x"
+    result = subprocess.run([bunker_path(procs), "connect", "--data-dir", str(data), bad], capture_output=True, timeout=60, check=False)
+    assert result.returncode != 0 and b"failed" in result.stderr, result.stderr.decode()
+
+
+def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
+    """A kind outside the grant: `switchboard nip46` (the library's client) gets an auth_url; the test, as the
+    operator's browser, opens the page and approves always; the signed event arrives, the grant now includes
+    the kind, and the audit log says how it was decided."""
+    data = tmp_path / "bunker"
+    bunker(procs, "init", "--data-dir", str(data))
+    relay = procs.sb_relay("relay")
+    proc, _ = serve(procs, data, relay.url, "--http", "127.0.0.1:0")
+    proc.wait_for(lambda lines: any(l.startswith("http ") for l in lines), READY, "http line")
+    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", "web app")
+    key_file = tmp_path / "client.key"
+    nip46 = [procs.sb, "nip46", "--key-file", str(key_file), "--timeout", "60", uri, "sign_event"]
+    allowed = subprocess.run([*nip46, '{"kind":1,"content":"granted"}'], capture_output=True, timeout=60, check=False)
+    assert allowed.returncode == 0, allowed.stderr.decode()
+
+    err_path = tmp_path / "nip46.stderr"
+    with open(err_path, "wb") as err:
+        child = subprocess.Popen([*nip46, '{"kind":7,"content":"+","tags":[["e","00"]]}'], stdout=subprocess.PIPE, stderr=err,
+                                 env=test_pool_interop.ENV)
+        try:
+            deadline = time.monotonic() + 30
+            url = None
+            while url is None and time.monotonic() < deadline:
+                found = re.search(r"approval needed: open (\S+)", err_path.read_text())
+                url = found and found.group(1)
+                time.sleep(0.1)
+            assert url, f"no auth challenge: {err_path.read_text()}"
+            with urllib.request.urlopen(url, timeout=10) as page:
+                html = page.read().decode()
+                assert page.headers["X-Frame-Options"] == "DENY"
+            assert "sign_event:7" in html and "web app" in html, html
+            token = re.search(r'name="token" value="([0-9a-f]+)"', html).group(1)
+            form = urllib.parse.urlencode({"token": token, "decision": "always"}).encode()
+            with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=10) as done:
+                assert done.status == 200
+            out, _ = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 0, err_path.read_text()
+    signed = Event.from_json(out.decode().strip())
+    assert signed.verify() and signed.kind().as_u16() == 7
+
+    clients = bunker(procs, "clients", "--data-dir", str(data))
+    assert "perms=sign_event:1,sign_event:7" in clients, clients
+    audit = bunker(procs, "audit", "--data-dir", str(data), "--limit", "3").splitlines()
+    assert "sign_event kind=7  approved-always" in audit[0], audit
+    assert not any("granted" in line or '"+"' in line for line in audit), "the audit log holds no content"

@@ -32,11 +32,14 @@ public struct ClientSession: Codable, Sendable, Hashable {
     public var label: String?
     /// The relays the client was given; `switch_relays` answers with the bunker's relays when they differ.
     public var relays: [String]
+    /// For a `nostrconnect://` client: the relays it listens on, which the bunker serves it on too.
+    public var clientRelays: [String]?
     public var createdAt: Int64
     public var lastUsed: Int64
 
     enum CodingKeys: String, CodingKey {
         case signer, client, permissions, requested, name, url, label, relays
+        case clientRelays = "client_relays"
         case createdAt = "created_at"
         case lastUsed = "last_used"
     }

@@ -17,7 +17,7 @@ struct Bunker: AsyncParsableCommand {
             on a terminal, a prompt. Sessions, secrets and the request journal are in DIR/bunker.sqlite; the \
             commands below work on it while `bunker serve` runs.
             """,
-        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self, Audit.self])
+        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self, Audit.self, Connect.self])
 }
 
 struct DataDirectory: ParsableArguments {
@@ -282,5 +282,44 @@ struct Audit: AsyncParsableCommand {
                 if shown == limit { break }
             }
         }
+    }
+}
+
+struct Connect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Accept a client's nostrconnect:// URI: the running `bunker serve` answers it on the client's relays and serves the client there from then on.")
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "The user key (npub or hex); the first one by default.") var key: String?
+    @Option(help: "Permissions granted, comma-separated; all by default. What the URI's perms ask for is recorded, not granted.")
+    var perms: String?
+    @Option(help: "A label for the connection, shown by `bunker clients`.") var label: String?
+    @Option(help: "Seconds to wait for the running daemon.") var timeout = 30
+    @Argument(help: "nostrconnect://<client pubkey>?relay=…&secret=…") var uri: String
+
+    func run() async throws {
+        let parsed: NostrConnectURI
+        do {
+            parsed = try NostrConnectURI(uri)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let (_, signer) = try storedKey(key, in: directory)
+        let permissions = try perms.map { $0 == "all" ? .all : try Permissions(parsing: $0) } ?? .all
+        let state = try directory.openState()
+        try await state.requestConnect(
+            PendingConnect(uri: uri, signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970)),
+            client: parsed.client)
+        let deadline = ContinuousClock.now + .seconds(max(1, timeout))
+        while ContinuousClock.now < deadline {
+            if let outcome = try await state.connectRequest(for: parsed.client)?.outcome {
+                try await state.removeConnectRequest(for: parsed.client)
+                guard outcome == "connected" else { throw ValidationError(outcome) }
+                say("connected \(parsed.client.hex)\(parsed.name.map { " (\($0))" } ?? "") on \(parsed.relays.map(\.string).joined(separator: " "))")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        try await state.removeConnectRequest(for: parsed.client)
+        throw ValidationError("no answer within \(timeout) s: is `bunker serve --data-dir \(directory.path)` running?")
     }
 }

@@ -97,7 +97,8 @@ struct BunkerDaemon: Service {
     private func serve(on relays: [RelayURL]) async throws {
         try directory.recordRelays(relays)
         let signer = RemoteSigner(identities: identities, state: state, approvals: approvals, relays: { relays })
-        var configuration = ServiceRuntime.Configuration(relays: relays)
+        // nostrconnect clients are served on their own relays as well.
+        var configuration = ServiceRuntime.Configuration(relays: Array(Set(relays).union(try await state.clientRelays())).sorted())
         configuration.policy = policy
         let runtime = ServiceRuntime(
             keys: identities.map { LocalServiceKey($0.signer) }, handlers: [signer], store: state.store,
@@ -119,6 +120,7 @@ struct BunkerDaemon: Service {
                 }
             }
             group.addTask { await pruneAuditDaily() }
+            group.addTask { await answerConnectRequests(signer: signer, runtime: runtime) }
             while !runtime.isReady {
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -126,7 +128,9 @@ struct BunkerDaemon: Service {
                 let uri = try await mintURI(for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, state: state)
                 say(uri.description)
             }
-            try await group.waitForAll()
+            // The runtime returns on SIGTERM/SIGINT (as does the listener): then the background loops stop too.
+            _ = try await group.next()
+            group.cancelAll()
         }
     }
 
@@ -141,5 +145,43 @@ struct BunkerDaemon: Service {
             }
             try? await Task.sleep(for: .seconds(86_400))
         }
+    }
+
+    /// Serves the `bunker connect` requests the CLI leaves in the store: listens on the client's relays, then
+    /// sends the connect response there, and records the outcome for the CLI to report.
+    private func answerConnectRequests(signer: RemoteSigner, runtime: ServiceRuntime) async {
+        while !Task.isCancelled {
+            do {
+                let now = Int64(Date().timeIntervalSince1970)
+                for (client, request) in try await state.connectRequests() {
+                    guard let clientKey = try? PublicKey(hex: client) else { continue }
+                    guard request.outcome == nil else {
+                        // Reported long ago and never collected (the CLI was interrupted).
+                        if now - request.createdAt > 3600 { try await state.removeConnectRequest(for: clientKey) }
+                        continue
+                    }
+                    var answered = request
+                    answered.outcome = await accept(request, signer: signer, runtime: runtime)
+                    try await state.requestConnect(answered, client: clientKey)
+                    logger.notice("nostrconnect", metadata: ["nostr.pubkey": "\(client)", "outcome": "\(answered.outcome ?? "")"])
+                }
+            } catch {
+                logger.error("could not read connect requests", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    private func accept(_ request: PendingConnect, signer: RemoteSigner, runtime: ServiceRuntime) async -> String {
+        guard let uri = try? NostrConnectURI(request.uri) else { return "failed: not a nostrconnect URI" }
+        runtime.setRelays(Array(Set(runtime.relays).union(uri.relays)).sorted())
+        // Requests are ephemeral events: listen on the client's relays before telling it to send any.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline,
+            !runtime.relayStatus().contains(where: { uri.relays.contains($0.url) && $0.isConnected })
+        {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return await signer.accept(request, through: runtime.pool)
     }
 }

@@ -55,6 +55,24 @@ struct BunkerKitTests {
         #expect(throws: BunkerError.self) { try BunkerURI("bunker://nothex?relay=wss%3A%2F%2Fa.example") }
     }
 
+    @Test("nostrconnect:// URIs: the NIP's example (form-encoded), the older metadata form; no relay or no secret refused")
+    func nostrConnectURIs() throws {
+        let example = try NostrConnectURI(
+            "nostrconnect://83f3b2ae6aa368e8275397b9c26cf550101d63ebaab900d19dd4a4429f5ad8f5?relay=wss%3A%2F%2Frelay1.example.com&perms=nip44_encrypt%2Cnip44_decrypt%2Csign_event%3A13%2Csign_event%3A14%2Csign_event%3A1059&name=My+Client&secret=0s8j2djs&relay=wss%3A%2F%2Frelay2.example2.com")
+        #expect(example.client.hex == "83f3b2ae6aa368e8275397b9c26cf550101d63ebaab900d19dd4a4429f5ad8f5")
+        #expect(example.relays.map(\.string) == ["wss://relay1.example.com", "wss://relay2.example2.com"])
+        #expect(example.secret == "0s8j2djs")
+        #expect(example.name == "My Client")
+        #expect(example.requested.entries == ["nip44_encrypt", "nip44_decrypt", "sign_event:13", "sign_event:14", "sign_event:1059"])
+        let client = SecretKey.generate().publicKey.hex
+        let older = try NostrConnectURI("nostrconnect://\(client)?relay=ws%3A%2F%2F127.0.0.1%3A7&secret=abc&metadata=%7B%22name%22%3A%22Old+App%22%2C%22url%22%3A%22https%3A%2F%2Fapp.example%22%7D")
+        #expect(older.name == "Old App")
+        #expect(older.url == "https://app.example")
+        #expect(throws: BunkerError.self) { try NostrConnectURI("nostrconnect://\(client)?secret=abc") }
+        #expect(throws: BunkerError.self) { try NostrConnectURI("nostrconnect://\(client)?relay=ws%3A%2F%2F127.0.0.1%3A7") }
+        #expect(throws: BunkerError.self) { try NostrConnectURI("bunker://\(client)?relay=ws%3A%2F%2F127.0.0.1%3A7&secret=abc") }
+    }
+
     @Test("the key store: ncryptsec files readable by the owner only, listed without the passphrase, a wrong one refused")
     func keyStore() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-test-\(UUID().uuidString)")
