@@ -51,6 +51,7 @@ bench: deps build-release
 	.build/release/switchboard-bench crypto
 	.build/release/switchboard-bench relay
 	.build/release/switchboard-bench service
+	.build/release/switchboard-bench bunker
 
 # Fuzz each target for FUZZ_SECONDS (default 60): `make fuzz FUZZ_SECONDS=600`.
 FUZZ_SECONDS ?= 60

@@ -28,6 +28,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Days the audit log is kept.") var auditDays: Int = 90
     @Option(help: "Requests per second each client may send (sustained).") var clientRate: Double = 20
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 60
+    @Option(help: "Requests of one client handled at once (more get a \"too many requests\" error).") var clientConcurrency = 8
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func run() async throws {
@@ -51,6 +52,7 @@ struct Serve: AsyncParsableCommand {
         var policy = RequestPolicy.Configuration()
         policy.rate = clientRate
         policy.burst = max(1, clientBurst)
+        policy.maximumConcurrentPerSender = max(1, clientConcurrency)
         let daemon = BunkerDaemon(
             directory: directory, identities: identities, state: try directory.openState(), relays: relays,
             http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },

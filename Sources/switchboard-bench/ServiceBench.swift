@@ -76,7 +76,7 @@ struct BenchClients {
     }
 }
 
-/// Requests awaiting their reply: send time by request id, latencies, and how the replies read.
+/// Requests awaiting their reply: send time by request key, latencies, and how the replies read.
 final class Outstanding: Sendable {
     struct State {
         var sent: [String: UInt64] = [:]
@@ -87,31 +87,47 @@ final class Outstanding: Sendable {
     let state = Mutex(State())
     let completions: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
-    let clients: BenchClients
+    let reading: ReplyReader
 
-    init(clients: BenchClients) {
-        self.clients = clients
+    init(reading: ReplyReader) {
+        self.reading = reading
         (completions, signal) = AsyncStream<Void>.makeStream()
     }
 
     func sending(_ request: Event, at nanoseconds: UInt64) {
-        state.withLock { $0.sent[request.id.hex] = nanoseconds }
+        let key = reading.key(request)
+        state.withLock { $0.sent[key] = nanoseconds }
     }
 
     func received(_ reply: Event) {
         let arrival = DispatchTime.now().uptimeNanoseconds
-        guard let requestID = reply.tagValues("e").first, let recipient = reply.tagValues("p").first,
-            let client = (try? PublicKey(hex: recipient)).flatMap({ clients.byPublicKey[$0] })
-        else { return }
-        let text = try? NIP44.decrypt(reply.content, conversationKey: clients.conversations[client])
+        guard let (key, correct) = reading.read(reply) else { return }
         let matched = state.withLock { state -> Bool in
-            guard let sent = state.sent.removeValue(forKey: requestID) else { return false }
+            guard let sent = state.sent.removeValue(forKey: key) else { return false }
             _ = state.histogram.record(arrival > sent ? arrival - sent : 0)
             state.answered += 1
-            if text?.contains(" REQUEST ") != true { state.wrong += 1 }
+            if !correct { state.wrong += 1 }
             return true
         }
         if matched { signal.yield() }
+    }
+}
+
+/// How a benchmark pairs replies with requests: the key a request is known by, and a reply's key and whether
+/// it is the right answer (nil: not a reply to us).
+struct ReplyReader: Sendable {
+    let key: @Sendable (Event) -> String
+    let read: @Sendable (Event) -> (key: String, correct: Bool)?
+
+    /// The uppercase service: replies `e`-tag their request and carry its text upper-cased.
+    static func uppercase(_ clients: BenchClients) -> ReplyReader {
+        ReplyReader(key: { $0.id.hex }) { reply in
+            guard let requestID = reply.tagValues("e").first, let recipient = reply.tagValues("p").first,
+                let client = (try? PublicKey(hex: recipient)).flatMap({ clients.byPublicKey[$0] })
+            else { return nil }
+            let text = try? NIP44.decrypt(reply.content, conversationKey: clients.conversations[client])
+            return (requestID, text?.contains(" REQUEST ") == true)
+        }
     }
 }
 
@@ -134,10 +150,10 @@ struct RunResult {
 /// Publishes `requests`, keeping `window` awaiting replies (closed loop), or at `rate` per second (open loop,
 /// latency from each request's scheduled time); returns once every one is answered.
 func drive(
-    _ requests: [Event], window: Int? = nil, rate: Double? = nil, clients: BenchClients, pool: RelayPool,
+    _ requests: [Event], window: Int? = nil, rate: Double? = nil, reading: ReplyReader, pool: RelayPool,
     replies: RelaySubscription, service: Int32
 ) async throws -> RunResult {
-    let outstanding = Outstanding(clients: clients)
+    let outstanding = Outstanding(reading: reading)
     let before = ProcessUsage(pid: service), benchBefore = ProcessUsage(pid: getpid())
     let start = DispatchTime.now().uptimeNanoseconds
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -254,7 +270,7 @@ func runService() async throws {
                 try await pool.withSubscription([filter]) { replies in
                     // Warm-up: connections, caches, the journal file.
                     let warm = try BenchClients(count: 10, service: service)
-                    _ = try await drive(try warm.requests(5000, service: service, label: "warm"), window: window, clients: warm, pool: pool, replies: replies, service: process.processIdentifier)
+                    _ = try await drive(try warm.requests(5000, service: service, label: "warm"), window: window, reading: .uppercase(warm), pool: pool, replies: replies, service: process.processIdentifier)
 
                     let floorClients = try BenchClients(count: 1, service: service)
                     let floor = try cryptoFloorMicroseconds(
@@ -266,7 +282,7 @@ func runService() async throws {
                     for count in [10, 100, 1000, 10_000] {
                         let clients = try BenchClients(count: count, service: service)
                         let requests = try clients.requests(perRun, service: service, label: "c\(count)")
-                        let result = try await drive(requests, window: window, clients: clients, pool: pool, replies: replies, service: process.processIdentifier)
+                        let result = try await drive(requests, window: window, reading: .uppercase(clients), pool: pool, replies: replies, service: process.processIdentifier)
                         let usage = ProcessUsage(pid: process.processIdentifier)
                         costs[count] = result.cpuPerRequest
                         say("  \(padLeft("\(count)", 6)) clients: \(padLeft(format(result.rate), 8)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  service CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request (\(String(format: "%.1f", result.cpuPerRequest / floor))× the floor)  relay+generator CPU \(String(format: "%.0f", result.benchCPUPerRequest)) µs/request  RSS \(usage.residentKiB / 1024) MiB (peak \(usage.peakResidentKiB / 1024))\(result.wrong > 0 ? "  WRONG REPLIES \(result.wrong)" : "")")
@@ -277,7 +293,7 @@ func runService() async throws {
 
                     let clients = try BenchClients(count: 1000, service: service)
                     let requests = try clients.requests(Int(rate * openSeconds), service: service, label: "open")
-                    let result = try await drive(requests, rate: rate, clients: clients, pool: pool, replies: replies, service: process.processIdentifier)
+                    let result = try await drive(requests, rate: rate, reading: .uppercase(clients), pool: pool, replies: replies, service: process.processIdentifier)
                     say("open loop at \(format(rate)) requests/s for \(Int(openSeconds)) s, 1,000 clients: p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG REPLIES \(result.wrong)" : "")")
                 }
             }

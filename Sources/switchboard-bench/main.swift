@@ -183,7 +183,14 @@ case "service":
         print("service benchmark failed: \(error)")
         exit(1)
     }
+case "bunker":
+    do {
+        try await runBunker()
+    } catch {
+        print("bunker benchmark failed: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: switchboard-bench crypto | relay | service")
+    print("usage: switchboard-bench crypto | relay | service | bunker")
     exit(64)
 }
