@@ -30,7 +30,7 @@ struct NIP46Command: AsyncParsableCommand {
     @Argument(help: "The method's parameters.") var params: [String] = []
 
     func run() async throws {
-        do {
+        try await reportingErrors {
             let bunker = try BunkerURI(uri)
             var client = NIP46Client(uri: bunker, key: try clientKey())
             client.timeout = .seconds(max(1, timeout))
@@ -50,18 +50,6 @@ struct NIP46Command: AsyncParsableCommand {
                 return try await signer.call(method, params)
             }
             IO.writeLine(output)
-        } catch let error as NIP46Error {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode(1)
-        } catch let error as BunkerError {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode(1)
-        } catch let error as CommandFailure {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            throw ExitCode(1)
-        } catch let error as NostrError {
-            FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
-            throw ExitCode(1)
         }
     }
 

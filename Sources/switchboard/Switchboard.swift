@@ -1,4 +1,5 @@
 import ArgumentParser
+import BunkerKit
 import Foundation
 import NostrCore
 import NostrCrypto
@@ -48,16 +49,33 @@ enum IO {
 func reportingErrors(_ body: () throws -> Void) throws {
     do {
         try body()
-    } catch let error as CommandFailure {
-        FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
-        throw ExitCode(1)
-    } catch let error as NostrError {
-        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
-        throw ExitCode(1)
-    } catch let error as CryptoError {
-        FileHandle.standardError.write(Data("error: \(error.message)\n".utf8))
-        throw ExitCode(1)
+    } catch {
+        try report(error)
     }
+}
+
+/// The same, for asynchronous commands.
+func reportingErrors(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch {
+        try report(error)
+    }
+}
+
+/// Prints a library error as one line on stderr and exits with 1; anything else is rethrown.
+private func report(_ error: any Error) throws -> Never {
+    let message: String
+    switch error {
+    case let error as CommandFailure: message = error.description
+    case let error as NostrError: message = error.message
+    case let error as CryptoError: message = error.message
+    case let error as NIP46Error: message = error.description
+    case let error as BunkerError: message = error.description
+    default: throw error
+    }
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    throw ExitCode(1)
 }
 
 /// Secret key options shared by the commands that sign or decrypt.
