@@ -141,11 +141,8 @@ func signFloorMicroseconds(requests: [Event], clients: BunkerClients) throws -> 
 }
 
 func runBunker() async throws {
-    let environment = ProcessInfo.processInfo.environment
-    let perRun = Int(environment["BENCH_REQUESTS"] ?? "") ?? 20_000
-    let rate = Double(environment["BENCH_RATE"] ?? "") ?? 1000
-    let openSeconds = Double(environment["BENCH_SECONDS"] ?? "") ?? 10
-    let window = 256
+    let settings = LoadSettings(defaultRequests: 20_000)
+    let (perRun, rate, openSeconds, window) = (settings.perRun, settings.rate, settings.openSeconds, settings.window)
     try await withBenchRelay { url in
         try await withBunkerProcess(url) { signer, process, state in
             var configuration = RelayPool.Configuration()

@@ -253,12 +253,25 @@ func cryptoFloorMicroseconds(service: SecretKey, clients: BenchClients, requests
     return 1e6 / perSecond
 }
 
-func runService() async throws {
-    let environment = ProcessInfo.processInfo.environment
-    let perRun = Int(environment["BENCH_REQUESTS"] ?? "") ?? 40_000
-    let rate = Double(environment["BENCH_RATE"] ?? "") ?? 1000
-    let openSeconds = Double(environment["BENCH_SECONDS"] ?? "") ?? 10
+/// The load benchmarks' settings: BENCH_REQUESTS (closed-loop run length), BENCH_RATE and BENCH_SECONDS (the
+/// open loop, default 1,000/s for 10 s); 256 requests in flight in the closed loop.
+struct LoadSettings {
+    let perRun: Int
+    let rate: Double
+    let openSeconds: Double
     let window = 256
+
+    init(defaultRequests: Int) {
+        let environment = ProcessInfo.processInfo.environment
+        perRun = Int(environment["BENCH_REQUESTS"] ?? "") ?? defaultRequests
+        rate = Double(environment["BENCH_RATE"] ?? "") ?? 1000
+        openSeconds = Double(environment["BENCH_SECONDS"] ?? "") ?? 10
+    }
+}
+
+func runService() async throws {
+    let settings = LoadSettings(defaultRequests: 40_000)
+    let (perRun, rate, openSeconds, window) = (settings.perRun, settings.rate, settings.openSeconds, settings.window)
     try await withBenchRelay { url in
         try await withUppercaseService(url) { service, process in
             var configuration = RelayPool.Configuration()
