@@ -15,6 +15,9 @@ let package = Package(
         .executable(name: "switchboard-bench", targets: ["switchboard-bench"]),
         .executable(name: "bunker", targets: ["bunker"]),
         .library(name: "BunkerKit", targets: ["BunkerKit"]),
+        .library(name: "WalletKit", targets: ["WalletKit"]),
+        .library(name: "WalletKitPostgres", targets: ["WalletKitPostgres"]),
+        .executable(name: "wallet-bridge", targets: ["wallet-bridge"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.24.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // The three C libraries, as Debian packages them. Only NostrCrypto imports these
@@ -115,11 +120,44 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // wallet-bridge: the NIP-47 wallet service (WalletKit is its library: BOLT11, the wallet store, the
+        // backends, the request handler).
         .target(
-            name: "NostrServiceTesting",
+            name: "WalletKit",
             dependencies: [
                 "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "WalletKitPostgres",
+            dependencies: [
+                "WalletKit", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "wallet-bridge",
+            dependencies: [
+                "WalletKit", "WalletKitPostgres", "NostrService", "NostrServicePostgres", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "NostrServiceTesting",
+            dependencies: [
+                "NostrService", "NostrServicePostgres", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         .executableTarget(
@@ -185,6 +223,15 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .testTarget(
+            name: "WalletKitTests",
+            dependencies: [
+                "WalletKit", "WalletKitPostgres", "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay",
+                "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         .testTarget(

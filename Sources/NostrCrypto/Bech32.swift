@@ -57,19 +57,39 @@ public enum Bech32 {
 
     /// Encodes `data` (8-bit bytes) under the human-readable part `hrp` (lowercase).
     public static func encode(hrp: String, data: some Sequence<UInt8>) -> String {
+        encode(hrp: hrp, words: convertBits(data, from: 8, to: 5, pad: true) ?? [])
+    }
+
+    /// Encodes 5-bit `words` (each below 32) under `hrp` (lowercase), for formats that pack their own bits
+    /// (BOLT11 invoices).
+    public static func encode(hrp: String, words: [UInt8]) -> String {
         let hrpBytes = Array(hrp.utf8)
-        let values = convertBits(data, from: 8, to: 5, pad: true) ?? []
-        let checksumInput = expand(hrpBytes) + values + [0, 0, 0, 0, 0, 0]
+        let checksumInput = expand(hrpBytes) + words + [0, 0, 0, 0, 0, 0]
         let mod = polymod(checksumInput) ^ 1
         var out = hrpBytes
         out.append(UInt8(ascii: "1"))
-        for v in values { out.append(charset[Int(v)]) }
+        for v in words { out.append(charset[Int(v & 31)]) }
         for i in 0..<6 { out.append(charset[Int((mod >> UInt32(5 * (5 - i))) & 31)]) }
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Regroups bits: 8 → 5 to pack bytes into words, 5 → 8 to unpack (nil on values out of range or, without
+    /// `pad`, on non-zero padding).
+    public static func regroup(_ data: some Sequence<UInt8>, from: Int, to: Int, pad: Bool) -> [UInt8]? {
+        convertBits(data, from: from, to: to, pad: pad)
+    }
+
     /// Decodes a bech32 string into its lowercase human-readable part and 8-bit data.
     public static func decode(_ text: String, maximumLength: Int = defaultMaximumLength) throws -> (hrp: String, data: [UInt8]) {
+        let (hrp, words) = try decodeWords(text, maximumLength: maximumLength)
+        guard let data = convertBits(words, from: 5, to: 8, pad: false) else {
+            throw CryptoError(.invalidParameter, "bech32 data has invalid padding")
+        }
+        return (hrp, data)
+    }
+
+    /// Decodes a bech32 string into its lowercase human-readable part and its 5-bit words (checksum removed).
+    public static func decodeWords(_ text: String, maximumLength: Int = defaultMaximumLength) throws -> (hrp: String, words: [UInt8]) {
         let bytes = Array(text.utf8)
         guard bytes.count <= maximumLength else {
             throw CryptoError(.invalidParameter, "bech32 string longer than \(maximumLength) characters")
@@ -101,10 +121,7 @@ public enum Bech32 {
         guard polymod(expand(hrp) + values) == 1 else {
             throw CryptoError(.invalidParameter, "bech32 checksum does not match")
         }
-        guard let data = convertBits(values.dropLast(6), from: 5, to: 8, pad: false) else {
-            throw CryptoError(.invalidParameter, "bech32 data has invalid padding")
-        }
-        return (String(decoding: hrp, as: UTF8.self), data)
+        return (String(decoding: hrp, as: UTF8.self), Array(values.dropLast(6)))
     }
 }
 

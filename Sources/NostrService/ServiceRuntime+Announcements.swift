@@ -72,8 +72,9 @@ extension ServiceRuntime {
                 nextAnnouncement: now + Int64(self.configuration.announcementInterval.components.seconds))
         }
         var confirmed = true
-        for publicKey in keyOrder {
-            guard let key = keys[publicKey] else { continue }
+        let keyring = keyring.withLock { $0 }
+        for publicKey in keyring.order {
+            guard let key = keyring.byKey[publicKey] else { continue }
             var templates: [EventTemplate] = []
             if configuration.announcesRelayList {
                 templates.append(EventTemplate(kind: .relayList, tags: relays.map { ["r", $0.string] }, createdAt: now))

@@ -85,8 +85,8 @@ public final class ServiceRuntime: Service, Sendable {
     let listener: RelayPool
     /// The store holding the journal and handlers' state.
     public let store: any ServiceStore
-    let keys: [PublicKey: any ServiceSigner]
-    let keyOrder: [PublicKey]
+    /// The keys requests may address (``addKeys(_:)`` and ``removeKeys(_:)`` change them while it runs).
+    let keyring: Mutex<Keyring>
     let handlers: [Kind: any RequestHandler]
     let handlerList: [any RequestHandler]
     private let extraRelays: ExtraRelays
@@ -97,6 +97,12 @@ public final class ServiceRuntime: Service, Sendable {
     let state: Mutex<RuntimeState>
     /// Wakes the announcement loop (start, timer, relay changes); coalesces.
     let announcementSignal = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+
+    struct Keyring {
+        var byKey: [PublicKey: any ServiceSigner]
+        /// In the order given; the first key is the service's own (NIP-42, untargeted requests).
+        var order: [PublicKey]
+    }
 
     struct RuntimeState {
         var policy: RequestPolicy
@@ -126,8 +132,9 @@ public final class ServiceRuntime: Service, Sendable {
         precondition(!keys.isEmpty, "a service needs at least one key")
         self.configuration = configuration
         self.store = store
-        self.keys = Dictionary(keys.map { ($0.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
-        self.keyOrder = keys.map(\.publicKey)
+        var order: [PublicKey] = []
+        for key in keys where !order.contains(key.publicKey) { order.append(key.publicKey) }
+        self.keyring = Mutex(Keyring(byKey: Dictionary(keys.map { ($0.publicKey, $0) }, uniquingKeysWith: { first, _ in first }), order: order))
         var byKind: [Kind: any RequestHandler] = [:]
         for handler in handlers {
             for kind in handler.kinds {
@@ -207,11 +214,72 @@ public final class ServiceRuntime: Service, Sendable {
         subscription?.stop()
     }
 
+    /// The public keys requests may address, the service's own first.
+    public var publicKeys: [PublicKey] { keyring.withLock(\.order) }
+
+    /// Starts answering requests addressed to `keys` (one per connection, say) without a restart: the
+    /// subscription is replaced on every relay, and the new keys' announcements are published.
+    public func addKeys(_ keys: [any ServiceSigner]) async throws {
+        let added = keyring.withLock { keyring in
+            var added = 0
+            for key in keys where keyring.byKey[key.publicKey] == nil {
+                keyring.byKey[key.publicKey] = key
+                keyring.order.append(key.publicKey)
+                added += 1
+            }
+            return added
+        }
+        guard added > 0 else { return }
+        try await resubscribe()
+        announcementSignal.continuation.yield()
+    }
+
+    /// Stops answering requests addressed to `keys` (the service's own key stays).
+    public func removeKeys(_ keys: [PublicKey]) async throws {
+        let removed = keyring.withLock { keyring in
+            let own = keyring.order.first
+            let gone = Set(keys).subtracting(own.map { [$0] } ?? [])
+            let before = keyring.order.count
+            keyring.order.removeAll { gone.contains($0) }
+            for key in gone { keyring.byKey[key] = nil }
+            return before - keyring.order.count
+        }
+        if removed > 0 { try await resubscribe() }
+    }
+
+    /// Sends the request subscription's current filters to the relays (under the same id, which replaces it).
+    private func resubscribe() async throws {
+        let filters = try await requestFilters()
+        guard let subscription = state.withLock({ $0.subscription }) else { return }
+        listener.updateFilters(filters, of: subscription)
+    }
+
+    /// Publishes an event that answers no request (a notification): `reply.content` is encrypted from `key`
+    /// (one of the service's keys) to `reply.recipient` in `reply.encryption`, signed by `key`, and sent to the
+    /// service's relays and `reply.relays`, retrying relays that do not answer.
+    @discardableResult
+    public func send(_ reply: ServiceReply, from key: PublicKey) async throws -> [RelayURL: PublishResult] {
+        guard let signer = keyring.withLock({ $0.byKey[key] }) else {
+            throw ServiceError(.unauthorized, "\(key.hex) is not one of this service's keys")
+        }
+        let content: String
+        switch reply.encryption {
+        case .plaintext: content = reply.content
+        case .nip44, .nip04:
+            guard let recipient = reply.recipient else { throw ServiceError(.badRequest, "an encrypted event needs a recipient") }
+            content = try reply.encryption == .nip44
+                ? signer.nip44Encrypt(reply.content, to: recipient) : signer.nip04Encrypt(reply.content, to: recipient)
+        }
+        let event = try await signer.sign(EventTemplate(kind: reply.kind, content: content, tags: reply.tags))
+        return await publishConfirmed(event, to: Set(pool.relays).union(reply.relays))
+    }
+
     /// The subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds, from
     /// the checkpoint minus the margin (but not before the age window).
     func requestFilters() async throws -> [Filter] {
         let now = Timestamp.now
         var since = now - configuration.maximumAge
+        let keyOrder = keyring.withLock(\.order)
         var checkpoints: [Timestamp] = []
         for key in keyOrder {
             if let checkpoint = try await store.checkpoint(for: key) { checkpoints.append(checkpoint) }
@@ -264,11 +332,14 @@ public final class ServiceRuntime: Service, Sendable {
         }
         guard let handler = handlers[event.kind] else { return drop("unknown_kind") }
         let addressed = event.tagValues("p")
-        let key: (any ServiceSigner)?
-        if addressed.isEmpty {
-            key = handler.acceptsUntargeted ? keys[keyOrder[0]] : nil
-        } else {
-            key = addressed.lazy.compactMap { try? PublicKey(hex: $0) }.compactMap { self.keys[$0] }.first
+        let key: (any ServiceSigner)? = keyring.withLock { keyring in
+            if addressed.isEmpty {
+                return handler.acceptsUntargeted ? keyring.byKey[keyring.order[0]] : nil
+            }
+            for value in addressed {
+                if let publicKey = try? PublicKey(hex: value), let key = keyring.byKey[publicKey] { return key }
+            }
+            return nil
         }
         guard let key else { return drop("not_addressed") }
         if event.createdAt < now - configuration.maximumAge { return drop("too_old") }

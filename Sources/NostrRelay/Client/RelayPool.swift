@@ -97,7 +97,7 @@ public final class RelayPool: Service, Sendable {
             let connection = RelayConnection(url: url, configuration: configuration, signer: signer, delegate: delegate, logger: logger)
             registry.connections[url] = connection
             for (id, subscription) in registry.subscriptions where subscription.relays == nil {
-                connection.subscribe(id, filters: subscription.filters)
+                connection.subscribe(id, filters: subscription.filters.withLock { $0 })
             }
             registry.starts.yield(connection)
             return true
@@ -198,6 +198,17 @@ public final class RelayPool: Service, Sendable {
         return try await body(RelaySubscription(id: id, channel: subscription.channel))
     }
 
+    /// Replaces the filters of an open subscription on every relay it spans (a new `REQ` under the same id,
+    /// which relays treat as a replacement). Events already delivered are not delivered again.
+    public func updateFilters(_ filters: [Filter], of subscription: RelaySubscription) {
+        let connections: [RelayConnection] = registry.withLock { registry in
+            guard let shared = registry.subscriptions[subscription.id] else { return [] }
+            shared.filters.withLock { $0 = filters }
+            return registry.connections.values.filter { shared.relays?.contains($0.url) ?? true }
+        }
+        for connection in connections { connection.subscribe(subscription.id, filters: filters) }
+    }
+
     /// Stored events matching `filters` from `relays` (all by default): collected until every relay has sent
     /// `EOSE` or closed the request, or `timeout` passes; deduplicated, newest first.
     public func fetch(_ filters: [Filter], from relays: [RelayURL]? = nil, timeout: Duration = .seconds(10)) async throws -> [Event] {
@@ -245,14 +256,14 @@ public final class RelayPool: Service, Sendable {
 /// A pool subscription's shared state: its filters, the relays it spans, the channel its items go through
 /// and the ids already delivered.
 final class PoolSubscription: Sendable {
-    let filters: [Filter]
+    let filters: Mutex<[Filter]>
     let relays: Set<RelayURL>?
     let channel: BoundedChannel<SubscriptionItem>
     private let seen: Mutex<RecentEventIDs>
 
     init(filters: [Filter], relays: Set<RelayURL>?, bufferSize: Int, deduplicationCapacity: Int) {
         self.channel = BoundedChannel(capacity: bufferSize)
-        self.filters = filters
+        self.filters = Mutex(filters)
         self.relays = relays
         self.seen = Mutex(RecentEventIDs(capacity: deduplicationCapacity))
     }

@@ -1,0 +1,309 @@
+public import Logging
+public import NostrCore
+public import NostrCrypto
+public import NostrRelay
+public import NostrService
+
+/// The NIP-47 wallet service as a runtime handler: kind 23194 requests to a connection's wallet key,
+/// answered by that key (kind 23195) in the request's scheme.
+///
+/// The runtime runs each request event at most once (its journal), however many relays deliver it; the
+/// store refuses a second payment of a hash the connection has pending or settled, and reserves amount plus
+/// fee reserve against the budget (and the ledger balance) in one transaction before the backend pays.
+public struct WalletService: RequestHandler {
+    public struct Configuration: Sendable {
+        /// How long `pay_invoice` waits for a payment in flight before answering that it is still pending
+        /// (an `OTHER` error that says so; never `PAYMENT_FAILED`).
+        public var paymentWait: Duration = .seconds(60)
+        /// Expiry of invoices made without one (seconds).
+        public var defaultInvoiceExpiry: Int64 = 86_400
+        /// The longest expiry accepted (seconds).
+        public var maximumInvoiceExpiry: Int64 = 30 * 86_400
+        /// The most transactions one `list_transactions` answer holds (keeps responses well under 64 KiB).
+        public var maximumListLimit = 50
+
+        public init() {}
+    }
+
+    let store: any WalletStore
+    let backend: any LightningBackend
+    let configuration: Configuration
+
+    public init(store: any WalletStore, backend: any LightningBackend, configuration: Configuration = Configuration()) {
+        self.store = store
+        self.backend = backend
+        self.configuration = configuration
+    }
+
+    public var kinds: Set<Kind> { [NIP47.requestKind] }
+
+    /// Long enough for a payment to resolve, with room to answer.
+    public var timeout: Duration { configuration.paymentWait + .seconds(15) }
+
+    /// The methods this service offers, in NIP-47's order.
+    public var supportedMethods: [String] {
+        NIP47.coreMethods + NIP47.optionalMethods.filter(backend.optionalMethods.contains)
+    }
+
+    // MARK: Requests
+
+    public func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        do {
+            let message = try NIP47.Request(json: request.content)
+            try checkEncryptionTag(request)
+            let connection = try await connection(for: request)
+            guard supportedMethods.contains(message.method) else {
+                throw NIP47Error(.notImplemented, "\(message.method) is not implemented")
+            }
+            guard NIP47.alwaysGranted.contains(message.method) || connection.methods.contains(message.method) else {
+                throw NIP47Error(.restricted, "this connection may not use \(message.method)")
+            }
+            let result = try await respond(to: message, connection: connection, context: context)
+            return [request.reply(kind: NIP47.responseKind, content: NIP47.response(message.method, result: result))]
+        } catch let error as NIP47Error {
+            throw ServiceError(ServiceError.Code(error.code.rawValue), error.message)
+        }
+    }
+
+    public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
+        let method = NIP47.Request.method(in: request.content) ?? ""
+        let wire: NIP47Error
+        if let code = NIP47.ErrorCode(rawValue: error.code.rawValue) {
+            wire = NIP47Error(code, error.message)
+        } else {
+            switch error.code {
+            case .rateLimited, .tooManyRequests: wire = NIP47Error(.rateLimited, error.message)
+            case .unsupportedEncryption: wire = NIP47Error(.unsupportedEncryption, error.message)
+            case .unauthorized: wire = NIP47Error(.unauthorized, error.message)
+            case .internal: wire = NIP47Error(.internal, error.message)
+            case .interrupted:
+                wire = NIP47Error(.other, "the service stopped while handling this request; it is not run again (lookup_invoice tells whether a payment went out)")
+            case .timeout where method.hasPrefix("pay_"):
+                wire = NIP47Error(.other, "the payment is still in flight, not failed; lookup_invoice tells when it resolves")
+            default: wire = NIP47Error(.other, error.message)
+            }
+        }
+        return request.reply(kind: NIP47.responseKind, content: NIP47.errorResponse(method, wire))
+    }
+
+    /// The request's `encryption` tag names the scheme (absent means nip04); the reply uses the scheme the
+    /// content actually came in, which the runtime detected.
+    private func checkEncryptionTag(_ request: ServiceRequest) throws {
+        guard let tag = request.event.tagValues("encryption").first else { return }
+        let schemes = tag.split(separator: " ").map(String.init)
+        guard schemes.contains(where: { $0 == "nip44_v2" || $0 == "nip04" }) else {
+            throw NIP47Error(.unsupportedEncryption, "supported encryption: nip44_v2 nip04")
+        }
+    }
+
+    private func connection(for request: ServiceRequest) async throws -> WalletConnection {
+        guard let connection = try await store.connection(walletKey: request.recipient), connection.clientKey == request.sender else {
+            throw NIP47Error(.unauthorized, "no wallet is connected for this key")
+        }
+        if connection.revokedAt != nil { throw NIP47Error(.unauthorized, "this connection was revoked") }
+        if let expiresAt = connection.expiresAt, expiresAt <= .now { throw NIP47Error(.unauthorized, "this connection has expired") }
+        return connection
+    }
+
+    private func respond(to message: NIP47.Request, connection: WalletConnection, context: RequestContext) async throws -> JSONValue {
+        let params = Params(message.params)
+        let now = Timestamp.now
+        switch message.method {
+        case "get_info":
+            let info = try await backend.nodeInfo()
+            let granted = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
+            return .object([
+                "alias": .string(info.alias), "color": .string(info.color), "pubkey": .string(info.pubkey),
+                "network": .string(info.network.name), "block_height": .int(info.blockHeight), "block_hash": .string(info.blockHash),
+                "methods": .array(granted.map(JSONValue.string)),
+                "notifications": .array(NIP47.notificationTypes.map(JSONValue.string)),
+            ])
+        case "get_balance":
+            return .object(["balance": .int(try await backend.balance(of: connection))])
+        case "get_budget":
+            guard let budget = connection.budget else { return .object([:]) }
+            var result: [String: JSONValue] = [
+                "used_budget": .int(try await store.spent(connection: connection.id, since: budget.period.start(containing: now))),
+                "total_budget": .int(budget.msat), "renewal_period": .string(budget.period.rawValue),
+            ]
+            if let renewal = budget.period.renewal(after: now) { result["renews_at"] = .int(renewal) }
+            return .object(result)
+        case "make_invoice":
+            let amount = try params.positiveInteger("amount")
+            let description = try params.string("description")
+            if let description, description.utf8.count > 639 { throw NIP47Error(.other, "the description is longer than 639 bytes") }
+            let descriptionHash = try params.string("description_hash").map { text in
+                guard let hash = Bytes32(hex: text) else { throw NIP47Error(.other, "description_hash must be 32 bytes of hex") }
+                return hash
+            }
+            let expiry = try params.positiveInteger("expiry") ?? configuration.defaultInvoiceExpiry
+            guard expiry <= configuration.maximumInvoiceExpiry else {
+                throw NIP47Error(.other, "expiry may be at most \(configuration.maximumInvoiceExpiry) seconds")
+            }
+            guard let amount else { throw NIP47Error(.other, "make_invoice needs a positive \"amount\" in msat") }
+            let invoice = try await backend.makeInvoice(
+                InvoiceRequest(amountMsat: amount, description: description, descriptionHash: descriptionHash, expiry: expiry, metadata: params.metadata),
+                for: connection, now: now)
+            return NIP47.transactionJSON(invoice, now: now)
+        case "lookup_invoice":
+            let hash: Bytes32
+            if let text = try params.string("payment_hash") {
+                guard let parsed = Bytes32(hex: text) else { throw NIP47Error(.other, "payment_hash must be 32 bytes of hex") }
+                hash = parsed
+            } else if let text = try params.string("invoice") {
+                hash = try decode(text).paymentHash
+            } else {
+                throw NIP47Error(.other, "lookup_invoice needs \"payment_hash\" or \"invoice\"")
+            }
+            guard let transaction = try await store.transaction(connection: connection.id, paymentHash: hash) else {
+                throw NIP47Error(.notFound, "no invoice or payment with this hash")
+            }
+            return NIP47.transactionJSON(transaction, now: now)
+        case "list_transactions":
+            let direction: WalletTransaction.Direction? = try params.string("type").map { text in
+                guard let direction = WalletTransaction.Direction(rawValue: text) else {
+                    throw NIP47Error(.other, "type must be \"incoming\" or \"outgoing\"")
+                }
+                return direction
+            }
+            let query = TransactionQuery(
+                from: try params.integer("from"), until: try params.integer("until"),
+                limit: Int(min(try params.integer("limit") ?? Int64(configuration.maximumListLimit), Int64(configuration.maximumListLimit))),
+                offset: Int(min(max(try params.integer("offset") ?? 0, 0), 1_000_000)),
+                unpaid: try params.bool("unpaid") ?? false, direction: direction)
+            let transactions = try await store.transactions(connection: connection.id, query: query, now: now)
+            return .object(["transactions": .array(transactions.map { NIP47.transactionJSON($0, now: now) })])
+        case "pay_invoice":
+            guard let text = try params.string("invoice") else { throw NIP47Error(.other, "pay_invoice needs \"invoice\"") }
+            let invoice = try decode(text)
+            let requested = try params.positiveInteger("amount")
+            let amount: Int64
+            switch (invoice.amountMsat, requested) {
+            case (let fixed?, nil): amount = fixed
+            case (let fixed?, let asked?):
+                guard fixed == asked else { throw NIP47Error(.other, "amount \(asked) differs from the invoice's \(fixed) msat") }
+                amount = fixed
+            case (nil, let asked?): amount = asked
+            case (nil, nil): throw NIP47Error(.other, "the invoice names no amount; give \"amount\" in msat")
+            }
+            guard invoice.expiresAt > now else { throw NIP47Error(.paymentFailed, "the invoice has expired") }
+            let deadline = min(context.deadline - .seconds(10), ContinuousClock.now + configuration.paymentWait)
+            let outcome = try await backend.pay(invoice, amountMsat: amount, metadata: params.metadata, for: connection, deadline: deadline)
+            switch outcome {
+            case .paid(let payment):
+                return .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
+            case .pending:
+                throw NIP47Error(.other, "the payment is still in flight, not failed; lookup_invoice tells when it resolves")
+            case .failed(let reason):
+                throw NIP47Error(.paymentFailed, reason)
+            case .refused(let refusal):
+                throw Self.error(for: refusal)
+            }
+        default:
+            throw NIP47Error(.notImplemented, "\(message.method) is not implemented by this backend")
+        }
+    }
+
+    private func decode(_ text: String) throws -> BOLT11Invoice {
+        do {
+            return try BOLT11Invoice(text)
+        } catch let error as BOLT11Error {
+            throw NIP47Error(.other, error.description)
+        } catch {
+            throw NIP47Error(.other, "invalid invoice: \(error)")
+        }
+    }
+
+    static func error(for refusal: ReservationResult) -> NIP47Error {
+        switch refusal {
+        case .quotaExceeded(let used, let budget):
+            NIP47Error(.quotaExceeded, "the budget would be exceeded (\(used) of \(budget) msat used this period, fee reserve included)")
+        case .insufficientBalance(let balance):
+            NIP47Error(.insufficientBalance, "the balance (\(balance) msat) does not cover amount and fee reserve")
+        case .alreadyPaid(let payment) where payment.state == .settled:
+            NIP47Error(.other, "this connection already paid this invoice; it is not paid twice")
+        case .alreadyPaid:
+            NIP47Error(.other, "this connection is already paying this invoice; lookup_invoice tells when it resolves")
+        case .notLive:
+            NIP47Error(.unauthorized, "this connection is revoked or expired")
+        case .reserved:
+            NIP47Error(.internal, "internal error")
+        }
+    }
+
+    // MARK: Announcements and notifications
+
+    /// The info event (kind 13194) for each connection's wallet key: methods it may use, both encryption
+    /// schemes, and the notification types.
+    public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
+        guard let connection = try await store.connection(walletKey: context.key), connection.isLive(at: context.now) else { return [] }
+        let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
+        return [EventTemplate(
+            kind: NIP47.infoKind, content: (methods + ["notifications"]).joined(separator: " "),
+            tags: [["encryption", "nip44_v2 nip04"], ["notifications", NIP47.notificationTypes.joined(separator: " ")]],
+            createdAt: context.now)]
+    }
+
+    /// The notification for `event` to its connection's client, as NIP-44 (kind 23197) and NIP-04 (23196)
+    /// events; nil when the connection is gone.
+    public func notifications(for event: WalletEvent) async throws -> (connection: WalletConnection, replies: [ServiceReply])? {
+        let (type, transaction) = switch event {
+        case .received(let transaction): ("payment_received", transaction)
+        case .sent(let transaction): ("payment_sent", transaction)
+        }
+        guard let connection = try await store.connection(idOrName: transaction.connection), connection.isLive(at: .now) else { return nil }
+        let content = NIP47.notification(type, NIP47.transactionJSON(transaction, now: .now))
+        let tags: [Tag] = [["p", connection.clientKey.hex]]
+        return (connection, [
+            ServiceReply(kind: NIP47.notificationKind, content: content, tags: tags, encryption: .nip44, recipient: connection.clientKey),
+            ServiceReply(kind: NIP47.legacyNotificationKind, content: content, tags: tags, encryption: .nip04, recipient: connection.clientKey),
+        ])
+    }
+}
+
+/// Typed access to a request's `params`, with NIP-47 errors for wrong types.
+struct Params {
+    let values: [String: JSONValue]
+
+    init(_ values: [String: JSONValue]) { self.values = values }
+
+    func string(_ name: String) throws -> String? {
+        switch values[name] {
+        case nil, .null?: return nil
+        case .string(let text)?: return text
+        default: throw NIP47Error(.other, "\"\(name)\" must be a string")
+        }
+    }
+
+    func integer(_ name: String) throws -> Int64? {
+        switch values[name] {
+        case nil, .null?: return nil
+        case let value?:
+            guard let number = value.int64 else { throw NIP47Error(.other, "\"\(name)\" must be an integer") }
+            return number
+        }
+    }
+
+    func positiveInteger(_ name: String) throws -> Int64? {
+        guard let number = try integer(name) else { return nil }
+        guard number > 0 else { throw NIP47Error(.other, "\"\(name)\" must be positive") }
+        return number
+    }
+
+    func bool(_ name: String) throws -> Bool? {
+        switch values[name] {
+        case nil, .null?: return nil
+        case .bool(let value)?: return value
+        default: throw NIP47Error(.other, "\"\(name)\" must be true or false")
+        }
+    }
+
+    /// `metadata` as JSON text when it is at most 4096 characters (NIP-47 says to drop it otherwise).
+    var metadata: String? {
+        guard let value = values["metadata"], value != .null else { return nil }
+        var writer = JSONWriter()
+        writer.value(value)
+        let text = writer.text
+        return text.count <= 4096 ? text : nil
+    }
+}

@@ -1,0 +1,201 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import WalletKit
+
+@main
+struct WalletBridgeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wallet-bridge",
+        abstract: "A NIP-47 (Nostr Wallet Connect) wallet service: apps pay and receive through a Lightning wallet over relays.",
+        discussion: """
+            Each connection gets its own wallet key (derived from DIR/master.key), its methods, an optional \
+            budget per period and an optional expiry. Connections, invoices, payments and ledger accounts are \
+            in DIR/wallet.sqlite, the request journal in DIR/service.sqlite (or both in PostgreSQL with \
+            --postgres, for replicas); the commands below work while `serve` runs.
+
+            Backends: the built-in ledger (default) keeps an account per connection and pays between its own \
+            invoices instantly; it is not a Lightning node and cannot pay other invoices. LNbits (--backend \
+            lnbits) pays and receives through a real LNbits wallet.
+            """,
+        subcommands: [Serve.self, Connect.self, Connections.self, Revoke.self, Ledger.self])
+}
+
+struct DataDirectory: ParsableArguments {
+    @Option(name: .customLong("data-dir"), help: "The wallet service's data directory.")
+    var path = "./wallet-data"
+
+    @Option(help: ArgumentHelp(
+        "Keep connections, payments and the journal in this PostgreSQL database (postgres://user:pass@host:port/db) instead of SQLite files, so that several replicas can share them. Defaults to WALLET_BRIDGE_POSTGRES.",
+        valueName: "URL"))
+    var postgres: String?
+
+    var url: URL { URL(fileURLWithPath: path) }
+
+    var postgresURL: String? { postgres ?? ProcessInfo.processInfo.environment["WALLET_BRIDGE_POSTGRES"] }
+
+    /// Creates the directory (0700) if needed.
+    func create() throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    }
+
+    /// The master key: created on first use. Stored as NIP-49 `ncryptsec` when WALLET_BRIDGE_PASSPHRASE is
+    /// set, else as hex; mode 0600 either way.
+    func masterKey() throws -> WalletKeys {
+        try create()
+        let file = url.appendingPathComponent("master.key")
+        let passphrase = ProcessInfo.processInfo.environment["WALLET_BRIDGE_PASSPHRASE"].flatMap { $0.isEmpty ? nil : $0 }
+        if let text = try? String(contentsOf: file, encoding: .utf8) {
+            let stored = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if stored.hasPrefix("ncryptsec1") {
+                guard let passphrase else { throw ValidationError("\(file.path) is encrypted: set WALLET_BRIDGE_PASSPHRASE") }
+                return WalletKeys(master: try NIP49.decrypt(stored, password: passphrase))
+            }
+            return WalletKeys(master: try SecretKey(hex: stored))
+        }
+        let key = SecretKey.generate()
+        let stored = try passphrase.map { try NIP49.encrypt(key, password: $0, logN: 16, keySecurity: .secure) } ?? key.exportHex()
+        guard FileManager.default.createFile(atPath: file.path, contents: Data((stored + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot create \(file.path)")
+        }
+        return WalletKeys(master: key)
+    }
+
+    /// The relays `serve` uses, as it recorded them.
+    func recordedRelays() throws -> [RelayURL] {
+        let file = url.appendingPathComponent("relays.json")
+        guard let data = try? Data(contentsOf: file) else {
+            throw ValidationError("no relays recorded yet: start `wallet-bridge serve` first, or pass --relay")
+        }
+        return try JSONDecoder().decode([String].self, from: data).map { try RelayURL($0) }
+    }
+
+    func recordRelays(_ relays: [RelayURL]) throws {
+        try create()
+        try JSONEncoder().encode(relays.map(\.string)).write(to: url.appendingPathComponent("relays.json"), options: .atomic)
+    }
+}
+
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+struct Connect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a connection and print its nostr+walletconnect:// URI (shown once; its secret is not kept).",
+        discussion: "A running `serve` starts serving the connection within a second, without a restart.")
+
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "A name for the connection (unique among live ones).") var name: String
+    @Option(help: "A relay for the URI (repeat for several); default: the relays `serve` uses.") var relay: [String] = []
+    @Option(help: "Methods granted, comma-separated (default: every one the service offers, and notifications). get_info and get_budget are always allowed.")
+    var methods: String?
+    @Option(help: "Spending limit in msat per period (amounts plus fees).") var budget: Int64?
+    @Option(help: "When the budget renews: daily, weekly, monthly, yearly or never (calendar periods in UTC).") var period: String = "monthly"
+    @Option(name: .customLong("expires-at"), help: "Unix time after which the connection is refused.") var expiresAt: Int64?
+
+    func run() async throws {
+        let relays = try relay.isEmpty ? directory.recordedRelays() : relay.map { try RelayURL($0) }
+        guard !relays.isEmpty else { throw ValidationError("no relays: pass --relay") }
+        let granted = try methods.map(parseMethods) ?? Set(NIP47.coreMethods + NIP47.optionalMethods + ["notifications"])
+        var limit: Budget?
+        if let budget {
+            guard budget > 0 else { throw ValidationError("--budget must be positive") }
+            guard let renewal = BudgetPeriod(rawValue: period) else {
+                throw ValidationError("--period takes daily, weekly, monthly, yearly or never")
+            }
+            limit = Budget(msat: budget, period: renewal)
+        }
+        if let expiresAt, expiresAt <= .now { throw ValidationError("--expires-at is in the past") }
+        let keys = try directory.masterKey()
+        let stores = try await Stores.open(directory)
+        defer { stores.close() }
+        let client = SecretKey.generate()
+        let connection = try await stores.wallet.addConnection(
+            name: name, clientKey: client.publicKey, methods: granted, budget: limit, expiresAt: expiresAt, relays: relays,
+            now: .now, walletKey: { try keys.walletKey($0).publicKey })
+        say("connection \(connection.id) (\(connection.name))")
+        say(walletConnectURI(wallet: connection.walletKey, relays: relays, secret: client))
+    }
+}
+
+/// `nostr+walletconnect://<wallet pubkey>?relay=…&secret=…` (relays percent-encoded).
+func walletConnectURI(wallet: PublicKey, relays: [RelayURL], secret: SecretKey) -> String {
+    var allowed = CharacterSet.alphanumerics
+    allowed.insert(charactersIn: "-._~")
+    let query = relays.map { "relay=" + ($0.string.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0.string) }
+        + ["secret=" + secret.exportHex()]
+    return "nostr+walletconnect://\(wallet.hex)?" + query.joined(separator: "&")
+}
+
+func parseMethods(_ text: String) throws -> Set<String> {
+    let known = Set(NIP47.coreMethods + NIP47.optionalMethods + ["notifications"])
+    let names = text.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
+    for name in names where !known.contains(name) {
+        throw ValidationError("unknown method \(name); known: \(known.sorted().joined(separator: ", "))")
+    }
+    return Set(names)
+}
+
+struct Connections: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List connections: id, name, status, budget, balance, methods.")
+    @OptionGroup var directory: DataDirectory
+
+    func run() async throws {
+        let stores = try await Stores.open(directory)
+        defer { stores.close() }
+        let now = Timestamp.now
+        for connection in try await stores.wallet.connections() {
+            let status = connection.revokedAt != nil ? "revoked" : connection.isLive(at: now) ? "live" : "expired"
+            var budget = "budget=none"
+            if let limit = connection.budget {
+                let used = try await stores.wallet.spent(connection: connection.id, since: limit.period.start(containing: now))
+                budget = "budget=\(used)/\(limit.msat)msat/\(limit.period.rawValue)"
+            }
+            let expires = connection.expiresAt.map { " expires-at=\($0)" } ?? ""
+            say("\(connection.id)  \(connection.name)  \(status)  \(budget)  ledger-balance=\(connection.balanceMsat)msat\(expires)  wallet=\(connection.walletKey.hex)  methods=\(connection.methods.sorted().joined(separator: ","))")
+        }
+    }
+}
+
+struct Revoke: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Revoke a connection: its requests are refused as UNAUTHORIZED from now on.")
+    @OptionGroup var directory: DataDirectory
+    @Argument(help: "The connection's id or name.") var connection: String
+
+    func run() async throws {
+        let stores = try await Stores.open(directory)
+        defer { stores.close() }
+        guard let revoked = try await stores.wallet.revoke(idOrName: connection, now: .now) else {
+            throw ValidationError("no live connection \(connection)")
+        }
+        say("revoked \(revoked.id) (\(revoked.name))")
+    }
+}
+
+struct Ledger: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The built-in ledger's accounts (development and tests).", subcommands: [Credit.self])
+
+    struct Credit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add msat to a connection's ledger account.")
+        @OptionGroup var directory: DataDirectory
+        @Argument(help: "The connection's id or name.") var connection: String
+        @Argument(help: "Millisatoshis to add.") var msat: Int64
+
+        func run() async throws {
+            guard msat > 0 else { throw ValidationError("the amount must be positive") }
+            let stores = try await Stores.open(directory)
+            defer { stores.close() }
+            guard let found = try await stores.wallet.connection(idOrName: connection) else {
+                throw ValidationError("no connection \(connection)")
+            }
+            let balance = try await stores.wallet.credit(connection: found.id, msat: msat)
+            say("\(found.id) (\(found.name)) balance \(balance) msat")
+        }
+    }
+}
