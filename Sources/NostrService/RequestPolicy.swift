@@ -16,6 +16,9 @@ public struct RequestPolicy: Sendable {
         public var deny: Set<PublicKey> = []
         /// Senders tracked at most; idle ones are forgotten first.
         public var trackedSenders = 100_000
+        /// Refused requests of one sender answered with an error per second; beyond that a flood is dropped
+        /// (and counted), so it cannot make the service sign and send as much as it receives.
+        public var refusalRepliesPerSecond = 1
 
         public init() {}
     }
@@ -25,8 +28,8 @@ public struct RequestPolicy: Sendable {
         case admit
         /// Not answered at all (denied sender).
         case drop
-        /// Answered with this error; `reply` is false when the sender already got an error reply within the
-        /// last second (a flood gets one error per second, not one per request).
+        /// Answered with this error; `reply` is false when the sender already got
+        /// ``Configuration/refusalRepliesPerSecond`` error replies within the current second.
         case refuse(ServiceError, reply: Bool)
     }
 
@@ -34,7 +37,8 @@ public struct RequestPolicy: Sendable {
         var tokens: Double
         var updated: Double
         var inFlight = 0
-        var lastRefusalReply = -Double.infinity
+        var refusalWindowStart = -Double.infinity
+        var refusalReplies = 0
     }
 
     let configuration: Configuration
@@ -72,8 +76,12 @@ public struct RequestPolicy: Sendable {
             senders[sender] = state
             return .admit
         }
-        let reply = now - state.lastRefusalReply >= 1
-        if reply { state.lastRefusalReply = now }
+        if now - state.refusalWindowStart >= 1 {
+            state.refusalWindowStart = now
+            state.refusalReplies = 0
+        }
+        let reply = state.refusalReplies < configuration.refusalRepliesPerSecond
+        if reply { state.refusalReplies += 1 }
         senders[sender] = state
         return .refuse(error, reply: reply)
     }

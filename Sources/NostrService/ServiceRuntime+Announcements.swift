@@ -33,6 +33,11 @@ extension ServiceRuntime {
         announcementSignal.continuation.yield()
     }
 
+    /// Publishes the announcements again now (after what they say has changed).
+    public func announce() {
+        announcementSignal.continuation.yield()
+    }
+
     /// Publishes the announcements each time the signal fires (start, timer, relay change).
     func announceWhenAsked() async {
         for await _ in announcementSignal.stream {

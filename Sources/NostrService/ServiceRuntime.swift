@@ -85,7 +85,7 @@ public final class ServiceRuntime: Service, Sendable {
     let listener: RelayPool
     /// The store holding the journal and handlers' state.
     public let store: any ServiceStore
-    /// The keys requests may address (``addKeys(_:)`` and ``removeKeys(_:)`` change them while it runs).
+    /// The keys requests may address (``addKeys(_:)`` adds to them while it runs).
     let keyring: Mutex<Keyring>
     let handlers: [Kind: any RequestHandler]
     let handlerList: [any RequestHandler]
@@ -232,19 +232,6 @@ public final class ServiceRuntime: Service, Sendable {
         guard added > 0 else { return }
         try await resubscribe()
         announcementSignal.continuation.yield()
-    }
-
-    /// Stops answering requests addressed to `keys` (the service's own key stays).
-    public func removeKeys(_ keys: [PublicKey]) async throws {
-        let removed = keyring.withLock { keyring in
-            let own = keyring.order.first
-            let gone = Set(keys).subtracting(own.map { [$0] } ?? [])
-            let before = keyring.order.count
-            keyring.order.removeAll { gone.contains($0) }
-            for key in gone { keyring.byKey[key] = nil }
-            return before - keyring.order.count
-        }
-        if removed > 0 { try await resubscribe() }
     }
 
     /// Sends the request subscription's current filters to the relays (under the same id, which replaces it).

@@ -60,13 +60,16 @@ public final class WalletBridge: Sendable {
         self.baseRelays = configuration.relays
         self.pollInterval = pollInterval
         self.logger = logger
-        let live = try await store.connections().filter { $0.isLive(at: .now) }
+        let all = try await store.connections()
+        let live = all.filter { $0.isLive(at: .now) }
         var runtimeConfiguration = configuration
         runtimeConfiguration.relays = Self.relays(base: configuration.relays, connections: live)
         // Wallet keys are per connection; a relay list for each adds nothing clients use.
         runtimeConfiguration.announcesRelayList = false
         self.service = WalletService(store: store, backend: backend, configuration: service)
-        let signers: [any ServiceSigner] = try [LocalServiceKey(keys.master)] + live.map { LocalServiceKey(try keys.walletKey($0.walletIndex)) }
+        // Revoked and expired connections keep their keys, so their requests are answered UNAUTHORIZED rather
+        // than ignored.
+        let signers: [any ServiceSigner] = try [LocalServiceKey(keys.master)] + all.map { LocalServiceKey(try keys.walletKey($0.walletIndex)) }
         self.runtime = ServiceRuntime(
             keys: signers, handlers: [self.service], store: serviceStore, configuration: runtimeConfiguration, logger: logger)
     }
@@ -119,18 +122,18 @@ public final class WalletBridge: Sendable {
         }
     }
 
-    /// Makes the runtime's keys and relays match the store's live connections.
+    /// Serves connections the store has and the runtime does not yet, and listens on the relays of the live
+    /// ones (revoked connections keep their keys, so they are answered UNAUTHORIZED).
     public func synchronize() async throws {
-        let live = try await store.connections().filter { $0.isLive(at: .now) }
-        let serving = Set(runtime.publicKeys.dropFirst())
-        let wanted = Set(live.map(\.walletKey))
-        let added = try live.filter { !serving.contains($0.walletKey) }.map { LocalServiceKey(try keys.walletKey($0.walletIndex)) as any ServiceSigner }
+        let all = try await store.connections()
+        let serving = Set(runtime.publicKeys)
+        let added = try all.filter { !serving.contains($0.walletKey) }.map { LocalServiceKey(try keys.walletKey($0.walletIndex)) as any ServiceSigner }
+        let live = all.filter { $0.isLive(at: .now) }
         runtime.setRelays(Self.relays(base: baseRelays, connections: live))
         try await runtime.addKeys(added)
-        try await runtime.removeKeys(Array(serving.subtracting(wanted)))
-        if !added.isEmpty || serving.count != wanted.intersection(serving).count {
-            logger.info("connections changed", metadata: ["live": "\(live.count)", "added": "\(added.count)"])
-        }
+        // Revocations change the info events (none for revoked connections): announce again.
+        runtime.announce()
+        logger.info("connections changed", metadata: ["connections": "\(all.count)", "live": "\(live.count)", "added": "\(added.count)"])
     }
 
     static func relays(base: [RelayURL], connections: [WalletConnection]) -> [RelayURL] {

@@ -118,6 +118,9 @@ struct WalletDaemon: Service {
         configuration.maximumAge = max(60, command.maxAge)
         configuration.policy.rate = command.clientRate
         configuration.policy.burst = max(1, command.clientBurst)
+        // NIP-47 clients expect an answer to every request: RATE_LIMITED for each one beyond the rate, up to
+        // a flood (more than this per second from one client is dropped and counted).
+        configuration.policy.refusalRepliesPerSecond = 50
         var service = WalletService.Configuration()
         service.paymentWait = .seconds(max(1, command.paymentTimeout))
         let bridge = try await WalletBridge(

@@ -92,7 +92,7 @@ struct Connect: AsyncParsableCommand {
     @OptionGroup var directory: DataDirectory
     @Option(help: "A name for the connection (unique among live ones).") var name: String
     @Option(help: "A relay for the URI (repeat for several); default: the relays `serve` uses.") var relay: [String] = []
-    @Option(help: "Methods granted, comma-separated (default: every one the service offers, and notifications). get_info and get_budget are always allowed.")
+    @Option(help: "Methods granted, comma-separated (default: the core methods and notifications; add pay_keysend or the hold-invoice methods where the backend has them). get_info and get_budget are always allowed.")
     var methods: String?
     @Option(help: "Spending limit in msat per period (amounts plus fees).") var budget: Int64?
     @Option(help: "When the budget renews: daily, weekly, monthly, yearly or never (calendar periods in UTC).") var period: String = "monthly"
@@ -101,7 +101,7 @@ struct Connect: AsyncParsableCommand {
     func run() async throws {
         let relays = try relay.isEmpty ? directory.recordedRelays() : relay.map { try RelayURL($0) }
         guard !relays.isEmpty else { throw ValidationError("no relays: pass --relay") }
-        let granted = try methods.map(parseMethods) ?? Set(NIP47.coreMethods + NIP47.optionalMethods + ["notifications"])
+        let granted = try methods.map(parseMethods) ?? Set(NIP47.coreMethods + ["notifications"])
         var limit: Budget?
         if let budget {
             guard budget > 0 else { throw ValidationError("--budget must be positive") }
@@ -119,17 +119,8 @@ struct Connect: AsyncParsableCommand {
             name: name, clientKey: client.publicKey, methods: granted, budget: limit, expiresAt: expiresAt, relays: relays,
             now: .now, walletKey: { try keys.walletKey($0).publicKey })
         say("connection \(connection.id) (\(connection.name))")
-        say(walletConnectURI(wallet: connection.walletKey, relays: relays, secret: client))
+        say(WalletConnectURI(wallet: connection.walletKey, relays: relays, secret: client).description)
     }
-}
-
-/// `nostr+walletconnect://<wallet pubkey>?relay=…&secret=…` (relays percent-encoded).
-func walletConnectURI(wallet: PublicKey, relays: [RelayURL], secret: SecretKey) -> String {
-    var allowed = CharacterSet.alphanumerics
-    allowed.insert(charactersIn: "-._~")
-    let query = relays.map { "relay=" + ($0.string.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0.string) }
-        + ["secret=" + secret.exportHex()]
-    return "nostr+walletconnect://\(wallet.hex)?" + query.joined(separator: "&")
 }
 
 func parseMethods(_ text: String) throws -> Set<String> {

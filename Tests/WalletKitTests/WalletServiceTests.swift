@@ -1,0 +1,303 @@
+import Foundation
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import NostrServicePostgres
+import NostrServiceTesting
+import PostgresNIO
+import Testing
+import WalletKit
+import WalletKitPostgres
+
+/// A wallet-bridge with the ledger over test relays (one bridge per replica, on a shared store).
+struct TestWallet {
+    let bridges: [WalletBridge]
+    let keys: WalletKeys
+    let relays: [RelayURL]
+    var store: any WalletStore { bridges[0].store }
+    var ledger: any LightningBackend { bridges[0].backend }
+
+    /// A new connection (served by the running bridges within their poll interval), funded with `balance`.
+    func connect(
+        _ name: String, methods: Set<String> = Set(NIP47.coreMethods + ["notifications"]), budget: Budget? = nil, balance: Int64 = 0,
+        relays: [RelayURL]? = nil
+    ) async throws -> (WalletConnection, NIP47Client) {
+        let secret = SecretKey.generate()
+        let keys = self.keys
+        let connection = try await store.addConnection(
+            name: name, clientKey: secret.publicKey, methods: methods, budget: budget, expiresAt: nil, relays: relays ?? self.relays,
+            now: .now, walletKey: { try keys.walletKey($0).publicKey })
+        if balance > 0 { _ = try await store.credit(connection: connection.id, msat: balance) }
+        for bridge in bridges { try await bridge.synchronize() }
+        var client = NIP47Client(uri: WalletConnectURI(wallet: connection.walletKey, relays: relays ?? self.relays, secret: secret))
+        client.timeout = .seconds(20)
+        return (connection, client)
+    }
+
+    func invoice(_ connection: WalletConnection, msat: Int64) async throws -> String {
+        let made = try await ledger.makeInvoice(
+            InvoiceRequest(amountMsat: msat, description: "test", descriptionHash: nil, expiry: 3600, metadata: nil), for: connection, now: .now)
+        return try #require(made.invoice)
+    }
+}
+
+/// Runs `replicas` wallet bridges (one relay each unless `sharedRelays`) over `relayCount` test relays on a
+/// fresh store of `backend`, and stops everything however `body` ends.
+func withWallet<R: Sendable>(
+    _ backend: WalletStoreBackend = .sqlite, relays relayCount: Int = 1, replicas: Int = 1,
+    policy: RequestPolicy.Configuration = RequestPolicy.Configuration(),
+    _ body: @escaping @Sendable (TestWallet) async throws -> R
+) async throws -> R {
+    try await withTestRelays(relayCount) { testRelays in
+        let urls = testRelays.compactMap(\.url)
+        let keys = WalletKeys(master: .generate())
+        return try await withStorePairs(backend, count: replicas) { pairs in
+            var bridges: [WalletBridge] = []
+            for (index, (wallet, service)) in pairs.enumerated() {
+                // Each replica listens on its own relay when there are as many relays as replicas.
+                var configuration = ServiceRuntime.Configuration(relays: replicas > 1 && relayCount == replicas ? [urls[index]] : urls)
+                configuration.pool.reconnectDelay = .milliseconds(50)
+                configuration.publishTimeout = .seconds(2)
+                configuration.policy = policy
+                bridges.append(try await WalletBridge(
+                    keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: service,
+                    configuration: configuration, pollInterval: .milliseconds(50), logger: quiet))
+            }
+            let wallet = TestWallet(bridges: bridges, keys: keys, relays: urls)
+            let started = bridges
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                for bridge in started { group.addTask { try await bridge.run() } }
+                defer { group.cancelAll() }
+                try await withDeadline(.seconds(10), "the bridges to be ready") {
+                    while !started.allSatisfy(\.isReady) { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                return try await body(wallet)
+            }
+        }
+    }
+}
+
+/// Wallet stores with their runtimes' journals, on one fresh database per backend.
+func withStorePairs<R: Sendable>(
+    _ backend: WalletStoreBackend, count: Int, _ body: ([(any WalletStore, any ServiceStore)]) async throws -> R
+) async throws -> R {
+    switch backend {
+    case .sqlite:
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let wallet = directory.appendingPathComponent("wallet.sqlite").path
+        let service = directory.appendingPathComponent("service.sqlite").path
+        return try await body(try (0..<count).map { _ in (try SQLiteWalletStore(path: wallet), try SQLiteServiceStore(path: service)) })
+    case .postgres:
+        return try await withPostgresDatabase { configuration in
+            let stores = (0..<count).map { _ in PostgresServiceStore(configuration: configuration, logger: quiet) }
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                for store in stores { group.addTask { await store.run() } }
+                defer { group.cancelAll() }
+                return try await body(stores.map { (PostgresWalletStore(client: $0.client, logger: quiet), $0) })
+            }
+        }
+    }
+}
+
+func expectError(_ code: NIP47.ErrorCode, _ body: () async throws -> JSONValue) async {
+    do {
+        let result = try await body()
+        Issue.record("expected \(code.rawValue), got a result: \(result)")
+    } catch let error as NIP47Error {
+        #expect(error.code == code, "\(error.message)")
+    } catch {
+        Issue.record("expected \(code.rawValue), got \(error)")
+    }
+}
+
+@Suite("wallet-bridge end to end: NIP-47 requests over relays to the ledger")
+struct WalletServiceTests {
+    @Test("the core methods, from one connection to another, with notifications on both kinds")
+    func roundTrip() async throws {
+        try await withWallet { wallet in
+            let (_, payerClient) = try await wallet.connect("payer", balance: 100_000)
+            let (_, payeeClient) = try await wallet.connect("payee")
+            try await payeeClient.run { payee in
+                try await payerClient.run { session in
+                    let info = try #require(try await session.call("get_info").object)
+                    #expect(info["network"] == .string("regtest"))
+                    #expect(info["methods"]?.array?.contains(.string("pay_invoice")) == true)
+                    #expect(try await session.call("get_balance").object?["balance"]?.int64 == 100_000)
+
+                    let made = try #require(try await payee.call("make_invoice", ["amount": .number("21000"), "description": .string("coffee")]).object)
+                    #expect(made["state"] == .string("pending"))
+                    #expect(made["type"] == .string("incoming"))
+                    let invoice = try #require(made["invoice"]?.string)
+                    #expect(try BOLT11Invoice(invoice).payee == Hex.decode(info["pubkey"]?.string ?? ""))
+
+                    let paid = try #require(try await session.call("pay_invoice", ["invoice": .string(invoice)]).object)
+                    let preimage = try #require(paid["preimage"]?.string.flatMap { Hex.decode($0) })
+                    #expect(SHA256.hash(preimage).hex == made["payment_hash"]?.string)
+                    #expect(paid["fees_paid"] == .number("0"))
+
+                    #expect(try await session.call("get_balance").object?["balance"]?.int64 == 79_000)
+                    #expect(try await payee.call("get_balance").object?["balance"]?.int64 == 21_000)
+                    let looked = try #require(try await payee.call("lookup_invoice", ["invoice": .string(invoice)]).object)
+                    #expect(looked["state"] == .string("settled"))
+                    #expect(looked["settled_at"]?.int64 != nil)
+                    let listed = try await session.call("list_transactions", ["limit": .number("5")]).object?["transactions"]?.array ?? []
+                    #expect(listed.count == 1)
+                    #expect(listed.first?.object?["type"] == .string("outgoing"))
+
+                    // Both sides were told, in both schemes.
+                    var received: [Kind] = []
+                    for await note in payee.notifications {
+                        #expect(note.type == "payment_received")
+                        #expect(note.transaction["payment_hash"] == made["payment_hash"])
+                        received.append(note.kind)
+                        if received.count == 2 { break }
+                    }
+                    #expect(Set(received) == [NIP47.notificationKind, NIP47.legacyNotificationKind])
+                    let sent = await session.notifications.first { _ in true }
+                    #expect(sent?.type == "payment_sent")
+                }
+            }
+        }
+    }
+
+    @Test("budgets, grants, revocation, bad input and encryption get their NIP-47 errors")
+    func errors() async throws {
+        var policy = RequestPolicy.Configuration()
+        policy.rate = 1
+        policy.burst = 40
+        try await withWallet(policy: policy) { wallet in
+            let (payer, client) = try await wallet.connect("payer", budget: Budget(msat: 5_000, period: .daily), balance: 100_000)
+            let (payee, _) = try await wallet.connect("payee")
+            let (_, restricted) = try await wallet.connect("reader", methods: ["get_balance"])
+            try await client.run { session in
+                await expectError(.quotaExceeded) { try await session.call("pay_invoice", ["invoice": .string(try await wallet.invoice(payee, msat: 6_000))]) }
+                let budget = try #require(try await session.call("get_budget").object)
+                #expect(budget["total_budget"]?.int64 == 5_000 && budget["used_budget"]?.int64 == 0)
+                #expect(budget["renewal_period"] == .string("daily"))
+                await expectError(.other) { try await session.call("pay_invoice", ["invoice": .string("lnbc1notaninvoice")]) }
+                await expectError(.other) { try await session.call("make_invoice", ["amount": .string("lots")]) }
+                await expectError(.notImplemented) { try await session.call("sign_message", ["message": .string("hi")]) }
+                await expectError(.notFound) { try await session.call("lookup_invoice", ["payment_hash": .string(String(repeating: "ab", count: 32))]) }
+                await expectError(.paymentFailed) {
+                    let foreign = try BOLT11Invoice.make(
+                        network: .regtest, amountMsat: 1_000, paymentHash: SHA256.hash([7]), paymentSecret: SHA256.hash([8]), description: "x",
+                        descriptionHash: nil, expiry: 3600, timestamp: .now, nodeKey: .generate())
+                    return try await session.call("pay_invoice", ["invoice": .string(foreign.string)])
+                }
+                // An encryption scheme the service does not know.
+                var event = try session.event(for: NIP47.Request(method: "get_balance"))
+                event = EventTemplate(kind: event.kind, content: event.content, tags: [["p", payer.walletKey.hex], ["encryption", "nip44_v3"]])
+                    .sign(with: client.uri.secret)
+                await expectError(.unsupportedEncryption) { try await session.send(event, method: "get_balance") }
+            }
+            try await restricted.run { (session) async throws -> Void in
+                #expect(try await session.call("get_balance").object?["balance"] != nil)
+                await expectError(.restricted) { try await session.call("make_invoice", ["amount": .number("1000")]) }
+            }
+            // NIP-04 requests (no encryption tag) are answered in NIP-04.
+            var legacy = client
+            legacy.encryption = .nip04
+            try await legacy.run { (session) async throws -> Void in
+                #expect(try await session.call("get_balance").object?["balance"]?.int64 == 100_000)
+            }
+            // A stranger using the wallet key, and the connection after revocation.
+            let stranger = NIP47Client(uri: WalletConnectURI(wallet: payer.walletKey, relays: wallet.relays, secret: .generate()))
+            try await stranger.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
+            _ = try await wallet.store.revoke(idOrName: "payer", now: .now)
+            try await client.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
+        }
+    }
+
+    @Test("a burst beyond the rate is answered RATE_LIMITED, not dropped")
+    func rateLimited() async throws {
+        var policy = RequestPolicy.Configuration()
+        policy.rate = 0.1
+        policy.burst = 3
+        policy.refusalRepliesPerSecond = 50
+        try await withWallet(policy: policy) { wallet in
+            let (_, client) = try await wallet.connect("eager")
+            let outcomes = try await client.run { session in
+                try await withThrowingTaskGroup(of: String.self) { group in
+                    for _ in 0..<8 {
+                        group.addTask {
+                            do {
+                                _ = try await session.call("get_balance")
+                                return "ok"
+                            } catch let error as NIP47Error {
+                                return error.code.rawValue
+                            }
+                        }
+                    }
+                    return try await group.reduce(into: [String]()) { $0.append($1) }
+                }
+            }
+            #expect(outcomes.count == 8)
+            #expect(outcomes.filter { $0 == "ok" }.count == 3)
+            #expect(outcomes.filter { $0 == "RATE_LIMITED" }.count == 5)
+        }
+    }
+
+    @Test("one pay request published on 3 relays, and again later, is paid once")
+    func threeRelays() async throws {
+        try await withWallet(relays: 3) { wallet in
+            let (payer, client) = try await wallet.connect("payer", balance: 50_000)
+            let (payee, _) = try await wallet.connect("payee")
+            let invoice = try await wallet.invoice(payee, msat: 10_000)
+            // The client's pool publishes the request to all three relays.
+            let event = try await client.run { session in
+                let event = try session.event(for: NIP47.Request(method: "pay_invoice", params: ["invoice": .string(invoice)]))
+                #expect(try await session.send(event, method: "pay_invoice").object?["preimage"] != nil)
+                return event
+            }
+            // Published again later: the service has seen it, and pays nothing more.
+            let pool = RelayPool(relays: wallet.relays, logger: quiet)
+            let results = try await pool.withRunning { await pool.publish(event) }
+            #expect(results.values.filter(\.isAccepted).count == 3)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(try await wallet.ledger.balance(of: payer) == 40_000)
+            #expect(try await wallet.ledger.balance(of: payee) == 10_000)
+            let payments = try await wallet.store.transactions(connection: payer.id, query: TransactionQuery(unpaid: true), now: .now)
+            #expect(payments.count == 1)
+        }
+    }
+
+    @Test("two replicas on one PostgreSQL, 1,000 pay requests each delivered to both: every invoice paid once")
+    func replicas() async throws {
+        var policy = RequestPolicy.Configuration()
+        policy.rate = 100_000
+        policy.burst = 100_000
+        policy.maximumConcurrentPerSender = 1_000
+        try await withWallet(.postgres, relays: 2, replicas: 2, policy: policy) { wallet in
+            let count = 1_000
+            let (payer, client) = try await wallet.connect("payer", balance: Int64(count) * 1_000)
+            let (payee, _) = try await wallet.connect("payee")
+            var invoices: [String] = []
+            for _ in 0..<count { invoices.append(try await wallet.invoice(payee, msat: 1_000)) }
+            let answers = try await client.run { session in
+                try await withThrowingTaskGroup(of: Bool.self) { group in
+                    var answered = 0
+                    for (index, invoice) in invoices.enumerated() {
+                        if index >= 100, try await group.next() == true { answered += 1 }
+                        group.addTask {
+                            let event = try session.event(for: NIP47.Request(method: "pay_invoice", params: ["invoice": .string(invoice)]))
+                            return (try? await session.send(event, method: "pay_invoice"))?.object?["preimage"] != nil
+                        }
+                    }
+                    for try await ok in group where ok { answered += 1 }
+                    return answered
+                }
+            }
+            #expect(answers == count)
+            let payments = try await wallet.store.transactions(connection: payer.id, query: TransactionQuery(limit: 5_000, unpaid: true), now: .now)
+            #expect(payments.count == count)
+            #expect(payments.allSatisfy { $0.state == .settled })
+            #expect(Set(payments.map(\.paymentHash)).count == count)
+            let received = try await wallet.store.transactions(connection: payee.id, query: TransactionQuery(limit: 5_000), now: .now)
+            #expect(received.count == count)
+            #expect(try await wallet.ledger.balance(of: payer) == 0)
+            #expect(try await wallet.ledger.balance(of: payee) == Int64(count) * 1_000)
+        }
+    }
+}
