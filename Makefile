@@ -4,21 +4,25 @@
 SWIFT        ?= swift
 VENV         := Interop/.venv
 PYTHON       := $(VENV)/bin/python
+# LNbits (a real Lightning wallet server, FakeWallet funding) in a virtual environment of its own: its
+# dependency pins are not the interop peers'.
+LNBITS_VENV  := Interop/.venv-lnbits
+LNBITS       := lnbits==1.6.2 bitstring<4.3
 APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv postgresql
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test check deps venv build build-release unit interop bench fuzz clean
+.PHONY: demo test check deps venv lnbits build build-release unit interop bench fuzz clean
 
 demo: deps build
 	Scripts/demo.sh .build/debug/switchboard
 
 # The tests that need PostgreSQL get a throw-away cluster on a loopback port (Scripts/with-postgres.sh).
-test: deps venv build
+test: deps venv lnbits build
 	Scripts/with-postgres.sh $(MAKE) --no-print-directory check
 
 check:
 	$(SWIFT) test
-	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop
+	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard LNBITS_PYTHON=$(CURDIR)/$(LNBITS_VENV)/bin/python $(PYTHON) -m pytest -q Interop
 
 # System packages: installed only when one is missing.
 deps:
@@ -35,6 +39,12 @@ $(VENV)/.installed: Interop/requirements.txt
 	$(VENV)/bin/pip install -q -r Interop/requirements.txt
 	touch $@
 
+lnbits: $(LNBITS_VENV)/.installed
+$(LNBITS_VENV)/.installed:
+	python3 -m venv $(LNBITS_VENV)
+	$(LNBITS_VENV)/bin/pip install -q $(foreach p,$(LNBITS),'$(p)')
+	touch $@
+
 build:
 	$(SWIFT) build
 
@@ -44,8 +54,8 @@ build-release:
 unit: deps
 	Scripts/with-postgres.sh $(SWIFT) test
 
-interop: deps venv build
-	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard $(PYTHON) -m pytest -q Interop
+interop: deps venv lnbits build
+	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard LNBITS_PYTHON=$(CURDIR)/$(LNBITS_VENV)/bin/python $(PYTHON) -m pytest -q Interop
 
 bench: deps build-release
 	.build/release/switchboard-bench crypto
@@ -59,4 +69,4 @@ fuzz: deps
 	Fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
-	rm -rf .build .build-* $(VENV)
+	rm -rf .build .build-* $(VENV) $(LNBITS_VENV)

@@ -163,7 +163,7 @@ let package = Package(
         .executableTarget(
             name: "switchboard",
             dependencies: [
-                "BunkerKit",
+                "BunkerKit", "WalletKit",
                 "NostrCore",
                 "NostrCrypto",
                 "NostrRelay",

@@ -1,0 +1,428 @@
+"""wallet-bridge (NIP-47 wallet service) against a client no one here wrote:
+rust-nostr's `NostrWalletConnect` (nostr-sdk 0.45.1) uses the nostr+walletconnect://
+URIs `wallet-bridge connect` prints, through rust-nostr's LocalRelay and the Python
+`nostr_relay`, with the built-in ledger and with a real LNbits (pip lnbits==1.6.2,
+FakeWallet funding source). Invoices are cross-checked with the Python `bolt11`
+package (decoding ours) and `switchboard bolt11` (decoding LNbits').
+
+The `wallet-bridge` binary is taken from the directory of $SWITCHBOARD_BIN. LNbits
+runs from its own virtual environment ($LNBITS_PYTHON, made by `make test`).
+
+rust-nostr API notes (0.45.1, see Docs/nips.md): the client reads the wallet's kind
+13194 info event once, before its first request, and uses NIP-44 when its
+`encryption` tag lists nip44_v2 (else NIP-04); it matches responses by `#e`. Errors
+raise NostrSdkError carrying "<message> [<CodeName>]". Python has no notification
+API, so notifications are read with a plain subscription on the client's relays.
+It does not know the UNSUPPORTED_ENCRYPTION code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import bolt11
+import pytest
+from nostr_sdk import (
+    Client,
+    Filter,
+    Keys,
+    Kind,
+    ListTransactionsRequest,
+    LookupInvoiceRequest,
+    MakeInvoiceRequest,
+    Method,
+    NostrWalletConnectBuilder,
+    NostrWalletConnectUri,
+    PayInvoiceRequest,
+    ReqTarget,
+    RelayUrl,
+    Timestamp,
+    TransactionState,
+    TransactionType,
+)
+
+from conftest import SEED, terminate
+import test_pool_interop
+from test_pool_interop import Procs, aio, procs, start_rust_relay  # noqa: F401  (fixtures)
+
+READY = 30.0          # wallet-bridge prints its ready line within this
+LNBITS_START = 90.0   # LNbits answers its health check within this (first start migrates its database)
+
+
+def wb_path(procs: Procs) -> str:
+    path = Path(procs.sb).parent / "wallet-bridge"
+    if not path.exists():
+        pytest.fail(f"{path} not built (swift build builds it)", pytrace=False)
+    return str(path)
+
+
+def wb(procs: Procs, *args) -> str:
+    result = subprocess.run([wb_path(procs), *args], capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, f"wallet-bridge {args}: {result.stderr.decode()}"
+    return result.stdout.decode().strip()
+
+
+def serve(procs: Procs, data: Path, relay_url: str, *extra):
+    proc = procs.start([wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url, *extra], "wallet-bridge")
+    proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
+    return proc
+
+
+def connect(procs: Procs, data: Path, name: str, *extra) -> tuple[str, str]:
+    lines = wb(procs, "connect", "--data-dir", str(data), "--name", name, *extra).splitlines()
+    assert lines[0].startswith("connection "), lines
+    uri = next(l for l in lines if l.startswith("nostr+walletconnect://"))
+    return lines[0].split()[1], uri
+
+
+def nwc(uri: str):
+    return NostrWalletConnectBuilder(NostrWalletConnectUri.parse(uri)).timeout(timedelta(seconds=20)).build()
+
+
+async def wait_for_info(relay_url: str, uri: str, timeout: float = 10.0) -> dict:
+    """The wallet's kind 13194 info event, once a relay has it (the client reads it before its first request)."""
+    wallet = NostrWalletConnectUri.parse(uri).public_key()
+    client = Client()
+    await client.add_relay(RelayUrl.parse(relay_url))
+    await client.connect()
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            events = await client.fetch_events(ReqTarget.auto([Filter().author(wallet).kind(Kind(13194))]), timedelta(seconds=2))
+            found = events if isinstance(events, list) else events.to_vec()
+            if found:
+                event = found[0]
+                tags = event.tags()
+                return {"content": event.content(), "tags": [tag.to_vec() for tag in (tags if isinstance(tags, list) else tags.to_vec())]}
+        raise AssertionError(f"[seed {SEED}] no info event from {wallet.to_hex()} within {timeout}s")
+    finally:
+        await client.shutdown()
+
+
+class Notifications:
+    """The wallet's notifications to one connection (both kinds), read with a plain subscription."""
+
+    def __init__(self, uri: str):
+        self.uri = NostrWalletConnectUri.parse(uri)
+        self.keys = Keys(self.uri.secret())
+        self.client = Client()
+
+    async def start(self):
+        for relay in self.uri.relays():
+            await self.client.add_relay(relay)
+        await self.client.connect()
+        since = Timestamp.from_secs(Timestamp.now().as_secs() - 5)
+        wanted = Filter().author(self.uri.public_key()).pubkey(self.keys.public_key()).kinds([Kind(23196), Kind(23197)]).since(since)
+        await self.client.subscribe(ReqTarget.auto([wanted]), id="nwc-notifications")
+        self.stream = self.client.notifications()
+
+    async def collect(self, count: int, timeout: float) -> list:
+        import asyncio
+
+        got, deadline = [], time.time() + timeout
+        while len(got) < count and time.time() < deadline:
+            try:
+                note = await asyncio.wait_for(self.stream.next(), timeout=max(0.1, deadline - time.time()))
+            except asyncio.TimeoutError:
+                break
+            if note is None:
+                break
+            if note.is_NEW_EVENT() and note.subscription_id == "nwc-notifications":
+                event = note.event
+                kind = event.kind().as_u16()
+                decrypt = self.keys.nip44_decrypt if kind == 23197 else self.keys.nip04_decrypt
+                got.append((kind, json.loads(decrypt(event.author(), event.content()))))
+        return got
+
+    async def stop(self):
+        await self.client.shutdown()
+
+
+def error_text(excinfo) -> str:
+    error = excinfo.value
+    return str(error.args[0]) if error.args else str(error)
+
+
+@pytest.fixture
+def relay_url(request, procs, aio):  # noqa: F811
+    if request.param == "rust":
+        return start_rust_relay(aio).url
+    return procs.nostr_relay().url
+
+
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_rust_nostr_pays_between_two_ledger_connections(procs, aio, tmp_path, relay_url):  # noqa: F811
+    data = tmp_path / "wallet"
+    serve(procs, data, relay_url)
+    payer_id, payer_uri = connect(procs, data, "payer", "--budget", "50000", "--period", "daily")
+    _, payee_uri = connect(procs, data, "payee")
+    assert "balance 100000 msat" in wb(procs, "ledger", "credit", "--data-dir", str(data), "payer", "100000")
+
+    async def session():
+        info_event = await wait_for_info(relay_url, payer_uri)
+        assert ["encryption", "nip44_v2 nip04"] in info_event["tags"], info_event
+        assert "pay_invoice" in info_event["content"].split(), info_event
+        await wait_for_info(relay_url, payee_uri)
+        payer, payee = nwc(payer_uri), nwc(payee_uri)
+
+        info = await payer.get_info()
+        assert info.network == "regtest" and info.alias == "switchboard ledger", str(info)
+        assert Method.PAY_INVOICE() in info.methods, str(info.methods)
+        assert (await payer.get_balance()).balance == 100_000
+
+        made = await payee.make_invoice(MakeInvoiceRequest(amount=21_000, description="interop coffee", description_hash=None, expiry=600))
+        decoded = bolt11.decode(made.invoice)
+        assert decoded.amount_msat == 21_000, decoded.data
+        assert decoded.payment_hash == made.payment_hash, decoded.data
+        assert decoded.description == "interop coffee", decoded.data
+        assert decoded.payee == info.pubkey, f"[seed {SEED}] invoice payee {decoded.payee} != node {info.pubkey}"
+        assert decoded.expiry == 600
+
+        notes = Notifications(payee_uri)
+        await notes.start()
+        paid = await payer.pay_invoice(PayInvoiceRequest(id=None, invoice=made.invoice, amount=None))
+        assert hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() == made.payment_hash
+        assert (await payer.get_balance()).balance == 79_000
+        assert (await payee.get_balance()).balance == 21_000
+
+        incoming = await payee.lookup_invoice(LookupInvoiceRequest(payment_hash=made.payment_hash, invoice=None))
+        assert incoming.transaction_type == TransactionType.INCOMING and incoming.state == TransactionState.SETTLED
+        assert incoming.preimage == paid.preimage and incoming.settled_at is not None
+        outgoing = await payer.lookup_invoice(LookupInvoiceRequest(payment_hash=None, invoice=made.invoice))
+        assert outgoing.transaction_type == TransactionType.OUTGOING and outgoing.state == TransactionState.SETTLED
+        listed = await payer.list_transactions(ListTransactionsRequest(
+            _from=None, until=None, limit=10, offset=None, unpaid=None, transaction_type=None))
+        assert [t.payment_hash for t in listed] == [made.payment_hash]
+
+        received = await notes.collect(2, timeout=10)
+        await notes.stop()
+        assert sorted(kind for kind, _ in received) == [23196, 23197], received
+        for _, note in received:
+            assert note["notification_type"] == "payment_received"
+            assert note["notification"]["payment_hash"] == made.payment_hash
+            assert note["notification"]["state"] == "settled"
+
+        # 21,000 spent of 50,000 a day: 40,000 more is refused, and nothing moves.
+        big = await payee.make_invoice(MakeInvoiceRequest(amount=40_000, description=None, description_hash=None, expiry=None))
+        with pytest.raises(Exception) as refused:
+            await payer.pay_invoice(PayInvoiceRequest(id=None, invoice=big.invoice, amount=None))
+        assert "[QuotaExceeded]" in error_text(refused), error_text(refused)
+        assert (await payer.get_balance()).balance == 79_000
+
+        # An invoice of another node cannot be routed by the ledger.
+        foreign = bolt11.encode(bolt11.Bolt11(
+            currency="bcrt", date=int(time.time()), amount_msat=1_000,
+            tags=bolt11.Tags.from_dict({"payment_hash": "11" * 32, "payment_secret": "22" * 32, "description": "elsewhere"})),
+            "33" * 32)
+        with pytest.raises(Exception) as failed:
+            await payer.pay_invoice(PayInvoiceRequest(id=None, invoice=foreign, amount=None))
+        assert "[PaymentFailed]" in error_text(failed), error_text(failed)
+
+        for client in (payer, payee):
+            await client.client().shutdown()
+
+    aio.call(session(), timeout=120)
+    listing = wb(procs, "connections", "--data-dir", str(data))
+    assert f"{payer_id}  payer  live  budget=21000/50000msat/daily" in listing, listing
+
+
+def test_invoices_decode_the_same_in_python_bolt11_and_switchboard(procs, tmp_path):  # noqa: F811
+    """A Python-made invoice (bolt11.encode, another signing key) read by switchboard, field by field."""
+    invoice = bolt11.encode(bolt11.Bolt11(
+        currency="bc", date=1_700_000_000, amount_msat=2_500_000_000,
+        tags=bolt11.Tags.from_dict({
+            "payment_hash": "ab" * 32, "payment_secret": "cd" * 32, "description_hash": "ef" * 32, "expire_time": 7200,
+            "min_final_cltv_expiry": 40,
+        })), "44" * 32)
+    expected = bolt11.decode(invoice)
+    ours = json.loads(subprocess.run([procs.sb, "bolt11", invoice], capture_output=True, check=True, timeout=30).stdout)
+    assert ours["network"] == "mainnet"
+    assert ours["amount_msat"] == expected.amount_msat == 2_500_000_000
+    assert ours["payment_hash"] == expected.payment_hash
+    assert ours["payment_secret"] == expected.payment_secret
+    assert ours["description_hash"] == expected.description_hash
+    assert ours["expiry"] == 7200 and ours["min_final_cltv_expiry"] == 40
+    assert ours["timestamp"] == expected.date
+    assert ours["payee"] == expected.payee
+    # One changed character: the checksum no longer matches.
+    broken = invoice[:-8] + ("q" if invoice[-8] != "q" else "p") + invoice[-7:]
+    result = subprocess.run([procs.sb, "bolt11", broken], capture_output=True, timeout=30)
+    assert result.returncode == 1 and b"checksum" in result.stderr, result.stderr
+
+
+# MARK: LNbits
+
+LNBITS_ENV = {
+    "LNBITS_BACKEND_WALLET_CLASS": "FakeWallet", "FAKE_WALLET_SECRET": "switchboard-interop",
+    # No network: no extension manifests, prices or exchange rates.
+    "LNBITS_EXTENSIONS_MANIFESTS": "[]", "LNBITS_WASM_EXTENSIONS_MANIFESTS": "[]", "LNBITS_EXTENSIONS_DEACTIVATE_ALL": "true",
+    "LNBITS_PRICE_AGGREGATOR_ENABLED": "false", "LNBITS_EXCHANGE_RATE_PROVIDERS": "[]",
+    "LNBITS_RATE_LIMIT_NO": "100000", "AUTH_HTTPS_ONLY": "false",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LNbits:
+    """A throw-away LNbits (FakeWallet) on a loopback port, with its super user set up."""
+
+    def __init__(self, python: str, data: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        site = subprocess.run(
+            [python, "-c", "import importlib.util,os;print(os.path.dirname(os.path.dirname(importlib.util.find_spec('lnbits').origin)))"],
+            capture_output=True, check=True, text=True, timeout=60).stdout.strip()
+        env = {"PATH": f"{Path(python).parent}:/usr/bin:/bin", "HOME": str(data), "LNBITS_DATA_FOLDER": str(data),
+               "LNBITS_EXTENSIONS_PATH": str(data), "HOST": "127.0.0.1", "PORT": str(self.port), **LNBITS_ENV}
+        self.log = open(data / "lnbits.log", "w")
+        # LNbits finds its static files relative to the working directory: the folder holding the package.
+        self.proc = subprocess.Popen(
+            [python, "-m", "uvicorn", "lnbits.__main__:app", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=site, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+        status, body = self.call("PUT", "/api/v1/auth/first_install",
+                                 {"username": "admin", "password": "interop-secret", "password_repeat": "interop-secret"})
+        assert status == 200, (status, body)
+        self.token = body["access_token"]
+
+    def _wait_ready(self):
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect)
+        deadline = time.time() + LNBITS_START
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"LNbits exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                opener.open(self.base + "/api/v1/health", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # 307 to /first_install: up, not yet set up
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"LNbits did not answer within {LNBITS_START}s")
+
+    def call(self, method: str, path: str, body=None, key=None):
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["X-Api-Key"] = key
+        if body is not None and path.startswith("/users/"):
+            headers["Authorization"] = "Bearer " + self.token
+        request = urllib.request.Request(self.base + path, method=method, headers=headers,
+                                         data=None if body is None else json.dumps(body).encode())
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def wallet(self, name: str, sats: int = 0) -> dict:
+        status, wallet = self.call("POST", "/api/v1/account", {"name": name})
+        assert status == 200, (status, wallet)
+        if sats:
+            status, body = self.call("PUT", "/users/api/v1/balance", {"id": wallet["id"], "amount": sats})
+            assert status == 200, (status, body)
+        return wallet
+
+    def stop(self):
+        # uvicorn was started in its own session: stop the whole group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        terminate(self.proc, 10)
+        self.log.close()
+
+
+@pytest.fixture
+def lnbits(tmp_path):
+    python = os.environ.get("LNBITS_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.fail("LNBITS_PYTHON is not set to LNbits' Python (make test sets it up)", pytrace=False)
+    data = Path(tempfile.mkdtemp(prefix="lnbits-", dir=tmp_path))
+    server = LNbits(python, data)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits, monkeypatch):  # noqa: F811
+    bridge_wallet = lnbits.wallet("bridge", sats=10_000)
+    outsider = lnbits.wallet("outsider", sats=5_000)
+    relay = procs.sb_relay("relay")
+    data = tmp_path / "wallet"
+    monkeypatch.setitem(test_pool_interop.ENV, "INTEROP_LNBITS_KEY", bridge_wallet["adminkey"])
+    proc = procs.start(
+        [wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay.url, "--backend", "lnbits",
+         "--lnbits-url", lnbits.base, "--lnbits-key-env", "INTEROP_LNBITS_KEY"], "wallet-bridge")
+    proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
+    _, spender_uri = connect(procs, data, "spender", "--budget", "8000000", "--period", "weekly")
+    _, shop_uri = connect(procs, data, "shop")
+
+    async def session():
+        await wait_for_info(relay.url, spender_uri)
+        await wait_for_info(relay.url, shop_uri)
+        spender, shop = nwc(spender_uri), nwc(shop_uri)
+        assert (await spender.get_balance()).balance == 10_000_000
+
+        made = await shop.make_invoice(MakeInvoiceRequest(amount=5_000_000, description="lnbits coffee", description_hash=None, expiry=None))
+        decoded = bolt11.decode(made.invoice)
+        assert decoded.amount_msat == 5_000_000 and decoded.payment_hash == made.payment_hash, decoded.data
+        ours = json.loads(subprocess.run([procs.sb, "bolt11", made.invoice], capture_output=True, check=True, timeout=30).stdout)
+        assert ours["payee"] == decoded.payee and ours["payment_hash"] == decoded.payment_hash, ours
+        info = await shop.get_info()
+        assert info.pubkey == decoded.payee, str(info)
+
+        # From one connection to the other: an internal LNbits payment, settled at once, fee 0.
+        paid = await spender.pay_invoice(PayInvoiceRequest(id=None, invoice=made.invoice, amount=None))
+        assert hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() == made.payment_hash
+        settled = await shop.lookup_invoice(LookupInvoiceRequest(payment_hash=made.payment_hash, invoice=None))
+        assert settled.state == TransactionState.SETTLED and settled.transaction_type == TransactionType.INCOMING
+        sent = await spender.lookup_invoice(LookupInvoiceRequest(payment_hash=made.payment_hash, invoice=None))
+        assert sent.state == TransactionState.SETTLED and sent.transaction_type == TransactionType.OUTGOING
+        assert (await spender.get_balance()).balance == 10_000_000  # one LNbits wallet: paid to itself
+
+        # The budget (8,000 sat a week) counts the 5,000 paid: 4,000 more is refused before LNbits sees it.
+        second = await shop.make_invoice(MakeInvoiceRequest(amount=4_000_000, description=None, description_hash=None, expiry=None))
+        with pytest.raises(Exception) as refused:
+            await spender.pay_invoice(PayInvoiceRequest(id=None, invoice=second.invoice, amount=None))
+        assert "[QuotaExceeded]" in error_text(refused), error_text(refused)
+
+        # Someone else pays the shop's invoice through LNbits: the shop is notified, and its lookup says settled.
+        notes = Notifications(shop_uri)
+        await notes.start()
+        status, body = lnbits.call("POST", "/api/v1/payments", {"out": True, "bolt11": second.invoice}, key=outsider["adminkey"])
+        assert status in (200, 201), (status, body)
+        received = await notes.collect(2, timeout=15)
+        await notes.stop()
+        assert sorted(kind for kind, _ in received) == [23196, 23197], received
+        assert all(note["notification"]["payment_hash"] == second.payment_hash for _, note in received), received
+        looked = await shop.lookup_invoice(LookupInvoiceRequest(payment_hash=second.payment_hash, invoice=None))
+        assert looked.state == TransactionState.SETTLED
+        assert (await shop.get_balance()).balance == 14_000_000
+
+        history = await spender.list_transactions(ListTransactionsRequest(
+            _from=None, until=None, limit=None, offset=None, unpaid=None, transaction_type=TransactionType.OUTGOING))
+        assert [t.payment_hash for t in history] == [made.payment_hash]
+        for client in (spender, shop):
+            await client.client().shutdown()
+
+    aio.call(session(), timeout=120)
