@@ -1,5 +1,6 @@
 """`make demo` stays working: the tour (Scripts/demo.sh) runs against the built binaries, the bunker signs a
-note for the app that connected with the printed bunker:// URI, and it stops cleanly on SIGTERM."""
+note for the app that connected with the printed bunker:// URI, the wallet-bridge's shop is paid by the
+tipper exactly once, and both stop cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_the_bunker_tour():
+def test_demo_runs_the_bunker_and_wallet_tours():
     binary = os.environ["SWITCHBOARD_BIN"]
     result = subprocess.run(["bash", str(ROOT / "Scripts" / "demo.sh"), binary], capture_output=True, timeout=120, check=False)
     out = result.stdout.decode()
@@ -20,3 +21,7 @@ def test_demo_runs_the_bunker_tour():
     assert out.count("valid: ") == 2, out
     assert "sign_event kind=1  ok" in out, out
     assert "bunker stopped cleanly" in out, out
+    assert "tipper: {\"balance\":79000}" in out, out
+    assert "shop:   {\"balance\":21000}" in out, out
+    assert "error: OTHER: this connection already paid this invoice" in out, out
+    assert "wallet-bridge stopped cleanly" in out, out

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# A short tour: the bunker (a NIP-46 remote signer) signing for an app over the embedded relay, then the
-# switchboard command's keys, events and NIP-44. (The other services' tours join here as they land.)
+# A short tour: the bunker (a NIP-46 remote signer) signing for an app over the embedded relay, the
+# wallet-bridge (a NIP-47 wallet service) with two connections paying each other on its ledger, then the
+# switchboard command's keys, events and NIP-44. (The DVM host's tour joins here when it lands.)
 set -euo pipefail
 bin=${1:-.build/debug/switchboard}
 bunker=$(dirname "$bin")/bunker
+wallet=$(dirname "$bin")/wallet-bridge
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 work=$(mktemp -d)
 bunker_pid=""
+wallet_pid=""
 cleanup() {
-    if [ -n "$bunker_pid" ] && kill -0 "$bunker_pid" 2>/dev/null; then kill -KILL "$bunker_pid" 2>/dev/null || true; fi
+    for pid in "$bunker_pid" "$wallet_pid"; do
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,6 +53,49 @@ for _ in $(seq 1 100); do kill -0 "$bunker_pid" 2>/dev/null || break; sleep 0.1;
 if kill -0 "$bunker_pid" 2>/dev/null; then echo "the bunker did not stop within 10 s"; exit 1; fi
 wait "$bunker_pid" && echo "bunker stopped cleanly" || { echo "bunker exited with $?"; exit 1; }
 bunker_pid=""
+
+say "wallet-bridge serve: the built-in ledger (not a Lightning node), on its own embedded relay"
+"$wallet" serve --data-dir "$work/wallet" >"$work/wallet.out" 2>"$work/wallet.err" &
+wallet_pid=$!
+for _ in $(seq 1 150); do
+    grep -q '^wallet-bridge ready' "$work/wallet.out" && break
+    kill -0 "$wallet_pid" 2>/dev/null || { cat "$work/wallet.err"; exit 1; }
+    sleep 0.2
+done
+grep -q '^wallet-bridge ready' "$work/wallet.out" || { echo "wallet-bridge printed no ready line"; cat "$work/wallet.err"; exit 1; }
+cat "$work/wallet.out"
+
+say "Two connections (while it runs): a tipping app with a budget of 50 sat a day, and a shop"
+"$wallet" connect --data-dir "$work/wallet" --name tipper --budget 50000 --period daily | tee "$work/tipper"
+"$wallet" connect --data-dir "$work/wallet" --name shop | tee "$work/shop"
+tipper=$(grep '^nostr+walletconnect://' "$work/tipper")
+shop=$(grep '^nostr+walletconnect://' "$work/shop")
+"$wallet" ledger credit --data-dir "$work/wallet" tipper 100000
+sleep 1  # the running service picks new connections up within a quarter of a second
+
+say "The shop makes an invoice; the tipper pays it (switchboard nwc, the library's NIP-47 client)"
+invoice=$(NWC_URI=$shop "$bin" nwc make_invoice '{"amount":21000,"description":"a coffee"}')
+echo "$invoice"
+bolt11=$(sed -n 's/.*"invoice":"\([^"]*\)".*/\1/p' <<<"$invoice")
+"$bin" bolt11 "$bolt11"
+NWC_URI=$tipper "$bin" nwc pay_invoice "{\"invoice\":\"$bolt11\"}"
+printf 'tipper: '
+NWC_URI=$tipper "$bin" nwc get_balance
+printf 'shop:   '
+NWC_URI=$shop "$bin" nwc get_balance
+printf 'tipper budget: '
+NWC_URI=$tipper "$bin" nwc get_budget
+
+say "Paying it again is refused: one payment per invoice, whatever the relays deliver"
+NWC_URI=$tipper "$bin" nwc pay_invoice "{\"invoice\":\"$bolt11\"}" 2>&1 || true
+"$wallet" connections --data-dir "$work/wallet"
+
+say "SIGTERM: wallet-bridge stops"
+kill -TERM "$wallet_pid"
+for _ in $(seq 1 100); do kill -0 "$wallet_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$wallet_pid" 2>/dev/null; then echo "wallet-bridge did not stop within 10 s"; exit 1; fi
+wait "$wallet_pid" && echo "wallet-bridge stopped cleanly" || { echo "wallet-bridge exited with $?"; exit 1; }
+wallet_pid=""
 
 say "Alice and Bob generate keys"
 alice=$("$bin" key generate)
