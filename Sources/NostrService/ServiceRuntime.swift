@@ -51,6 +51,11 @@ public final class ServiceRuntime: Service, Sendable {
         public var publishAttempts = 3
         /// Relays outside ``relays`` (named by replies) kept connected at most; the least recently used goes.
         public var maximumExtraRelays = 32
+        /// Above this many keys, the subscription asks for the request kinds without a `p` filter and picks
+        /// out the requests addressed to its keys itself: a `REQ` naming thousands of keys exceeds what relays
+        /// accept (message size, values per filter). On a dedicated relay this costs nothing; on a shared one,
+        /// it reads everyone's requests of those kinds.
+        public var maximumKeysInFilter = 1_000
         /// On graceful shutdown, how long requests in flight may take to finish before they are cancelled.
         public var shutdownGracePeriod: Duration = .seconds(10)
         /// Whether the service publishes its relay list (NIP-65 kind 10002: the relays it reads and writes).
@@ -276,7 +281,9 @@ public final class ServiceRuntime: Service, Sendable {
         }
         let targeted = Set(handlers.keys)
         let untargeted = Set(handlers.filter { $0.value.acceptsUntargeted }.map(\.key))
-        var filters = [Filter(kinds: targeted, tags: ["p": Set(keyOrder.map(\.hex))], since: since)]
+        var filters = keyOrder.count > configuration.maximumKeysInFilter
+            ? [Filter(kinds: targeted, since: since)]
+            : [Filter(kinds: targeted, tags: ["p": Set(keyOrder.map(\.hex))], since: since)]
         if !untargeted.isEmpty { filters.append(Filter(kinds: untargeted, since: since)) }
         return filters
     }

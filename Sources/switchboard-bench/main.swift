@@ -190,7 +190,14 @@ case "bunker":
         print("bunker benchmark failed: \(error)")
         exit(1)
     }
+case "wallet":
+    do {
+        try await runWallet()
+    } catch {
+        print("wallet benchmark failed: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: switchboard-bench crypto | relay | service | bunker")
+    print("usage: switchboard-bench crypto | relay | service | bunker | wallet")
     exit(64)
 }

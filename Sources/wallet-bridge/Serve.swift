@@ -40,6 +40,7 @@ struct Serve: AsyncParsableCommand {
     var paymentTimeout: Int = 60
     @Option(help: "Requests per second each client may send (sustained); more are answered RATE_LIMITED.") var clientRate: Double = 10
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 30
+    @Option(help: "Requests of one client handled at once (more are answered RATE_LIMITED).") var clientConcurrency = 8
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func run() async throws {
@@ -118,6 +119,7 @@ struct WalletDaemon: Service {
         configuration.maximumAge = max(60, command.maxAge)
         configuration.policy.rate = command.clientRate
         configuration.policy.burst = max(1, command.clientBurst)
+        configuration.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
         // NIP-47 clients expect an answer to every request: RATE_LIMITED for each one beyond the rate, up to
         // a flood (more than this per second from one client is dropped and counted).
         configuration.policy.refusalRepliesPerSecond = 50
