@@ -127,7 +127,8 @@ class Notifications:
         await self.client.subscribe(ReqTarget.auto([wanted]), id="nwc-notifications")
         self.stream = self.client.notifications()
 
-    async def collect(self, count: int, timeout: float) -> list:
+    async def collect(self, count: int, timeout: float, payment_hash: str) -> list:
+        """`count` notifications about `payment_hash` (others, such as stored earlier ones, are skipped)."""
         import asyncio
 
         got, deadline = [], time.time() + timeout
@@ -142,7 +143,9 @@ class Notifications:
                 event = note.event
                 kind = event.kind().as_u16()
                 decrypt = self.keys.nip44_decrypt if kind == 23197 else self.keys.nip04_decrypt
-                got.append((kind, json.loads(decrypt(event.author(), event.content()))))
+                note = json.loads(decrypt(event.author(), event.content()))
+                if note.get("notification", {}).get("payment_hash") == payment_hash:
+                    got.append((kind, note))
         return got
 
     async def stop(self):
@@ -205,7 +208,7 @@ def test_rust_nostr_pays_between_two_ledger_connections(procs, aio, tmp_path, re
             _from=None, until=None, limit=10, offset=None, unpaid=None, transaction_type=None))
         assert [t.payment_hash for t in listed] == [made.payment_hash]
 
-        received = await notes.collect(2, timeout=10)
+        received = await notes.collect(2, timeout=10, payment_hash=made.payment_hash)
         await notes.stop()
         assert sorted(kind for kind, _ in received) == [23196, 23197], received
         for _, note in received:
@@ -364,22 +367,22 @@ def lnbits(tmp_path):
         server.stop()
 
 
-def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits, monkeypatch, relay_url):  # noqa: F811
     bridge_wallet = lnbits.wallet("bridge", sats=10_000)
     outsider = lnbits.wallet("outsider", sats=5_000)
-    relay = procs.sb_relay("relay")
     data = tmp_path / "wallet"
     monkeypatch.setitem(test_pool_interop.ENV, "INTEROP_LNBITS_KEY", bridge_wallet["adminkey"])
     proc = procs.start(
-        [wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay.url, "--backend", "lnbits",
+        [wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url, "--backend", "lnbits",
          "--lnbits-url", lnbits.base, "--lnbits-key-env", "INTEROP_LNBITS_KEY"], "wallet-bridge")
     proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
     _, spender_uri = connect(procs, data, "spender", "--budget", "8000000", "--period", "weekly")
     _, shop_uri = connect(procs, data, "shop")
 
     async def session():
-        await wait_for_info(relay.url, spender_uri)
-        await wait_for_info(relay.url, shop_uri)
+        await wait_for_info(relay_url, spender_uri)
+        await wait_for_info(relay_url, shop_uri)
         spender, shop = nwc(spender_uri), nwc(shop_uri)
         assert (await spender.get_balance()).balance == 10_000_000
 
@@ -411,7 +414,7 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
         await notes.start()
         status, body = lnbits.call("POST", "/api/v1/payments", {"out": True, "bolt11": second.invoice}, key=outsider["adminkey"])
         assert status in (200, 201), (status, body)
-        received = await notes.collect(2, timeout=15)
+        received = await notes.collect(2, timeout=15, payment_hash=second.payment_hash)
         await notes.stop()
         assert sorted(kind for kind, _ in received) == [23196, 23197], received
         assert all(note["notification"]["payment_hash"] == second.payment_hash for _, note in received), received
