@@ -10,8 +10,10 @@ import WalletKit
 // - get_balance and ledger pay_invoice (payer → payee, one invoice per request, made beforehand in the
 //   ledger), closed loop with 256 in flight: requests/s, p50/p99 (publish → response), the service's CPU per
 //   request against the crypto floor (verify, NIP-44 decrypt and encrypt, sign; one core, in this process);
-// - open loop at BENCH_RATE (default 1,000)/s for BENCH_SECONDS (10), get_balance and pay_invoice: p50/p99;
-// - RSS with 10,000 connections, each served (a request to the newest one is answered).
+// - open loop for BENCH_SECONDS (10): get_balance at BENCH_RATE (default 1,000)/s, pay_invoice at half that:
+//   p50/p99;
+// - 10,000 connections added while it runs (the newest must be answered), then RSS of a fresh process on the
+//   same data directory serving them (the figure without the allocator's memory of the load runs).
 // Connections are added to the service's store as `wallet-bridge connect` does; the running service picks
 // them up. Every response is decrypted and must carry a result (a preimage for payments).
 
@@ -54,14 +56,11 @@ struct WalletClients: Sendable {
     }
 }
 
-/// Runs the release `wallet-bridge serve` (beside this binary) on `relay` with a fresh data directory while
-/// `body` runs; gives it the process, the service's store and its keys (to add connections and invoices).
-func withWalletProcess<R>(_ relay: RelayURL, _ body: (Process, SQLiteWalletStore, WalletKeys) async throws -> R) async throws -> R {
-    let directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    let data = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-bench-wallet-\(UUID().uuidString)")
-    defer { try? FileManager.default.removeItem(at: data) }
+/// Starts the release `wallet-bridge serve` (beside this binary) on `relay` with data directory `data`, and
+/// returns once it has printed its ready line.
+func launchWalletBridge(data: URL, relay: RelayURL) throws -> Process {
     let process = Process()
-    process.executableURL = directory.appendingPathComponent("wallet-bridge")
+    process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("wallet-bridge")
     process.arguments = [
         "serve", "--data-dir", data.path, "--relay", relay.string,
         "--client-rate", "1000000", "--client-burst", "1000000", "--client-concurrency", "1000",
@@ -70,16 +69,34 @@ func withWalletProcess<R>(_ relay: RelayURL, _ body: (Process, SQLiteWalletStore
     process.standardOutput = output
     process.standardError = FileHandle.nullDevice
     try process.run()
-    defer {
-        process.terminate()
-        process.waitUntilExit()
+    var printed = ""
+    while !printed.contains("wallet-bridge ready") {
+        let chunk = output.fileHandleForReading.availableData
+        guard !chunk.isEmpty else {
+            process.terminate()
+            throw BenchFailure("wallet-bridge serve stopped before its ready line")
+        }
+        printed += String(decoding: chunk, as: UTF8.self)
     }
-    guard let line = String(data: output.fileHandleForReading.availableData, encoding: .utf8), line.hasPrefix("wallet-bridge ready") else {
-        throw BenchFailure("wallet-bridge serve did not print its ready line")
-    }
+    return process
+}
+
+func stop(_ process: Process) {
+    guard process.isRunning else { return }
+    process.terminate()
+    process.waitUntilExit()
+}
+
+/// Runs `wallet-bridge serve` on `relay` with a fresh data directory while `body` runs; gives it the process,
+/// the data directory, the service's store and its keys (to add connections and invoices).
+func withWalletProcess<R>(_ relay: RelayURL, _ body: (Process, URL, SQLiteWalletStore, WalletKeys) async throws -> R) async throws -> R {
+    let data = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-bench-wallet-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: data) }
+    let process = try launchWalletBridge(data: data, relay: relay)
+    defer { stop(process) }
     let master = try String(contentsOf: data.appendingPathComponent("master.key"), encoding: .utf8)
     let keys = WalletKeys(master: try SecretKey(hex: master.trimmingCharacters(in: .whitespacesAndNewlines)))
-    return try await body(process, try SQLiteWalletStore(path: data.appendingPathComponent("wallet.sqlite").path), keys)
+    return try await body(process, data, try SQLiteWalletStore(path: data.appendingPathComponent("wallet.sqlite").path), keys)
 }
 
 /// A new connection with every core method, funded with `balance`; returns its client secret and wallet key.
@@ -97,12 +114,12 @@ func runWallet() async throws {
     let (perRun, rate, openSeconds, window) = (settings.perRun, settings.rate, settings.openSeconds, settings.window)
     let openCount = Int(rate * openSeconds)
     try await withBenchRelay { url in
-        try await withWalletProcess(url) { process, store, keys in
+        try await withWalletProcess(url) { process, data, store, keys in
             let pid = process.processIdentifier
             say("wallet-bridge serve started: RSS \(ProcessUsage(pid: pid).residentKiB / 1024) MiB")
             let payments = perRun + openCount + 1_000
             let payer = try await addConnection("payer", balance: Int64(payments) * 1_000, store: store, keys: keys, relay: url)
-            let payee = try await addConnection("payee", balance: 0, store: store, keys: keys, relay: url)
+            _ = try await addConnection("payee", balance: 0, store: store, keys: keys, relay: url)
             let clients = try WalletClients([payer])
             let ledger = LedgerBackend(store: store, nodeKey: try keys.ledgerNodeKey())
             guard let payeeConnection = try await store.connection(idOrName: "payee") else { throw BenchFailure("no payee connection") }
@@ -113,7 +130,6 @@ func runWallet() async throws {
                     for: payeeConnection, now: .now)
                 invoices.append(made.invoice ?? "")
             }
-            _ = payee
             // The service polls its store for new connections four times a second.
             try await Task.sleep(for: .seconds(1))
 
@@ -147,32 +163,44 @@ func runWallet() async throws {
                         let usage = ProcessUsage(pid: pid)
                         say("  \(method): \(padLeft(format(result.rate), 7)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  wallet-bridge CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request (\(String(format: "%.1f", result.cpuPerRequest / floor))× the floor)  RSS \(usage.residentKiB / 1024) MiB\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                     }
-                    for (method, requests, reader) in [
-                        ("get_balance", try clients.requests(openCount, method: "get_balance") { _ in [:] }, balance),
-                        ("pay_invoice", try payRequests(openCount), paid),
+                    // Payments are slower (each is a synced write transaction): their open loop runs at half the rate.
+                    for (method, requests, reader, offered) in [
+                        ("get_balance", try clients.requests(openCount, method: "get_balance") { _ in [:] }, balance, rate),
+                        ("pay_invoice", try payRequests(openCount / 2), paid, rate / 2),
                     ] {
-                        let result = try await drive(requests, rate: rate, reading: reader, pool: pool, replies: replies, service: pid)
-                        say("open loop at \(format(rate))/s for \(Int(openSeconds)) s, \(method): p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
+                        let result = try await drive(requests, rate: offered, reading: reader, pool: pool, replies: replies, service: pid)
+                        say("open loop at \(format(offered))/s for \(Int(openSeconds)) s, \(method): p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                     }
 
-                    // 10,000 connections: added while it runs, each with its own wallet key.
+                    // 10,000 connections: added while it runs (each with its own wallet key), then a fresh process
+                    // on the same data directory (RSS without the allocator's memory of the runs above).
                     let added = ContinuousClock.now
                     var newest = payer
                     for i in 0..<10_000 { newest = try await addConnection("c\(i)", balance: 0, store: store, keys: keys, relay: url) }
                     let stored = ContinuousClock.now - added
-                    let probe = try WalletClients([newest])
-                    let served = ContinuousClock.now
                     var client = NIP47Client(uri: WalletConnectURI(wallet: newest.wallet, relays: [url], secret: newest.secret))
                     client.timeout = .seconds(2)
-                    var answered = false
-                    while !answered, ContinuousClock.now - served < .seconds(120) {
-                        answered = (try? await client.run { try await $0.call("get_balance") })?.object?["balance"] != nil
+                    func served(within limit: Duration) async -> Duration? {
+                        let start = ContinuousClock.now
+                        while ContinuousClock.now - start < limit {
+                            if (try? await client.run({ try await $0.call("get_balance") }))?.object?["balance"] != nil { return ContinuousClock.now - start }
+                        }
+                        return nil
                     }
-                    guard answered else { throw BenchFailure("the 10,000th connection was not served within 120 s") }
-                    let usage = ProcessUsage(pid: pid)
-                    say("10,002 connections (10,000 added in \(stored), served \(ContinuousClock.now - served) later): RSS \(usage.residentKiB / 1024) MiB (peak \(usage.peakResidentKiB / 1024))")
-                    let result = try await drive(try probe.requests(perRun / 10, method: "get_balance") { _ in [:] }, window: window, reading: probe.reader(expecting: "balance"), pool: pool, replies: replies, service: pid)
-                    say("  get_balance with 10,002 connections: \(format(result.rate)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms")
+                    guard let pickedUp = await served(within: .seconds(120)) else { throw BenchFailure("the 10,000th connection was not served within 120 s") }
+                    say("10,000 connections added to the store in \(stored) while it runs; the newest served \(pickedUp) later; RSS \(ProcessUsage(pid: pid).residentKiB / 1024) MiB")
+                    stop(process)
+                    let launched = ContinuousClock.now
+                    let fresh = try launchWalletBridge(data: data, relay: url)
+                    defer { stop(fresh) }
+                    let ready = ContinuousClock.now - launched
+                    guard await served(within: .seconds(60)) != nil else { throw BenchFailure("the restarted service did not answer") }
+                    let probe = try WalletClients([newest])
+                    let result = try await drive(
+                        try probe.requests(perRun / 5, method: "get_balance") { _ in [:] }, window: window, reading: probe.reader(expecting: "balance"),
+                        pool: pool, replies: replies, service: fresh.processIdentifier)
+                    let usage = ProcessUsage(pid: fresh.processIdentifier)
+                    say("restarted with 10,002 connections: ready (subscribed, 10,002 info events confirmed) in \(ready); get_balance \(format(result.rate)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms; RSS \(usage.residentKiB / 1024) MiB (peak \(usage.peakResidentKiB / 1024))\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                 }
             }
         }
