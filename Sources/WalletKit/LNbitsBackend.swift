@@ -2,7 +2,7 @@ import AsyncHTTPClient
 import Foundation
 public import Logging
 public import NostrCore
-public import NostrCrypto
+import NostrCrypto
 import NIOCore
 import NIOHTTP1
 import Synchronization

@@ -1,5 +1,5 @@
 public import NostrCore
-public import NostrCrypto
+import NostrCrypto
 
 /// NIP-47 (Nostr Wallet Connect) on the wire: kinds, methods, error codes, and the JSON of responses,
 /// transactions and notifications.

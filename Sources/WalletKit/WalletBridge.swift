@@ -1,7 +1,7 @@
 public import Logging
-public import NostrCore
+import NostrCore
 public import NostrCrypto
-public import NostrRelay
+import NostrRelay
 public import NostrService
 
 /// The keys of a wallet-bridge: one master key (kept in the data directory), from which each connection's

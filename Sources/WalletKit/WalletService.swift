@@ -1,7 +1,7 @@
-public import Logging
+import Logging
 public import NostrCore
-public import NostrCrypto
-public import NostrRelay
+import NostrCrypto
+import NostrRelay
 public import NostrService
 
 /// The NIP-47 wallet service as a runtime handler: kind 23194 requests to a connection's wallet key,
