@@ -136,7 +136,7 @@ let package = Package(
         .target(
             name: "WalletKitPostgres",
             dependencies: [
-                "WalletKit", "NostrRelay", "NostrCore", "NostrCrypto",
+                "WalletKit", "NostrServicePostgres", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]

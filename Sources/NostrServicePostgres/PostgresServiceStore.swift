@@ -5,7 +5,6 @@ public import NostrCrypto
 public import NostrService
 public import PostgresNIO
 public import ServiceLifecycle
-import Synchronization
 
 /// A ``ServiceStore`` in PostgreSQL (postgres-nio): for several replicas of one service sharing its journal.
 ///
@@ -19,11 +18,13 @@ import Synchronization
 public final class PostgresServiceStore: ServiceStore, Service {
     public let client: PostgresClient
     private let logger: Logger
-    private let migration = Mutex<Task<Void, any Error>?>(nil)
+    private let schema: PostgresMigrations
 
     public init(configuration: PostgresClient.Configuration, logger: Logger) {
         self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         self.logger = logger
+        self.schema = PostgresMigrations(
+            client: client, logger: logger, table: "switchboard_migrations", lock: Self.migrationLock, migrations: Self.migrations)
     }
 
     /// Connects to `url`: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=disable|prefer|require]`.
@@ -57,38 +58,7 @@ public final class PostgresServiceStore: ServiceStore, Service {
     // MARK: Schema
 
     private func prepared() async throws {
-        let task = migration.withLock { current in
-            if let current { return current }
-            let task = Task { try await self.migrate() }
-            current = task
-            return task
-        }
-        do {
-            try await task.value
-        } catch {
-            migration.withLock { if $0 == task { $0 = nil } }  // the next call tries again
-            throw error
-        }
-    }
-
-    private func migrate() async throws {
-        try await client.withTransaction(logger: logger) { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
-            try await connection.query(
-                "CREATE TABLE IF NOT EXISTS switchboard_migrations (version INTEGER PRIMARY KEY)", logger: logger)
-            var applied = 0
-            for try await version in try await connection.query(
-                "SELECT coalesce(max(version), 0) FROM switchboard_migrations", logger: logger
-            ).decode(Int.self) {
-                applied = version
-            }
-            for (index, statements) in Self.migrations.enumerated() where index + 1 > applied {
-                for statement in statements {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
-                }
-                try await connection.query("INSERT INTO switchboard_migrations (version) VALUES (\(index + 1))", logger: logger)
-            }
-        }
+        try await schema.prepared()
     }
 
     /// An arbitrary constant naming this store's migration lock (`pg_advisory_xact_lock`).

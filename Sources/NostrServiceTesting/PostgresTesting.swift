@@ -28,7 +28,7 @@ public func withPostgresDatabase<R: Sendable>(_ body: (PostgresClient.Configurat
             try await admin.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(name) WITH (FORCE)"))
             return result
         } catch {
-            try? await admin.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(name) WITH (FORCE)"))
+            _ = try? await admin.query(PostgresQuery(unsafeSQL: "DROP DATABASE \(name) WITH (FORCE)"))
             throw error
         }
     }

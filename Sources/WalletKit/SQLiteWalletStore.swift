@@ -238,44 +238,35 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func failPayment(sequence: Int64, creditsLedger: Bool, now: Timestamp) async throws -> WalletTransaction? {
-        try await pool.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM transactions WHERE seq = ? AND state = 'pending'", arguments: [sequence])
-            else { return nil }
-            var payment = try Self.transaction(row)
-            payment.state = .failed
-            try db.execute(sql: "UPDATE transactions SET state = 'failed' WHERE seq = ?", arguments: [sequence])
-            if creditsLedger {
-                try db.execute(
-                    sql: "UPDATE connections SET balance_msat = balance_msat + ? WHERE id = ?",
-                    arguments: [payment.amountMsat + payment.feeReserveMsat, payment.connection])
-            }
-            return payment
+        try await pool.write { db in try Self.failPayment(db, sequence: sequence, creditsLedger: creditsLedger) }
+    }
+
+    private static func failPayment(_ db: Database, sequence: Int64, creditsLedger: Bool) throws -> WalletTransaction? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM transactions WHERE seq = ? AND state = 'pending'", arguments: [sequence])
+        else { return nil }
+        var payment = try transaction(row)
+        payment.state = .failed
+        try db.execute(sql: "UPDATE transactions SET state = 'failed' WHERE seq = ?", arguments: [sequence])
+        if creditsLedger {
+            try db.execute(
+                sql: "UPDATE connections SET balance_msat = balance_msat + ? WHERE id = ?",
+                arguments: [payment.amountMsat + payment.feeReserveMsat, payment.connection])
         }
+        return payment
     }
 
     public func payInternally(_ reservation: PaymentReservation, now: Timestamp) async throws -> InternalPaymentResult {
         try await pool.write { db in
             let outcome = try Self.reserve(db, reservation, now: now)
-            guard case .reserved(var payment) = outcome else { return .refused(outcome) }
+            guard case .reserved(let payment) = outcome else { return .refused(outcome) }
             let target = try Row.fetchOne(
                 db, sql: "SELECT * FROM transactions WHERE payment_hash = ? AND direction = 'incoming'",
                 arguments: [Data(reservation.invoice.paymentHash.bytes)]
             ).map(Self.transaction)
-            let reason: String? = switch target {
-            case nil: "no route: the ledger can only pay its own invoices"
-            case let invoice? where invoice.state(at: now) == .expired: "the invoice has expired"
-            case let invoice? where invoice.state != .pending: "the invoice is already paid"
-            case let invoice? where invoice.amountMsat > 0 && invoice.amountMsat != reservation.amountMsat:
-                "the amount does not match the invoice"
-            default: nil
-            }
+            let reason = reservation.ledgerRefusal(paying: target, now: now)
             guard let target, reason == nil, let preimage = target.preimage else {
-                try db.execute(sql: "UPDATE transactions SET state = 'failed' WHERE seq = ?", arguments: [payment.sequence])
-                try db.execute(
-                    sql: "UPDATE connections SET balance_msat = balance_msat + ? WHERE id = ?",
-                    arguments: [payment.amountMsat + payment.feeReserveMsat, payment.connection])
-                payment.state = .failed
-                return .failed(payment: payment, reason: reason ?? "the invoice cannot be settled")
+                let failed = try Self.failPayment(db, sequence: payment.sequence, creditsLedger: true) ?? payment
+                return .failed(payment: failed, reason: reason ?? "the invoice cannot be settled")
             }
             guard let invoice = try Self.settleInvoice(db, paymentHash: target.paymentHash, preimage: nil, creditsLedger: true, now: now),
                 let paid = try Self.settlePayment(db, sequence: payment.sequence, preimage: preimage, feesPaidMsat: 0, creditsLedger: true, now: now)

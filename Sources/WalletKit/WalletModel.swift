@@ -239,3 +239,16 @@ public enum InternalPaymentResult: Sendable, Hashable {
     /// The invoice is not one the ledger can settle (unknown, already paid, expired); recorded as failed.
     case failed(payment: WalletTransaction, reason: String)
 }
+
+extension PaymentReservation {
+    /// Why the ledger cannot settle `invoice` (its own incoming invoice of the reserved hash, if any) with this
+    /// payment; nil when it can. Both stores ask this inside their transaction.
+    package func ledgerRefusal(paying invoice: WalletTransaction?, now: Timestamp) -> String? {
+        guard let invoice else { return "no route: the ledger can only pay its own invoices" }
+        if invoice.state(at: now) == .expired { return "the invoice has expired" }
+        if invoice.state != .pending { return "the invoice is already paid" }
+        if invoice.amountMsat > 0 && invoice.amountMsat != amountMsat { return "the amount does not match the invoice" }
+        if invoice.preimage == nil { return "the invoice cannot be settled" }
+        return nil
+    }
+}

@@ -3,7 +3,7 @@ public import NostrCore
 public import NostrCrypto
 public import NostrRelay
 public import PostgresNIO
-import Synchronization
+import NostrServicePostgres
 public import WalletKit
 
 /// The ``WalletStore`` in PostgreSQL, for several wallet-bridge replicas sharing one database.
@@ -18,47 +18,18 @@ public import WalletKit
 public final class PostgresWalletStore: WalletStore {
     let client: PostgresClient
     let logger: Logger
-    private let migration = Mutex<Task<Void, any Error>?>(nil)
+    private let schema: PostgresMigrations
 
     public init(client: PostgresClient, logger: Logger) {
         self.client = client
         self.logger = logger
+        self.schema = PostgresMigrations(client: client, logger: logger, table: "wallet_migrations", lock: Self.migrationLock, migrations: Self.migrations)
     }
 
     // MARK: Schema
 
     private func prepared() async throws {
-        let task = migration.withLock { current in
-            if let current { return current }
-            let task = Task { try await self.migrate() }
-            current = task
-            return task
-        }
-        do {
-            try await task.value
-        } catch {
-            migration.withLock { if $0 == task { $0 = nil } }
-            throw error
-        }
-    }
-
-    private func migrate() async throws {
-        try await client.withTransaction(logger: logger) { connection in
-            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: logger)
-            try await connection.query("CREATE TABLE IF NOT EXISTS wallet_migrations (version INTEGER PRIMARY KEY)", logger: logger)
-            var applied = 0
-            for try await version in try await connection.query(
-                "SELECT coalesce(max(version), 0) FROM wallet_migrations", logger: logger
-            ).decode(Int.self) {
-                applied = version
-            }
-            for (index, statements) in Self.migrations.enumerated() where index + 1 > applied {
-                for statement in statements {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
-                }
-                try await connection.query("INSERT INTO wallet_migrations (version) VALUES (\(index + 1))", logger: logger)
-            }
-        }
+        try await schema.prepared()
     }
 
     private static let migrationLock: Int64 = 0x5357_4244_0047
@@ -362,14 +333,7 @@ public final class PostgresWalletStore: WalletStore {
             // Read again under the locks: another payer may have settled it meanwhile.
             let target = try await Self.transactions(db.query(
                 "SELECT * FROM wallet_transactions WHERE payment_hash = \(hash) AND direction = 'incoming' FOR UPDATE", logger: logger)).first
-            let reason: String? = switch target {
-            case nil: "no route: the ledger can only pay its own invoices"
-            case let invoice? where invoice.state(at: now) == .expired: "the invoice has expired"
-            case let invoice? where invoice.state != .pending: "the invoice is already paid"
-            case let invoice? where invoice.amountMsat > 0 && invoice.amountMsat != reservation.amountMsat:
-                "the amount does not match the invoice"
-            default: nil
-            }
+            let reason = reservation.ledgerRefusal(paying: target, now: now)
             guard let target, reason == nil, let preimage = target.preimage else {
                 let failed = try await Self.failPayment(db, sequence: payment.sequence, creditsLedger: true, logger: logger) ?? payment
                 return .failed(payment: failed, reason: reason ?? "the invoice cannot be settled")
