@@ -171,3 +171,22 @@ public final class EmbeddedRelay: Service, Sendable {
     static func newChallenge() -> String { Hex.encode(SecureMemory.randomBytes(16)) }
 
 }
+
+extension EmbeddedRelay {
+    /// Runs an embedded relay (in memory) on 127.0.0.1 and a free port while `body` runs with its URL, then
+    /// stops it: the daemons' development mode, when no relay is given.
+    public static func withLoopbackRelay(logger: Logger, _ body: (RelayURL) async throws -> Void) async throws {
+        let (ready, announce) = AsyncStream<String>.makeStream()
+        var configuration = Configuration()
+        configuration.host = "127.0.0.1"
+        configuration.port = 0
+        let relay = EmbeddedRelay(configuration: configuration, logger: logger) { url in announce.yield(url) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await relay.run() }
+            defer { group.cancelAll() }
+            var urls = ready.makeAsyncIterator()
+            guard let text = await urls.next() else { return }
+            try await body(try RelayURL(text))
+        }
+    }
+}

@@ -81,18 +81,9 @@ struct BunkerDaemon: Service {
 
     func run() async throws {
         guard relays.isEmpty else { return try await serve(on: relays) }
-        let (ready, announce) = AsyncStream<String>.makeStream()
-        var configuration = EmbeddedRelay.Configuration()
-        configuration.host = "127.0.0.1"
-        configuration.port = 0
-        let relay = EmbeddedRelay(configuration: configuration, logger: Logger(label: "bunker.relay")) { url in announce.yield(url) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await relay.run() }
-            var urls = ready.makeAsyncIterator()
-            guard let text = await urls.next() else { return }
-            say("development mode: embedded relay on \(text) (pass --relay for real relays)")
-            try await serve(on: [try RelayURL(text)])
-            group.cancelAll()
+        try await EmbeddedRelay.withLoopbackRelay(logger: Logger(label: "bunker.relay")) { url in
+            say("development mode: embedded relay on \(url.string) (pass --relay for real relays)")
+            try await serve(on: [url])
         }
     }
 
