@@ -2,6 +2,7 @@ public import Hummingbird
 public import Logging
 import NostrCore
 import NostrRelay
+import Metrics
 public import Prometheus
 public import ServiceLifecycle
 
@@ -65,5 +66,29 @@ public struct OperationsServer: Service {
             },
             logger: logger)
         try await app.runService()
+    }
+}
+
+extension OperationsServer {
+    /// A daemon's process-wide set-up: logs to standard error at `logLevel` (trace … critical; `notice` when
+    /// unknown), and swift-metrics into the Prometheus registry returned, for `/metrics`.
+    public static func bootstrapObservability(logLevel: String) -> PrometheusCollectorRegistry {
+        let level = Logger.Level(rawValue: logLevel) ?? .notice
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }
+
+    /// `HOST:PORT` (as a daemon's `--http` takes it) split into host and port.
+    public static func listenAddress(_ text: String) throws -> (host: String, port: Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65_535).contains(port) else {
+            throw ServiceError(.badRequest, "--http takes HOST:PORT")
+        }
+        return (String(text[..<colon]), port)
     }
 }

@@ -2,7 +2,6 @@ import ArgumentParser
 import BunkerKit
 import Foundation
 import Logging
-import Metrics
 import NostrCore
 import NostrCrypto
 import NostrRelay
@@ -32,21 +31,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let registry = OperationsServer.bootstrapObservability(logLevel: logLevel)
         let relays = try relay.map { try RelayURL($0) }
-        let listener = try http.map { text -> (String, Int) in
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
-                throw ValidationError("--http takes HOST:PORT")
-            }
-            return (String(text[..<colon]), port)
-        }
+        let listener = try http.map(OperationsServer.listenAddress)
         let identities = try directory.keys.unlock(passphrase: try passphrase())
         guard !identities.isEmpty else { throw ValidationError("no keys in \(directory.path); run `bunker init` first") }
         var policy = RequestPolicy.Configuration()

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import Metrics
 import NostrCore
 import NostrCrypto
 import NostrRelay
@@ -44,21 +43,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .notice
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
-        let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let registry = OperationsServer.bootstrapObservability(logLevel: logLevel)
         let relays = try relay.map { try RelayURL($0) }
-        let listener = try http.map { text -> (String, Int) in
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else {
-                throw ValidationError("--http takes HOST:PORT")
-            }
-            return (String(text[..<colon]), port)
-        }
+        let listener = try http.map(OperationsServer.listenAddress)
         guard ["ledger", "lnbits"].contains(backend) else { throw ValidationError("--backend takes ledger or lnbits") }
         if backend == "lnbits" {
             guard lnbitsURL != nil else { throw ValidationError("--backend lnbits needs --lnbits-url") }
