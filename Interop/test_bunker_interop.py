@@ -45,16 +45,11 @@ READY = 20.0
 
 
 def bunker_path(procs: Procs) -> str:
-    path = Path(procs.sb).parent / "bunker"
-    if not path.exists():
-        pytest.fail(f"{path} not built (swift build builds it)", pytrace=False)
-    return str(path)
+    return procs.binary("bunker")
 
 
 def bunker(procs: Procs, *args) -> str:
-    result = subprocess.run([bunker_path(procs), *args], capture_output=True, timeout=60, check=False)
-    assert result.returncode == 0, f"bunker {args}: {result.stderr.decode()}"
-    return result.stdout.decode().strip()
+    return procs.run("bunker", *args)
 
 
 def serve(procs: Procs, data: Path, relay_url: str, *extra):

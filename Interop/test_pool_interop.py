@@ -222,6 +222,19 @@ class Procs:
         self.tmp = tmp_path
         self.started: list[Proc] = []
 
+    def binary(self, name: str) -> str:
+        """Another Switchboard executable (bunker, wallet-bridge), from the directory of $SWITCHBOARD_BIN."""
+        path = Path(self.sb).parent / name
+        if not path.exists():
+            pytest.fail(f"{path} not built (swift build builds it)", pytrace=False)
+        return str(path)
+
+    def run(self, name: str, *args) -> str:
+        """Runs executable `name` with `args` to completion; its stdout, stripped (a nonzero exit fails the test)."""
+        result = subprocess.run([self.binary(name), *args], capture_output=True, timeout=60, check=False)
+        assert result.returncode == 0, f"{name} {args}: {result.stderr.decode()}"
+        return result.stdout.decode().strip()
+
     def start(self, argv, name: str, must_survive=True) -> Proc:
         proc = Proc(argv, self.tmp / f"{len(self.started):02d}-{name}.stderr", name, must_survive)
         self.started.append(proc)

@@ -61,16 +61,11 @@ LNBITS_START = 90.0   # LNbits answers its health check within this (first start
 
 
 def wb_path(procs: Procs) -> str:
-    path = Path(procs.sb).parent / "wallet-bridge"
-    if not path.exists():
-        pytest.fail(f"{path} not built (swift build builds it)", pytrace=False)
-    return str(path)
+    return procs.binary("wallet-bridge")
 
 
 def wb(procs: Procs, *args) -> str:
-    result = subprocess.run([wb_path(procs), *args], capture_output=True, timeout=60, check=False)
-    assert result.returncode == 0, f"wallet-bridge {args}: {result.stderr.decode()}"
-    return result.stdout.decode().strip()
+    return procs.run("wallet-bridge", *args)
 
 
 def serve(procs: Procs, data: Path, relay_url: str, *extra):
