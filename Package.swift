@@ -18,6 +18,8 @@ let package = Package(
         .library(name: "WalletKit", targets: ["WalletKit"]),
         .library(name: "WalletKitPostgres", targets: ["WalletKitPostgres"]),
         .executable(name: "wallet-bridge", targets: ["wallet-bridge"]),
+        .library(name: "DVMKit", targets: ["DVMKit"]),
+        .executable(name: "dvm-host", targets: ["dvm-host"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -34,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.24.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-subprocess", from: "1.0.0"),
     ],
     targets: [
         // The three C libraries, as Debian packages them. Only NostrCrypto imports these
@@ -152,6 +155,30 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // dvm-host: the NIP-90 job host (DVMKit is its library: job requests, the JobHandler API, inputs,
+        // pricing through a NIP-47 wallet, the request handler; `dvm-host` the daemon).
+        .target(
+            name: "DVMKit",
+            dependencies: [
+                "WalletKit", "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ]
+        ),
+        .executableTarget(
+            name: "dvm-host",
+            dependencies: [
+                "DVMKit", "DVMExamples", "WalletKit", "NostrService", "NostrServicePostgres", "NostrRelay", "NostrCore", "NostrCrypto",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .target(
             name: "NostrServiceTesting",
             dependencies: [
@@ -163,7 +190,7 @@ let package = Package(
         .executableTarget(
             name: "switchboard",
             dependencies: [
-                "BunkerKit", "WalletKit",
+                "BunkerKit", "WalletKit", "DVMKit",
                 "NostrCore",
                 "NostrCrypto",
                 "NostrRelay",
@@ -188,6 +215,12 @@ let package = Package(
             name: "uppercase-client",
             dependencies: ["NostrRelay", "NostrCore", "NostrCrypto", .product(name: "Logging", package: "swift-log")],
             path: "Examples/UppercaseClient"
+        ),
+        // Job handlers written against DVMKit's JobHandler API; dvm-host offers them through --handler.
+        .target(
+            name: "DVMExamples",
+            dependencies: ["DVMKit", "NostrCrypto"],
+            path: "Examples/DVMHandlers"
         ),
         .executableTarget(
             name: "switchboard-bench",
@@ -232,6 +265,15 @@ let package = Package(
                 "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "DVMKitTests",
+            dependencies: [
+                "DVMKit", "DVMExamples", "WalletKit", "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay",
+                "NostrCore", "NostrCrypto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
         .testTarget(

@@ -5,8 +5,11 @@ import Synchronization
 package final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
-        var waiters: [CheckedContinuation<Void, Never>] = []
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Bool, Never>)] = []
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
+        var nextID: UInt64 = 0
+        /// Waiters cancelled before they were queued.
+        var cancelledEarly: Set<UInt64> = []
     }
 
     private let capacity: Int
@@ -17,29 +20,59 @@ package final class AsyncSemaphore: Sendable {
         self.state = Mutex(State(available: max(1, capacity)))
     }
 
+    /// Takes a slot, waiting as long as it takes (cancellation does not end the wait).
     package func acquire() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { state in
-                if state.available > 0 {
-                    state.available -= 1
-                    return true
+        _ = await take(cancellable: false)
+    }
+
+    /// Takes a slot, or throws `CancellationError` if the task is cancelled while it waits.
+    package func acquireUnlessCancelled() async throws {
+        guard await take(cancellable: true) else { throw CancellationError() }
+    }
+
+    private func take(cancellable: Bool) async -> Bool {
+        let id = state.withLock { state in
+            defer { state.nextID &+= 1 }
+            return state.nextID
+        }
+        let wait = {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let outcome: Bool? = self.state.withLock { state in
+                    if state.available > 0 {
+                        state.available -= 1
+                        return true
+                    }
+                    if state.cancelledEarly.remove(id) != nil { return false }
+                    state.waiters.append((id, continuation))
+                    return nil
                 }
-                state.waiters.append(continuation)
-                return false
+                if let outcome { continuation.resume(returning: outcome) }
             }
-            if now { continuation.resume() }
+        }
+        guard cancellable else { return await wait() }
+        // A cancellation that arrives after the slot was taken leaves its mark; clear it.
+        defer { state.withLock { _ = $0.cancelledEarly.remove(id) } }
+        return await withTaskCancellationHandler(operation: wait) {
+            let waiter = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+                if let index = state.waiters.firstIndex(where: { $0.id == id }) {
+                    return state.waiters.remove(at: index).continuation
+                }
+                state.cancelledEarly.insert(id)
+                return nil
+            }
+            waiter?.resume(returning: false)
         }
     }
 
     package func release() {
-        let (next, idle) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [CheckedContinuation<Void, Never>]) in
-            if !state.waiters.isEmpty { return (state.waiters.removeFirst(), []) }
+        let (next, idle) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, [CheckedContinuation<Void, Never>]) in
+            if !state.waiters.isEmpty { return (state.waiters.removeFirst().continuation, []) }
             state.available += 1
             guard state.available == capacity else { return (nil, []) }
             defer { state.idleWaiters = [] }
             return (nil, state.idleWaiters)
         }
-        next?.resume()
+        next?.resume(returning: true)
         for waiter in idle { waiter.resume() }
     }
 

@@ -37,6 +37,10 @@ public protocol RequestHandler: Sendable {
     /// Whether a request interrupted by a crash or restart may be run again (default false: it is answered
     /// with ``ServiceError/Code/interrupted`` instead, so nothing is signed or paid twice).
     var isIdempotent: Bool { get }
+    /// How `event`'s content is protected. The default: plain text when ``encryptions`` is only
+    /// `.plaintext`, else NIP-04 when the content has `?iv=`, else NIP-44. Override for protocols where a tag
+    /// says whether the content is encrypted (NIP-90's `encrypted`).
+    func payloadEncryption(of event: Event) -> PayloadEncryption
     /// Whether replies also go to the requester's inbox relays (their NIP-65 read relays, else their kind
     /// 10050 relays), which the runtime looks up on its relays and caches. Default false.
     var repliesToInbox: Bool { get }
@@ -74,6 +78,10 @@ extension RequestHandler {
     public var timeout: Duration { .seconds(30) }
     public var isIdempotent: Bool { false }
     public var repliesToInbox: Bool { false }
+    public func payloadEncryption(of event: Event) -> PayloadEncryption {
+        if encryptions == [.plaintext] { return .plaintext }
+        return NIP04.isNIP04Payload(event.content) ? .nip04 : .nip44
+    }
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? { nil }
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] { [] }
 }

@@ -178,6 +178,13 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
+    public func release(_ id: EventID, owner: String) async throws {
+        try await grouped { db in
+            try db.cachedStatement(sql: "UPDATE journal SET claimed_at = 0 WHERE id = ? AND owner = ? AND finished_at IS NULL")
+                .execute(arguments: [Data(id.bytes32.bytes), owner])
+        }
+    }
+
     public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
         try await grouped { db in
             try db.cachedStatement(sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ?")

@@ -112,6 +112,9 @@ public final class ServiceRuntime: Service, Sendable {
     struct RuntimeState {
         var policy: RequestPolicy
         var checkpoints: [PublicKey: Timestamp] = [:]
+        /// The `created_at` of each request being handled, per key: the checkpoint does not pass the oldest,
+        /// so a restart's catch-up delivers it again.
+        var inFlight: [PublicKey: [EventID: Timestamp]] = [:]
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
@@ -389,6 +392,10 @@ public final class ServiceRuntime: Service, Sendable {
             break
         }
         noteCheckpoint(route.key.publicKey, event.createdAt)
+        state.withLock { $0.inFlight[route.key.publicKey, default: [:]][event.id] = event.createdAt }
+        // A request released at shutdown stays in flight, so the last checkpoint flush does not pass it.
+        var released = false
+        defer { if !released { state.withLock { _ = $0.inFlight[route.key.publicKey]?.removeValue(forKey: event.id) } } }
 
         let decision = state.withLock { $0.policy.admit(event.pubkey, now: monotonicSeconds()) }
         switch decision {
@@ -437,8 +444,14 @@ public final class ServiceRuntime: Service, Sendable {
             outcomeName = "error:\(error.code)"
         }
         if Task.isCancelled {
-            // Cut off by shutdown: the claim stays open and is reported as interrupted if the request comes back.
+            // Cut off by shutdown. A handler that may run twice gets its claim released, so the request runs
+            // again when it comes back (the catch-up after a restart brings it: the checkpoint stayed before
+            // it); otherwise the claim stays open and the request is answered as interrupted.
             metrics.request(kind: kind, outcome: "cancelled")
+            if handler.isIdempotent {
+                try? await store.release(event.id, owner: owner)
+                released = true
+            }
             return
         }
         let events: [Event]
@@ -464,7 +477,7 @@ public final class ServiceRuntime: Service, Sendable {
     /// Answers `event` with the handler's error reply for `error` (if its protocol has one) and records it.
     private func refuse(_ event: Event, relay: RelayURL, route: Route, with error: ServiceError, logger: Logger) async {
         let request = (try? decrypt(event, relay: relay, route: route))
-            ?? ServiceRequest(event: event, content: "", encryption: Self.encryption(of: event, handler: route.handler), recipient: route.key.publicKey, relay: relay)
+            ?? ServiceRequest(event: event, content: "", encryption: route.handler.payloadEncryption(of: event), recipient: route.key.publicKey, relay: relay)
         var events: [Event] = []
         if let reply = route.handler.errorReply(to: request, error: error) {
             events = (try? await sign([reply], for: request, key: route.key)) ?? []
@@ -476,13 +489,8 @@ public final class ServiceRuntime: Service, Sendable {
         try? await store.recordDelivery(event.id, delivery)
     }
 
-    static func encryption(of event: Event, handler: any RequestHandler) -> PayloadEncryption {
-        if handler.encryptions == [.plaintext] { return .plaintext }
-        return NIP04.isNIP04Payload(event.content) ? .nip04 : .nip44
-    }
-
     func decrypt(_ event: Event, relay: RelayURL, route: Route) throws -> ServiceRequest {
-        let encryption = Self.encryption(of: event, handler: route.handler)
+        let encryption = route.handler.payloadEncryption(of: event)
         guard route.handler.encryptions.contains(encryption) else {
             throw ServiceError(.unsupportedEncryption, "\(encryption.rawValue) is not accepted here")
         }
@@ -603,8 +611,17 @@ public final class ServiceRuntime: Service, Sendable {
 
     private func flushCheckpoints() async {
         let pending = state.withLock { state in
-            defer { state.checkpoints = [:] }
-            return state.checkpoints
+            var due: [PublicKey: Timestamp] = [:]
+            for (key, newest) in state.checkpoints {
+                // Not past a request still being handled: kept for the next flush.
+                if let oldest = state.inFlight[key]?.values.min(), oldest < newest {
+                    due[key] = oldest
+                } else {
+                    due[key] = newest
+                    state.checkpoints[key] = nil
+                }
+            }
+            return due
         }
         for (key, createdAt) in pending {
             do {

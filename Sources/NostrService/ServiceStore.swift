@@ -48,6 +48,10 @@ public protocol ServiceStore: Sendable {
     /// runtime took it first.
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool
 
+    /// Gives up `owner`'s unfinished claim on `id` (its work was cut off by shutdown), so that the request is
+    /// ``ClaimResult/interrupted`` — to be run again by a handler that may — the next time it arrives.
+    func release(_ id: EventID, owner: String) async throws
+
     /// Records that a claimed request is done, with the replies to re-send for its duplicates. `outcome` is a
     /// short machine-readable word (`answered`, `error:<code>`).
     func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws

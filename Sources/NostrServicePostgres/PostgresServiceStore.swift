@@ -142,6 +142,15 @@ public final class PostgresServiceStore: ServiceStore, Service {
         return rows.count == 1
     }
 
+    public func release(_ id: EventID, owner: String) async throws {
+        try await prepared()
+        try await client.query(
+            """
+            UPDATE switchboard_journal SET claimed_at = 0
+            WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes)) AND owner = \(owner) AND finished_at IS NULL
+            """, logger: logger)
+    }
+
     public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
         try await prepared()
         try await client.query(

@@ -11,7 +11,7 @@ struct Switchboard: AsyncParsableCommand {
         abstract: "Keys, events, encryption and NIP-19 for Nostr — the developer and operator tool of Switchboard.",
         subcommands: [
             KeyCommand.self, EventCommand.self, Encrypt.self, Decrypt.self, Encode.self, Decode.self, RelayCommand.self,
-            PublishCommand.self, SubscribeCommand.self, NIP46Command.self, NWCCommand.self, BOLT11Command.self,
+            PublishCommand.self, SubscribeCommand.self, NIP46Command.self, NWCCommand.self, BOLT11Command.self, DVMCommand.self,
         ]
     )
 }

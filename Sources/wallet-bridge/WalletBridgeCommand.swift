@@ -47,22 +47,7 @@ struct DataDirectory: ParsableArguments {
     /// set, else as hex; mode 0600 either way.
     func masterKey() throws -> WalletKeys {
         try create()
-        let file = url.appendingPathComponent("master.key")
-        let passphrase = ProcessInfo.processInfo.environment["WALLET_BRIDGE_PASSPHRASE"].flatMap { $0.isEmpty ? nil : $0 }
-        if let text = try? String(contentsOf: file, encoding: .utf8) {
-            let stored = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            if stored.hasPrefix("ncryptsec1") {
-                guard let passphrase else { throw ValidationError("\(file.path) is encrypted: set WALLET_BRIDGE_PASSPHRASE") }
-                return WalletKeys(master: try NIP49.decrypt(stored, password: passphrase))
-            }
-            return WalletKeys(master: try SecretKey(hex: stored))
-        }
-        let key = SecretKey.generate()
-        let stored = try passphrase.map { try NIP49.encrypt(key, password: $0, logN: 16, keySecurity: .secure) } ?? key.exportHex()
-        guard FileManager.default.createFile(atPath: file.path, contents: Data((stored + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw ValidationError("cannot create \(file.path)")
-        }
-        return WalletKeys(master: key)
+        return WalletKeys(master: try KeyFile(url: url.appendingPathComponent("master.key"), passphraseVariable: "WALLET_BRIDGE_PASSPHRASE").loadOrCreate())
     }
 
     /// The relays `serve` uses, as it recorded them.

@@ -1,0 +1,50 @@
+public import CoreMetrics
+public import Logging
+public import NostrCrypto
+public import NostrService
+public import WalletKit
+
+/// A running job host: the service runtime with a ``DVMService``, the input resolver's connections, and (for
+/// priced jobs) the wallet session.
+public final class DVMHost: Sendable {
+    public let runtime: ServiceRuntime
+    public let service: DVMService
+    public let resolver: InputResolver
+    public let payments: JobPayments?
+    public let publicKey: PublicKey
+
+    /// - Parameters:
+    ///   - key: the host's key (requests are addressed to it, results signed with it).
+    ///   - store: the journal (``SQLiteServiceStore``, or a PostgreSQL store shared by workers on one key).
+    ///   - wallet: the NIP-47 wallet that makes and checks invoices; required when the service is priced.
+    public init(
+        key: any ServiceSigner, handler: any JobHandler, store: any ServiceStore, service: DVMService.Configuration,
+        runtime: ServiceRuntime.Configuration, inputs: InputResolver.Configuration = InputResolver.Configuration(),
+        wallet: WalletConnectURI? = nil, invoiceLifetime: Int64 = 600, logger: Logger
+    ) {
+        publicKey = key.publicKey
+        resolver = InputResolver(configuration: inputs, logger: logger)
+        payments = wallet.map { JobPayments(wallet: $0, invoiceLifetime: invoiceLifetime, logger: logger) }
+        self.service = DVMService(
+            handler: handler, configuration: service, resolver: resolver, payments: payments, metricsFactory: runtime.metricsFactory)
+        var runtime = runtime
+        // Job results wait their turn behind slow jobs: the intake takes more requests than run at once, so
+        // jobs waiting for a payment or a slot do not stop others from being read.
+        runtime.maximumConcurrentRequests = max(runtime.maximumConcurrentRequests, 4 * service.concurrency)
+        self.runtime = ServiceRuntime(keys: [key], handlers: [self.service], store: store, configuration: runtime, logger: logger)
+    }
+
+    /// Subscribed on at least one relay and the announcement confirmed.
+    public var isReady: Bool { runtime.isReady && runtime.isAnnounced }
+
+    /// Runs until cancelled or until the runtime stops (graceful shutdown).
+    public func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.runtime.run() }
+            group.addTask { try await self.resolver.run() }
+            if let payments { group.addTask { try await payments.run() } }
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+}

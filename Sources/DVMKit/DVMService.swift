@@ -1,0 +1,247 @@
+import CoreMetrics
+import Foundation
+public import Logging
+public import NostrCore
+public import NostrCrypto
+import NostrRelay
+public import NostrService
+import Synchronization
+
+/// NIP-90 on the service runtime: job requests in (kinds 5000–5999, `p`-tagged to the host or to no one;
+/// plain, or encrypted with NIP-04 or NIP-44), feedback (kind 7000) and results (request kind + 1000) out,
+/// encrypted in the request's scheme when it was encrypted.
+///
+/// For each job, in order: the request is read (an unreadable one gets an `error` feedback); a priced job gets
+/// a `payment-required` feedback with an invoice and waits for its payment; the inputs are resolved; the job
+/// waits for one of ``Configuration/concurrency`` slots; a `processing` feedback goes out; the ``JobHandler``
+/// runs within ``Configuration/jobTimeout``; the result and a `success` feedback go out (or an `error`
+/// feedback with the reason). The runtime's journal makes each request run once, across relays, restarts
+/// and workers sharing a PostgreSQL store.
+public final class DVMService: RequestHandler {
+    public struct Configuration: Sendable {
+        /// The job kinds served (5000–5999).
+        public var kinds: Set<Kind>
+        /// The NIP-89 announcement's name and about text.
+        public var name = "Switchboard DVM"
+        public var about = ""
+        /// The announcement's `d` tag.
+        public var identifier = "switchboard-dvm"
+        /// The price of one job in msat (nil: free). Needs ``JobPayments``.
+        public var priceMsat: Int64?
+        /// Jobs run at once.
+        public var concurrency = 4
+        /// How long one job may run.
+        public var jobTimeout: Duration = .seconds(60)
+        /// How long a job may wait for a free slot before it is answered with a timeout.
+        public var queueTimeout: Duration = .seconds(600)
+
+        public init(kinds: Set<Kind>) {
+            self.kinds = kinds
+        }
+    }
+
+    public let configuration: Configuration
+    let handler: any JobHandler
+    let resolver: InputResolver
+    let payments: JobPayments?
+    let slots: AsyncSemaphore
+    let metrics: DVMMetrics
+
+    public init(
+        handler: any JobHandler, configuration: Configuration, resolver: InputResolver, payments: JobPayments? = nil,
+        metricsFactory: any MetricsFactory = MetricsSystem.factory
+    ) {
+        precondition(!configuration.kinds.isEmpty && configuration.kinds.allSatisfy(NIP90.isRequestKind), "job kinds are 5000–5999")
+        precondition(configuration.priceMsat == nil || payments != nil, "a priced job host needs a wallet")
+        self.handler = handler
+        self.configuration = configuration
+        self.resolver = resolver
+        self.payments = payments
+        self.slots = AsyncSemaphore(max(1, configuration.concurrency))
+        self.metrics = DVMMetrics(factory: metricsFactory)
+    }
+
+    // MARK: RequestHandler
+
+    public var kinds: Set<Kind> { configuration.kinds }
+    public var acceptsUntargeted: Bool { true }
+    public var encryptions: Set<PayloadEncryption> { [.plaintext, .nip44, .nip04] }
+    public var repliesToInbox: Bool { true }
+    /// A job interrupted by a crash or shutdown runs again (a priced one asks for the same invoice, and runs
+    /// once it is paid).
+    public var isIdempotent: Bool { true }
+
+    /// Everything a job may take: paying, fetching its inputs, waiting for a slot, running.
+    public var timeout: Duration {
+        let paying: Duration = payments.map { .seconds($0.invoiceLifetime) } ?? .zero
+        return paying + resolver.configuration.jobTimeout + .seconds(60) + configuration.queueTimeout + configuration.jobTimeout
+    }
+
+    /// Encrypted only when the request says so (the `encrypted` tag); then NIP-04 (`?iv=`) or NIP-44.
+    public func payloadEncryption(of event: Event) -> PayloadEncryption {
+        guard event.tags.contains(where: { $0.name == "encrypted" }) else { return .plaintext }
+        return NIP04.isNIP04Payload(event.content) ? .nip04 : .nip44
+    }
+
+    public func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        let kind = "\(request.event.kind.rawValue)"
+        let job: JobRequest
+        do {
+            job = try JobRequest(request.event, decryptedContent: request.encryption == .plaintext ? nil : request.content)
+        } catch {
+            metrics.job(kind: kind, outcome: "bad_request")
+            throw ServiceError(.badRequest, error.reason)
+        }
+        let answer = Answer(request: request, relays: job.relays)
+        let started = ContinuousClock.now
+
+        var invoice: JobPayments.Invoice?
+        if let price = configuration.priceMsat, let payments {
+            if let bid = job.bid, bid < price {
+                metrics.job(kind: kind, outcome: "bid_too_low")
+                throw ServiceError(.init("bid-too-low"), "the price is \(price) msat; the bid was \(bid) msat")
+            }
+            let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
+            await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
+            metrics.awaitingPayment.increment()
+            let paid: Bool
+            do {
+                defer { metrics.awaitingPayment.decrement() }
+                paid = try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
+            }
+            guard paid else {
+                metrics.job(kind: kind, outcome: "unpaid")
+                throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
+            }
+            metrics.paid(kind: kind)
+            invoice = made
+        }
+
+        let inputs: [ResolvedInput]
+        do {
+            inputs = try await resolver.resolve(job, pool: context.pool)
+        } catch let error as JobError {
+            metrics.job(kind: kind, outcome: "input_failed")
+            throw ServiceError(.badRequest, error.reason)
+        }
+
+        metrics.queued.increment()
+        do {
+            defer { metrics.queued.decrement() }
+            try await withDeadline(.now + configuration.queueTimeout) { try await self.slots.acquireUnlessCancelled() }
+        } catch is DeadlineExceeded {
+            metrics.job(kind: kind, outcome: "queue_timeout")
+            throw ServiceError(.timeout, "no free worker within \(configuration.queueTimeout.components.seconds) s")
+        } catch {
+            throw ServiceError(.unavailable, "the service is shutting down")
+        }
+        defer { slots.release() }
+
+        await context.send(answer.feedback("processing"))
+        metrics.running.increment()
+        defer { metrics.running.decrement() }
+        let deadline = ContinuousClock.now + configuration.jobTimeout
+        let jobContext = JobContext(logger: context.logger, deadline: deadline) { sample in
+            await context.send(answer.feedback("partial", content: sample))
+        }
+        let output: JobOutput
+        do {
+            output = try await withDeadline(deadline) { try await self.handler.run(Job(request: job, inputs: inputs), context: jobContext) }
+        } catch is DeadlineExceeded {
+            metrics.job(kind: kind, outcome: "timeout")
+            throw ServiceError(.timeout, "the job took longer than \(configuration.jobTimeout.components.seconds) s")
+        } catch let error as JobError {
+            metrics.job(kind: kind, outcome: "failed")
+            throw ServiceError(.init("job-failed"), error.reason)
+        } catch is CancellationError {
+            throw ServiceError(.unavailable, "the service is shutting down")
+        }
+        metrics.job(kind: kind, outcome: "success")
+        metrics.duration(kind: kind, ContinuousClock.now - started)
+        let amount = invoice.map { ($0.amountMsat, $0.bolt11) }
+        return [answer.result(output, job: job, amount: amount), answer.feedback("success", amount: amount)]
+    }
+
+    public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
+        let hidden = request.encryption == .plaintext || request.content.isEmpty ? nil : request.content
+        let relays = (try? JobRequest(request.event, decryptedContent: hidden))?.relays ?? []
+        return Answer(request: request, relays: relays).feedback("error", info: error.message)
+    }
+
+    // MARK: Announcement
+
+    /// The NIP-89 handler information (31990): `k` per kind, name and about, encryption support (both
+    /// spellings in use), the price, and a NIP-40 expiration one announcement interval after the next
+    /// announcement, so it lapses only when the host stops announcing.
+    public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
+        var writer = JSONWriter()
+        writer.raw("{\"name\":")
+        writer.string(configuration.name)
+        writer.raw(",\"about\":")
+        writer.string(configuration.about)
+        writer.raw(",\"encryptionSupported\":true,\"supportsEncryption\":true,\"amount\":")
+        if let price = configuration.priceMsat { writer.string("\(price) msat") } else { writer.string("free") }
+        writer.raw("}")
+        let interval = max(60, context.nextAnnouncement - context.now)
+        var tags: [Tag] = [["d", configuration.identifier]]
+        tags += configuration.kinds.sorted().map { ["k", "\($0.rawValue)"] }
+        tags.append(["expiration", "\(context.nextAnnouncement + interval)"])
+        return [EventTemplate(kind: NIP90.handlerInformationKind, content: writer.text, tags: tags, createdAt: context.now)]
+    }
+}
+
+/// Feedback and results for one request, shaped as NIP-90 says for plain and encrypted requests.
+struct Answer: Sendable {
+    let request: ServiceRequest
+    let relays: [RelayURL]
+
+    private var reference: [Tag] {
+        [["e", request.event.id.hex, request.relay.string], ["p", request.sender.hex]]
+    }
+
+    /// A kind 7000 feedback. For an encrypted request the status, amount and content travel encrypted (a JSON
+    /// array of tags, `["content", …]` for a sample), next to clear `e`, `p` and `encrypted` tags.
+    func feedback(_ status: String, info: String? = nil, amount: (Int64, String)? = nil, content: String = "") -> ServiceReply {
+        var statusTag: Tag = ["status", status]
+        if let info { statusTag.fields.append(info) }
+        var private_: [Tag] = [statusTag]
+        if let (msat, bolt11) = amount { private_.append(["amount", "\(msat)", bolt11]) }
+        guard request.encryption != .plaintext else {
+            return ServiceReply(kind: NIP90.feedbackKind, content: content, tags: reference + private_, relays: relays)
+        }
+        if !content.isEmpty { private_.append(["content", content]) }
+        var writer = JSONWriter()
+        writer.tags(private_)
+        return ServiceReply(
+            kind: NIP90.feedbackKind, content: writer.text, tags: reference + [["encrypted"]], encryption: request.encryption,
+            relays: relays)
+    }
+
+    /// The result (request kind + 1000): `request`, `e`, `p`, the inputs (`i`, unless encrypted) and `amount`.
+    func result(_ output: JobOutput, job: JobRequest, amount: (Int64, String)?) -> ServiceReply {
+        var tags: [Tag] = [["request", request.event.json]] + reference
+        if let (msat, bolt11) = amount { tags.append(["amount", "\(msat)", bolt11]) }
+        if request.encryption == .plaintext {
+            tags += job.inputs.map(\.tag)
+        } else {
+            tags.append(["encrypted"])
+        }
+        tags += output.tags
+        return ServiceReply(
+            kind: NIP90.resultKind(of: job.kind), content: output.content, tags: tags, encryption: request.encryption, relays: relays)
+    }
+}
+
+struct DeadlineExceeded: Error {}
+
+/// Runs `body`, cancelling it at `deadline` (then throws ``DeadlineExceeded``).
+func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let work = Task { try await body() }
+    let timer = Deadlines.shared.schedule(at: deadline) { work.cancel() }
+    let result = await withTaskCancellationHandler { await work.result } onCancel: { work.cancel() }
+    if !Deadlines.shared.cancel(timer) {
+        if case .success(let value) = result { return value }
+        throw DeadlineExceeded()
+    }
+    return try result.get()
+}

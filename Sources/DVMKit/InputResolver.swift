@@ -1,0 +1,276 @@
+import AsyncHTTPClient
+import Foundation
+public import Logging
+public import NostrCore
+import NostrCrypto
+public import NostrRelay
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Turns a request's inputs into content: `text` as is, `url` fetched over HTTP(S), `event` fetched from the
+/// service's relays and the input's relay hint, `job` awaited (the result of that job, by anyone).
+///
+/// A requester chooses the URLs and relay hints, so fetching is bounded: size and time caps, at most
+/// ``Configuration/maximumHintRelays`` hint relays connected at a time, and — unless
+/// ``Configuration/allowsPrivateAddresses`` — no URL or relay whose host is a loopback, private or
+/// link-local address (checked on every redirect hop).
+public final class InputResolver: Sendable {
+    public struct Configuration: Sendable {
+        /// The most bytes a `url` input may have.
+        public var maximumURLSize = 512 * 1024
+        /// How long fetching one URL may take.
+        public var urlTimeout: Duration = .seconds(15)
+        /// Redirects followed per URL.
+        public var maximumRedirects = 3
+        /// How long an `event` input is looked for.
+        public var eventTimeout: Duration = .seconds(5)
+        /// How long a `job` input's result is waited for.
+        public var jobTimeout: Duration = .seconds(300)
+        /// Relay hints connected at once (the least recently used closed first).
+        public var maximumHintRelays = 8
+        /// Whether URLs and relay hints may point at loopback, private and link-local addresses (development).
+        public var allowsPrivateAddresses = false
+
+        public init() {}
+    }
+
+    public let configuration: Configuration
+    /// The connections to relay hints (run it alongside the service: ``run()``).
+    let hints: RelayPool
+    private let hintUse = Mutex<[RelayURL: ContinuousClock.Instant]>([:])
+    private let http: HTTPClient
+    private let logger: Logger
+
+    public init(configuration: Configuration = Configuration(), logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.hints = RelayPool(logger: logger)
+        var http = HTTPClient.Configuration()
+        http.redirectConfiguration = .disallow
+        http.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        self.http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: http)
+    }
+
+    /// Keeps the hint relays' connections until cancelled, then closes the HTTP client.
+    public func run() async throws {
+        try await hints.withRunning {
+            while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+        }
+        try? await http.shutdown()
+    }
+
+    /// Resolves every input of `request` with `pool` (the service's relays); the first failure throws
+    /// ``JobError`` naming the input.
+    public func resolve(_ request: JobRequest, pool: RelayPool) async throws -> [ResolvedInput] {
+        var resolved: [ResolvedInput] = []
+        for (index, input) in request.inputs.enumerated() {
+            do {
+                resolved.append(try await resolve(input, pool: pool))
+            } catch let error as JobError {
+                throw JobError("input \(index + 1) (\(input.type.rawValue)): \(error.reason)")
+            }
+        }
+        return resolved
+    }
+
+    func resolve(_ input: JobInput, pool: RelayPool) async throws -> ResolvedInput {
+        switch input.type {
+        case .text:
+            return ResolvedInput(input: input, content: input.data)
+        case .url:
+            return ResolvedInput(input: input, content: try await fetch(url: input.data))
+        case .event:
+            let event = try await event(input, pool: pool)
+            return ResolvedInput(input: input, content: event.content, event: event)
+        case .job:
+            let result = try await jobResult(input, pool: pool)
+            return ResolvedInput(input: input, content: result.content, event: result)
+        }
+    }
+
+    // MARK: URLs
+
+    func fetch(url text: String) async throws -> String {
+        var current = text
+        for _ in 0...configuration.maximumRedirects {
+            guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+                let host = url.host, !host.isEmpty
+            else { throw JobError("not an http(s) URL") }
+            try await checkHost(host)
+            var request = HTTPClientRequest(url: current)
+            request.method = .GET
+            let response: HTTPClientResponse
+            do {
+                response = try await http.execute(request, timeout: .init(configuration.urlTimeout))
+            } catch {
+                throw JobError("could not fetch the URL (\(Self.shortReason(error)))")
+            }
+            if (300..<400).contains(response.status.code), let location = response.headers.first(name: "location") {
+                guard let next = URL(string: location, relativeTo: url)?.absoluteString else { throw JobError("a redirect to an invalid URL") }
+                current = next
+                continue
+            }
+            guard response.status.code == 200 else { throw JobError("the server answered \(response.status.code)") }
+            var body: [UInt8] = []
+            do {
+                for try await chunk in response.body {
+                    guard body.count + chunk.readableBytes <= configuration.maximumURLSize else {
+                        throw JobError("larger than \(configuration.maximumURLSize) bytes")
+                    }
+                    body.append(contentsOf: chunk.readableBytesView)
+                }
+            } catch let error as JobError {
+                throw error
+            } catch {
+                throw JobError("the download failed (\(Self.shortReason(error)))")
+            }
+            return String(decoding: body, as: UTF8.self)
+        }
+        throw JobError("more than \(configuration.maximumRedirects) redirects")
+    }
+
+    static func shortReason(_ error: any Error) -> String {
+        String(String(describing: error).prefix(80))
+    }
+
+    /// Throws unless private addresses are allowed or every address `host` resolves to is public.
+    func checkHost(_ host: String) async throws {
+        guard !configuration.allowsPrivateAddresses else { return }
+        let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let addresses = try await NIOThreadPool.singleton.runIfActive { AddressPolicy.resolve(trimmed) }
+        guard !addresses.isEmpty else { throw JobError("the host does not resolve") }
+        if addresses.contains(where: AddressPolicy.isPrivate) {
+            throw JobError("the host is a private address (not fetched)")
+        }
+    }
+
+    // MARK: Events
+
+    func event(_ input: JobInput, pool: RelayPool) async throws -> Event {
+        let id = try EventID(hex: input.data)
+        let filter = Filter(ids: [id])
+        if let found = (try? await pool.fetch([filter], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
+            return found
+        }
+        if let hint = try await hintRelay(input.relay, pool: pool),
+            let found = (try? await hints.fetch([filter], from: [hint], timeout: configuration.eventTimeout))?.first(where: { $0.id == id })
+        {
+            return found
+        }
+        throw JobError("event \(id.hex.prefix(16))… not found")
+    }
+
+    /// Waits for a result (kind 6000–6999) of job `input.data`, on the service's relays and the hint.
+    func jobResult(_ input: JobInput, pool: RelayPool) async throws -> Event {
+        let id = try EventID(hex: input.data)
+        let filter = Filter(tags: ["e": [id.hex]])
+        let hint = try await hintRelay(input.relay, pool: pool)
+        let deadline = ContinuousClock.now + configuration.jobTimeout
+        let found: Event? = try await withThrowingTaskGroup(of: Event?.self) { group in
+            group.addTask { try await Self.firstResult(of: id, in: pool, filter: filter, relays: nil, until: deadline) }
+            if let hint {
+                group.addTask { try await Self.firstResult(of: id, in: self.hints, filter: filter, relays: [hint], until: deadline) }
+            }
+            defer { group.cancelAll() }
+            for try await result in group {
+                if let result { return result }
+            }
+            return nil
+        }
+        guard let found else { throw JobError("no result for job \(id.hex.prefix(16))… within \(configuration.jobTimeout)") }
+        return found
+    }
+
+    private static func firstResult(
+        of id: EventID, in pool: RelayPool, filter: Filter, relays: [RelayURL]?, until deadline: ContinuousClock.Instant
+    ) async throws -> Event? {
+        try await pool.withSubscription([filter], on: relays) { subscription in
+            let timer = Deadlines.shared.schedule(at: deadline) { subscription.stop() }
+            defer { Deadlines.shared.cancel(timer) }
+            for await item in subscription {
+                if Task.isCancelled { return nil }
+                if case .event(let event, _) = item, (6_000..<7_000).contains(event.kind.rawValue),
+                    event.tags.contains(where: { $0.name == "e" && $0.value == id.hex })
+                {
+                    return event
+                }
+            }
+            return nil
+        }
+    }
+
+    /// The hint relay to ask, connected on demand; nil when there is none or it is one of the service's own.
+    private func hintRelay(_ hint: String?, pool: RelayPool) async throws -> RelayURL? {
+        guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return nil }
+        do {
+            guard let host = URL(string: url.string)?.host else { throw JobError("no host") }
+            try await checkHost(host)
+        } catch {
+            logger.debug("relay hint not used", metadata: ["relay": "\(url.string)", "reason": "\(error)"])
+            return nil
+        }
+        let now = ContinuousClock.now
+        let evicted = hintUse.withLock { use -> RelayURL? in
+            var evicted: RelayURL?
+            if use[url] == nil, use.count >= configuration.maximumHintRelays, let oldest = use.min(by: { $0.value < $1.value })?.key {
+                use[oldest] = nil
+                evicted = oldest
+            }
+            use[url] = now
+            return evicted
+        }
+        if let evicted { hints.remove(evicted) }
+        _ = hints.add(url)
+        return url
+    }
+}
+
+/// Which addresses a requester may make the host connect to.
+enum AddressPolicy {
+    /// The addresses `host` resolves to (a literal address resolves to itself).
+    static func resolve(_ host: String) -> [[UInt8]] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let first = list else { return [] }
+        defer { freeaddrinfo(first) }
+        var addresses: [[UInt8]] = []
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let entry = cursor {
+            if let address = entry.pointee.ai_addr {
+                switch Int32(address.pointee.sa_family) {
+                case AF_INET:
+                    address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
+                        addresses.append(withUnsafeBytes(of: v4.pointee.sin_addr) { Array($0) })
+                    }
+                case AF_INET6:
+                    address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
+                        addresses.append(withUnsafeBytes(of: v6.pointee.sin6_addr) { Array($0) })
+                    }
+                default:
+                    break
+                }
+            }
+            cursor = entry.pointee.ai_next
+        }
+        return addresses
+    }
+
+    /// Loopback, private, shared, link-local, multicast, unspecified and reserved ranges (IPv4, IPv6 and
+    /// IPv4-mapped IPv6).
+    static func isPrivate(_ address: [UInt8]) -> Bool {
+        if address.count == 4 {
+            let (a, b) = (address[0], address[1])
+            return a == 0 || a == 10 || a == 127 || a >= 224
+                || (a == 100 && (64...127).contains(b)) || (a == 169 && b == 254)
+                || (a == 172 && (16...31).contains(b)) || (a == 192 && b == 168)
+        }
+        guard address.count == 16 else { return true }
+        if address[0..<10].allSatisfy({ $0 == 0 }) && address[10] == 0xff && address[11] == 0xff {
+            return isPrivate(Array(address[12..<16]))
+        }
+        if address[0..<15].allSatisfy({ $0 == 0 }) { return true }  // :: and ::1
+        return address[0] & 0xfe == 0xfc || (address[0] == 0xfe && address[1] & 0xc0 == 0x80) || address[0] == 0xff
+    }
+}

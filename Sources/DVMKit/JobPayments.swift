@@ -1,0 +1,139 @@
+import Foundation
+public import Logging
+import NostrCore
+import NostrRelay
+public import NostrService
+import Synchronization
+public import WalletKit
+
+/// Payment for priced jobs through a NIP-47 wallet (`--wallet nostr+walletconnect://…`): an invoice per job
+/// (`make_invoice`), kept in the service store so a job run again after a restart, or by another worker,
+/// asks for the same payment; paid when the wallet's `payment_received` notification names its hash or
+/// `lookup_invoice` says it is settled (checked every ``pollInterval`` too, for wallets that do not notify).
+public final class JobPayments: Sendable {
+    public let client: NIP47Client
+    /// How often an unpaid invoice is looked up.
+    public let pollInterval: Duration
+    /// How long an invoice stays payable (its expiry).
+    public let invoiceLifetime: Int64
+    private let logger: Logger
+    private let state = Mutex<State>(State())
+
+    private struct State {
+        var session: NIP47Client.Session?
+        var sessionWaiters: [CheckedContinuation<Void, Never>] = []
+        var paymentWaiters: [String: [AsyncStream<Void>.Continuation]] = [:]
+    }
+
+    public init(wallet: WalletConnectURI, invoiceLifetime: Int64 = 600, pollInterval: Duration = .seconds(2), logger: Logger) {
+        var client = NIP47Client(uri: wallet, logger: logger)
+        client.timeout = .seconds(30)
+        self.client = client
+        self.invoiceLifetime = invoiceLifetime
+        self.pollInterval = pollInterval
+        self.logger = logger
+    }
+
+    /// Holds the wallet session and listens for its notifications until cancelled.
+    public func run() async throws {
+        try await client.run { session in
+            let waiters = state.withLock { state in
+                state.session = session
+                defer { state.sessionWaiters = [] }
+                return state.sessionWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+            for await notification in session.notifications where notification.type == "payment_received" {
+                guard let hash = notification.transaction["payment_hash"]?.string else { continue }
+                let waiters = state.withLock { $0.paymentWaiters[hash] ?? [] }
+                for waiter in waiters { waiter.yield() }
+            }
+        }
+    }
+
+    private func session() async -> NIP47Client.Session {
+        if let session = state.withLock({ $0.session }) { return session }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { state in
+                if state.session != nil { return true }
+                state.sessionWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+        return state.withLock { $0.session }!
+    }
+
+    /// A job's invoice.
+    public struct Invoice: Sendable, Hashable, Codable {
+        public var bolt11: String
+        public var paymentHash: String
+        public var amountMsat: Int64
+        public var expiresAt: Int64
+    }
+
+    static let namespace = "dvm.invoices"
+
+    /// The invoice for `job`: the one made before (unless it has expired), else a new one.
+    public func invoice(for job: JobRequest, amountMsat: Int64, store: any ServiceStore) async throws -> Invoice {
+        if let stored = try await store.value(job.id.hex, in: Self.namespace),
+            let invoice = try? JSONDecoder().decode(Invoice.self, from: Data(stored)), invoice.amountMsat == amountMsat,
+            invoice.expiresAt > Timestamp.now + 30
+        {
+            return invoice
+        }
+        let session = await session()
+        let result: JSONValue
+        do {
+            result = try await session.call("make_invoice", [
+                "amount": .number(String(amountMsat)),
+                "description": .string("job \(job.id.hex.prefix(16)) (kind \(job.kind.rawValue))"),
+                "expiry": .number(String(invoiceLifetime)),
+            ])
+        } catch {
+            logger.error("the wallet did not make an invoice", metadata: ["error": "\(error)"])
+            throw JobError("could not create an invoice; try again later")
+        }
+        guard let bolt11 = result.object?["invoice"]?.string, let hash = result.object?["payment_hash"]?.string else {
+            throw JobError("the wallet's invoice is malformed")
+        }
+        let invoice = Invoice(bolt11: bolt11, paymentHash: hash, amountMsat: amountMsat, expiresAt: Timestamp.now + invoiceLifetime)
+        try await store.setValue(Array(try JSONEncoder().encode(invoice)), forKey: job.id.hex, in: Self.namespace)
+        return invoice
+    }
+
+    /// Waits until `invoice` is paid (true) or has expired or `deadline` passes (false).
+    public func waitUntilPaid(_ invoice: Invoice, deadline: ContinuousClock.Instant) async throws -> Bool {
+        let (wakeups, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        state.withLock { $0.paymentWaiters[invoice.paymentHash, default: []].append(continuation) }
+        defer {
+            state.withLock { state in
+                state.paymentWaiters[invoice.paymentHash] = nil
+            }
+            continuation.finish()
+        }
+        var iterator = wakeups.makeAsyncIterator()
+        while ContinuousClock.now < deadline && Timestamp.now < invoice.expiresAt {
+            if try await isSettled(invoice) { return true }
+            let timer = Deadlines.shared.schedule(at: min(deadline, .now + pollInterval)) { continuation.yield() }
+            _ = await iterator.next()
+            Deadlines.shared.cancel(timer)
+            try Task.checkCancellation()
+        }
+        return try await isSettled(invoice)
+    }
+
+    private func isSettled(_ invoice: Invoice) async throws -> Bool {
+        let session = await session()
+        do {
+            let result = try await session.call("lookup_invoice", ["payment_hash": .string(invoice.paymentHash)])
+            let object = result.object ?? [:]
+            return object["state"]?.string == "settled" || (object["settled_at"]?.int64 ?? 0) > 0
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            logger.warning("lookup_invoice failed", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+}

@@ -1,0 +1,216 @@
+import ArgumentParser
+import DVMExamples
+import DVMKit
+import Foundation
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import NostrServicePostgres
+import Prometheus
+import ServiceLifecycle
+import WalletKit
+
+@main
+struct DVMHostCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dvm-host",
+        abstract: "A NIP-90 job host: takes jobs over relays (no open port needed) and runs them with a Swift handler or any command.",
+        discussion: """
+            The host's key is DIR/service.key (NIP-49 ncryptsec when DVM_HOST_PASSPHRASE is set, else hex; mode \
+            0600). The request journal is DIR/service.sqlite, or a PostgreSQL database (--postgres) that several \
+            workers on the same key share: each job then runs on exactly one of them.
+            """,
+        subcommands: [Serve.self, Init.self, Handlers.self])
+}
+
+struct DataDirectory: ParsableArguments {
+    @Option(name: .customLong("data-dir"), help: "The host's data directory.") var path = "./dvm-data"
+
+    var url: URL { URL(fileURLWithPath: path) }
+    var keyFile: KeyFile { KeyFile(url: url.appendingPathComponent("service.key"), passphraseVariable: "DVM_HOST_PASSPHRASE") }
+
+    /// Creates the directory (0700) if needed.
+    func create() throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+    }
+}
+
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the data directory and the host's key (generated, or imported: to run several workers on one key).")
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "Import this key (nsec or hex) instead of generating one.") var `import`: String?
+
+    func run() throws {
+        try directory.create()
+        let file = directory.keyFile
+        guard !file.exists else { throw ValidationError("\(file.url.path) exists already") }
+        let key: SecretKey
+        if let text = `import` {
+            key = text.hasPrefix("nsec1") ? try SecretKey(nsec: text) : try SecretKey(hex: text)
+        } else {
+            key = SecretKey.generate()
+        }
+        try file.store(key)
+        say(NIP19Entity.npub(key.publicKey).bech32)
+    }
+}
+
+struct Handlers: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the Swift handlers compiled in (for --handler).")
+
+    func run() {
+        for name in ExampleHandlers.all.keys.sorted() { say(name) }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Take jobs of the given kinds until SIGTERM or SIGINT.",
+        discussion: """
+            Prints a ready line with the host's npub once subscribed and its NIP-89 announcement (kind 31990) \
+            is confirmed by a relay. Without --relay it starts the embedded relay on 127.0.0.1 (development \
+            mode).
+
+            --exec runs COMMAND through /bin/sh for each job, with the job as JSON on standard input; its \
+            standard output (at most --max-output bytes) is the result. A nonzero exit or a timeout becomes an \
+            `error` feedback. --handler runs a Swift handler compiled in (`dvm-host handlers` lists them).
+
+            With --price-msats, each job first gets a `payment-required` feedback with an invoice made by the \
+            NIP-47 wallet of --wallet, and runs once it is paid.
+            """)
+
+    @OptionGroup var directory: DataDirectory
+    @Option(help: "A relay to serve on (repeat for several).") var relay: [String] = []
+    @Option(help: "A job kind to take, 5000–5999 (repeat for several).") var kind: [UInt16] = []
+    @Option(help: "A shell command run for each job (the job as JSON on stdin, the result on stdout).") var exec: String?
+    @Option(help: "A compiled-in Swift handler (see `dvm-host handlers`).") var handler: String?
+    @Option(help: "The name in the NIP-89 announcement.") var name = "Switchboard DVM"
+    @Option(help: "The about text in the NIP-89 announcement.") var about = ""
+    @Option(name: .customLong("price-msats"), help: "The price of a job in msat (needs --wallet).") var priceMsats: Int64?
+    @Option(help: "The NIP-47 wallet that makes invoices: nostr+walletconnect://… (with make_invoice and lookup_invoice).")
+    var wallet: String?
+    @Option(help: "Jobs run at once.") var concurrency = 4
+    @Option(help: "Seconds one job may run.") var timeout = 60
+    @Option(name: .customLong("max-output"), help: "The most bytes an --exec command may write as its result.") var maxOutput = 64 * 1024
+    @Option(help: "Serve GET /metrics and GET /health on HOST:PORT (port 0 = a free one).") var http: String?
+    @Option(help: ArgumentHelp(
+        "Keep the journal in this PostgreSQL database (postgres://user:pass@host:port/db), shared by workers on one key. Defaults to DVM_HOST_POSTGRES.",
+        valueName: "URL"))
+    var postgres: String?
+    @Option(name: .customLong("max-age"), help: "Requests older than this many seconds are ignored; also the catch-up window after a restart.")
+    var maxAge: Int64 = 3600
+    @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs and relay hints reach loopback and private addresses (development only).")
+    var allowPrivateURLs = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
+
+    func validate() throws {
+        guard !kind.isEmpty else { throw ValidationError("give at least one --kind (5000–5999)") }
+        for value in kind where !NIP90.isRequestKind(Kind(value)) { throw ValidationError("--kind \(value) is not a job kind (5000–5999)") }
+        guard (exec == nil) != (handler == nil) else { throw ValidationError("give exactly one of --exec and --handler") }
+        if let handler, ExampleHandlers.all[handler] == nil {
+            throw ValidationError("no handler \(handler); compiled in: \(ExampleHandlers.all.keys.sorted().joined(separator: ", "))")
+        }
+        if let priceMsats {
+            guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
+            guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
+        }
+        guard concurrency >= 1, timeout >= 1, maxOutput >= 1 else { throw ValidationError("--concurrency, --timeout and --max-output must be positive") }
+    }
+
+    func run() async throws {
+        let registry = OperationsServer.bootstrapObservability(logLevel: logLevel)
+        let relays = try relay.map { try RelayURL($0) }
+        let listener = try http.map(OperationsServer.listenAddress)
+        let walletURI = try wallet.map { try WalletConnectURI($0) }
+        try directory.create()
+        let key = try directory.keyFile.loadOrCreate()
+        let logger = Logger(label: "dvm-host")
+        let daemon = HostDaemon(command: self, key: key, relays: relays, wallet: walletURI, http: listener, registry: registry, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    var jobHandler: any JobHandler {
+        if let exec { return ExecHandler(command: exec, maximumOutput: maxOutput) }
+        return ExampleHandlers.all[handler ?? ""] ?? ExecHandler(command: "false")
+    }
+}
+
+/// The running host: store, runtime, optional operations listener, and in development mode the embedded relay.
+struct HostDaemon: Service {
+    let command: Serve
+    let key: SecretKey
+    let relays: [RelayURL]
+    let wallet: WalletConnectURI?
+    let http: (String, Int)?
+    let registry: PrometheusCollectorRegistry
+    let logger: Logger
+
+    func run() async throws {
+        guard relays.isEmpty else { return try await serve(on: relays) }
+        try await EmbeddedRelay.withLoopbackRelay(logger: Logger(label: "dvm-host.relay")) { url in
+            say("development mode: embedded relay on \(url.string) (pass --relay for real relays)")
+            try await serve(on: [url])
+        }
+    }
+
+    private func serve(on relays: [RelayURL]) async throws {
+        let (store, background) = try openStore()
+        defer { background?.cancel() }
+        var runtime = ServiceRuntime.Configuration(relays: relays)
+        runtime.maximumAge = max(60, command.maxAge)
+        var service = DVMService.Configuration(kinds: Set(command.kind.map { Kind($0) }))
+        service.name = command.name
+        service.about = command.about
+        service.priceMsat = command.priceMsats
+        service.concurrency = command.concurrency
+        service.jobTimeout = .seconds(command.timeout)
+        var inputs = InputResolver.Configuration()
+        inputs.allowsPrivateAddresses = command.allowPrivateURLs || self.relays.isEmpty
+        let host = DVMHost(
+            key: LocalServiceKey(key), handler: command.jobHandler, store: store, service: service, runtime: runtime, inputs: inputs,
+            wallet: command.priceMsats == nil ? nil : wallet, logger: logger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await host.run() }
+            if let (address, port) = http {
+                group.addTask {
+                    try await OperationsServer(
+                        host: address, port: port, registry: registry, runtime: host.runtime, logger: logger,
+                        onListening: { address, port in say("http \(address):\(port)") }
+                    ).run()
+                }
+            }
+            while !host.isReady {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let kinds = command.kind.sorted().map(String.init).joined(separator: ",")
+            let price = command.priceMsats.map { "\($0) msat" } ?? "free"
+            say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
+            // The host returns on SIGTERM/SIGINT (as does the listener): then everything else stops too.
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    private func openStore() throws -> (any ServiceStore, Task<Void, Never>?) {
+        if let url = command.postgres ?? ProcessInfo.processInfo.environment["DVM_HOST_POSTGRES"] {
+            let store = try PostgresServiceStore(url: url, logger: Logger(label: "dvm-host.postgres"))
+            return (store, Task { await store.run() })
+        }
+        let path = command.directory.url.appendingPathComponent("service.sqlite").path
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                throw ValidationError("cannot create \(path)")
+            }
+        }
+        return (try SQLiteServiceStore(path: path), nil)
+    }
+}
