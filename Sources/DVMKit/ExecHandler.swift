@@ -3,7 +3,8 @@ import Subprocess
 
 /// Runs a shell command for each job (`dvm-host serve --exec`): the job as JSON (``Job/json``) on standard
 /// input, standard output (at most ``maximumOutput`` bytes) as the result. A nonzero exit, a signal, or too
-/// much output fails the job with a short reason taken from the end of standard error.
+/// much output (or more than 16 KiB on standard error) fails the job with a short reason taken from the last
+/// line of standard error.
 ///
 /// The command runs through `/bin/sh -c` in a session of its own, so when the job's time is up (the handler
 /// is cancelled) the whole process group gets SIGTERM and, two seconds later, SIGKILL.
@@ -23,34 +24,20 @@ public struct ExecHandler: JobHandler {
         var options = PlatformOptions()
         options.createSession = true
         options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: .seconds(2))]
-        let limit = maximumOutput
-        let tail = reasonLength
-        let outcome = try await Subprocess.run(
-            .path("/bin/sh"), arguments: ["-c", command], platformOptions: options,
-            input: .string(job.json), output: .sequence, error: .sequence
-        ) { execution in
-            async let errors = Self.collect(execution.standardError, keepingLast: 4 * tail)
-            var output: [UInt8] = []
-            var overflow = false
-            for try await buffer in execution.standardOutput {
-                // Past the limit the output is drained and dropped, so the command is never blocked on a pipe.
-                if overflow { continue }
-                if output.count + buffer.count > limit {
-                    overflow = true
-                    output = []
-                    continue
-                }
-                buffer.withUnsafeBytes { output.append(contentsOf: $0) }
-            }
-            return (output, overflow, try await errors)
+        let result: ExecutionResult<Void, BytesOutput, BytesOutput>
+        do {
+            result = try await Subprocess.run(
+                .path("/bin/sh"), arguments: ["-c", command], platformOptions: options, input: .string(job.json),
+                output: .bytes(limit: maximumOutput), error: .bytes(limit: Self.errorLimit))
+        } catch let error as SubprocessError where error.code == .outputLimitExceeded {
+            let toStderr = maximumOutput != Self.errorLimit && error.description.contains("limit of \(Self.errorLimit) bytes")
+            throw JobError("the command wrote more than " + (toStderr ? "\(Self.errorLimit) bytes to stderr" : "\(maximumOutput) bytes"))
         }
         try Task.checkCancellation()
-        let (output, overflow, errors) = outcome.closureResult
-        let reason = Self.lastLine(errors, maximum: tail)
-        switch outcome.terminationStatus {
+        let reason = Self.lastLine(result.standardError, maximum: reasonLength)
+        switch result.terminationStatus {
         case .exited(0):
-            if overflow { throw JobError("the command wrote more than \(limit) bytes") }
-            return JobOutput(String(decoding: output, as: UTF8.self))
+            return JobOutput(String(decoding: result.standardOutput, as: UTF8.self))
         case .exited(let code):
             throw JobError("the command exited with status \(code)" + (reason.isEmpty ? "" : ": \(reason)"))
         case .signaled(let signal):
@@ -58,15 +45,8 @@ public struct ExecHandler: JobHandler {
         }
     }
 
-    /// Reads `stream` to the end, keeping only its last `keep` bytes.
-    private static func collect(_ stream: SubprocessOutputSequence, keepingLast keep: Int) async throws -> [UInt8] {
-        var kept: [UInt8] = []
-        for try await buffer in stream {
-            buffer.withUnsafeBytes { kept.append(contentsOf: $0) }
-            if kept.count > keep { kept.removeFirst(kept.count - keep) }
-        }
-        return kept
-    }
+    /// The most standard error kept (for the failure's reason).
+    static let errorLimit = 16 * 1024
 
     /// The last non-empty line of `bytes`, shortened to `maximum` characters.
     static func lastLine(_ bytes: [UInt8], maximum: Int) -> String {

@@ -108,6 +108,10 @@ struct Serve: AsyncParsableCommand {
     var maxAge: Int64 = 3600
     @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs and relay hints reach loopback and private addresses (development only).")
     var allowPrivateURLs = false
+    @Option(help: "Job requests per second each customer may send (sustained); more get an error feedback.") var clientRate: Double = 10
+    @Option(help: "Job requests each customer may send in a burst.") var clientBurst: Double = 30
+    @Option(help: "Jobs of one customer in progress at once (paying, queued or running); more get an error feedback.")
+    var clientConcurrency = 8
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func validate() throws {
@@ -167,6 +171,9 @@ struct HostDaemon: Service {
         defer { background?.cancel() }
         var runtime = ServiceRuntime.Configuration(relays: relays)
         runtime.maximumAge = max(60, command.maxAge)
+        runtime.policy.rate = command.clientRate
+        runtime.policy.burst = max(1, command.clientBurst)
+        runtime.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
         var service = DVMService.Configuration(kinds: Set(command.kind.map { Kind($0) }))
         service.name = command.name
         service.about = command.about

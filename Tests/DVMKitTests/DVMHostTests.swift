@@ -1,0 +1,394 @@
+import DVMExamples
+import DVMKit
+import Foundation
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrService
+import NostrServicePostgres
+import NostrServiceTesting
+import Synchronization
+import Testing
+import WalletKit
+
+let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+
+/// Records every run: how often each job ran and the most running at once.
+final class Recorder: JobHandler {
+    let delay: Duration
+    private let state = Mutex<(runs: [EventID: Int], running: Int, most: Int)>(([:], 0, 0))
+
+    init(delay: Duration = .zero) { self.delay = delay }
+
+    var runs: [EventID: Int] { state.withLock { $0.runs } }
+    var most: Int { state.withLock { $0.most } }
+
+    func run(_ job: Job, context: JobContext) async throws -> JobOutput {
+        state.withLock { state in
+            state.runs[job.id, default: 0] += 1
+            state.running += 1
+            state.most = max(state.most, state.running)
+        }
+        defer { state.withLock { $0.running -= 1 } }
+        if delay > .zero { try await Task.sleep(for: delay) }
+        return JobOutput("done: \(job.text ?? "")")
+    }
+}
+
+struct TestHost {
+    let host: DVMHost
+    let relays: [RelayURL]
+    let client: DVMClient
+    var pool: RelayPool { client.pool }
+    var key: PublicKey { host.publicKey }
+
+    /// The events answering `request` on the relays: feedback and results.
+    func answers(to request: Event) async throws -> [Event] {
+        try await pool.fetch([Filter(tags: ["e": [request.id.hex]])], timeout: .seconds(3))
+    }
+}
+
+func runtimeConfiguration(_ relays: [RelayURL]) -> ServiceRuntime.Configuration {
+    var configuration = ServiceRuntime.Configuration(relays: relays)
+    configuration.pool.reconnectDelay = .milliseconds(50)
+    configuration.publishTimeout = .seconds(2)
+    configuration.catchUpMargin = 5
+    // One test customer sends many jobs at once.
+    configuration.policy.rate = 10_000
+    configuration.policy.burst = 10_000
+    configuration.policy.maximumConcurrentPerSender = 10_000
+    return configuration
+}
+
+func privateInputs() -> InputResolver.Configuration {
+    var inputs = InputResolver.Configuration()
+    inputs.allowsPrivateAddresses = true
+    inputs.jobTimeout = .seconds(10)
+    return inputs
+}
+
+/// Runs `hosts` job hosts on one key (each with its store from `stores`) over `relayCount` test relays, with a
+/// customer's pool on the same relays; stops everything however `body` ends.
+func withHosts<R: Sendable>(
+    relays relayCount: Int = 1, hosts: Int = 1, key: SecretKey = .generate(), handler: any JobHandler,
+    service configure: @Sendable (inout DVMService.Configuration) -> Void = { _ in },
+    inputs: InputResolver.Configuration = privateInputs(), wallet: WalletConnectURI? = nil,
+    stores: [any ServiceStore]? = nil, existingRelays: [RelayURL]? = nil,
+    _ body: @escaping @Sendable ([TestHost]) async throws -> R
+) async throws -> R {
+    func run(_ urls: [RelayURL]) async throws -> R {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let stores = try stores ?? [try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)]
+        var service = DVMService.Configuration(kinds: [5050])
+        service.concurrency = 2
+        service.jobTimeout = .seconds(5)
+        configure(&service)
+        let started = (0..<hosts).map { index in
+            DVMHost(
+                key: LocalServiceKey(key), handler: handler, store: stores[index % stores.count], service: service,
+                runtime: runtimeConfiguration(urls), inputs: inputs, wallet: wallet, logger: quiet)
+        }
+        let pool = RelayPool(relays: urls, logger: quiet)
+        return try await pool.withRunning {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for host in started { group.addTask { try await host.run() } }
+                defer { group.cancelAll() }
+                try await within(.seconds(10), "the hosts to be ready") {
+                    while !started.allSatisfy(\.isReady) { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                let client = DVMClient(secret: .generate(), pool: pool)
+                return try await body(started.map { TestHost(host: $0, relays: urls, client: client) })
+            }
+        }
+    }
+    if let existingRelays { return try await run(existingRelays) }
+    return try await withTestRelays(relayCount) { relays in try await run(relays.compactMap(\.url)) }
+}
+
+func within<R: Sendable>(_ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> R) async throws -> R {
+    try await withThrowingTaskGroup(of: R?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let result = first else { throw TestKitError("timed out waiting for \(what)") }
+        return result
+    }
+}
+
+/// Collects the statuses of `request`'s feedback, in order, while it runs.
+final class Statuses: Sendable {
+    let list = Mutex<[String]>([])
+    var all: [String] { list.withLock { $0 } }
+    func add(_ feedback: DVMClient.Feedback) { list.withLock { $0.append(feedback.status) } }
+}
+
+@Suite("dvm-host end to end: jobs over test relays")
+struct DVMHostTests {
+    @Test("a plain job on two relays runs once; result and feedback carry the request, e, p and i tags")
+    func plainJob() async throws {
+        let recorder = Recorder()
+        try await withHosts(relays: 2, handler: recorder) { hosts in
+            let test = hosts[0]
+            let request = try test.client.request(kind: 5050, inputs: [JobInput(data: "hello", type: .text)], output: "text/plain")
+            let statuses = Statuses()
+            let result = try await test.client.run(request, timeout: .seconds(10)) { statuses.add($0) }
+            #expect(result.content == "done: hello")
+            #expect(result.event.kind == 6050 && result.event.pubkey == test.key)
+            #expect(result.event.firstTagValue("request") == request.json)
+            #expect(result.event.firstTagValue("e") == request.id.hex && result.event.firstTagValue("p") == request.pubkey.hex)
+            #expect(result.event.tags.contains(["i", "hello", "text"]))
+            #expect(!result.event.tags.contains { $0.name == "encrypted" })
+            #expect(statuses.all == ["processing"])
+            // Both relays have the result, and the success feedback follows it.
+            for relay in test.relays {
+                let stored = try await within(.seconds(5), "the success feedback on \(relay)") {
+                    while true {
+                        let stored = try await test.pool.fetch([Filter(kinds: [6050, 7000], tags: ["e": [request.id.hex]])], from: [relay], timeout: .seconds(3))
+                        if stored.contains(where: { $0.kind == 7000 && $0.firstTagValue("status") == "success" }) { return stored }
+                        try await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+                #expect(stored.contains { $0.id == result.event.id }, "\(relay)")
+            }
+            // Published again: answered from the journal, not run again.
+            _ = await test.pool.publish(request)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(recorder.runs[request.id] == 1)
+        }
+    }
+
+    @Test("encrypted jobs (NIP-44 and NIP-04) are answered in the same scheme, with no clear inputs", arguments: [PayloadEncryption.nip44, .nip04])
+    func encrypted(_ scheme: PayloadEncryption) async throws {
+        try await withHosts(handler: Uppercase()) { hosts in
+            let test = hosts[0]
+            let request = try test.client.request(
+                kind: 5050, inputs: [JobInput(data: "secret words", type: .text)], provider: test.key, encryption: scheme)
+            #expect(!request.content.contains("secret"))
+            let result = try await test.client.run(request, timeout: .seconds(10))
+            #expect(result.content == "SECRET WORDS")
+            #expect(result.event.tags.contains(["encrypted"]))
+            #expect(!result.event.tags.contains { $0.name == "i" })
+            #expect(NIP04.isNIP04Payload(result.event.content) == (scheme == .nip04))
+            let feedback = try await test.answers(to: request).filter { $0.kind == 7000 }
+            #expect(!feedback.isEmpty)
+            for event in feedback {
+                #expect(event.firstTagValue("status") == nil && event.tags.contains(["encrypted"]))
+                let status = try test.client.decode(feedback: event).status
+                #expect(["processing", "success"].contains(status))
+            }
+        }
+    }
+
+    @Test("requests p-tagged to another provider are ignored; untargeted ones are taken")
+    func targeting() async throws {
+        let recorder = Recorder()
+        try await withHosts(handler: recorder) { hosts in
+            let test = hosts[0]
+            let elsewhere = try test.client.request(kind: 5050, inputs: [JobInput(data: "x", type: .text)], provider: SecretKey.generate().publicKey)
+            _ = await test.pool.publish(elsewhere)
+            let untargeted = try test.client.request(kind: 5050, inputs: [JobInput(data: "y", type: .text)])
+            _ = try await test.client.run(untargeted, timeout: .seconds(10))
+            #expect(recorder.runs[elsewhere.id] == nil)
+            #expect(try await test.answers(to: elsewhere).isEmpty)
+        }
+    }
+
+    @Test("bad requests get an error feedback with the reason")
+    func badRequests() async throws {
+        try await withHosts(handler: Uppercase()) { hosts in
+            let test = hosts[0]
+            let unknownType = EventTemplate(kind: 5050, tags: [["i", "x", "prompt"]]).sign(with: test.client.secret)
+            await #expect(throws: JobError("unsupported input type \"prompt\" (text, url, event and job are)")) {
+                try await test.client.run(unknownType, timeout: .seconds(10))
+            }
+            let garbage = EventTemplate(kind: 5050, content: "not encrypted at all", tags: [["p", test.key.hex], ["encrypted"]])
+                .sign(with: test.client.secret)
+            await #expect(throws: JobError.self) { try await test.client.run(garbage, timeout: .seconds(10)) }
+            // A handler's own refusal.
+            let empty = try test.client.request(kind: 5050, inputs: [])
+            await #expect(throws: JobError("send at least one input with text")) { try await test.client.run(empty, timeout: .seconds(10)) }
+        }
+    }
+
+    @Test("event and job inputs: a note is fetched, and a chained job waits for the first job's result")
+    func eventAndChainedInputs() async throws {
+        try await withHosts(handler: Uppercase()) { hosts in
+            let test = hosts[0]
+            let note = EventTemplate(kind: 1, content: "a note to shout").sign(with: SecretKey.generate())
+            _ = await test.pool.publish(note)
+            let fromNote = try test.client.request(kind: 5050, inputs: [JobInput(data: note.id.hex, type: .event, relay: test.relays[0].string)])
+            #expect(try await test.client.run(fromNote, timeout: .seconds(10)).content == "A NOTE TO SHOUT")
+
+            // The second job is published first: it waits for the first one's result.
+            let first = try test.client.request(kind: 5050, inputs: [JobInput(data: "chain me", type: .text)])
+            let second = try test.client.request(kind: 5050, inputs: [JobInput(data: first.id.hex, type: .job, relay: test.relays[0].string)])
+            async let chained = test.client.run(second, timeout: .seconds(15))
+            try await Task.sleep(for: .milliseconds(300))
+            _ = try await test.client.run(first, timeout: .seconds(10))
+            #expect(try await chained.content == "CHAIN ME")
+
+            let missing = try test.client.request(kind: 5050, inputs: [JobInput(data: String(repeating: "0", count: 64), type: .event)])
+            await #expect(throws: JobError.self) { try await test.client.run(missing, timeout: .seconds(15)) }
+        }
+    }
+
+    @Test("url inputs pointing at private addresses are refused unless allowed")
+    func privateURLs() async throws {
+        var inputs = InputResolver.Configuration()
+        inputs.allowsPrivateAddresses = false
+        try await withHosts(handler: Uppercase(), inputs: inputs) { hosts in
+            let test = hosts[0]
+            for url in ["http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://10.1.2.3/x", "file:///etc/passwd"] {
+                let request = try test.client.request(kind: 5050, inputs: [JobInput(data: url, type: .url)])
+                do {
+                    _ = try await test.client.run(request, timeout: .seconds(10))
+                    Issue.record("\(url) was fetched")
+                } catch let error as JobError {
+                    #expect(error.reason.contains("private address") || error.reason.contains("not an http(s) URL"), "\(url): \(error.reason)")
+                }
+            }
+        }
+    }
+
+    @Test("--exec: the job as JSON on stdin, stdout as the result; a failure, a timeout and too much output become error feedback")
+    func exec() async throws {
+        let script = """
+            python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["kind"], j["params"]["lang"], j["inputs"][0]["content"], end="")'
+            """
+        try await withHosts(handler: ExecHandler(command: script)) { hosts in
+            let test = hosts[0]
+            let request = try test.client.request(
+                kind: 5050, inputs: [JobInput(data: "hi there", type: .text)], parameters: [JobParameter(name: "lang", values: ["es"])])
+            #expect(try await test.client.run(request, timeout: .seconds(10)).content == "5050 es hi there")
+        }
+        try await withHosts(handler: ExecHandler(command: "echo starting; echo 'no model loaded' >&2; exit 3")) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            await #expect(throws: JobError("the command exited with status 3: no model loaded")) {
+                try await hosts[0].client.run(request, timeout: .seconds(10))
+            }
+        }
+        try await withHosts(handler: ExecHandler(command: "sleep 30"), service: { $0.jobTimeout = .seconds(1) }) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            let started = ContinuousClock.now
+            await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
+            #expect(ContinuousClock.now - started < .seconds(8))
+        }
+        try await withHosts(handler: ExecHandler(command: "head -c 5000 /dev/zero", maximumOutput: 1000)) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            await #expect(throws: JobError("the command wrote more than 1000 bytes")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
+        }
+    }
+
+    @Test("jobs run concurrently up to the limit, and every one is answered")
+    func concurrency() async throws {
+        let recorder = Recorder(delay: .milliseconds(300))
+        try await withHosts(handler: recorder, service: { $0.concurrency = 3 }) { hosts in
+            let test = hosts[0]
+            try await withThrowingTaskGroup(of: String.self) { group in
+                for index in 0..<9 {
+                    group.addTask {
+                        let request = try test.client.request(kind: 5050, inputs: [JobInput(data: "\(index)", type: .text)])
+                        return try await test.client.run(request, timeout: .seconds(20)).content
+                    }
+                }
+                var contents: Set<String> = []
+                for try await content in group { contents.insert(content) }
+                #expect(contents == Set((0..<9).map { "done: \($0)" }))
+            }
+            #expect(recorder.most == 3)
+        }
+    }
+
+    @Test("the NIP-89 announcement names the kinds, encryption support and an expiration")
+    func announcement() async throws {
+        try await withHosts(handler: Uppercase(), service: { $0.kinds = [5050, 5051]; $0.name = "Shouter" }) { hosts in
+            let test = hosts[0]
+            let announced = try await test.pool.fetch([Filter(authors: [test.key], kinds: [31_990])], timeout: .seconds(3))
+            let event = try #require(announced.first)
+            #expect(Set(event.tagValues("k")) == ["5050", "5051"])
+            #expect(event.content.contains("\"name\":\"Shouter\"") && event.content.contains("\"encryptionSupported\":true"))
+            #expect(event.content.contains("\"supportsEncryption\":true"))
+            let expiration = try #require(event.expiration)
+            #expect(expiration > Timestamp.now + 3600)
+        }
+    }
+
+    @Test("requests published while the host was down are run once when it starts")
+    func catchUp() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-catchup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        let key = SecretKey.generate()
+        let recorder = Recorder()
+        try await withTestRelays(1) { relays in
+            let urls = relays.compactMap(\.url)
+            // A first run records the checkpoint.
+            try await withHosts(key: key, handler: recorder, stores: [try SQLiteServiceStore(path: path)], existingRelays: urls) { hosts in
+                let request = try hosts[0].client.request(kind: 5050, inputs: [JobInput(data: "before", type: .text)])
+                _ = try await hosts[0].client.run(request, timeout: .seconds(10))
+            }
+            // Down: three requests arrive.
+            let customer = SecretKey.generate()
+            let pool = RelayPool(relays: urls, logger: quiet)
+            let offline = try await pool.withRunning {
+                let client = DVMClient(secret: customer, pool: pool)
+                var requests: [Event] = []
+                for index in 0..<3 {
+                    let request = try client.request(kind: 5050, inputs: [JobInput(data: "while down \(index)", type: .text)], provider: key.publicKey)
+                    _ = await pool.publish(request)
+                    requests.append(request)
+                }
+                return requests
+            }
+            // Up again: each is run once.
+            try await withHosts(key: key, handler: recorder, stores: [try SQLiteServiceStore(path: path)], existingRelays: urls) { hosts in
+                try await within(.seconds(10), "the results") {
+                    while true {
+                        let results = try await hosts[0].pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.publicKey.hex]])], timeout: .seconds(2))
+                        if results.count == 3 { return }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                }
+            }
+            for request in offline { #expect(recorder.runs[request.id] == 1) }
+        }
+    }
+
+    @Test("two workers on one key sharing PostgreSQL: 300 jobs delivered to both run exactly once")
+    func twoWorkers() async throws {
+        let recorder = Recorder()
+        try await withPostgresDatabase { configuration in
+            let stores = (0..<2).map { _ in PostgresServiceStore(configuration: configuration, logger: quiet) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for store in stores { group.addTask { await store.run() } }
+                defer { group.cancelAll() }
+                try await withHosts(relays: 2, hosts: 2, handler: recorder, service: { $0.concurrency = 8 }, stores: stores) { hosts in
+                    let test = hosts[0]
+                    let customer = test.client.secret.publicKey
+                    var requests: [Event] = []
+                    for index in 0..<300 {
+                        requests.append(try test.client.request(kind: 5050, inputs: [JobInput(data: "job \(index)", type: .text)], provider: test.key))
+                    }
+                    for request in requests { _ = await test.pool.publish(request) }
+                    let results = try await within(.seconds(60), "300 results") {
+                        while true {
+                            let results = try await test.pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.hex]])], timeout: .seconds(3))
+                            if results.count >= 300 { return results }
+                            try await Task.sleep(for: .milliseconds(200))
+                        }
+                    }
+                    #expect(results.count == 300)
+                    #expect(Set(results.compactMap { $0.firstTagValue("e") }) == Set(requests.map(\.id.hex)))
+                    #expect(recorder.runs.count == 300 && recorder.runs.values.allSatisfy { $0 == 1 })
+                }
+            }
+        }
+    }
+}
