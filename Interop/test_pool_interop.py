@@ -71,7 +71,7 @@ import pytest
 from websockets.asyncio.server import serve as ws_serve
 
 import nostr_sdk
-from nostr_sdk import LocalRelayBuilder, WritePolicy, WritePolicyResult
+from nostr_sdk import LocalRelayBuilder, RateLimit, WritePolicy, WritePolicyResult
 
 from conftest import SEED, terminate
 from test_relay_interop import (
@@ -545,13 +545,18 @@ class RustRelay:
         self.relay, self.url, self.policy = relay, url, policy
 
 
-def start_rust_relay(aio: LoopThread) -> RustRelay:
+def start_rust_relay(aio: LoopThread, notes_per_minute: int | None = None) -> RustRelay:
+    """rust-nostr's LocalRelay on a free port; `notes_per_minute` lifts its default write rate limit
+    (60 events per minute per connection) for load tests."""
     port = free_port()
     policy = RejectPolicy()
     holder = {}
 
     async def start():
-        relay = LocalRelayBuilder().addr("127.0.0.1").port(port).write_policy(policy).build()
+        builder = LocalRelayBuilder().addr("127.0.0.1").port(port).write_policy(policy)
+        if notes_per_minute is not None:
+            builder = builder.rate_limit(RateLimit(max_reqs=500, notes_per_minute=notes_per_minute))
+        relay = builder.build()
         await relay.run()
         holder["relay"] = relay
         return str(await relay.url())

@@ -144,6 +144,10 @@ struct RemoteSignerTests {
             let watcher = RelayPool(relays: bunker.relays, logger: quiet)
             let replies = try await watcher.withRunning {
                 try await watcher.withSubscription([Filter(authors: [bunker.signer], kinds: [NIP46.kind])]) { events in
+                    // Listening before the first request: ephemeral replies sent earlier would be missed.
+                    for await item in events {
+                        if case .endOfStoredEvents = item { break }
+                    }
                     let user = try await client.run { signer in
                         try await signer.connect()
                         return try await signer.publicKey()
