@@ -63,6 +63,7 @@ bench: deps build-release
 	.build/release/switchboard-bench service
 	.build/release/switchboard-bench bunker
 	.build/release/switchboard-bench wallet
+	.build/release/switchboard-bench dvm
 
 # Fuzz each target for FUZZ_SECONDS (default 60): `make fuzz FUZZ_SECONDS=600`.
 FUZZ_SECONDS ?= 60

@@ -225,7 +225,7 @@ let package = Package(
         .executableTarget(
             name: "switchboard-bench",
             dependencies: [
-                "BunkerKit", "WalletKit", "NostrService", "NostrCore", "NostrCrypto", "NostrRelay", "CSecp256k1", "CSodium", "COpenSSL",
+                "BunkerKit", "WalletKit", "DVMKit", "NostrService", "NostrCore", "NostrCrypto", "NostrRelay", "CSecp256k1", "CSodium", "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -197,7 +197,14 @@ case "wallet":
         print("wallet benchmark failed: \(error)")
         exit(1)
     }
+case "dvm":
+    do {
+        try await runDVM()
+    } catch {
+        print("dvm benchmark failed: \(error)")
+        exit(1)
+    }
 default:
-    print("usage: switchboard-bench crypto | relay | service | bunker | wallet")
+    print("usage: switchboard-bench crypto | relay | service | bunker | wallet | dvm")
     exit(64)
 }
