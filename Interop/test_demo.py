@@ -1,6 +1,6 @@
 """`make demo` stays working: the tour (Scripts/demo.sh) runs against the built binaries, the bunker signs a
 note for the app that connected with the printed bunker:// URI, the wallet-bridge's shop is paid by the
-tipper exactly once, and both stop cleanly on SIGTERM."""
+tipper exactly once, the dvm-host answers plain, encrypted and failing jobs, and all stop cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -25,3 +25,6 @@ def test_demo_runs_the_bunker_and_wallet_tours():
     assert "shop:   {\"balance\":21000}" in out, out
     assert "error: OTHER: this connection already paid this invoice" in out, out
     assert "wallet-bridge stopped cleanly" in out, out
+    assert "HELLO FROM A CUSTOMER" in out and "A PRIVATE JOB" in out, out
+    assert "feedback error send at least one input with text" in out, out
+    assert "dvm-host stopped cleanly" in out, out

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # A short tour: the bunker (a NIP-46 remote signer) signing for an app over the embedded relay, the
 # wallet-bridge (a NIP-47 wallet service) with two connections paying each other on its ledger, then the
-# switchboard command's keys, events and NIP-44. (The DVM host's tour joins here when it lands.)
+# dvm-host (a NIP-90 job host) taking plain, encrypted and failing jobs, then the switchboard command's keys,
+# events and NIP-44.
 set -euo pipefail
 bin=${1:-.build/debug/switchboard}
 bunker=$(dirname "$bin")/bunker
 wallet=$(dirname "$bin")/wallet-bridge
+dvm=$(dirname "$bin")/dvm-host
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 work=$(mktemp -d)
 bunker_pid=""
 wallet_pid=""
+dvm_pid=""
 cleanup() {
-    for pid in "$bunker_pid" "$wallet_pid"; do
+    for pid in "$bunker_pid" "$wallet_pid" "$dvm_pid"; do
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
     done
     rm -rf "$work"
@@ -96,6 +99,35 @@ for _ in $(seq 1 100); do kill -0 "$wallet_pid" 2>/dev/null || break; sleep 0.1;
 if kill -0 "$wallet_pid" 2>/dev/null; then echo "wallet-bridge did not stop within 10 s"; exit 1; fi
 wait "$wallet_pid" && echo "wallet-bridge stopped cleanly" || { echo "wallet-bridge exited with $?"; exit 1; }
 wallet_pid=""
+
+say "dvm-host serve: NIP-90 jobs of kind 5050 with the compiled-in uppercase handler, on its own embedded relay"
+"$dvm" serve --data-dir "$work/dvm" --kind 5050 --handler uppercase --name "Demo shouter" >"$work/dvm.out" 2>"$work/dvm.err" &
+dvm_pid=$!
+for _ in $(seq 1 150); do
+    grep -q '^dvm-host ready' "$work/dvm.out" && break
+    kill -0 "$dvm_pid" 2>/dev/null || { cat "$work/dvm.err"; exit 1; }
+    sleep 0.2
+done
+grep -q '^dvm-host ready' "$work/dvm.out" || { echo "dvm-host printed no ready line"; cat "$work/dvm.err"; exit 1; }
+cat "$work/dvm.out"
+dvm_relay=$(grep -o 'ws://127.0.0.1:[0-9]*' "$work/dvm.out" | head -1)
+dvm_key=$(sed -n 's/^dvm-host ready: [^ ]* (\([0-9a-f]*\)).*/\1/p' "$work/dvm.out")
+
+say "A customer sends a job (switchboard dvm, the library's NIP-90 client): feedback on stderr, the result on stdout"
+printf 'result: %s\n' "$("$bin" dvm --relay "$dvm_relay" --kind 5050 --input "text:hello from a customer" 2>&1 | tr '\n' ' ')"
+
+say "The same, with the input encrypted to the host (NIP-44): the result comes back encrypted too"
+printf 'result: %s\n' "$("$bin" dvm --relay "$dvm_relay" --kind 5050 --to "$dvm_key" --encrypt nip44 --input "text:a private job" 2>&1 | tr '\n' ' ')"
+
+say "A job the handler cannot do gets an error feedback with the reason"
+if "$bin" dvm --relay "$dvm_relay" --kind 5050 2>&1; then echo "unexpected: a result"; exit 1; fi
+
+say "SIGTERM: dvm-host stops"
+kill -TERM "$dvm_pid"
+for _ in $(seq 1 150); do kill -0 "$dvm_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$dvm_pid" 2>/dev/null; then echo "dvm-host did not stop within 15 s"; exit 1; fi
+wait "$dvm_pid" && echo "dvm-host stopped cleanly" || { echo "dvm-host exited with $?"; exit 1; }
+dvm_pid=""
 
 say "Alice and Bob generate keys"
 alice=$("$bin" key generate)
