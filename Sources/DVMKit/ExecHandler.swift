@@ -1,9 +1,10 @@
 import Foundation
 import Subprocess
+import Synchronization
 
 /// Runs a shell command for each job (`dvm-host serve --exec`): the job as JSON (``Job/json``) on standard
 /// input, standard output (at most ``maximumOutput`` bytes) as the result. A nonzero exit, a signal, or too
-/// much output (or more than 16 KiB on standard error) fails the job with a short reason taken from the last
+/// much output (or more than 1 MiB on standard error) fails the job with a short reason taken from the last
 /// line of standard error.
 ///
 /// The command runs through `/bin/sh -c` in a session of its own, so when the job's time is up (the handler
@@ -21,23 +22,54 @@ public struct ExecHandler: JobHandler {
     }
 
     public func run(_ job: Job, context: JobContext) async throws -> JobOutput {
+        // The job goes in, and the output comes back, through files in a private directory: swift-subprocess
+        // traps when one of its pipes is left open after another fails (an output limit, a cancellation), so
+        // no pipe is used; the output's size is watched instead.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-job-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let input = directory.appendingPathComponent("job.json"), output = directory.appendingPathComponent("stdout"),
+            errors = directory.appendingPathComponent("stderr")
+        try Data(job.json.utf8).write(to: input)
         var options = PlatformOptions()
         options.createSession = true
         options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: .seconds(2))]
-        let result: ExecutionResult<Void, BytesOutput, BytesOutput>
-        do {
-            result = try await Subprocess.run(
-                .path("/bin/sh"), arguments: ["-c", command], platformOptions: options, input: .string(job.json),
-                output: .bytes(limit: maximumOutput), error: .bytes(limit: Self.errorLimit))
-        } catch let error as SubprocessError where error.code == .outputLimitExceeded {
-            let toStderr = maximumOutput != Self.errorLimit && error.description.contains("limit of \(Self.errorLimit) bytes")
-            throw JobError("the command wrote more than " + (toStderr ? "\(Self.errorLimit) bytes to stderr" : "\(maximumOutput) bytes"))
+        let script = #"exec <"$1" >"$2" 2>"$3"; eval "$4""#
+        let arguments = Arguments(["-c", script, "sh", input.path, output.path, errors.path, command])
+        let process = Task {
+            try await Subprocess.run(
+                .path("/bin/sh"), arguments: arguments, platformOptions: options, input: .none, output: .discarded,
+                error: .discarded)
         }
+        let limit = maximumOutput
+        let overflow = Mutex(false)
+        let watcher = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                if Self.size(of: output) > limit || Self.size(of: errors) > Self.errorLimit {
+                    overflow.withLock { $0 = true }
+                    process.cancel()
+                    return
+                }
+            }
+        }
+        let result = await withTaskCancellationHandler { await process.result } onCancel: { process.cancel() }
+        watcher.cancel()
         try Task.checkCancellation()
-        let reason = Self.lastLine(result.standardError, maximum: reasonLength)
-        switch result.terminationStatus {
+        let written = Self.size(of: output)
+        if overflow.withLock({ $0 }) || written > limit {
+            throw JobError("the command wrote more than " + (written > limit ? "\(limit) bytes" : "\(Self.errorLimit) bytes to stderr"))
+        }
+        let status: TerminationStatus
+        switch result {
+        case .success(let execution): status = execution.terminationStatus
+        case .failure(let error):
+            throw JobError("the command could not run (\(String(describing: error).prefix(80)))")
+        }
+        let reason = Self.lastLine(Self.tail(of: errors, keeping: 4 * reasonLength), maximum: reasonLength)
+        switch status {
         case .exited(0):
-            return JobOutput(String(decoding: result.standardOutput, as: UTF8.self))
+            return JobOutput(String(decoding: (try? Data(contentsOf: output)) ?? Data(), as: UTF8.self))
         case .exited(let code):
             throw JobError("the command exited with status \(code)" + (reason.isEmpty ? "" : ": \(reason)"))
         case .signaled(let signal):
@@ -45,8 +77,21 @@ public struct ExecHandler: JobHandler {
         }
     }
 
-    /// The most standard error kept (for the failure's reason).
-    static let errorLimit = 16 * 1024
+    /// The most standard error written before the job fails (its last line is the failure's reason).
+    static let errorLimit = 1024 * 1024
+
+    static func size(of file: URL) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: file.path))?[.size] as? NSNumber)?.intValue ?? 0
+    }
+
+    /// The last `keep` bytes of `file`.
+    static func tail(of file: URL, keeping keep: Int) -> [UInt8] {
+        guard let handle = try? FileHandle(forReadingFrom: file) else { return [] }
+        defer { try? handle.close() }
+        let size = UInt64(size(of: file))
+        try? handle.seek(toOffset: size > UInt64(keep) ? size - UInt64(keep) : 0)
+        return Array((try? handle.readToEnd()) ?? Data())
+    }
 
     /// The last non-empty line of `bytes`, shortened to `maximum` characters.
     static func lastLine(_ bytes: [UInt8], maximum: Int) -> String {
