@@ -1,7 +1,7 @@
 // An example service on the Switchboard runtime: NIP-44 encrypted "uppercase" RPC on ephemeral kinds.
 //
 //   uppercase-service --data-dir DIR --relay ws://127.0.0.1:7777 [--relay ...] [--http 127.0.0.1:PORT]
-//                     [--sender-rate R --sender-burst B]
+//                     [--sender-rate R --sender-burst B --sender-concurrency N]
 //
 // A request is a kind 25910 event p-tagging the service, its content NIP-44 encrypted (NIP-04 works too);
 // the reply is a kind 25911 event p-tagging the requester and e-tagging the request, with the text
@@ -9,8 +9,9 @@
 // The service key is created on first run in DIR/service.key (mode 0600); the journal is DIR/service.sqlite.
 // Prints "ready <service public key hex>" once it listens; stops on SIGTERM/SIGINT. With --http, serves
 // GET /metrics (Prometheus) and GET /health there and also prints "http HOST:PORT" (port 0 = a free one).
-// --sender-rate and --sender-burst change the per-sender rate limit (default 10/s, bursts of 30); the load
-// benchmark (`switchboard-bench service`) raises them, since it sends from few keys.
+// --sender-rate and --sender-burst change the per-sender rate limit (default 10/s, bursts of 30), and
+// --sender-concurrency the requests of one sender handled at once (default 8); the load benchmark
+// (`switchboard-bench service`) raises them, since it sends from few keys.
 import Foundation
 import Logging
 import Metrics
@@ -77,6 +78,9 @@ func arguments() -> Arguments? {
         case "--sender-burst":
             guard let burst = iterator.next().flatMap(Double.init), burst >= 1 else { return nil }
             policy.burst = burst
+        case "--sender-concurrency":
+            guard let limit = iterator.next().flatMap(Int.init), limit >= 1 else { return nil }
+            policy.maximumConcurrentPerSender = limit
         default: return nil
         }
     }
@@ -87,7 +91,7 @@ func arguments() -> Arguments? {
 guard let options = arguments() else {
     FileHandle.standardError.write(Data("""
         usage: uppercase-service --data-dir DIR --relay URL [--relay URL]... [--http HOST:PORT]
-                                 [--sender-rate R] [--sender-burst B]\n
+                                 [--sender-rate R] [--sender-burst B] [--sender-concurrency N]\n
         """.utf8))
     exit(64)
 }

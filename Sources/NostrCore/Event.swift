@@ -115,6 +115,19 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
         return writer.text
     }
 
+    /// A bound on ``json``'s length in bytes that costs no serialisation: every byte of the content and the
+    /// tags escaped as `\u00XX` (six bytes), plus the fixed fields. Size caps compare with this first and
+    /// serialise only an event that may be over.
+    public var maximumJSONLength: Int {
+        var variable = content.utf8.count
+        for tag in tags {
+            variable += 3
+            for field in tag.fields { variable += field.utf8.count + 3 }
+        }
+        // id, pubkey and sig in hex, the keys, a 20-digit created_at and kind, punctuation.
+        return 6 * variable + 400
+    }
+
     /// Appends the JSON object form to `writer`.
     public func write(to writer: inout JSONWriter) {
         Event.writeObject(

@@ -15,7 +15,21 @@ public enum NIP04 {
 
     /// Whether a payload looks like NIP-04 (`?iv=`) rather than NIP-44.
     public static func isNIP04Payload(_ payload: String) -> Bool {
-        payload.utf8.count >= 24 && payload.contains("?iv=")
+        // A byte scan (NIP-44 payloads are base64, without `?`), cheaper than a String search.
+        var payload = payload
+        return payload.withUTF8 { bytes in
+            guard bytes.count >= 24 else { return false }
+            var i = 0
+            while i + 4 <= bytes.count {
+                if bytes[i] == UInt8(ascii: "?"), bytes[i + 1] == UInt8(ascii: "i"), bytes[i + 2] == UInt8(ascii: "v"),
+                    bytes[i + 3] == UInt8(ascii: "=")
+                {
+                    return true
+                }
+                i += 1
+            }
+            return false
+        }
     }
 
     /// Encrypts `plaintext` from `secretKey` to `publicKey` with a random IV.

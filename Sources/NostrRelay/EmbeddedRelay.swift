@@ -104,10 +104,12 @@ public final class EmbeddedRelay: Service, Sendable {
 
     func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, frameSize: Int) async throws {
         let (outbox, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingOldest(configuration.outboxCapacity))
-        let session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
-        let id = hub.register(session, outbox: continuation)
-        defer { hub.remove(id) }
-        for action in session.greeting { try await execute(action, connection: id) }
+        // The session belongs to this task: messages are parsed and verified here, outside any lock, and
+        // the hub gets a copy whenever what the connection receives changes.
+        var session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
+        let connection = hub.register(session, outbox: continuation)
+        defer { hub.remove(connection) }
+        for action in session.greeting { try await execute(action, on: connection, session: &session) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await text in outbox {
@@ -119,51 +121,58 @@ public final class EmbeddedRelay: Service, Sendable {
             do {
                 for try await message in inbound.messages(maxSize: frameSize) {
                     guard case .text(let text) = message else {
-                        hub.send(id, .notice("error: binary messages are not supported"))
+                        connection.send(.notice("error: binary messages are not supported"))
                         continue
                     }
-                    let actions = hub.receive(id, text: text, clock: .now, monotonic: monotonicSeconds())
-                    for action in actions { try await execute(action, connection: id) }
+                    let revision = session.revision
+                    let actions = session.receive(text, clock: .now, monotonic: monotonicSeconds())
+                    if session.revision != revision {
+                        var opening: [String] = []
+                        for case .query(let subscriptionID, _) in actions { opening.append(subscriptionID) }
+                        connection.update(session, opening: opening)
+                    }
+                    for action in actions { try await execute(action, on: connection, session: &session) }
                 }
             } catch {
                 logger.debug("connection ended", metadata: ["error": "\(error)"])
             }
-            hub.remove(id)
+            hub.remove(connection)
             try await group.waitForAll()
         }
     }
 
-    func execute(_ action: RelaySession.Action, connection id: UInt64) async throws {
+    func execute(_ action: RelaySession.Action, on connection: RelayHub.Connection, session: inout RelaySession) async throws {
         switch action {
         case .send(let message):
-            hub.send(id, message)
+            connection.send(message)
         case .store(let event):
             let outcome: StoreOutcome
             do {
                 outcome = try await store.save(event, now: .now)
             } catch {
                 logger.error("store failed", metadata: ["nostr.event.id": "\(event.id.hex)", "error": "\(error)"])
-                hub.send(id, .ok(eventID: event.id, accepted: false, message: MachineReadablePrefix.error.message("could not store the event")))
+                connection.send(.ok(eventID: event.id, accepted: false, message: MachineReadablePrefix.error.message("could not store the event")))
                 return
             }
             let reply = outcome.okReply
-            hub.send(id, .ok(eventID: event.id, accepted: reply.accepted, message: reply.message))
+            connection.send(.ok(eventID: event.id, accepted: reply.accepted, message: reply.message))
             if outcome.shouldBroadcast { hub.broadcast(event) }
         case .query(let subscriptionID, let filters):
             do {
                 // One REQ gets at most `maximumLimit` stored events in all (newest first), whatever its number of
                 // filters, so a reply always fits the connection's outbox.
                 let stored = try await store.query(filters, now: .now).prefix(configuration.policy.maximumLimit)
-                hub.finishQuery(id, subscriptionID: subscriptionID, stored: Array(stored))
+                connection.finishQuery(subscriptionID, stored: Array(stored))
             } catch {
                 logger.error("query failed", metadata: ["error": "\(error)"])
-                hub.failQuery(id, subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("query failed"))
+                session.dropSubscription(subscriptionID)
+                connection.failQuery(subscriptionID, session: session, message: MachineReadablePrefix.error.message("query failed"))
             }
         case .count(let subscriptionID, let filters):
             do {
-                hub.send(id, .count(subscriptionID: subscriptionID, count: try await store.count(filters, now: .now)))
+                connection.send(.count(subscriptionID: subscriptionID, count: try await store.count(filters, now: .now)))
             } catch {
-                hub.send(id, .closed(subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("count failed")))
+                connection.send(.closed(subscriptionID: subscriptionID, message: MachineReadablePrefix.error.message("count failed")))
             }
         }
     }

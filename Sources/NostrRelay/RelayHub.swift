@@ -1,116 +1,133 @@
 import NostrCore
 import Synchronization
 
-/// The embedded relay's live connections: each one's session and outbox, and the fan-out of new events.
+/// The embedded relay's live connections and the fan-out of new events to them.
+///
+/// Each connection's task owns its ``RelaySession`` and runs it without a lock (parsing and verifying an
+/// event are the relay's most expensive steps, and connections do them in parallel). The hub keeps, per
+/// connection and under that connection's own lock, what other connections' tasks need to deliver an event
+/// to it: a copy of the session's subscriptions and authentication, refreshed whenever they change, and its
+/// outbox.
 ///
 /// A subscription is "pending" from its REQ until its stored events and `EOSE` are queued; live events
 /// matching it meanwhile are held back and sent after `EOSE` (minus any the stored result already had), so a
 /// client sees NIP-01's order — stored events, `EOSE`, live events — without duplicates.
 final class RelayHub: Sendable {
-    struct Connection {
-        var session: RelaySession
-        let outbox: AsyncStream<String>.Continuation
-        var pending: [String: [Event]] = [:]
-        var overflowed = false
+    final class Connection: Sendable {
+        struct State {
+            /// The session as of its last change of subscriptions or authentication.
+            var session: RelaySession
+            var pending: [String: [Event]] = [:]
+            var overflowed = false
+        }
+
+        let id: UInt64
+        private let outbox: AsyncStream<String>.Continuation
+        private let state: Mutex<State>
+
+        init(id: UInt64, session: RelaySession, outbox: AsyncStream<String>.Continuation) {
+            self.id = id
+            self.outbox = outbox
+            self.state = Mutex(State(session: session))
+        }
+
+        /// Queues a message.
+        func send(_ message: RelayMessage) {
+            state.withLock { Self.enqueue(message.json, to: &$0, outbox: outbox) }
+        }
+
+        /// Takes the session's new subscriptions and authentication; `opening` are subscriptions whose stored
+        /// events are about to be queried (live events for them are held back until ``finishQuery``).
+        func update(_ session: RelaySession, opening: [String]) {
+            state.withLock { state in
+                state.session = session
+                for subscriptionID in opening { state.pending[subscriptionID] = [] }
+            }
+        }
+
+        /// Queues a subscription's stored events and `EOSE`, then what arrived live meanwhile.
+        func finishQuery(_ subscriptionID: String, stored: [Event]) {
+            state.withLock { state in
+                let held = state.pending.removeValue(forKey: subscriptionID) ?? []
+                var sent = Set<EventID>()
+                for event in stored where state.session.mayRead(event) {
+                    sent.insert(event.id)
+                    Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                }
+                Self.enqueue(RelayMessage.endOfStoredEvents(subscriptionID: subscriptionID).json, to: &state, outbox: outbox)
+                for event in held where !sent.contains(event.id) {
+                    Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                }
+            }
+        }
+
+        /// Ends a subscription whose stored-event query failed (`session` no longer has it): `CLOSED` with
+        /// `message`, no live events after it.
+        func failQuery(_ subscriptionID: String, session: RelaySession, message: String) {
+            state.withLock { state in
+                state.session = session
+                state.pending[subscriptionID] = nil
+                Self.enqueue(RelayMessage.closed(subscriptionID: subscriptionID, message: message).json, to: &state, outbox: outbox)
+            }
+        }
+
+        /// Queues `event` for each of this connection's subscriptions it matches.
+        func deliver(_ event: Event) {
+            state.withLock { state in
+                for subscriptionID in state.session.liveSubscriptions(for: event) {
+                    if state.pending[subscriptionID] != nil {
+                        state.pending[subscriptionID]?.append(event)
+                    } else {
+                        Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                    }
+                }
+            }
+        }
+
+        func finish() { outbox.finish() }
+
+        /// A full outbox means the client reads slower than it is sent to: the connection is closed rather
+        /// than letting memory grow (the client reconnects and re-subscribes with `since`).
+        private static func enqueue(_ text: String, to state: inout State, outbox: AsyncStream<String>.Continuation) {
+            guard !state.overflowed else { return }
+            if case .dropped = outbox.yield(text) {
+                state.overflowed = true
+                outbox.finish()
+            }
+        }
     }
 
-    private let connections = Mutex<[UInt64: Connection]>([:])
+    /// The connections, and the same as a list for fan-out (copied out of the lock without copying elements).
+    private struct Registry {
+        var byID: [UInt64: Connection] = [:]
+        var list: [Connection] = []
+    }
+
+    private let registry = Mutex(Registry())
     private let nextID = Atomic<UInt64>(1)
 
-    func register(_ session: RelaySession, outbox: AsyncStream<String>.Continuation) -> UInt64 {
-        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        connections.withLock { $0[id] = Connection(session: session, outbox: outbox) }
-        return id
-    }
-
-    func remove(_ id: UInt64) {
-        let connection = connections.withLock { $0.removeValue(forKey: id) }
-        connection?.outbox.finish()
-    }
-
-    var connectionCount: Int { connections.withLock { $0.count } }
-
-    /// Runs the session's state machine on one message; marks new subscriptions pending.
-    func receive(_ id: UInt64, text: String, clock: Timestamp, monotonic: Double) -> [RelaySession.Action] {
-        connections.withLock { all in
-            guard var connection = all[id] else { return [] }
-            let actions = connection.session.receive(text, clock: clock, monotonic: monotonic)
-            for case .query(let subscriptionID, _) in actions {
-                connection.pending[subscriptionID] = []
-            }
-            all[id] = connection
-            return actions
+    func register(_ session: RelaySession, outbox: AsyncStream<String>.Continuation) -> Connection {
+        let connection = Connection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, session: session, outbox: outbox)
+        registry.withLock { registry in
+            registry.byID[connection.id] = connection
+            registry.list.append(connection)
         }
+        return connection
     }
 
-    /// Queues a message for one connection.
-    func send(_ id: UInt64, _ message: RelayMessage) {
-        connections.withLock { all in
-            guard var connection = all[id] else { return }
-            Self.enqueue(message.json, to: &connection)
-            all[id] = connection
+    func remove(_ connection: Connection) {
+        let removed = registry.withLock { registry in
+            guard registry.byID.removeValue(forKey: connection.id) != nil else { return false }
+            registry.list.removeAll { $0 === connection }
+            return true
         }
-    }
-
-    /// Queues a subscription's stored events and `EOSE`, then what arrived live meanwhile.
-    func finishQuery(_ id: UInt64, subscriptionID: String, stored: [Event]) {
-        connections.withLock { all in
-            guard var connection = all[id] else { return }
-            let held = connection.pending.removeValue(forKey: subscriptionID) ?? []
-            // The subscription may have been closed (or replaced) while the query ran.
-            guard connection.session.subscriptions[subscriptionID] != nil else {
-                all[id] = connection
-                return
-            }
-            var sent = Set<EventID>()
-            for event in stored where connection.session.mayRead(event) {
-                sent.insert(event.id)
-                Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &connection)
-            }
-            Self.enqueue(RelayMessage.endOfStoredEvents(subscriptionID: subscriptionID).json, to: &connection)
-            for event in held where !sent.contains(event.id) {
-                Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &connection)
-            }
-            all[id] = connection
-        }
-    }
-
-    /// Ends a subscription whose stored-event query failed: `CLOSED` with `message`, no live events after it.
-    func failQuery(_ id: UInt64, subscriptionID: String, message: String) {
-        connections.withLock { all in
-            guard var connection = all[id] else { return }
-            connection.pending[subscriptionID] = nil
-            connection.session.dropSubscription(subscriptionID)
-            Self.enqueue(RelayMessage.closed(subscriptionID: subscriptionID, message: message).json, to: &connection)
-            all[id] = connection
-        }
+        if removed { connection.finish() }
     }
 
     /// Sends a newly accepted event to every matching subscription on every connection.
     func broadcast(_ event: Event) {
-        connections.withLock { all in
-            for (id, var connection) in all {
-                let matches = connection.session.liveSubscriptions(for: event)
-                guard !matches.isEmpty else { continue }
-                for subscriptionID in matches {
-                    if connection.pending[subscriptionID] != nil {
-                        connection.pending[subscriptionID]?.append(event)
-                    } else {
-                        Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &connection)
-                    }
-                }
-                all[id] = connection
-            }
-        }
-    }
-
-    /// A full outbox means the client reads slower than it is sent to: the connection is closed rather than
-    /// letting memory grow (the client reconnects and re-subscribes with `since`).
-    private static func enqueue(_ text: String, to connection: inout Connection) {
-        guard !connection.overflowed else { return }
-        if case .dropped = connection.outbox.yield(text) {
-            connection.overflowed = true
-            connection.outbox.finish()
+        for connection in registry.withLock({ $0.list }) {
+            connection.deliver(event)
         }
     }
 }

@@ -21,12 +21,15 @@ public struct RelaySession: Sendable {
     /// The NIP-42 challenge sent to this connection.
     public let challenge: String
     /// Open subscriptions by id.
-    public private(set) var subscriptions: [String: [Filter]] = [:]
+    public private(set) var subscriptions: [String: [Filter]] = [:] { didSet { revision &+= 1 } }
 
     /// Ends a subscription the relay could not serve (its `CLOSED` is sent by the caller).
     mutating func dropSubscription(_ id: String) { subscriptions[id] = nil }
     /// Public keys this connection has authenticated as (NIP-42).
-    public private(set) var authenticated: Set<PublicKey> = []
+    public private(set) var authenticated: Set<PublicKey> = [] { didSet { revision &+= 1 } }
+    /// Changes whenever ``subscriptions`` or ``authenticated`` change: what decides which live events the
+    /// connection receives.
+    public private(set) var revision = 0
     private var bucket: TokenBucket
 
     /// A session for a new connection; `now` is monotonic seconds for the rate limiter.

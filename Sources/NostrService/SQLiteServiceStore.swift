@@ -118,6 +118,17 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
+    /// Queues `body` for the next group transaction without waiting for it (errors are dropped): for records
+    /// whose loss in a crash costs nothing but the record.
+    private func deferred(_ body: @escaping @Sendable (Database) throws -> Void) {
+        let leads = queue.withLock { queue in
+            queue.pending.append(DeferredWrite(body: body))
+            defer { queue.writing = true }
+            return !queue.writing
+        }
+        if leads { pool.asyncWriteWithoutTransaction { db in self.drain(db) } }
+    }
+
     /// On the writer queue: commits what is pending, one transaction per group, until nothing is.
     private func drain(_ db: Database) {
         while true {
@@ -192,8 +203,10 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
+    /// Queued with the next group of journal writes and not waited for: the outcome is for the operator, and
+    /// a crash before it is written loses only it.
     public func recordDelivery(_ id: EventID, _ delivery: String) async throws {
-        try await grouped { db in
+        deferred { db in
             try db.cachedStatement(sql: "UPDATE journal SET delivery = ? WHERE id = ?")
                 .execute(arguments: [delivery, Data(id.bytes32.bytes)])
         }
@@ -292,6 +305,14 @@ private protocol GroupedWrite: Sendable {
     func run(_ db: Database)
     /// After the group's commit (failure nil) or its rollback.
     func complete(failure: (any Error)?)
+}
+
+/// A write nobody waits for.
+private struct DeferredWrite: GroupedWrite {
+    let body: @Sendable (Database) throws -> Void
+
+    func run(_ db: Database) { try? body(db) }
+    func complete(failure: (any Error)?) {}
 }
 
 private final class Write<T: Sendable>: GroupedWrite {

@@ -345,7 +345,9 @@ public final class ServiceRuntime: Service, Sendable {
         if configuration.minimumProofOfWork > 0 && event.id.difficulty < configuration.minimumProofOfWork {
             return drop("insufficient_pow")
         }
-        if event.json.utf8.count > configuration.maximumRequestSize { return drop("oversize") }
+        if event.maximumJSONLength > configuration.maximumRequestSize && event.json.utf8.count > configuration.maximumRequestSize {
+            return drop("oversize")
+        }
         if !state.withLock({ $0.policy.permits(event.pubkey) }) { return drop("denied") }
         return Route(handler: handler, key: key)
     }

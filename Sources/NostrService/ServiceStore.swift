@@ -56,7 +56,8 @@ public protocol ServiceStore: Sendable {
     /// short machine-readable word (`answered`, `error:<code>`).
     func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws
 
-    /// Records how publishing the replies went (`accepted by 2 of 3 relays`, say).
+    /// Records how publishing the replies went (`accepted by 2 of 3 relays`, say). It need not be written when
+    /// this returns: a store may queue it with later writes (the SQLite store does).
     func recordDelivery(_ id: EventID, _ delivery: String) async throws
 
     /// The newest `created_at` of requests the service has claimed, if any.

@@ -223,6 +223,7 @@ func withUppercaseService<R>(_ relay: RelayURL, _ body: (PublicKey, Process) asy
     process.executableURL = binary
     process.arguments = [
         "--data-dir", directory.path, "--relay", relay.string, "--sender-rate", "1000000", "--sender-burst", "1000000",
+        "--sender-concurrency", "1000",
     ]
     let output = Pipe()
     process.standardOutput = output

@@ -88,6 +88,22 @@ struct EventTests {
         #expect(parsed.content == content)
     }
 
+    @Test("the cheap JSON length bound is never below the real length, whatever the content escapes to")
+    func jsonLengthBound() {
+        let key = SecretKey.generate()
+        let contents = [
+            "", "plain", String(repeating: "\u{1}", count: 5000), String(repeating: "\"\\", count: 3000),
+            "🦄\u{2028}\u{0}", String(repeating: "x", count: 100_000),
+        ]
+        for content in contents {
+            let tags: [NostrCore.Tag] = [["p", String(repeating: "\u{1f}", count: 64)], [], ["e", content.prefix(100).description, "wss://r"]]
+            let event = EventTemplate(kind: 25_910, content: content, tags: tags, createdAt: 1_700_000_000).sign(with: key)
+            #expect(event.maximumJSONLength >= event.json.utf8.count)
+            // A bound, not a wild guess: within the worst case of six bytes per escaped byte.
+            #expect(event.maximumJSONLength <= 6 * event.json.utf8.count + 400)
+        }
+    }
+
     @Test(
         "malformed events are refused with a shape error",
         arguments: [

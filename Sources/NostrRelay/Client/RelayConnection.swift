@@ -255,13 +255,16 @@ final class RelayConnection: Sendable {
     /// Messages read ahead of the one being handled.
     static let readAhead = 64
 
+    /// The cores batches are split across (read once: Foundation reads cgroup files to answer).
+    static let cores = ProcessInfo.processInfo.activeProcessorCount
+
     /// Parses and checks `messages`; a batch large enough to be worth it is split across the cores.
     static func prepare(_ messages: [WebSocketMessage], limits: MessageLimits) async -> [RelayClientState.Received] {
         func prepare(_ message: WebSocketMessage) -> RelayClientState.Received {
             guard case .text(let text) = message else { return .unreadable(reason: "binary message") }
             return RelayClientState.Received(text, limits: limits)
         }
-        let parts = min(ProcessInfo.processInfo.activeProcessorCount, messages.count / 4)
+        let parts = min(Self.cores, messages.count / 4)
         guard parts > 1 else { return messages.map(prepare) }
         let size = (messages.count + parts - 1) / parts
         return await withTaskGroup(of: (Int, [RelayClientState.Received]).self) { group in
