@@ -11,8 +11,9 @@ import Synchronization
 /// transaction). Replicas on several machines share a ``ServiceStore`` in PostgreSQL instead.
 ///
 /// Journal writes (claims, answers, delivery outcomes) are committed in groups: those that arrive while a
-/// transaction is being written go together into the next one, and each caller
-/// resumes once its group is committed (synchronous=FULL, so a claim is on disk before its handler runs).
+/// transaction is being written go together into the next one. A claim's caller resumes once its group is
+/// committed (synchronous=FULL, so a claim is on disk before its handler runs); answers and delivery outcomes
+/// are queued in order behind it and not waited for.
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
     private let queue = Mutex(WriteQueue())
@@ -196,8 +197,11 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
+    /// Queued with the next group of journal writes and not waited for. The claim is what keeps a request from
+    /// running twice, and it is on disk already; a crash before the answer is written costs only its re-sending
+    /// (a copy of the request that comes back is answered as interrupted instead).
     public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
-        try await grouped { db in
+        deferred { db in
             try db.cachedStatement(sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ?")
                 .execute(arguments: [now, outcome, StoredReplies.encode(replies), Data(id.bytes32.bytes)])
         }

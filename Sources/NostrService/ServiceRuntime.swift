@@ -354,9 +354,10 @@ public final class ServiceRuntime: Service, Sendable {
 
     private func process(_ event: Event, relay: RelayURL, route: Route) async {
         var logger = self.logger
-        logger[metadataKey: "nostr.event.id"] = "\(event.id.hex)"
-        logger[metadataKey: "nostr.kind"] = "\(event.kind.rawValue)"
-        logger[metadataKey: "nostr.pubkey"] = "\(event.pubkey.hex)"
+        // Rendered only if something is logged.
+        logger[metadataKey: "nostr.event.id"] = .stringConvertible(event.id)
+        logger[metadataKey: "nostr.kind"] = .stringConvertible(event.kind.rawValue)
+        logger[metadataKey: "nostr.pubkey"] = .stringConvertible(event.pubkey)
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
         let lease = Int64(handler.timeout.components.seconds) + 60
@@ -598,8 +599,9 @@ public final class ServiceRuntime: Service, Sendable {
     private func publishOnce(_ event: Event, to targets: Set<RelayURL>) async -> [RelayURL: PublishResult] {
         let own = Set(pool.relays)
         let extra = targets.subtracting(own)
+        if extra.isEmpty { return await pool.publish(event, to: Array(targets), timeout: configuration.publishTimeout) }
         async let ownResults = pool.publish(event, to: Array(targets.intersection(own)), timeout: configuration.publishTimeout)
-        let extraResults = extra.isEmpty ? [:] : await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
+        let extraResults = await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
         return await ownResults.merging(extraResults) { first, _ in first }
     }
 

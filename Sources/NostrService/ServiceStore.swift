@@ -53,7 +53,8 @@ public protocol ServiceStore: Sendable {
     func release(_ id: EventID, owner: String) async throws
 
     /// Records that a claimed request is done, with the replies to re-send for its duplicates. `outcome` is a
-    /// short machine-readable word (`answered`, `error:<code>`).
+    /// short machine-readable word (`answered`, `error:<code>`). It need not be durable when this returns, but
+    /// a later call on this store (a copy's ``claim(_:owner:now:lease:)``) must see it.
     func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws
 
     /// Records how publishing the replies went (`accepted by 2 of 3 relays`, say). It need not be written when

@@ -60,11 +60,22 @@ final class BoundedChannel<Element: Sendable>: Sendable {
         guard let id else { return }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLock { state in
-                    if state.finished || Task.isCancelled { return true }
+                // Everything is checked again: between the two locks the consumer may have emptied the buffer
+                // and started waiting, and a sender that only queued itself would then wait forever.
+                let (resumeNow, consumer) = state.withLock { state -> (Bool, CheckedContinuation<Element?, Never>?) in
+                    if state.finished || Task.isCancelled { return (true, nil) }
+                    if let consumer = state.consumer {
+                        state.consumer = nil
+                        return (true, consumer)
+                    }
+                    if state.count < capacity {
+                        state.buffer.append(element)
+                        return (true, nil)
+                    }
                     state.producers.append(Producer(id: id, element: element, continuation: continuation))
-                    return false
+                    return (false, nil)
                 }
+                consumer?.resume(returning: element)
                 if resumeNow { continuation.resume() }
             }
         } onCancel: {

@@ -153,11 +153,16 @@ public final class RelayPool: Service, Sendable {
         }
         let timeout = timeout ?? configuration.publishTimeout
         var results = [RelayURL: PublishResult]()
-        await withTaskGroup(of: (RelayURL, PublishResult).self) { group in
-            for connection in targets {
-                group.addTask { (connection.url, await connection.publish(event, timeout: timeout)) }
+        if targets.count == 1 {
+            // No child task for the common case of one relay.
+            results[targets[0].url] = await targets[0].publish(event, timeout: timeout)
+        } else {
+            await withTaskGroup(of: (RelayURL, PublishResult).self) { group in
+                for connection in targets {
+                    group.addTask { (connection.url, await connection.publish(event, timeout: timeout)) }
+                }
+                for await (url, result) in group { results[url] = result }
             }
-            for await (url, result) in group { results[url] = result }
         }
         for url in relays ?? [] where results[url] == nil {
             results[url] = .unreachable(reason: "not in the pool")
