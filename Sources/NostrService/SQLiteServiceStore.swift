@@ -242,7 +242,7 @@ public final class SQLiteServiceStore: ServiceStore {
 
     public func value(_ key: String, in namespace: String) async throws -> [UInt8]? {
         try await pool.read { db in
-            try Data.fetchOne(db, sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?", arguments: [namespace, key])
+            try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [namespace, key])
                 .map { Array($0) }
         }
     }
@@ -250,14 +250,14 @@ public final class SQLiteServiceStore: ServiceStore {
     public func setValue(_ value: [UInt8]?, forKey key: String, in namespace: String) async throws {
         try await pool.write { db in
             if let value {
-                try db.execute(
+                try db.cachedStatement(
                     sql: """
                         INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)
                         ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                        """,
-                    arguments: [namespace, key, Data(value)])
+                        """
+                ).execute(arguments: [namespace, key, Data(value)])
             } else {
-                try db.execute(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?", arguments: [namespace, key])
+                try db.cachedStatement(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?").execute(arguments: [namespace, key])
             }
         }
     }
