@@ -39,25 +39,35 @@ public final class InputResolver: Sendable {
     /// The connections to relay hints (run it alongside the service: ``run()``).
     let hints: RelayPool
     private let hintUse = Mutex<[RelayURL: ContinuousClock.Instant]>([:])
-    private let http: HTTPClient
+    /// The HTTP client for `url` inputs while ``run()`` runs (an AsyncHTTPClient must be shut down before it
+    /// goes, so it lives exactly as long as the run).
+    private let http = Mutex<HTTPClient?>(nil)
     private let logger: Logger
 
     public init(configuration: Configuration = Configuration(), logger: Logger) {
         self.configuration = configuration
         self.logger = logger
         self.hints = RelayPool(logger: logger)
-        var http = HTTPClient.Configuration()
-        http.redirectConfiguration = .disallow
-        http.timeout = .init(connect: .seconds(5), read: .seconds(10))
-        self.http = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: http)
     }
 
-    /// Keeps the hint relays' connections until cancelled, then closes the HTTP client.
+    static var httpSettings: HTTPClient.Configuration {
+        var settings = HTTPClient.Configuration()
+        // Redirects are followed by hand, so that every hop's host is checked.
+        settings.redirectConfiguration = .disallow
+        settings.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        return settings
+    }
+
+    /// Keeps the hint relays' connections and an HTTP client for `url` inputs until cancelled (before it
+    /// runs, each `url` input gets a client of its own).
     public func run() async throws {
+        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: Self.httpSettings)
+        http.withLock { $0 = client }
         try await hints.withRunning {
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         }
-        try? await http.shutdown()
+        http.withLock { $0 = nil }
+        try? await client.shutdown()
     }
 
     /// Resolves every input of `request` with `pool` (the service's relays); the first failure throws
@@ -92,6 +102,20 @@ public final class InputResolver: Sendable {
     // MARK: URLs
 
     func fetch(url text: String) async throws -> String {
+        if let client = http.withLock({ $0 }) { return try await fetch(url: text, with: client) }
+        // Not running (yet): a client for this fetch alone.
+        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: Self.httpSettings)
+        do {
+            let content = try await fetch(url: text, with: client)
+            try? await client.shutdown()
+            return content
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
+    private func fetch(url text: String, with client: HTTPClient) async throws -> String {
         var current = text
         for _ in 0...configuration.maximumRedirects {
             guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
@@ -102,7 +126,7 @@ public final class InputResolver: Sendable {
             request.method = .GET
             let response: HTTPClientResponse
             do {
-                response = try await http.execute(request, timeout: .init(configuration.urlTimeout))
+                response = try await client.execute(request, timeout: .init(configuration.urlTimeout))
             } catch {
                 throw JobError("could not fetch the URL (\(Self.shortReason(error)))")
             }

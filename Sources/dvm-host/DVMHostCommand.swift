@@ -118,9 +118,7 @@ struct Serve: AsyncParsableCommand {
         guard !kind.isEmpty else { throw ValidationError("give at least one --kind (5000–5999)") }
         for value in kind where !NIP90.isRequestKind(Kind(value)) { throw ValidationError("--kind \(value) is not a job kind (5000–5999)") }
         guard (exec == nil) != (handler == nil) else { throw ValidationError("give exactly one of --exec and --handler") }
-        if let handler, ExampleHandlers.all[handler] == nil {
-            throw ValidationError("no handler \(handler); compiled in: \(ExampleHandlers.all.keys.sorted().joined(separator: ", "))")
-        }
+        _ = try jobHandler()
         if let priceMsats {
             guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
             guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
@@ -142,9 +140,13 @@ struct Serve: AsyncParsableCommand {
         try await group.run()
     }
 
-    var jobHandler: any JobHandler {
+    /// The handler `--exec` or `--handler` names.
+    func jobHandler() throws -> any JobHandler {
         if let exec { return ExecHandler(command: exec, maximumOutput: maxOutput) }
-        return ExampleHandlers.all[handler ?? ""] ?? ExecHandler(command: "false")
+        guard let handler, let compiled = ExampleHandlers.all[handler] else {
+            throw ValidationError("no handler \(handler ?? ""); compiled in: \(ExampleHandlers.all.keys.sorted().joined(separator: ", "))")
+        }
+        return compiled
     }
 }
 
@@ -183,7 +185,7 @@ struct HostDaemon: Service {
         var inputs = InputResolver.Configuration()
         inputs.allowsPrivateAddresses = command.allowPrivateURLs || self.relays.isEmpty
         let host = DVMHost(
-            key: LocalServiceKey(key), handler: command.jobHandler, store: store, service: service, runtime: runtime, inputs: inputs,
+            key: LocalServiceKey(key), handler: try command.jobHandler(), store: store, service: service, runtime: runtime, inputs: inputs,
             wallet: command.priceMsats == nil ? nil : wallet, logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await host.run() }
