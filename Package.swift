@@ -243,7 +243,7 @@ let package = Package(
         .testTarget(
             name: "NostrRelayTests",
             dependencies: [
-                "NostrRelay", "NostrCore", "NostrCrypto",
+                "NostrRelay", "NostrCore", "NostrCrypto", "NostrServiceTesting",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "WSClient", package: "swift-websocket"),

@@ -96,3 +96,19 @@ public func withDeadline<Result: Sendable>(
         return result
     }
 }
+
+/// `body`'s result, or a ``TestKitError`` naming `what` after `limit` (the body is then cancelled).
+public func withTimeout<R: Sendable>(
+    _ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> R
+) async throws -> R {
+    try await withThrowingTaskGroup(of: R?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let result = first else { throw TestKitError("timed out: \(what)") }
+        return result
+    }
+}

@@ -96,7 +96,7 @@ func withHosts<R: Sendable>(
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for host in started { group.addTask { try await host.run() } }
                 defer { group.cancelAll() }
-                try await within(.seconds(10), "the hosts to be ready") {
+                try await withTimeout(.seconds(10), "the hosts to be ready") {
                     while !started.allSatisfy(\.isReady) { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 let client = DVMClient(secret: .generate(), pool: pool)
@@ -106,19 +106,6 @@ func withHosts<R: Sendable>(
     }
     if let existingRelays { return try await run(existingRelays) }
     return try await withTestRelays(relayCount) { relays in try await run(relays.compactMap(\.url)) }
-}
-
-func within<R: Sendable>(_ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> R) async throws -> R {
-    try await withThrowingTaskGroup(of: R?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let result = first else { throw TestKitError("timed out waiting for \(what)") }
-        return result
-    }
 }
 
 /// Collects the statuses of `request`'s feedback, in order, while it runs.
@@ -147,7 +134,7 @@ struct DVMHostTests {
             #expect(statuses.all == ["processing"])
             // Both relays have the result, and the success feedback follows it.
             for relay in test.relays {
-                let stored = try await within(.seconds(5), "the success feedback on \(relay)") {
+                let stored = try await withTimeout(.seconds(5), "the success feedback on \(relay)") {
                     while true {
                         let stored = try await test.pool.fetch([Filter(kinds: [6050, 7000], tags: ["e": [request.id.hex]])], from: [relay], timeout: .seconds(3))
                         if stored.contains(where: { $0.kind == 7000 && $0.firstTagValue("status") == "success" }) { return stored }
@@ -349,7 +336,7 @@ struct DVMHostTests {
             }
             // Up again: each is run once.
             try await withHosts(key: key, handler: recorder, stores: [try SQLiteServiceStore(path: path)], existingRelays: urls) { hosts in
-                try await within(.seconds(10), "the results") {
+                try await withTimeout(.seconds(10), "the results") {
                     while true {
                         let results = try await hosts[0].pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.publicKey.hex]])], timeout: .seconds(2))
                         if results.count == 3 { return }
@@ -377,7 +364,7 @@ struct DVMHostTests {
                         requests.append(try test.client.request(kind: 5050, inputs: [JobInput(data: "job \(index)", type: .text)], provider: test.key))
                     }
                     for request in requests { _ = await test.pool.publish(request) }
-                    let results = try await within(.seconds(60), "300 results") {
+                    let results = try await withTimeout(.seconds(60), "300 results") {
                         while true {
                             let results = try await test.pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.hex]])], timeout: .seconds(3))
                             if results.count >= 300 { return results }

@@ -38,7 +38,7 @@ struct PricedJobTests {
                 group.addTask { try await bridge.run() }
                 defer { group.cancelAll() }
                 try await bridge.synchronize()
-                try await within(.seconds(10), "the wallet") { while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                try await withTimeout(.seconds(10), "the wallet") { while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) } }
                 try await withHosts(handler: Uppercase(), service: { $0.priceMsat = 21_000 }, wallet: hostWallet, existingRelays: urls) { hosts in
                     let test = hosts[0]
                     let payer = { () -> NIP47Client in

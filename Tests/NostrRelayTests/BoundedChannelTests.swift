@@ -1,3 +1,4 @@
+import NostrServiceTesting
 import Testing
 @testable import NostrRelay
 

@@ -2,6 +2,7 @@ import Logging
 import MetricsTestKit
 import NostrCore
 import NostrCrypto
+import NostrServiceTesting
 import Synchronization
 import Testing
 @testable import NostrRelay
@@ -61,20 +62,6 @@ final class RelayRunner: Sendable {
 struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
-}
-
-/// `body`'s result, or a thrown failure after `limit`.
-func withTimeout<R: Sendable>(_ limit: Duration, _ what: String, _ body: @escaping @Sendable () async throws -> R) async throws -> R {
-    try await withThrowingTaskGroup(of: R?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let result = first else { throw TestFailure("timed out: \(what)") }
-        return result
-    }
 }
 
 /// Collects a subscription's items until `done` says so (or fails after `limit`).
