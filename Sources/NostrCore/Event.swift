@@ -163,6 +163,10 @@ public struct Event: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses the JSON object form (shape only: see ``verify()``).
     public init(json: String) throws {
+        if let event = JSON.directEvent(json) {
+            self = event
+            return
+        }
         try self.init(jsonValue: JSON.parse(json))
     }
 

@@ -214,17 +214,20 @@ public enum JSON {
         mutating func parseString() throws -> String {
             index += 1  // opening quote
             let start = index
-            // Fast path: no escapes.
+            // Fast path: no escapes. ASCII (hex, base64: most of what Nostr carries) needs no UTF-8 validation.
+            var combined: UInt8 = 0
             while index < bytes.count {
                 let c = bytes[index]
                 if c == UInt8(ascii: "\"") {
                     let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
                     index += 1
+                    if combined < 0x80 { return String(decoding: slice, as: UTF8.self) }
                     guard let s = String(validating: slice, as: UTF8.self) else { throw error("invalid UTF-8 in string") }
                     return s
                 }
                 if c == UInt8(ascii: "\\") { break }
                 if c < 0x20 { throw error("unescaped control character in string") }
+                combined |= c
                 index += 1
             }
             var out = [UInt8](UnsafeBufferPointer(rebasing: bytes[start..<index]))

@@ -18,7 +18,17 @@ public enum ClientMessage: Hashable, Sendable {
 
     /// Parses one client message.
     public init(json: String, limits: MessageLimits = MessageLimits()) throws {
-        guard case .array(let array) = try JSON.parse(json), let verb = array.first?.string else {
+        if let event = JSON.directClientEvent(json) {
+            self = .event(event)
+            return
+        }
+        try self.init(jsonValue: JSON.parse(json), limits: limits)
+    }
+
+    /// Reads one client message from its parsed JSON. (``init(json:limits:)`` reads `EVENT` messages without
+    /// building the tree; anything it does not read plainly comes here.)
+    public init(jsonValue: JSONValue, limits: MessageLimits = MessageLimits()) throws {
+        guard case .array(let array) = jsonValue, let verb = array.first?.string else {
             throw NostrError(.invalidShape, "a message is a JSON array starting with a verb string")
         }
         func subscriptionID() throws -> String {
@@ -95,7 +105,17 @@ public enum RelayMessage: Hashable, Sendable {
 
     /// Parses one relay message.
     public init(json: String, limits: MessageLimits = MessageLimits()) throws {
-        guard case .array(let array) = try JSON.parse(json), let verb = array.first?.string else {
+        if let (subscriptionID, event) = JSON.directRelayEvent(json) {
+            self = .event(subscriptionID: subscriptionID, event: event)
+            return
+        }
+        try self.init(jsonValue: JSON.parse(json), limits: limits)
+    }
+
+    /// Reads one relay message from its parsed JSON. (``init(json:limits:)`` reads `EVENT` messages without
+    /// building the tree; anything it does not read plainly comes here.)
+    public init(jsonValue: JSONValue, limits: MessageLimits = MessageLimits()) throws {
+        guard case .array(let array) = jsonValue, let verb = array.first?.string else {
             throw NostrError(.invalidShape, "a message is a JSON array starting with a verb string")
         }
         func string(_ i: Int, _ what: String) throws -> String {

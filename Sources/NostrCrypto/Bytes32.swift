@@ -47,6 +47,14 @@ public struct Bytes32: Hashable, Sendable, Comparable, CustomStringConvertible {
         if !ok { return nil }
     }
 
+    /// Parses 64 hex characters (either case) given as UTF-8 code units, as a parser finds them in a message.
+    public init?(hexUTF8 utf8: UnsafeBufferPointer<UInt8>) {
+        var ok = false
+        self.storage = (0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &storage) { ok = Hex.decode(utf8: utf8, into: $0) }
+        if !ok { return nil }
+    }
+
     /// Calls `body` with the 32 bytes.
     @inlinable
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {

@@ -31,6 +31,15 @@ public struct SchnorrSignature: Hashable, Sendable, CustomStringConvertible {
         self.init(r: r, s: s)
     }
 
+    /// Parses 128 hex characters given as UTF-8 code units; `nil` for anything else.
+    public init?(hexUTF8 utf8: UnsafeBufferPointer<UInt8>) {
+        guard utf8.count == 128,
+            let r = Bytes32(hexUTF8: UnsafeBufferPointer(rebasing: utf8[..<64])),
+            let s = Bytes32(hexUTF8: UnsafeBufferPointer(rebasing: utf8[64...]))
+        else { return nil }
+        self.init(r: r, s: s)
+    }
+
     /// The 64 bytes, `r` then `s`.
     public var bytes: [UInt8] { r.bytes + s.bytes }
 

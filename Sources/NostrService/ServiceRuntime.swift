@@ -354,10 +354,12 @@ public final class ServiceRuntime: Service, Sendable {
 
     private func process(_ event: Event, relay: RelayURL, route: Route) async {
         var logger = self.logger
-        // Rendered only if something is logged.
-        logger[metadataKey: "nostr.event.id"] = .stringConvertible(event.id)
-        logger[metadataKey: "nostr.kind"] = .stringConvertible(event.kind.rawValue)
-        logger[metadataKey: "nostr.pubkey"] = .stringConvertible(event.pubkey)
+        // Set in one assignment: some handlers (swift-log's StreamLogHandler) render all metadata on each change.
+        var metadata = logger.handler.metadata
+        metadata["nostr.event.id"] = .stringConvertible(event.id)
+        metadata["nostr.kind"] = .stringConvertible(event.kind.rawValue)
+        metadata["nostr.pubkey"] = .stringConvertible(event.pubkey)
+        logger.handler.metadata = metadata
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
         let lease = Int64(handler.timeout.components.seconds) + 60

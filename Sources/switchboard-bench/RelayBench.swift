@@ -122,6 +122,22 @@ func runRelay() async throws {
     let count = Int(ProcessInfo.processInfo.environment["BENCH_EVENTS"] ?? "") ?? 20_000
     let events = signedNotes(count, tag: "bench")
 
+    // Reading an EVENT message, without the signature check: the direct reader, and the general reader over a
+    // parsed JSON tree (how every other message is read, and how EVENT was before), interleaved.
+    let sample = events.prefix(2000).map { RelayMessage.event(subscriptionID: "s", event: $0).json }
+    var next = 0
+    func readDirect() {
+        blackHole(try? RelayMessage(json: sample[next % sample.count]))
+        next += 1
+    }
+    func readTree() {
+        blackHole(try? RelayMessage(jsonValue: JSON.parse(sample[next % sample.count])))
+        next += 1
+    }
+    let tree = max(measure(body: readTree), measure(body: readTree))
+    let direct = max(measure(body: readDirect), measure(body: readDirect))
+    say("read an EVENT message (no verify) \(padLeft(format(direct), 10)) messages/s   through the JSON tree \(format(tree))/s   ratio \(String(format: "%.2f", direct / tree))")
+
     try await withBenchRelay { url in
         // Relay ingest: one pool connection, 256 publishes awaiting OK at a time.
         let publisher = RelayPool(relays: [url], logger: quiet)
