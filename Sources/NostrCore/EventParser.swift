@@ -1,4 +1,4 @@
-public import NostrCrypto
+import NostrCrypto
 
 // The direct path for the messages a service and a relay read most: `["EVENT", {…}]` and
 // `["EVENT", "<sub>", {…}]`. The event's fields are decoded as they are read (hex straight into bytes, no

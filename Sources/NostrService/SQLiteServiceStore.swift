@@ -109,21 +109,20 @@ public final class SQLiteServiceStore: ServiceStore {
     /// Runs `body` in the next group transaction; returns its result once that transaction is committed.
     private func grouped<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let write = Write(body: body, continuation: continuation)
-            let leads = queue.withLock { queue in
-                queue.pending.append(write)
-                defer { queue.writing = true }
-                return !queue.writing
-            }
-            if leads { pool.asyncWriteWithoutTransaction { db in self.drain(db) } }
+            enqueue(Write(body: body, continuation: continuation))
         }
     }
 
     /// Queues `body` for the next group transaction without waiting for it (errors are dropped): for records
     /// whose loss in a crash costs nothing but the record.
     private func deferred(_ body: @escaping @Sendable (Database) throws -> Void) {
+        enqueue(DeferredWrite(body: body))
+    }
+
+    /// Adds `write` to the pending group; the first write while the writer is idle starts it draining.
+    private func enqueue(_ write: any GroupedWrite) {
         let leads = queue.withLock { queue in
-            queue.pending.append(DeferredWrite(body: body))
+            queue.pending.append(write)
             defer { queue.writing = true }
             return !queue.writing
         }
