@@ -133,7 +133,7 @@ extension JSON.Parser {
         // The deepest value read here is a tag's string, three levels down.
         guard depth + 3 < JSON.maximumDepth, take(UInt8(ascii: "{")) else { return nil }
         var seen: UInt8 = 0
-        var otherNames: [String] = []
+        var otherNames = Set<String>()
         var id: Bytes32?
         var pubkey: Bytes32?
         var sig: SchnorrSignature?
@@ -177,10 +177,9 @@ extension JSON.Parser {
                 }
             } else {
                 // A member NIP-01 does not define: read (and so checked) like any JSON value, then ignored.
-                guard let other = String(validating: name, as: UTF8.self), !otherNames.contains(other),
+                guard let other = String(validating: name, as: UTF8.self), otherNames.insert(other).inserted,
                     (try? parseValue(depth: depth + 1)) != nil
                 else { return nil }
-                otherNames.append(other)
             }
             skipWhitespace()
             if take(UInt8(ascii: ",")) { continue }

@@ -65,6 +65,13 @@ struct DirectEventParserTests {
         // Two that the general reader accepts and the direct one leaves to it.
         #expect(JSON.directClientEvent(json.replacingFirst("\"id\":", with: "\"\\u0069d\":")) == nil)
         #expect(try ClientMessage(json: json.replacingFirst("\"id\":", with: "\"\\u0069d\":")) == .event(event))
+        // Many members NIP-01 does not define: read and ignored; one repeated among them is refused.
+        let others = (0..<5_000).map { "\"x\($0)\":\($0)" }.joined(separator: ",")
+        let padded = json.replacingFirst("\"content\":", with: others + ",\"content\":")
+        #expect(JSON.directClientEvent(padded) == event)
+        let repeated = json.replacingFirst("\"content\":", with: others + ",\"x7\":0,\"content\":")
+        #expect(JSON.directClientEvent(repeated) == nil)
+        #expect(throws: NostrError.self) { try ClientMessage(json: repeated) }
         // Shapes around the event.
         for message in ["[\"EVENT\"]", "[\"EVENT\",\(event.json),1]", "[\"EVENT\",\(event.json)] x", "[\"EVEN\",\(event.json)]"] {
             #expect(JSON.directClientEvent(message) == nil)
