@@ -12,9 +12,7 @@ import NostrCrypto
 extension JSON {
     /// `["EVENT", {…}]`, read directly; `nil` for anything else or anything unusual.
     static func directClientEvent(_ text: String) -> Event? {
-        var copy = text
-        return copy.withUTF8 { bytes in
-            var parser = Parser(bytes: bytes)
+        reading(text) { parser in
             guard parser.enterEventMessage() else { return nil }
             return parser.finishMessage(parser.directEvent(depth: 1))
         }
@@ -22,9 +20,7 @@ extension JSON {
 
     /// `["EVENT", "<subscription id>", {…}]`, read directly; `nil` for anything else or anything unusual.
     static func directRelayEvent(_ text: String) -> (subscriptionID: String, event: Event)? {
-        var copy = text
-        return copy.withUTF8 { bytes in
-            var parser = Parser(bytes: bytes)
+        reading(text) { parser in
             guard parser.enterEventMessage(), let subscriptionID = parser.directString(), parser.comma() else { return nil }
             return parser.finishMessage(parser.directEvent(depth: 1)).map { (subscriptionID, $0) }
         }
@@ -32,13 +28,20 @@ extension JSON {
 
     /// An event object on its own, read directly; `nil` for anything unusual.
     static func directEvent(_ text: String) -> Event? {
-        var copy = text
-        return copy.withUTF8 { bytes in
-            var parser = Parser(bytes: bytes)
+        reading(text) { parser in
             parser.skipWhitespace()
             guard let event = parser.directEvent(depth: 0) else { return nil }
             parser.skipWhitespace()
-            return parser.index == bytes.count ? event : nil
+            return parser.index == parser.bytes.count ? event : nil
+        }
+    }
+
+    /// Runs `body` with a parser over `text`'s UTF-8.
+    private static func reading<T>(_ text: String, _ body: (inout Parser) -> T?) -> T? {
+        var copy = text
+        return copy.withUTF8 { bytes in
+            var parser = Parser(bytes: bytes)
+            return body(&parser)
         }
     }
 }

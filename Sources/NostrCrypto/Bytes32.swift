@@ -51,7 +51,7 @@ public struct Bytes32: Hashable, Sendable, Comparable, CustomStringConvertible {
     public init?(hexUTF8 utf8: UnsafeBufferPointer<UInt8>) {
         var ok = false
         self.storage = (0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &storage) { ok = Hex.decode(utf8: utf8, into: $0) }
+        withUnsafeMutableBytes(of: &storage) { ok = Hex.decode(utf8, into: $0) }
         if !ok { return nil }
     }
 

@@ -58,11 +58,7 @@ public enum Hex {
     }
 
     /// Decodes exactly `destination.count` bytes from hex UTF-8 code units; false on any mismatch.
-    static func decode(utf8: UnsafeBufferPointer<UInt8>, into destination: UnsafeMutableRawBufferPointer) -> Bool {
-        decode(utf8, into: destination)
-    }
-
-    private static func decode(_ utf8: some Collection<UInt8>, into destination: UnsafeMutableRawBufferPointer) -> Bool {
+    static func decode(_ utf8: some Collection<UInt8>, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         var ok = true
         var index = 0
         var high: UInt8? = nil
