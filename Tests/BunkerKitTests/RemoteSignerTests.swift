@@ -153,9 +153,18 @@ struct RemoteSignerTests {
                         return try await signer.publicKey()
                     }
                     #expect(user == bunker.identity.user.publicKey)
-                    events.stop()
+                    // The client has both replies; the watcher's copies may still be on their way. Read until
+                    // both are here, or give up after 10 s (the count check below then fails).
+                    let deadline = Task {
+                        try? await Task.sleep(for: .seconds(10))
+                        events.stop()
+                    }
+                    defer { deadline.cancel() }
                     var replies: [Event] = []
-                    for await case .event(let event, _) in events { replies.append(event) }
+                    for await case .event(let event, _) in events {
+                        replies.append(event)
+                        if replies.count == 2 { break }
+                    }
                     return replies
                 }
             }
