@@ -22,14 +22,14 @@ public protocol ServiceSigner: EventSigner {
 public final class LocalServiceKey: ServiceSigner {
     private let secretKey: SecretKey
     public let publicKey: PublicKey
-    private let cache: Mutex<ConversationKeyCache>
+    private let cache: Mutex<BoundedCache<PublicKey, ConversationKey>>
 
     /// - Parameter cacheCapacity: conversation keys kept (one per peer); the least recently added is
     ///   forgotten first.
     public init(_ secretKey: SecretKey, cacheCapacity: Int = 10_000) {
         self.secretKey = secretKey
         self.publicKey = secretKey.publicKey
-        self.cache = Mutex(ConversationKeyCache(capacity: cacheCapacity))
+        self.cache = Mutex(BoundedCache(capacity: cacheCapacity))
     }
 
     public func sign(_ template: EventTemplate) async throws -> Event {
@@ -58,33 +58,7 @@ public final class LocalServiceKey: ServiceSigner {
     private func conversationKey(_ peer: PublicKey) throws -> ConversationKey {
         if let key = cache.withLock({ $0[peer] }) { return key }
         let key = try ConversationKey(secretKey: secretKey, publicKey: peer)
-        cache.withLock { $0[peer] = key }
+        cache.withLock { $0.insert(key, forKey: peer) }
         return key
-    }
-}
-
-/// Conversation keys by peer, at most `capacity`, the oldest insertion evicted first.
-struct ConversationKeyCache {
-    private var keys: [PublicKey: ConversationKey] = [:]
-    private var order: [PublicKey] = []
-    private var next = 0
-    let capacity: Int
-
-    init(capacity: Int) { self.capacity = max(1, capacity) }
-
-    var count: Int { keys.count }
-
-    subscript(peer: PublicKey) -> ConversationKey? {
-        get { keys[peer] }
-        set {
-            guard let newValue, keys.updateValue(newValue, forKey: peer) == nil else { return }
-            if order.count < capacity {
-                order.append(peer)
-            } else {
-                keys[order[next]] = nil
-                order[next] = peer
-                next = (next + 1) % capacity
-            }
-        }
     }
 }

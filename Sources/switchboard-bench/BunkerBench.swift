@@ -128,7 +128,7 @@ func signFloorMicroseconds(requests: [Event], clients: BunkerClients) throws -> 
     let perSecond = measure(seconds: 1) {
         let request = requests[index % requests.count]
         index += 1
-        blackHole(request.isValid)
+        blackHole(verifiedAfresh(request))
         let text = (try? NIP44.decrypt(request.content, conversationKey: clientConversation)) ?? ""
         let message = try? NIP46.Request(json: text)
         let template = message.flatMap { try? EventTemplate(json: $0.params[0]) } ?? EventTemplate(kind: 1)

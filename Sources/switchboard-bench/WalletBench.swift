@@ -216,7 +216,7 @@ func walletFloorMicroseconds(requests: [Event], clients: WalletClients) throws -
     let perSecond = measure(seconds: 1) {
         let request = requests[index % requests.count]
         index += 1
-        blackHole(request.isValid)
+        blackHole(verifiedAfresh(request))
         blackHole(try? NIP44.decrypt(request.content, conversationKey: conversation))
         let response = NIP47.response("get_balance", result: .object(["balance": .number("1000")]))
         let content = (try? NIP44.encrypt(response, conversationKey: conversation)) ?? ""

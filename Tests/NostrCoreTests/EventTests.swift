@@ -42,6 +42,37 @@ struct EventTests {
         }
     }
 
+    @Test("a copy of a verified event passes only if its id, pubkey and signature all match the verified one")
+    func verifiedCopies() throws {
+        let key = SecretKey.generate(), other = SecretKey.generate()
+        let template = EventTemplate(kind: 1, content: "verified once", createdAt: 1_700_000_000)
+        let event = template.sign(with: key)
+        try event.verify()
+        // The same event signed again: the same id, another (valid) signature, verified on its own.
+        let resigned = template.sign(with: key)
+        #expect(resigned.id == event.id && resigned.sig != event.sig)
+        try resigned.verify()
+        // Copies that reuse the verified id with another signature, or another author, must still fail.
+        var sigBytes = event.sig.bytes
+        sigBytes[63] ^= 0x01
+        let forged = Event(
+            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
+            content: event.content, sig: try #require(SchnorrSignature(sigBytes)))
+        #expect(throws: NostrError.self) { try forged.verify() }
+        let otherSigned = Event(
+            id: event.id, pubkey: other.publicKey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
+            content: event.content, sig: event.sig)
+        #expect(throws: NostrError.self) { try otherSigned.verify() }
+        // Another author's signature over the very id (a valid Schnorr signature, but not of this event).
+        let borrowed = Event(
+            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
+            content: event.content, sig: other.sign(event.id.bytes32))
+        #expect(throws: NostrError.self) { try borrowed.verify() }
+        // The verified copies still pass after the failures.
+        try event.verify()
+        try resigned.verify()
+    }
+
     @Test("escaping follows NIP-01 (and \\u00XX for other control characters)")
     func escaping() throws {
         var all = ""
