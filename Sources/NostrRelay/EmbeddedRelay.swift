@@ -1,4 +1,5 @@
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 public import Logging
 import NIOCore
@@ -74,10 +75,13 @@ public final class EmbeddedRelay: Service, Sendable {
         let webSocket = WebSocketServerConfiguration(maxFrameSize: frameSize, closeTimeout: .seconds(2))
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(configuration: .init(ws: webSocket)) { request, _, _ in
-                .upgrade([:]) { inbound, outbound, _ in
-                    try await relay.serve(inbound: inbound, outbound: outbound, frameSize: frameSize)
-                }
+            server: HTTPServerBuilder { responder in
+                FlushCoalescingChildChannel(
+                    base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: webSocket)) { _, _, _ in
+                        .upgrade([:]) { inbound, outbound, _ in
+                            try await relay.serve(inbound: inbound, outbound: outbound, frameSize: frameSize)
+                        }
+                    })
             },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: nil),
             onServerRunning: { channel in
