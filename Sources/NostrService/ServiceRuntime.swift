@@ -42,7 +42,13 @@ public final class ServiceRuntime: Service, Sendable {
         /// The catch-up subscription starts this many seconds before the checkpoint.
         public var catchUpMargin: Int64 = 60
         /// Requests handled at the same time, over all senders; more wait (and the relays are read slower).
+        /// A request's slot is free again once its reply is signed and recorded: waiting for the relays to
+        /// confirm the reply is not handling.
         public var maximumConcurrentRequests = 64
+        /// Replies waiting for their relays' `OK` at the same time; more wait before their request's slot is
+        /// freed. A relay that never confirms costs each reply its ``publishTimeout`` × ``publishAttempts``
+        /// here, not a handler slot.
+        public var maximumPendingDeliveries = 1_024
         /// Per-sender limits and lists.
         public var policy = RequestPolicy.Configuration()
         /// How long the relays get to confirm a reply, per attempt, and how many attempts a relay that did not
@@ -293,6 +299,7 @@ public final class ServiceRuntime: Service, Sendable {
 
     private func intake(_ subscription: RelaySubscription) async {
         let slots = AsyncSemaphore(configuration.maximumConcurrentRequests)
+        let deliveries = AsyncSemaphore(configuration.maximumPendingDeliveries)
         await withDiscardingTaskGroup { group in
             for await item in subscription {
                 guard case .event(let event, let relay) = item else { continue }
@@ -300,13 +307,24 @@ public final class ServiceRuntime: Service, Sendable {
                 guard let route = admit(event) else { continue }
                 await slots.acquire()
                 group.addTask {
-                    defer { slots.release() }
-                    await self.process(event, relay: relay, route: route)
+                    guard let delivery = await self.process(event, relay: relay, route: route) else {
+                        slots.release()
+                        return
+                    }
+                    // The reply is recorded: the request's slot passes to its delivery.
+                    await deliveries.acquire()
+                    slots.release()
+                    defer { deliveries.release() }
+                    await self.deliver(delivery)
                 }
             }
-            // Intake has stopped: let what is in flight finish, within the grace period.
-            if await !slots.waitUntilIdle(timeout: configuration.shutdownGracePeriod) {
-                logger.warning("requests still running after the grace period; cancelling them")
+            // Intake has stopped: let what is in flight finish and its replies reach the relays, within the
+            // grace period.
+            let deadline = ContinuousClock.now + configuration.shutdownGracePeriod
+            var finished = await slots.waitUntilIdle(timeout: configuration.shutdownGracePeriod)
+            if finished { finished = await deliveries.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
+            if !finished {
+                logger.warning("requests still running or delivering after the grace period; cancelling them")
                 group.cancelAll()
             }
         }
@@ -352,7 +370,21 @@ public final class ServiceRuntime: Service, Sendable {
         return Route(handler: handler, key: key)
     }
 
-    private func process(_ event: Event, relay: RelayURL, route: Route) async {
+    /// Replies recorded in the journal that are still to be published to their relays.
+    struct Delivery: Sendable {
+        let request: Event
+        let replies: [Event]
+        /// The relay the request arrived on.
+        let relay: RelayURL
+        let handler: any RequestHandler
+        /// Relays the replies name.
+        let named: [RelayURL]
+        /// Whether the outcome goes to the journal (not for replies re-sent to a duplicate).
+        let recorded: Bool
+    }
+
+    /// Claims, checks, decrypts and runs a request and records its replies; returns them for delivery.
+    private func process(_ event: Event, relay: RelayURL, route: Route) async -> Delivery? {
         var logger = self.logger
         // Set in one assignment: some handlers (swift-log's StreamLogHandler) render all metadata on each change.
         var metadata = logger.handler.metadata
@@ -369,19 +401,17 @@ public final class ServiceRuntime: Service, Sendable {
         } catch {
             metrics.request(kind: kind, outcome: "store_error")
             logger.error("could not claim the request in the journal; not handled", metadata: ["error": "\(error)"])
-            return
+            return nil
         }
         switch claim {
         case .inProgress:
             metrics.duplicate(kind: kind)
-            return
+            return nil
         case .finished(let replies):
             metrics.duplicate(kind: kind)
-            if !replies.isEmpty {
-                logger.debug("duplicate request; re-sending its replies")
-                _ = await publish(replies, arrivedOn: relay, extra: [])
-            }
-            return
+            guard !replies.isEmpty else { return nil }
+            logger.debug("duplicate request; re-sending its replies")
+            return Delivery(request: event, replies: replies, relay: relay, handler: handler, named: [], recorded: false)
         case .interrupted:
             var rerun = false
             if handler.isIdempotent {
@@ -390,8 +420,7 @@ public final class ServiceRuntime: Service, Sendable {
             if !rerun {
                 metrics.request(kind: kind, outcome: "interrupted")
                 logger.warning("request was interrupted earlier; answering with an error instead of running it again")
-                await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)
-                return
+                return await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)
             }
         case .claimed:
             break
@@ -409,15 +438,15 @@ public final class ServiceRuntime: Service, Sendable {
         case .drop:
             metrics.dropped("denied")
             try? await store.finish(event.id, outcome: "dropped:denied", replies: [], now: .now)
-            return
+            return nil
         case .refuse(let error, let reply):
             metrics.request(kind: kind, outcome: error.code.rawValue)
             if reply {
-                await refuse(event, relay: relay, route: route, with: error, logger: logger)
+                return await refuse(event, relay: relay, route: route, with: error, logger: logger)
             } else {
                 try? await store.finish(event.id, outcome: "error:\(error.code)", replies: [], now: .now)
             }
-            return
+            return nil
         }
         defer { state.withLock { $0.policy.finished(event.pubkey) } }
 
@@ -426,12 +455,10 @@ public final class ServiceRuntime: Service, Sendable {
             request = try decrypt(event, relay: relay, route: route)
         } catch let error as ServiceError {
             metrics.request(kind: kind, outcome: error.code.rawValue)
-            await refuse(event, relay: relay, route: route, with: error, logger: logger)
-            return
+            return await refuse(event, relay: relay, route: route, with: error, logger: logger)
         } catch {
             metrics.request(kind: kind, outcome: ServiceError.Code.badRequest.rawValue)
-            await refuse(event, relay: relay, route: route, with: ServiceError(.badRequest, "the content could not be decrypted"), logger: logger)
-            return
+            return await refuse(event, relay: relay, route: route, with: ServiceError(.badRequest, "the content could not be decrypted"), logger: logger)
         }
 
         let started = ContinuousClock.now
@@ -457,7 +484,7 @@ public final class ServiceRuntime: Service, Sendable {
                 try? await store.release(event.id, owner: owner)
                 released = true
             }
-            return
+            return nil
         }
         let events: [Event]
         do {
@@ -473,14 +500,12 @@ public final class ServiceRuntime: Service, Sendable {
         } catch {
             logger.error("could not record the answer in the journal", metadata: ["error": "\(error)"])
         }
-        guard !events.isEmpty else { return }
-        let extra = await replyRelays(event, handler: handler, named: replies.flatMap(\.relays))
-        let delivery = await publish(events, arrivedOn: relay, extra: extra)
-        try? await store.recordDelivery(event.id, delivery)
+        guard !events.isEmpty else { return nil }
+        return Delivery(request: event, replies: events, relay: relay, handler: handler, named: replies.flatMap(\.relays), recorded: true)
     }
 
     /// Answers `event` with the handler's error reply for `error` (if its protocol has one) and records it.
-    private func refuse(_ event: Event, relay: RelayURL, route: Route, with error: ServiceError, logger: Logger) async {
+    private func refuse(_ event: Event, relay: RelayURL, route: Route, with error: ServiceError, logger: Logger) async -> Delivery? {
         let request = (try? decrypt(event, relay: relay, route: route))
             ?? ServiceRequest(event: event, content: "", encryption: route.handler.payloadEncryption(of: event), recipient: route.key.publicKey, relay: relay)
         var events: [Event] = []
@@ -488,10 +513,15 @@ public final class ServiceRuntime: Service, Sendable {
             events = (try? await sign([reply], for: request, key: route.key)) ?? []
         }
         try? await store.finish(event.id, outcome: "error:\(error.code)", replies: events, now: .now)
-        guard !events.isEmpty else { return }
-        let extra = await replyRelays(event, handler: route.handler, named: [])
-        let delivery = await publish(events, arrivedOn: relay, extra: extra)
-        try? await store.recordDelivery(event.id, delivery)
+        guard !events.isEmpty else { return nil }
+        return Delivery(request: event, replies: events, relay: relay, handler: route.handler, named: [], recorded: true)
+    }
+
+    /// Publishes a request's replies (retrying relays that do not confirm) and records the outcome.
+    private func deliver(_ delivery: Delivery) async {
+        let extra = await replyRelays(delivery.request, handler: delivery.handler, named: delivery.named)
+        let outcome = await publish(delivery.replies, arrivedOn: delivery.relay, extra: extra)
+        if delivery.recorded { try? await store.recordDelivery(delivery.request.id, outcome) }
     }
 
     func decrypt(_ event: Event, relay: RelayURL, route: Route) throws -> ServiceRequest {

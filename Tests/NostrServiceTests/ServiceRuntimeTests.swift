@@ -160,6 +160,37 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("a relay that never confirms replies holds up their delivery, not the requests behind them")
+    func silentRelay() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let silent = TestRelay(store: SilentStore(silencing: replyKind))
+        let silentURL = try await silent.start()
+        do {
+            try await withTestRelays(1) { relays in
+                let good = try #require(relays[0].url)
+                let handler = Uppercase()
+                // Two handler slots; each reply waits 2 s × 3 attempts (and the back-off) for the silent relay.
+                try await withRuntime([good, silentURL], handler: handler, key: key, directory: directory, configure: {
+                    $0.maximumConcurrentRequests = 2
+                }) { _ in
+                    try await withReplies([good], for: client) { pool, replies in
+                        let requests = try (0..<6).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
+                        for request in requests { try await publish(request, on: [good], through: pool) }
+                        // Were slots held until the silent relay gave up, six requests would take ~27 s.
+                        let seen = try await awaitReplies(replies, limit: .seconds(5)) { $0.count >= requests.count }
+                        #expect(Set(try seen.map { try client.read($0.0) }) == Set((0..<6).map { "R\($0)" }))
+                    }
+                }
+                #expect(handler.total == 6)
+            }
+        } catch {
+            await silent.stop()
+            throw error
+        }
+        await silent.stop()
+    }
+
     @Test("two runtimes on one key sharing PostgreSQL: 1,000 requests delivered to both, each executed exactly once")
     func replicasSharingPostgres() async throws {
         // A thousand requests and replies per connection: more than a public relay's rate limit allows.
@@ -416,4 +447,22 @@ struct ServiceRuntimeTests {
             #expect(counter(metrics, "switchboard_requests_dropped_total", [("reason", expected)]) == 1)
         }
     }
+}
+
+/// An event store that never answers for events of one kind (until cancelled), so a relay over it never sends
+/// `OK` for them: a relay that has stopped confirming, while still connected.
+struct SilentStore: EventStore {
+    let kind: Kind
+    let stored = MemoryEventStore()
+
+    init(silencing kind: Kind) { self.kind = kind }
+
+    func save(_ event: Event, now: Timestamp) async throws -> StoreOutcome {
+        if event.kind == kind { try await Task.sleep(for: .seconds(3600)) }
+        return try await stored.save(event, now: now)
+    }
+
+    func query(_ filters: [Filter], now: Timestamp) async throws -> [Event] { try await stored.query(filters, now: now) }
+
+    func count(_ filters: [Filter], now: Timestamp) async throws -> Int { try await stored.count(filters, now: now) }
 }
