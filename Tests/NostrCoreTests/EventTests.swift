@@ -23,17 +23,13 @@ struct EventTests {
     @Test("tampering with any field is detected with the right code")
     func tampering() throws {
         let event = try Event(json: Self.specEvent)
-        let changed = Event(
-            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt + 1, kind: event.kind, tags: event.tags,
-            content: event.content, sig: event.sig)
+        let changed = event.copy(createdAt: event.createdAt + 1)
         #expect(throws: NostrError(.invalidID, "the event id does not match its content (expected \(Event.computeID(pubkey: changed.pubkey, createdAt: changed.createdAt, kind: changed.kind, tags: changed.tags, content: changed.content).hex))")) {
             try changed.verify()
         }
         var sigBytes = event.sig.bytes
         sigBytes[63] ^= 0x80
-        let badSig = Event(
-            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
-            content: event.content, sig: try #require(SchnorrSignature(sigBytes)))
+        let badSig = event.copy(sig: try #require(SchnorrSignature(sigBytes)))
         do {
             try badSig.verify()
             Issue.record("a bad signature verified")
@@ -55,18 +51,12 @@ struct EventTests {
         // Copies that reuse the verified id with another signature, or another author, must still fail.
         var sigBytes = event.sig.bytes
         sigBytes[63] ^= 0x01
-        let forged = Event(
-            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
-            content: event.content, sig: try #require(SchnorrSignature(sigBytes)))
+        let forged = event.copy(sig: try #require(SchnorrSignature(sigBytes)))
         #expect(throws: NostrError.self) { try forged.verify() }
-        let otherSigned = Event(
-            id: event.id, pubkey: other.publicKey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
-            content: event.content, sig: event.sig)
+        let otherSigned = event.copy(pubkey: other.publicKey)
         #expect(throws: NostrError.self) { try otherSigned.verify() }
         // Another author's signature over the very id (a valid Schnorr signature, but not of this event).
-        let borrowed = Event(
-            id: event.id, pubkey: event.pubkey, createdAt: event.createdAt, kind: event.kind, tags: event.tags,
-            content: event.content, sig: other.sign(event.id.bytes32))
+        let borrowed = event.copy(sig: other.sign(event.id.bytes32))
         #expect(throws: NostrError.self) { try borrowed.verify() }
         // The verified copies still pass after the failures.
         try event.verify()
@@ -216,3 +206,12 @@ extension String {
 }
 
 import Foundation
+
+extension Event {
+    /// This event with some fields replaced and its id and other fields kept (unchecked): a tampered copy.
+    func copy(pubkey: PublicKey? = nil, createdAt: Timestamp? = nil, sig: SchnorrSignature? = nil) -> Event {
+        Event(
+            id: id, pubkey: pubkey ?? self.pubkey, createdAt: createdAt ?? self.createdAt, kind: kind, tags: tags,
+            content: content, sig: sig ?? self.sig)
+    }
+}
