@@ -141,7 +141,7 @@ func signFloorMicroseconds(requests: [Event], clients: BunkerClients) throws -> 
 }
 
 func runBunker() async throws {
-    let settings = LoadSettings(defaultRequests: 20_000)
+    let settings = LoadSettings(defaultRequests: 20_000, defaultClients: [1, 1000])
     let (perRun, rate, openSeconds, window) = (settings.perRun, settings.rate, settings.openSeconds, settings.window)
     try await withBenchRelay { url in
         try await withBunkerProcess(url) { signer, process, state in
@@ -173,7 +173,7 @@ func runBunker() async throws {
                     let floor = try signFloorMicroseconds(requests: try warm.signRequests(2000, label: "floor").events, clients: warm)
                     say(String(format: "crypto floor per sign_event (verify, NIP-44 decrypt, sign the event, NIP-44 encrypt, sign the response; one core): %.1f µs", floor))
                     say("closed loop, \(window) in flight, \(perRun) sign_event requests per run; bunker CPU and RSS from /proc:")
-                    for count in [1, 1000] {
+                    for count in settings.clientCounts {
                         let clients = try await connected(count)
                         let (events, keys) = try clients.signRequests(perRun, label: "c\(count)")
                         let result = try await drive(events, window: window, reading: clients.reader(keys: keys), pool: pool, replies: replies, service: pid)
@@ -181,6 +181,7 @@ func runBunker() async throws {
                         say("  \(padLeft("\(count)", 5)) client\(count == 1 ? " " : "s"): \(padLeft(format(result.rate), 8)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  bunker CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request (\(String(format: "%.1f", result.cpuPerRequest / floor))× the floor)  relay+generator CPU \(String(format: "%.0f", result.benchCPUPerRequest)) µs/request  RSS \(usage.residentKiB / 1024) MiB\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                     }
 
+                    guard openSeconds > 0 else { return }
                     let clients = try await connected(1000)
                     let (events, keys) = try clients.signRequests(Int(rate * openSeconds), label: "open")
                     let result = try await drive(events, rate: rate, reading: clients.reader(keys: keys), pool: pool, replies: replies, service: pid)

@@ -261,24 +261,28 @@ func cryptoFloorMicroseconds(service: SecretKey, clients: BenchClients, requests
     return 1e6 / perSecond
 }
 
-/// The load benchmarks' settings: BENCH_REQUESTS (closed-loop run length), BENCH_RATE and BENCH_SECONDS (the
-/// open loop, default 1,000/s for 10 s); 256 requests in flight in the closed loop.
+/// The load benchmarks' settings: BENCH_REQUESTS (closed-loop run length), BENCH_CLIENTS (the closed-loop client
+/// counts, comma-separated, where the benchmark has several), BENCH_RATE and BENCH_SECONDS (the open loop, default
+/// 1,000/s for 10 s; 0 seconds skips it); 256 requests in flight in the closed loop.
 struct LoadSettings {
     let perRun: Int
+    let clientCounts: [Int]
     let rate: Double
     let openSeconds: Double
     let window = 256
 
-    init(defaultRequests: Int) {
+    init(defaultRequests: Int, defaultClients: [Int] = []) {
         let environment = ProcessInfo.processInfo.environment
         perRun = Int(environment["BENCH_REQUESTS"] ?? "") ?? defaultRequests
+        let counts = (environment["BENCH_CLIENTS"] ?? "").split(separator: ",").compactMap { Int($0) }.filter { $0 > 0 }
+        clientCounts = counts.isEmpty ? defaultClients : counts
         rate = Double(environment["BENCH_RATE"] ?? "") ?? 1000
         openSeconds = Double(environment["BENCH_SECONDS"] ?? "") ?? 10
     }
 }
 
 func runService() async throws {
-    let settings = LoadSettings(defaultRequests: 40_000)
+    let settings = LoadSettings(defaultRequests: 40_000, defaultClients: [10, 100, 1000, 10_000])
     let (perRun, rate, openSeconds, window) = (settings.perRun, settings.rate, settings.openSeconds, settings.window)
     try await withBenchRelay { url in
         try await withUppercaseService(url) { service, process in
@@ -300,7 +304,7 @@ func runService() async throws {
                     say(String(format: "crypto floor per request (verify, NIP-44 decrypt+encrypt, sign; one core): %.1f µs", floor))
                     say("closed loop, \(window) in flight, \(perRun) requests per run; service CPU and RSS from /proc:")
                     var costs: [Int: Double] = [:]
-                    for count in [10, 100, 1000, 10_000] {
+                    for count in settings.clientCounts {
                         let clients = try BenchClients(count: count, service: service)
                         let requests = try clients.requests(perRun, service: service, label: "c\(count)")
                         let result = try await drive(requests, window: window, reading: .uppercase(clients), pool: pool, replies: replies, service: process.processIdentifier)
@@ -312,6 +316,7 @@ func runService() async throws {
                         say(String(format: "  service CPU per request, 10,000 vs 10 clients: %.2f×", large / small))
                     }
 
+                    guard openSeconds > 0 else { return }
                     let clients = try BenchClients(count: 1000, service: service)
                     let requests = try clients.requests(Int(rate * openSeconds), service: service, label: "open")
                     let result = try await drive(requests, rate: rate, reading: .uppercase(clients), pool: pool, replies: replies, service: process.processIdentifier)
