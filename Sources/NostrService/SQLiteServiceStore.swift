@@ -14,17 +14,41 @@ import Synchronization
 /// transaction is being written go together into the next one. A claim's caller resumes once its group is
 /// committed (synchronous=FULL, so a claim is on disk before its handler runs); answers and delivery outcomes
 /// are queued in order behind it and not waited for.
+///
+/// Under load the groups are made larger on purpose (PostgreSQL's `commit_delay` idea): after a group of at least
+/// 16 writes, the next one gathers for up to `commitDelay` (or until 256 writes wait) before it is committed. Each
+/// commit costs a sync and rewrites the pages its writes share, so fewer, larger commits cost less per request; a
+/// lightly loaded store never waits.
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
     private let queue = Mutex(WriteQueue())
+    private let commitDelay: Duration
+    /// A committed group this large means the store is busy: the next group gathers before its commit.
+    private let busyGroup: Int
+    /// A gathering group this large is committed without waiting out the delay.
+    private let fullGroup: Int
+    /// Signalled when a gathering group is full.
+    private let gathered = DispatchSemaphore(value: 0)
 
     private struct WriteQueue {
         var pending: [any GroupedWrite] = []
         var writing = false
+        /// The writer waits for the pending group to fill up (or `commitDelay` to pass).
+        var gathering = false
     }
 
     /// Opens (creating and migrating if needed) the database at `path`.
-    public init(path: String) throws {
+    ///
+    /// - Parameter commitDelay: How long a group commit may wait for more writes when the store is busy (zero:
+    ///   never). It adds at most this much to a claim's latency under load, and nothing when the load is light.
+    public convenience init(path: String, commitDelay: Duration = .milliseconds(3)) throws {
+        try self.init(path: path, commitDelay: commitDelay, busyGroup: 16, fullGroup: 256)
+    }
+
+    init(path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int) throws {
+        self.commitDelay = commitDelay
+        self.busyGroup = busyGroup
+        self.fullGroup = fullGroup
         pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
         // Commits reach the disk before they return (SQLite's usual default, made certain here): a claim must
         // survive a power cut, or a request could run again after it.
@@ -121,23 +145,29 @@ public final class SQLiteServiceStore: ServiceStore {
 
     /// Adds `write` to the pending group; the first write while the writer is idle starts it draining.
     private func enqueue(_ write: any GroupedWrite) {
-        let leads = queue.withLock { queue in
+        let (leads, full) = queue.withLock { queue in
             queue.pending.append(write)
+            let full = queue.gathering && queue.pending.count >= fullGroup
+            if full { queue.gathering = false }
             defer { queue.writing = true }
-            return !queue.writing
+            return (!queue.writing, full)
         }
+        if full { gathered.signal() }
         if leads { pool.asyncWriteWithoutTransaction { db in self.drain(db) } }
     }
 
     /// On the writer queue: commits what is pending, one transaction per group, until nothing is.
     private func drain(_ db: Database) {
+        var busy = false
         while true {
+            if busy { gather() }
             let group = queue.withLock { queue in
                 defer { queue.pending = [] }
                 if queue.pending.isEmpty { queue.writing = false }
                 return queue.pending
             }
             if group.isEmpty { return }
+            busy = group.count >= busyGroup && commitDelay > .zero
             do {
                 try db.inTransaction(.immediate) {
                     for write in group {
@@ -152,6 +182,28 @@ public final class SQLiteServiceStore: ServiceStore {
                 for write in group { write.complete(failure: error) }
             }
         }
+    }
+
+    /// On the writer queue, after a busy group: waits until the pending group is full or `commitDelay` has
+    /// passed. Blocking here holds up only writes, which are what it waits for; other writes to the database
+    /// (checkpoints, handler state) queue behind it, so nothing enqueued is left out of a later commit.
+    private func gather() {
+        let wait = queue.withLock { queue in
+            guard queue.pending.count < fullGroup else { return false }
+            queue.gathering = true
+            return true
+        }
+        guard wait else { return }
+        let (seconds, attoseconds) = commitDelay.components
+        let timeout = DispatchTime.now() + .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+        let timedOut = gathered.wait(timeout: timeout) == .timedOut
+        guard timedOut else { return }
+        let signalled = queue.withLock { queue in
+            defer { queue.gathering = false }
+            return !queue.gathering
+        }
+        // The group filled up just as the wait ended: take the signal that is on its way.
+        if signalled { gathered.wait() }
     }
 
     public func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult {

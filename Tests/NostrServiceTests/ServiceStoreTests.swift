@@ -178,6 +178,42 @@ struct ServiceStoreTests {
         #expect(try await upgraded.claim(entry(), owner: "b", now: 3000, lease: 60) == .claimed)
     }
 
+    @Test("an idle SQLite store commits each claim at once, however long its commit delay")
+    func sqliteIdleCommitsAtOnce() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path, commitDelay: .seconds(30))
+        let started = ContinuousClock.now
+        for _ in 0..<20 {
+            #expect(try await store.claim(entry(), owner: "a", now: 2000, lease: 60) == .claimed)
+        }
+        // One claim at a time never makes a busy group, so none waits out the 30 s delay.
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    @Test("after a busy group the next one gathers for the commit delay, unless it fills up first")
+    func sqliteGathersWhenBusy() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // Here a single write is a busy group and four are a full one.
+        let store = try SQLiteServiceStore(
+            path: directory.appendingPathComponent("service.sqlite").path, commitDelay: .seconds(3), busyGroup: 1, fullGroup: 4)
+        func timed(_ count: Int) async throws -> Duration {
+            let started = ContinuousClock.now
+            try await withThrowingTaskGroup(of: ClaimResult.self) { group in
+                for _ in 0..<count { group.addTask { try await store.claim(self.entry(), owner: "a", now: 2000, lease: 60) } }
+                for try await result in group { #expect(result == .claimed) }
+            }
+            return ContinuousClock.now - started
+        }
+        // The store is idle: committed at once.
+        #expect(try await timed(1) < .milliseconds(1500))
+        // The group before was busy: a lone claim waits for the next group to gather (3 s).
+        #expect(try await timed(1) > .milliseconds(1500))
+        // Four claims fill the gathering group: committed without waiting out the delay.
+        #expect(try await timed(4) < .milliseconds(1500))
+    }
+
     @Test("PostgreSQL URLs: user, password, port, database and sslmode; anything else is refused")
     func postgresURLs() throws {
         let configuration = try PostgresServiceStore.configuration(url: "postgres://svc:p%40ss@db.example:6543/switchboard?sslmode=disable")
