@@ -107,17 +107,17 @@ public final class EmbeddedRelay: Service, Sendable {
     }
 
     func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, frameSize: Int) async throws {
-        let (outbox, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingOldest(configuration.outboxCapacity))
+        let outbox = Outbox(capacity: configuration.outboxCapacity)
         // The session belongs to this task: messages are parsed and verified here, outside any lock, and
         // the hub gets a copy whenever what the connection receives changes.
         var session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
-        let connection = hub.register(session, outbox: continuation)
+        let connection = hub.register(session, outbox: outbox)
         defer { hub.remove(connection) }
         for action in session.greeting { try await execute(action, on: connection, session: &session) }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                for await text in outbox {
-                    try await outbound.write(.text(text))
+                while case let batch = await outbox.takeAll(), !batch.isEmpty {
+                    for text in batch { try await outbound.write(.text(text)) }
                 }
                 // The outbox ends when the connection closes or when it overflowed (a client too slow to read).
                 try? await outbound.close(.normalClosure, reason: nil)

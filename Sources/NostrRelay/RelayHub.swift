@@ -22,10 +22,10 @@ final class RelayHub: Sendable {
         }
 
         let id: UInt64
-        private let outbox: AsyncStream<String>.Continuation
+        private let outbox: Outbox
         private let state: Mutex<State>
 
-        init(id: UInt64, session: RelaySession, outbox: AsyncStream<String>.Continuation) {
+        init(id: UInt64, session: RelaySession, outbox: Outbox) {
             self.id = id
             self.outbox = outbox
             self.state = Mutex(State(session: session))
@@ -88,9 +88,9 @@ final class RelayHub: Sendable {
 
         /// A full outbox means the client reads slower than it is sent to: the connection is closed rather
         /// than letting memory grow (the client reconnects and re-subscribes with `since`).
-        private static func enqueue(_ text: String, to state: inout State, outbox: AsyncStream<String>.Continuation) {
+        private static func enqueue(_ text: String, to state: inout State, outbox: Outbox) {
             guard !state.overflowed else { return }
-            if case .dropped = outbox.yield(text) {
+            if !outbox.send(text) {
                 state.overflowed = true
                 outbox.finish()
             }
@@ -106,7 +106,7 @@ final class RelayHub: Sendable {
     private let registry = Mutex(Registry())
     private let nextID = Atomic<UInt64>(1)
 
-    func register(_ session: RelaySession, outbox: AsyncStream<String>.Continuation) -> Connection {
+    func register(_ session: RelaySession, outbox: Outbox) -> Connection {
         let connection = Connection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, session: session, outbox: outbox)
         registry.withLock { registry in
             registry.byID[connection.id] = connection

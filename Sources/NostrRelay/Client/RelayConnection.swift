@@ -36,7 +36,7 @@ public struct RelayStatus: Hashable, Sendable {
 final class RelayConnection: Sendable {
     struct Shared {
         var machine: RelayClientState
-        var outbox: AsyncStream<String>.Continuation?
+        var outbox: Outbox?
         var waiters: [EventID: [UInt64: OneShot<PublishResult>]] = [:]
         var nextWaiter: UInt64 = 0
         var status: RelayStatus
@@ -207,9 +207,9 @@ final class RelayConnection: Sendable {
     }
 
     private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
-        let (outbox, continuation) = AsyncStream<String>.makeStream()
+        let outbox = Outbox()
         let actions = shared.withLock { shared in
-            shared.outbox = continuation
+            shared.outbox = outbox
             shared.connections += 1
             if shared.connections > 1 { shared.status.reconnects += 1 }
             shared.status.isConnected = true
@@ -227,9 +227,9 @@ final class RelayConnection: Sendable {
         let received = BoundedChannel<WebSocketMessage>(capacity: Self.readAhead)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                for await text in outbox {
-                    try await outbound.writeTextMessage(text)
-                    self.metrics.messagesOut.increment()
+                while case let batch = await outbox.takeAll(), !batch.isEmpty {
+                    for text in batch { try await outbound.writeTextMessage(text) }
+                    self.metrics.messagesOut.increment(by: batch.count)
                 }
             }
             group.addTask {
@@ -304,7 +304,7 @@ final class RelayConnection: Sendable {
 
     private static func sendAll(_ actions: [RelayClientState.Action], _ shared: inout Shared) {
         for case .send(let text) in actions {
-            shared.outbox?.yield(text)
+            shared.outbox?.send(text)
             shared.status.messagesSent += 1
         }
     }
