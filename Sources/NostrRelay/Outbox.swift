@@ -49,14 +49,11 @@ final class Outbox: Sendable {
     /// Everything queued, in order, waiting for at least one message; empty once the outbox is finished and
     /// drained, or when the waiting task is cancelled.
     func takeAll() async -> [String] {
-        if let queued = take() { return queued }
+        if let queued = state.withLock({ Self.takeQueued(&$0) }) { return queued }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<[String], Never>) in
                 let immediate: [String]? = state.withLock { state in
-                    if !state.queue.isEmpty {
-                        defer { state.queue = [] }
-                        return state.queue
-                    }
+                    if let queued = Self.takeQueued(&state) { return queued }
                     if state.finished || Task.isCancelled { return [] }
                     state.writer = continuation
                     return nil
@@ -72,11 +69,9 @@ final class Outbox: Sendable {
         }
     }
 
-    private func take() -> [String]? {
-        state.withLock { state in
-            guard !state.queue.isEmpty else { return nil }
-            defer { state.queue = [] }
-            return state.queue
-        }
+    private static func takeQueued(_ state: inout State) -> [String]? {
+        guard !state.queue.isEmpty else { return nil }
+        defer { state.queue = [] }
+        return state.queue
     }
 }
