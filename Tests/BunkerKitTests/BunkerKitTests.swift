@@ -2,6 +2,7 @@ import Foundation
 import NostrCore
 import NostrCrypto
 import NostrRelay
+import NostrService
 import Testing
 @testable import BunkerKit
 
@@ -99,5 +100,53 @@ struct BunkerKitTests {
         let exported = try store.export(user.publicKey, passphrase: "correct horse")
         #expect(try NIP49.decrypt(exported, password: "correct horse").publicKey == user.publicKey)
         #expect(try NIP49.keySecurity(of: exported) == .insecure)
+    }
+}
+
+@Suite("BunkerState: sessions and the audit log in the service store")
+struct BunkerStateTests {
+    @Test("a session read after a change made through another handle on the same file is the changed one")
+    func sessionChanges() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-state-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("bunker.sqlite").path
+        // The daemon's handle and, beside it, the CLI's (`bunker grant`, `bunker revoke`).
+        let daemon = BunkerState(store: try SQLiteServiceStore(path: path))
+        let cli = BunkerState(store: try SQLiteServiceStore(path: path))
+        let signer = SecretKey.generate().publicKey, client = SecretKey.generate().publicKey
+        let session = ClientSession(
+            signer: signer.hex, client: client.hex, permissions: Permissions(entries: ["sign_event:1"]),
+            requested: Permissions(entries: []), name: "app", url: nil, label: nil, relays: [], clientRelays: nil,
+            createdAt: 1, lastUsed: 1)
+        try await cli.save(session)
+        #expect(try await daemon.session(signer: signer, client: client) == session)
+        #expect(try await daemon.session(signer: signer, client: client) == session)
+
+        var granted = session
+        granted.permissions.grant("nip44_encrypt")
+        try await cli.save(granted)
+        #expect(try await daemon.session(signer: signer, client: client)?.permissions.entries == ["sign_event:1", "nip44_encrypt"])
+
+        try await cli.remove(signer: signer.hex, client: client.hex)
+        #expect(try await daemon.session(signer: signer, client: client) == nil)
+        try await cli.save(session)
+        #expect(try await daemon.session(signer: signer, client: client) == session)
+    }
+
+    @Test("audit records come back as written: escapes, non-ASCII, with and without a kind")
+    func auditRoundTrip() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-state-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let state = BunkerState(store: try SQLiteServiceStore(path: directory.appendingPathComponent("bunker.sqlite").path))
+        let records = [
+            AuditRecord(time: 1_700_000_000, signer: "ab", client: "cd", method: "sign_event", kind: 30023, decision: "ok", latency: 1.25),
+            AuditRecord(time: 1_700_000_001, signer: "ab", client: "cd", method: "we\"ird\\ \u{1}\n métho∂ 🙂", kind: nil, decision: "error", latency: 0),
+            AuditRecord(time: 1_700_000_002, signer: "ab", client: "cd", method: "ping", kind: 0, decision: "ok", latency: 123_456.000_5),
+        ]
+        for record in records { try await state.audit(record) }
+        let read = try await state.auditRecords(limit: 10).map(\.record)
+        #expect(read == records.reversed())
     }
 }
