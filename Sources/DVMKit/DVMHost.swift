@@ -1,4 +1,4 @@
-public import CoreMetrics
+import CoreMetrics
 public import Logging
 public import NostrCrypto
 public import NostrService

@@ -1,8 +1,8 @@
 import CoreMetrics
 import Foundation
-public import Logging
+import Logging
 public import NostrCore
-public import NostrCrypto
+import NostrCrypto
 import NostrRelay
 public import NostrService
 import Synchronization

@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 public import Logging
-public import NostrCore
+import NostrCore
 import NostrCrypto
 public import NostrRelay
 import NIOCore
@@ -14,7 +14,9 @@ import Synchronization
 /// A requester chooses the URLs and relay hints, so fetching is bounded: size and time caps, at most
 /// ``Configuration/maximumHintRelays`` hint relays connected at a time, and — unless
 /// ``Configuration/allowsPrivateAddresses`` — no URL or relay whose host is a loopback, private or
-/// link-local address (checked on every redirect hop).
+/// link-local address (checked on every redirect hop). A URL's host is looked up once per hop and the
+/// connection goes to the address that was checked, so a DNS answer that changes in between (rebinding) cannot
+/// lead it elsewhere.
 public final class InputResolver: Sendable {
     public struct Configuration: Sendable {
         /// The most bytes a `url` input may have.
@@ -39,35 +41,26 @@ public final class InputResolver: Sendable {
     /// The connections to relay hints (run it alongside the service: ``run()``).
     let hints: RelayPool
     private let hintUse = Mutex<[RelayURL: ContinuousClock.Instant]>([:])
-    /// The HTTP client for `url` inputs while ``run()`` runs (an AsyncHTTPClient must be shut down before it
-    /// goes, so it lives exactly as long as the run).
-    private let http = Mutex<HTTPClient?>(nil)
     private let logger: Logger
+    /// The addresses a host name resolves to (the system's resolver; tests give their own).
+    private let lookup: @Sendable (String) -> [[UInt8]]
 
-    public init(configuration: Configuration = Configuration(), logger: Logger) {
+    public convenience init(configuration: Configuration = Configuration(), logger: Logger) {
+        self.init(configuration: configuration, logger: logger, lookup: AddressPolicy.resolve)
+    }
+
+    init(configuration: Configuration, logger: Logger, lookup: @escaping @Sendable (String) -> [[UInt8]]) {
         self.configuration = configuration
         self.logger = logger
+        self.lookup = lookup
         self.hints = RelayPool(logger: logger)
     }
 
-    static var httpSettings: HTTPClient.Configuration {
-        var settings = HTTPClient.Configuration()
-        // Redirects are followed by hand, so that every hop's host is checked.
-        settings.redirectConfiguration = .disallow
-        settings.timeout = .init(connect: .seconds(5), read: .seconds(10))
-        return settings
-    }
-
-    /// Keeps the hint relays' connections and an HTTP client for `url` inputs until cancelled (before it
-    /// runs, each `url` input gets a client of its own).
+    /// Keeps the hint relays' connections until cancelled.
     public func run() async throws {
-        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: Self.httpSettings)
-        http.withLock { $0 = client }
         try await hints.withRunning {
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         }
-        http.withLock { $0 = nil }
-        try? await client.shutdown()
     }
 
     /// Resolves every input of `request` with `pool` (the service's relays); the first failure throws
@@ -102,71 +95,92 @@ public final class InputResolver: Sendable {
     // MARK: URLs
 
     func fetch(url text: String) async throws -> String {
-        if let client = http.withLock({ $0 }) { return try await fetch(url: text, with: client) }
-        // Not running (yet): a client for this fetch alone.
-        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: Self.httpSettings)
+        var current = text
+        for _ in 0...configuration.maximumRedirects {
+            guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
+                let host = url.host, !host.isEmpty
+            else { throw JobError("not an http(s) URL") }
+            let address = try await checkedAddress(host)
+            switch try await fetchOnce(current, host: host, at: address) {
+            case .redirect(let location):
+                guard let next = URL(string: location, relativeTo: url)?.absoluteString else { throw JobError("a redirect to an invalid URL") }
+                current = next
+            case .body(let body):
+                return String(decoding: body, as: UTF8.self)
+            }
+        }
+        throw JobError("more than \(configuration.maximumRedirects) redirects")
+    }
+
+    private enum Fetched {
+        case redirect(String)
+        case body([UInt8])
+    }
+
+    /// One hop: a GET of `url` over a connection to `address` (the checked address of `host`; TLS still
+    /// verifies the certificate for `host`), with a client of its own that is shut down before it returns.
+    private func fetchOnce(_ url: String, host: String, at address: String) async throws -> Fetched {
+        var settings = HTTPClient.Configuration()
+        // Redirects are followed by hand, so that every hop's host is checked.
+        settings.redirectConfiguration = .disallow
+        settings.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        settings.dnsOverride = [host: address]
+        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: settings)
         do {
-            let content = try await fetch(url: text, with: client)
+            let fetched = try await fetchOnce(url, with: client)
             try? await client.shutdown()
-            return content
+            return fetched
         } catch {
             try? await client.shutdown()
             throw error
         }
     }
 
-    private func fetch(url text: String, with client: HTTPClient) async throws -> String {
-        var current = text
-        for _ in 0...configuration.maximumRedirects {
-            guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
-                let host = url.host, !host.isEmpty
-            else { throw JobError("not an http(s) URL") }
-            try await checkHost(host)
-            var request = HTTPClientRequest(url: current)
-            request.method = .GET
-            let response: HTTPClientResponse
-            do {
-                response = try await client.execute(request, timeout: .init(configuration.urlTimeout))
-            } catch {
-                throw JobError("could not fetch the URL (\(Self.shortReason(error)))")
-            }
-            if (300..<400).contains(response.status.code), let location = response.headers.first(name: "location") {
-                guard let next = URL(string: location, relativeTo: url)?.absoluteString else { throw JobError("a redirect to an invalid URL") }
-                current = next
-                continue
-            }
-            guard response.status.code == 200 else { throw JobError("the server answered \(response.status.code)") }
-            var body: [UInt8] = []
-            do {
-                for try await chunk in response.body {
-                    guard body.count + chunk.readableBytes <= configuration.maximumURLSize else {
-                        throw JobError("larger than \(configuration.maximumURLSize) bytes")
-                    }
-                    body.append(contentsOf: chunk.readableBytesView)
-                }
-            } catch let error as JobError {
-                throw error
-            } catch {
-                throw JobError("the download failed (\(Self.shortReason(error)))")
-            }
-            return String(decoding: body, as: UTF8.self)
+    private func fetchOnce(_ url: String, with client: HTTPClient) async throws -> Fetched {
+        var request = HTTPClientRequest(url: url)
+        request.method = .GET
+        let response: HTTPClientResponse
+        do {
+            response = try await client.execute(request, timeout: .init(configuration.urlTimeout))
+        } catch {
+            throw JobError("could not fetch the URL (\(Self.shortReason(error)))")
         }
-        throw JobError("more than \(configuration.maximumRedirects) redirects")
+        if (300..<400).contains(response.status.code), let location = response.headers.first(name: "location") {
+            return .redirect(location)
+        }
+        guard response.status.code == 200 else { throw JobError("the server answered \(response.status.code)") }
+        var body: [UInt8] = []
+        do {
+            for try await chunk in response.body {
+                guard body.count + chunk.readableBytes <= configuration.maximumURLSize else {
+                    throw JobError("larger than \(configuration.maximumURLSize) bytes")
+                }
+                body.append(contentsOf: chunk.readableBytesView)
+            }
+        } catch let error as JobError {
+            throw error
+        } catch {
+            throw JobError("the download failed (\(Self.shortReason(error)))")
+        }
+        return .body(body)
     }
 
     static func shortReason(_ error: any Error) -> String {
         String(String(describing: error).prefix(80))
     }
 
-    /// Throws unless private addresses are allowed or every address `host` resolves to is public.
-    func checkHost(_ host: String) async throws {
-        guard !configuration.allowsPrivateAddresses else { return }
+    /// Looks `host` up once and returns the address to connect to (the first answer, in the system's order of
+    /// preference). Throws if it does not resolve, or — unless private addresses are allowed — if any address
+    /// it resolves to is private.
+    func checkedAddress(_ host: String) async throws -> String {
         let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        let addresses = try await NIOThreadPool.singleton.runIfActive { AddressPolicy.resolve(trimmed) }
-        guard !addresses.isEmpty else { throw JobError("the host does not resolve") }
-        if addresses.contains(where: AddressPolicy.isPrivate) {
+        let lookup = self.lookup
+        let addresses = try await NIOThreadPool.singleton.runIfActive { lookup(trimmed) }
+        guard let first = addresses.first, let text = AddressPolicy.text(first) else { throw JobError("the host does not resolve") }
+        if !configuration.allowsPrivateAddresses && addresses.contains(where: AddressPolicy.isPrivate) {
             throw JobError("the host is a private address (not fetched)")
         }
+        return text
     }
 
     // MARK: Events
@@ -229,7 +243,7 @@ public final class InputResolver: Sendable {
         guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return nil }
         do {
             guard let host = URL(string: url.string)?.host else { throw JobError("no host") }
-            try await checkHost(host)
+            if !configuration.allowsPrivateAddresses { _ = try await checkedAddress(host) }
         } catch {
             logger.debug("relay hint not used", metadata: ["relay": "\(url.string)", "reason": "\(error)"])
             return nil
@@ -279,6 +293,20 @@ enum AddressPolicy {
             cursor = entry.pointee.ai_next
         }
         return addresses
+    }
+
+    /// `address` (4 or 16 bytes) as text, as a URL host or a socket address takes it (IPv6 without brackets).
+    static func text(_ address: [UInt8]) -> String? {
+        let family: Int32
+        switch address.count {
+        case 4: family = AF_INET
+        case 16: family = AF_INET6
+        default: return nil
+        }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let written = address.withUnsafeBytes { bytes in inet_ntop(family, bytes.baseAddress, &buffer, socklen_t(buffer.count)) }
+        guard written != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Loopback, private, shared, link-local, multicast, unspecified and reserved ranges (IPv4, IPv6 and

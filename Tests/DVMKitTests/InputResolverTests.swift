@@ -1,9 +1,10 @@
-import DVMKit
+@testable import DVMKit
 import Hummingbird
 import Logging
 import NostrCore
 import NostrCrypto
 import NostrRelay
+import Synchronization
 import Testing
 
 @Suite("InputResolver: url inputs")
@@ -34,12 +35,12 @@ struct InputResolverTests {
         let resolver = InputResolver(configuration: configuration, logger: Logger(label: "test.inputs"))
         let pool = RelayPool(logger: Logger(label: "test.pool"))
         try await withServer { port in
-            // Never run: each fetch brings and shuts down a client of its own.
+            // Not running yet: its relay hints are not connected, but URLs are fetched.
             let request = try JobRequest(
                 EventTemplate(kind: 5050, content: "", tags: [["i", "http://127.0.0.1:\(port)/redirect", "url"]]).sign(with: SecretKey.generate()))
             let resolved = try await resolver.resolve(request, pool: pool)
             #expect(resolved.map(\.content) == ["hi from the server"])
-            // Running: the shared client.
+            // Running.
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await resolver.run() }
                 defer { group.cancelAll() }
@@ -47,5 +48,52 @@ struct InputResolverTests {
                 #expect(again.map(\.content) == ["hi from the server"])
             }
         }
+    }
+
+    @Test("a URL's host is looked up once per hop and the connection goes to that address, not to a second lookup")
+    func pinnedAddress() async throws {
+        // A name no DNS server knows: only the resolver's own lookup can make it reach the test server, so a
+        // fetch that looked the name up again (as a rebinding attack relies on) would fail.
+        let lookups = Mutex<[String]>([])
+        var configuration = InputResolver.Configuration()
+        configuration.allowsPrivateAddresses = true
+        let resolver = InputResolver(configuration: configuration, logger: Logger(label: "test.inputs")) { host in
+            lookups.withLock { $0.append(host) }
+            return host == "pinned.switchboard.invalid" ? [[127, 0, 0, 1]] : []
+        }
+        let pool = RelayPool(logger: Logger(label: "test.pool"))
+        try await withServer { port in
+            let request = try JobRequest(
+                EventTemplate(kind: 5050, content: "", tags: [["i", "http://pinned.switchboard.invalid:\(port)/redirect", "url"]])
+                    .sign(with: SecretKey.generate()))
+            let resolved = try await resolver.resolve(request, pool: pool)
+            #expect(resolved.map(\.content) == ["hi from the server"])
+            // Two hops (the redirect, then /hello), one lookup each.
+            #expect(lookups.withLock { $0 } == ["pinned.switchboard.invalid", "pinned.switchboard.invalid"])
+        }
+    }
+
+    @Test("a name that resolves to a private address is refused before anything is fetched")
+    func privateName() async throws {
+        let resolver = InputResolver(configuration: InputResolver.Configuration(), logger: Logger(label: "test.inputs")) { host in
+            host == "inside.switchboard.invalid" ? [[93, 184, 215, 14], [10, 0, 0, 7]] : []
+        }
+        let pool = RelayPool(logger: Logger(label: "test.pool"))
+        let request = try JobRequest(
+            EventTemplate(kind: 5050, content: "", tags: [["i", "http://inside.switchboard.invalid/", "url"]]).sign(with: SecretKey.generate()))
+        do {
+            _ = try await resolver.resolve(request, pool: pool)
+            Issue.record("a private address was fetched")
+        } catch let error as JobError {
+            #expect("\(error)".contains("private address"))
+        }
+    }
+
+    @Test("addresses as text: IPv4, IPv6 (no brackets), IPv4-mapped")
+    func addressText() {
+        #expect(AddressPolicy.text([192, 0, 2, 1]) == "192.0.2.1")
+        #expect(AddressPolicy.text([0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [1]) == "2001:db8::1")
+        #expect(AddressPolicy.text([UInt8](repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1]) == "::ffff:127.0.0.1")
+        #expect(AddressPolicy.text([1, 2, 3]) == nil)
     }
 }
