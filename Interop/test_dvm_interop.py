@@ -1,9 +1,9 @@
 """dvm-host (NIP-90 job host) against a client no one here wrote: rust-nostr's `Client`
 (nostr-sdk 0.45.1) publishes job requests and reads feedback (7000) and results (6xxx)
 through rust-nostr's LocalRelay and the Python `nostr_relay`: plain, encrypted (NIP-44 and
-NIP-04), chained, url inputs, a failing command, a timeout, and a priced job paid through
-wallet-bridge's ledger with rust-nostr's NostrWalletConnect; then two dvm-host workers on
-one key sharing PostgreSQL take 500 jobs.
+NIP-04), chained, url inputs, a failing command, a timeout, a job cancelled by a kind 5
+deletion, and a priced job paid through wallet-bridge's ledger with rust-nostr's
+NostrWalletConnect; then two dvm-host workers on one key sharing PostgreSQL take 500 jobs.
 
 rust-nostr 0.45.1 has no NIP-90 builders any more (removed upstream), so requests are
 built as plain events: `["i", data, type, relay]`, `["param", name, value]`, and for
@@ -218,6 +218,31 @@ def test_exec_handler_url_chained_failing_and_timeout(procs, aio, rng, tmp_path,
         assert time.monotonic() - started < 10
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_a_kind_5_deletion_cancels_a_running_job(procs, aio, rng, tmp_path, relay_url):  # noqa: F811
+    # rust-nostr 0.45.1 has no NIP-09 builder either: the deletion is a plain kind 5 event naming the job
+    # (`e`) and its kind (`k`), as NIP-09 describes.
+    _, host_hex = host(procs, tmp_path / "sleeper", relay_url, "--kind", "5052", "--exec", "sleep 30", "--timeout", "60")
+    keys = new_keys(rng)
+    job = job_event(keys, 5052, [["i", "x", "text"]], host_hex)
+
+    async def cancel(tags):
+        if next(t for t in tags if t[0] == "status")[1] != "processing":
+            return
+        deletion = keys.sign_event(EventBuilder(Kind(5), "changed my mind").tags(
+            [Tag.parse(["e", hexid(job)]), Tag.parse(["k", "5052"])]).finalize_unsigned(keys.public_key()))
+        async with nostr_client(relay_url) as client:
+            await client.connect(timedelta(seconds=STEP))
+            out = await publish(client, deletion)
+            assert out.success, f"[seed {SEED}] the deletion was not accepted: {out.failed}"
+
+    started = time.monotonic()
+    statuses, result, _, error = aio.call(run_job([relay_url], keys, job, on_feedback=cancel), STEP * 2)
+    assert result is None and error == "the customer cancelled the job (kind 5)", f"[seed {SEED}] {statuses} {error}"
+    assert statuses == ["processing", "error"], statuses
+    assert time.monotonic() - started < 15
 
 
 @pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)

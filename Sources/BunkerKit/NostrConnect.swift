@@ -1,5 +1,5 @@
 import Foundation
-public import NostrCore
+import NostrCore
 public import NostrCrypto
 public import NostrRelay
 

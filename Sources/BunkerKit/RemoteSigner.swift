@@ -1,7 +1,7 @@
 import Foundation
-public import Logging
+import Logging
 public import NostrCore
-public import NostrCrypto
+import NostrCrypto
 public import NostrRelay
 public import NostrService
 

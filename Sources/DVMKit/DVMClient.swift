@@ -43,6 +43,15 @@ public struct DVMClient: Sendable {
         return EventTemplate(kind: kind, content: content, tags: tags, createdAt: createdAt).sign(with: secret)
     }
 
+    /// Asks the providers to cancel `request` (NIP-90 § Cancellation): publishes a NIP-09 deletion request
+    /// naming it (`e`) and its kind (`k`, which providers such as dvm-host subscribe by), to `relays` (default:
+    /// all of the pool's).
+    @discardableResult
+    public func cancel(_ request: Event, reason: String = "", to relays: [RelayURL]? = nil) async -> [RelayURL: PublishResult] {
+        let tags: [Tag] = [["e", request.id.hex], ["k", "\(request.kind.rawValue)"]]
+        return await pool.publish(EventTemplate(kind: .deletion, content: reason, tags: tags).sign(with: secret), to: relays)
+    }
+
     /// A feedback event, decrypted.
     public struct Feedback: Sendable {
         public let event: Event

@@ -18,7 +18,7 @@ struct DVMMetrics: Sendable {
     }
 
     /// A job that ended, by kind and outcome (`success`, `failed`, `timeout`, `bad_request`, `input_failed`,
-    /// `unpaid`, `bid_too_low`, `queue_timeout`).
+    /// `unpaid`, `bid_too_low`, `queue_timeout`, `cancelled`).
     func job(kind: String, outcome: String) {
         Counter(label: "switchboard_dvm_jobs_total", dimensions: [("kind", kind), ("outcome", outcome)], factory: factory).increment()
     }

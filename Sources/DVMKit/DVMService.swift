@@ -41,6 +41,7 @@ public final class DVMService: RequestHandler {
     }
 
     public let configuration: Configuration
+    let cancellations = JobCancellations()
     let handler: any JobHandler
     let resolver: InputResolver
     let payments: JobPayments?
@@ -77,6 +78,15 @@ public final class DVMService: RequestHandler {
         return paying + resolver.configuration.jobTimeout + .seconds(60) + configuration.queueTimeout + configuration.jobTimeout
     }
 
+    /// NIP-09 deletion requests naming a job kind served here (`k`), which cancel the jobs they name (`e`) when
+    /// they come from the job's customer: the job stops wherever it is (waiting for payment, inputs or a slot,
+    /// or running) and is answered with an `error` feedback; a deletion that comes before its job keeps the
+    /// job from running.
+    public var watches: [EventWatch] {
+        let filter = Filter(kinds: [.deletion], tags: ["k": Set(configuration.kinds.map { "\($0.rawValue)" })])
+        return [EventWatch(filter: filter) { [cancellations] event, _ in cancellations.deletion(event) }]
+    }
+
     /// Encrypted only when the request says so (the `encrypted` tag); then NIP-04 (`?iv=`) or NIP-44.
     public func payloadEncryption(of event: Event) -> PayloadEncryption {
         guard event.tags.contains(where: { $0.name == "encrypted" }) else { return .plaintext }
@@ -92,13 +102,36 @@ public final class DVMService: RequestHandler {
             metrics.job(kind: kind, outcome: "bad_request")
             throw ServiceError(.badRequest, error.reason)
         }
+        let cancelled = ServiceError(.init("cancelled"), "the customer cancelled the job (kind 5)")
+        guard cancellations.begin(job.id, requester: request.sender) else {
+            metrics.job(kind: kind, outcome: "cancelled")
+            throw cancelled
+        }
+        let work = Task { try await self.run(job, request: request, context: context) }
+        cancellations.attach(work, to: job.id)
+        let result = await withTaskCancellationHandler { await work.result } onCancel: { work.cancel() }
+        if cancellations.end(job.id), case .failure = result {
+            metrics.job(kind: kind, outcome: "cancelled")
+            throw cancelled
+        }
+        return try result.get()
+    }
+
+    /// A job from its payment to its result. Outcomes are counted unless the job was cancelled (by its
+    /// customer, counted by the caller; or by shutdown).
+    private func run(_ job: JobRequest, request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        let kind = "\(request.event.kind.rawValue)"
+        let metrics = self.metrics
+        func count(_ outcome: String) {
+            if !Task.isCancelled { metrics.job(kind: kind, outcome: outcome) }
+        }
         let answer = Answer(request: request, relays: job.relays)
         let started = ContinuousClock.now
 
         var invoice: JobPayments.Invoice?
         if let price = configuration.priceMsat, let payments {
             if let bid = job.bid, bid < price {
-                metrics.job(kind: kind, outcome: "bid_too_low")
+                count("bid_too_low")
                 throw ServiceError(.init("bid-too-low"), "the price is \(price) msat; the bid was \(bid) msat")
             }
             let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
@@ -110,7 +143,7 @@ public final class DVMService: RequestHandler {
                 paid = try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
             }
             guard paid else {
-                metrics.job(kind: kind, outcome: "unpaid")
+                count("unpaid")
                 throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
             }
             metrics.paid(kind: kind)
@@ -121,7 +154,7 @@ public final class DVMService: RequestHandler {
         do {
             inputs = try await resolver.resolve(job, pool: context.pool)
         } catch let error as JobError {
-            metrics.job(kind: kind, outcome: "input_failed")
+            count("input_failed")
             throw ServiceError(.badRequest, error.reason)
         }
 
@@ -130,7 +163,7 @@ public final class DVMService: RequestHandler {
             defer { metrics.queued.decrement() }
             try await withDeadline(.now + configuration.queueTimeout) { try await self.slots.acquireUnlessCancelled() }
         } catch is DeadlineExceeded {
-            metrics.job(kind: kind, outcome: "queue_timeout")
+            count("queue_timeout")
             throw ServiceError(.timeout, "no free worker within \(configuration.queueTimeout.components.seconds) s")
         } catch {
             throw ServiceError(.unavailable, "the service is shutting down")
@@ -148,10 +181,10 @@ public final class DVMService: RequestHandler {
         do {
             output = try await withDeadline(deadline) { try await self.handler.run(Job(request: job, inputs: inputs), context: jobContext) }
         } catch is DeadlineExceeded {
-            metrics.job(kind: kind, outcome: "timeout")
+            count("timeout")
             throw ServiceError(.timeout, "the job took longer than \(configuration.jobTimeout.components.seconds) s")
         } catch let error as JobError {
-            metrics.job(kind: kind, outcome: "failed")
+            count("failed")
             throw ServiceError(.init("job-failed"), error.reason)
         } catch is CancellationError {
             throw ServiceError(.unavailable, "the service is shutting down")

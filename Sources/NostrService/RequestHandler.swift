@@ -57,6 +57,27 @@ public protocol RequestHandler: Sendable {
     /// ``ServiceRuntime/Configuration/announcementInterval``, and whenever the relays change (to the old and
     /// the new ones). Default none.
     func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate]
+
+    /// Events this handler watches without answering them (NIP-09 deletions of its requests, say). Default
+    /// none. See ``EventWatch``.
+    var watches: [EventWatch] { get }
+}
+
+/// Events a handler watches beside its requests: the runtime adds ``filter`` to its subscription (from the
+/// same `since` as the requests, so a restart's catch-up brings them again) and passes every matching event
+/// that arrives to ``observe`` — each copy, from each relay, in arrival order, on the intake's task (so
+/// `observe` must return quickly). Nothing is journaled, rate-limited or answered, and every replica sharing a
+/// store sees every event.
+public struct EventWatch: Sendable {
+    /// Without `since` (the runtime sets it); include tag conditions, so that a kind many use (like 5) is
+    /// asked for only where it concerns this service.
+    public var filter: Filter
+    public var observe: @Sendable (_ event: Event, _ relay: RelayURL) async -> Void
+
+    public init(filter: Filter, observe: @escaping @Sendable (_ event: Event, _ relay: RelayURL) async -> Void) {
+        self.filter = filter
+        self.observe = observe
+    }
 }
 
 /// What a handler knows when it writes its announcements.
@@ -84,6 +105,7 @@ extension RequestHandler {
     }
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? { nil }
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] { [] }
+    public var watches: [EventWatch] { [] }
 }
 
 /// What a handler may use while it handles a request.

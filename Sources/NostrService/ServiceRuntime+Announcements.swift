@@ -1,5 +1,5 @@
 import Logging
-public import NostrCore
+import NostrCore
 public import NostrRelay
 
 /// Announcements and relay changes: the service's relay list (kind 10002) and its handlers' announcements,

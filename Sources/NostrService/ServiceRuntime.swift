@@ -1,7 +1,7 @@
 import Foundation
 public import Logging
 public import CoreMetrics
-public import NostrCore
+import NostrCore
 public import NostrCrypto
 public import NostrRelay
 public import ServiceLifecycle
@@ -100,6 +100,8 @@ public final class ServiceRuntime: Service, Sendable {
     let keyring: Mutex<Keyring>
     let handlers: [Kind: any RequestHandler]
     let handlerList: [any RequestHandler]
+    /// The handlers' watches, fixed at start.
+    let watches: [EventWatch]
     private let extraRelays: ExtraRelays
     private let inboxRelays: InboxRelays
     let logger: Logger
@@ -158,6 +160,7 @@ public final class ServiceRuntime: Service, Sendable {
         }
         self.handlers = byKind
         self.handlerList = handlers
+        self.watches = handlers.flatMap(\.watches)
         self.logger = logger
         func poolConfiguration(_ role: String) -> RelayPool.Configuration {
             var poolConfiguration = configuration.pool
@@ -275,8 +278,8 @@ public final class ServiceRuntime: Service, Sendable {
         return await publishConfirmed(event, to: Set(pool.relays).union(reply.relays))
     }
 
-    /// The subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds, from
-    /// the checkpoint minus the margin (but not before the age window).
+    /// The subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds and the
+    /// handlers' watches, from the checkpoint minus the margin (but not before the age window).
     func requestFilters() async throws -> [Filter] {
         let now = Timestamp.now
         var since = now - configuration.maximumAge
@@ -294,6 +297,11 @@ public final class ServiceRuntime: Service, Sendable {
             ? [Filter(kinds: targeted, since: since)]
             : [Filter(kinds: targeted, tags: ["p": Set(keyOrder.map(\.hex))], since: since)]
         if !untargeted.isEmpty { filters.append(Filter(kinds: untargeted, since: since)) }
+        for watch in watches {
+            var filter = watch.filter
+            filter.since = since
+            filters.append(filter)
+        }
         return filters
     }
 
@@ -304,6 +312,12 @@ public final class ServiceRuntime: Service, Sendable {
             for await item in subscription {
                 guard case .event(let event, let relay) = item else { continue }
                 if state.withLock({ $0.stopping }) { break }
+                var watched = false
+                for watch in watches where watch.filter.matches(event) {
+                    watched = true
+                    await watch.observe(event, relay)
+                }
+                if watched && handlers[event.kind] == nil { continue }
                 guard let route = admit(event) else { continue }
                 await slots.acquire()
                 group.addTask {

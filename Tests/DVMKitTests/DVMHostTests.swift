@@ -272,6 +272,54 @@ struct DVMHostTests {
         }
     }
 
+    @Test("a customer's kind 5 deletion stops a running job on whichever of two workers runs it; it is answered with an error")
+    func cancelRunning() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-cancel-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let shared = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        let recorder = Recorder(delay: .seconds(30))
+        try await withHosts(hosts: 2, handler: recorder, service: { $0.jobTimeout = .seconds(60) }, stores: [shared]) { hosts in
+            let client = hosts[0].client
+            let request = try client.request(kind: 5050, inputs: [JobInput(data: "long", type: .text)])
+            let statuses = Statuses()
+            let started = ContinuousClock.now
+            await #expect(throws: JobError("the customer cancelled the job (kind 5)")) {
+                try await client.run(request, timeout: .seconds(20)) { feedback in
+                    statuses.add(feedback)
+                    if feedback.status == "processing" { await client.cancel(request) }
+                }
+            }
+            #expect(ContinuousClock.now - started < .seconds(15))
+            #expect(statuses.all == ["processing", "error"])
+            #expect(recorder.runs[request.id] == 1)
+        }
+    }
+
+    @Test("a deletion by someone else cancels nothing; one that comes before its job keeps the job from running")
+    func cancelOthersAndEarly() async throws {
+        let recorder = Recorder(delay: .milliseconds(500))
+        try await withHosts(relays: 2, handler: recorder) { hosts in
+            let client = hosts[0].client
+            let stranger = DVMClient(secret: .generate(), pool: client.pool)
+            let request = try client.request(kind: 5050, inputs: [JobInput(data: "mine", type: .text)])
+            let result = try await client.run(request, timeout: .seconds(10)) { feedback in
+                if feedback.status == "processing" { await stranger.cancel(request) }
+            }
+            #expect(result.content == "done: mine")
+
+            // The deletion on the first relay only: that relay then refuses the request (NIP-09), the second
+            // takes it, so the host sees the deletion first and the request after it.
+            let early = try client.request(kind: 5050, inputs: [JobInput(data: "never", type: .text)])
+            let published = await client.cancel(early, to: [hosts[0].relays[0]])
+            #expect(published[hosts[0].relays[0]]?.isAccepted == true)
+            // The host has seen the deletion once the relay has passed it on; a moment is enough on loopback.
+            try await Task.sleep(for: .milliseconds(300))
+            await #expect(throws: JobError("the customer cancelled the job (kind 5)")) { try await client.run(early, timeout: .seconds(10)) }
+            #expect(recorder.runs[early.id] == nil)
+        }
+    }
+
     @Test("jobs run concurrently up to the limit, and every one is answered")
     func concurrency() async throws {
         let recorder = Recorder(delay: .milliseconds(300))
