@@ -19,9 +19,15 @@ import Synchronization
 /// 16 writes, the next one gathers for up to `commitDelay` (or until 256 writes wait) before it is committed. Each
 /// commit costs a sync and rewrites the pages its writes share, so fewer, larger commits cost less per request; a
 /// lightly loaded store never waits.
+///
+/// Key-value reads (``value(_:in:)``, which handlers like the bunker make per request) are batched the same way:
+/// those that arrive while a batch is being read go together into the next one, on one reader connection, each
+/// statement seeing the latest commit. A read per request otherwise costs two hops between threads and a
+/// transaction of its own, and under load GRDB's reader pool made callers queue on a blocking semaphore.
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
     private let queue = Mutex(WriteQueue())
+    private let reads = Mutex(ReadQueue())
     private let commitDelay: Duration
     /// A committed group this large means the store is busy: the next group gathers before its commit.
     private let busyGroup: Int
@@ -35,6 +41,17 @@ public final class SQLiteServiceStore: ServiceStore {
         var writing = false
         /// The writer waits for the pending group to fill up (or `commitDelay` to pass).
         var gathering = false
+    }
+
+    private struct ReadQueue {
+        var pending: [PendingRead] = []
+        var reading = false
+    }
+
+    private struct PendingRead {
+        let key: String
+        let namespace: String
+        let continuation: CheckedContinuation<[UInt8]?, any Error>
     }
 
     /// Opens (creating and migrating if needed) the database at `path`.
@@ -292,9 +309,34 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func value(_ key: String, in namespace: String) async throws -> [UInt8]? {
-        try await pool.read { db in
-            try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [namespace, key])
-                .map { Array($0) }
+        try await withCheckedThrowingContinuation { continuation in
+            let leads = reads.withLock { reads in
+                reads.pending.append(PendingRead(key: key, namespace: namespace, continuation: continuation))
+                defer { reads.reading = true }
+                return !reads.reading
+            }
+            // Outside a transaction, so that each statement reads the latest commit however long the batches go on.
+            if leads { pool.asyncUnsafeRead { db in self.drainReads(db) } }
+        }
+    }
+
+    /// On a reader connection: answers the pending reads, batch after batch, until none is left.
+    private func drainReads(_ db: Result<Database, any Error>) {
+        while true {
+            let batch = reads.withLock { reads in
+                defer { reads.pending = [] }
+                if reads.pending.isEmpty { reads.reading = false }
+                return reads.pending
+            }
+            if batch.isEmpty { return }
+            for read in batch {
+                read.continuation.resume(with: Result {
+                    let db = try db.get()
+                    return try Data.fetchOne(
+                        db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [read.namespace, read.key]
+                    ).map { Array($0) }
+                })
+            }
         }
     }
 

@@ -215,6 +215,38 @@ struct ServiceStoreTests {
         #expect(try await timed(4) < .seconds(4))
     }
 
+    @Test("batched SQLite reads each see the latest commit while other reads keep the batches going, and many at once are all answered")
+    func sqliteBatchedReads() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        // The daemon's handle reads; a second handle (a CLI beside it) writes.
+        let reader = try SQLiteServiceStore(path: path)
+        let writer = try SQLiteServiceStore(path: path)
+        try await writer.setValue([0], forKey: "k", in: "ns")
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    while !Task.isCancelled { _ = try await reader.value("k", in: "ns") }
+                }
+            }
+            for round in 1...100 {
+                try await writer.setValue([UInt8(round)], forKey: "k", in: "ns")
+                #expect(try await reader.value("k", in: "ns") == [UInt8(round)])
+            }
+            group.cancelAll()
+            try await group.waitForAll()
+        }
+        let answers = try await withThrowingTaskGroup(of: (Int, [UInt8]?).self) { group in
+            for index in 0..<1_000 {
+                group.addTask { (index, try await reader.value(index % 2 == 0 ? "k" : "missing-\(index)", in: "ns")) }
+            }
+            return try await group.reduce(into: [Int: [UInt8]?]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(answers.count == 1_000)
+        #expect(answers.allSatisfy { $0.key % 2 == 0 ? $0.value == [100] : $0.value == nil })
+    }
+
     @Test("PostgreSQL URLs: user, password, port, database and sslmode; anything else is refused")
     func postgresURLs() throws {
         let configuration = try PostgresServiceStore.configuration(url: "postgres://svc:p%40ss@db.example:6543/switchboard?sslmode=disable")
