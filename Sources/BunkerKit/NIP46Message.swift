@@ -94,6 +94,11 @@ public enum NIP46 {
     public static let sessionMethods: Set<String> = ["connect", "ping", "get_public_key", "switch_relays", "logout"]
     /// The methods that need a permission (`sign_event` also per kind, as `sign_event:<kind>`).
     public static let grantableMethods = ["sign_event", "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt"]
+
+    /// Kinds a blanket `sign_event` grant does not cover by default, because one signature replaces or erases
+    /// what the user has: the profile (0), the follow list (3), deletion requests (5) and the relay list
+    /// (10002). Signing them takes `sign_event:<kind>` (granted, or approved on the auth page).
+    public static let sensitiveKinds: Set<Kind> = [.metadata, .contacts, .deletion, .relayList]
 }
 
 /// Permissions of one client, in NIP-46's `method[:param]` form: `sign_event` (any kind), `sign_event:1`,
@@ -129,13 +134,15 @@ public struct Permissions: Sendable, Hashable, Codable, CustomStringConvertible 
         self.entries = Set(text.split(separator: ",").compactMap { part in (try? Permissions(parsing: String(part)))?.entries.first })
     }
 
-    /// The permission `method` (with `kind` for `sign_event`) needs, or nil if it is allowed.
-    public func missing(_ method: String, kind: Kind? = nil) -> String? {
-        if NIP46.sessionMethods.contains(method) || entries.contains(method) { return nil }
+    /// The permission `method` (with `kind` for `sign_event`) needs, or nil if it is allowed. A blanket
+    /// `sign_event` covers every kind but `sensitiveKinds`, which need `sign_event:<kind>` of their own.
+    public func missing(_ method: String, kind: Kind? = nil, sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds) -> String? {
+        if NIP46.sessionMethods.contains(method) { return nil }
         if method == "sign_event", let kind {
-            return entries.contains("sign_event:\(kind.rawValue)") ? nil : "sign_event:\(kind.rawValue)"
+            if entries.contains("sign_event:\(kind.rawValue)") { return nil }
+            return entries.contains(method) && !sensitiveKinds.contains(kind) ? nil : "sign_event:\(kind.rawValue)"
         }
-        return method
+        return entries.contains(method) ? nil : method
     }
 
     public mutating func grant(_ entry: String) { entries.insert(entry) }

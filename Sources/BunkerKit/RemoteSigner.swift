@@ -16,6 +16,8 @@ public struct RemoteSigner: RequestHandler {
     let state: BunkerState
     let relays: @Sendable () -> [RelayURL]
     let approvals: Approvals?
+    /// Kinds a blanket `sign_event` grant does not cover.
+    let sensitiveKinds: Set<Kind>
     /// Serializes `connect`s, so a secret can be spent only once even when two clients race for it.
     private let connecting = AsyncSemaphore(1)
 
@@ -24,13 +26,16 @@ public struct RemoteSigner: RequestHandler {
     ///   - relays: The bunker's current relays (what `switch_relays` answers with when a client's differ).
     ///   - approvals: Where requests outside a client's grant are put to the operator (an `auth_url`
     ///     challenge); without it they are refused as `unauthorized`.
+    ///   - sensitiveKinds: Kinds a blanket `sign_event` grant does not cover (``NIP46/sensitiveKinds`` by
+    ///     default): they need `sign_event:<kind>`.
     public init(
         identities: [BunkerIdentity], state: BunkerState, approvals: Approvals? = nil,
-        relays: @escaping @Sendable () -> [RelayURL]
+        sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, relays: @escaping @Sendable () -> [RelayURL]
     ) {
         self.identities = Dictionary(identities.map { ($0.signer.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
         self.state = state
         self.approvals = approvals
+        self.sensitiveKinds = sensitiveKinds
         self.relays = relays
     }
 
@@ -229,7 +234,7 @@ public struct RemoteSigner: RequestHandler {
             try parameters(1)
             let template = try EventTemplate(json: params[0])
             kind = template.kind
-            if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind), event: template) { return refusal }
+            if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind, sensitiveKinds: sensitiveKinds), event: template) { return refusal }
             return ok(template.sign(with: identity.user).json)
         case "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt":
             try parameters(2)

@@ -28,11 +28,25 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests per second each client may send (sustained).") var clientRate: Double = 20
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 60
     @Option(help: "Requests of one client handled at once (more get a \"too many requests\" error).") var clientConcurrency = 8
+    @Option(help: "Kinds a client's blanket sign_event grant does not cover, comma-separated, or 'none': signing them takes sign_event:<kind>, granted or approved. Default: profile, follow list, deletion, relay list.")
+    var sensitiveKinds = "0,3,5,10002"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
+
+    /// `--sensitive-kinds` as a set.
+    static func kinds(_ text: String) throws -> Set<Kind> {
+        guard text.trimmingCharacters(in: .whitespaces) != "none" else { return [] }
+        return Set(try text.split(separator: ",").map { part in
+            guard let kind = UInt16(part.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--sensitive-kinds: \"\(part)\" is not a kind number (or use 'none')")
+            }
+            return Kind(rawValue: kind)
+        })
+    }
 
     func run() async throws {
         let registry = OperationsServer.bootstrapObservability(logLevel: logLevel)
         let relays = try relay.map { try RelayURL($0) }
+        let sensitive = try Self.kinds(sensitiveKinds)
         let listener = try http.map(OperationsServer.listenAddress)
         let identities = try directory.keys.unlock(passphrase: try passphrase())
         guard !identities.isEmpty else { throw ValidationError("no keys in \(directory.path); run `bunker init` first") }
@@ -43,7 +57,7 @@ struct Serve: AsyncParsableCommand {
         let daemon = BunkerDaemon(
             directory: directory, identities: identities, state: try directory.openState(), relays: relays,
             http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
-            approvalURL: approvalURL, auditDays: max(1, auditDays), policy: policy, registry: registry,
+            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive, policy: policy, registry: registry,
             logger: Logger(label: "bunker"))
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
@@ -62,6 +76,7 @@ struct BunkerDaemon: Service {
     let approvals: Approvals?
     let approvalURL: String?
     let auditDays: Int
+    let sensitiveKinds: Set<Kind>
     let policy: RequestPolicy.Configuration
     let registry: PrometheusCollectorRegistry
     let logger: Logger
@@ -76,7 +91,8 @@ struct BunkerDaemon: Service {
 
     private func serve(on relays: [RelayURL]) async throws {
         try directory.recordRelays(relays)
-        let signer = RemoteSigner(identities: identities, state: state, approvals: approvals, relays: { relays })
+        let signer = RemoteSigner(
+            identities: identities, state: state, approvals: approvals, sensitiveKinds: sensitiveKinds, relays: { relays })
         // nostrconnect clients are served on their own relays as well.
         var configuration = ServiceRuntime.Configuration(relays: Array(Set(relays).union(try await state.clientRelays())).sorted())
         configuration.policy = policy

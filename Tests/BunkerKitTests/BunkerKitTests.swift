@@ -37,6 +37,12 @@ struct BunkerKitTests {
         #expect(granted.missing("nip04_decrypt") == "nip04_decrypt")
         #expect(granted.missing("get_public_key") == nil)
         #expect(Permissions.all.missing("sign_event", kind: 30_023) == nil)
+        // A blanket sign_event leaves out the sensitive kinds, unless granted one by one or the set is empty.
+        #expect(Permissions.all.missing("sign_event", kind: 0) == "sign_event:0")
+        #expect(Permissions.all.missing("sign_event", kind: 10_002) == "sign_event:10002")
+        #expect(try Permissions(parsing: "sign_event,sign_event:3").missing("sign_event", kind: 3) == nil)
+        #expect(try Permissions(parsing: "sign_event:5").missing("sign_event", kind: 5) == nil)
+        #expect(Permissions.all.missing("sign_event", kind: 0, sensitiveKinds: []) == nil)
         #expect(throws: BunkerError.self) { try Permissions(parsing: "sign_everything") }
         #expect(throws: BunkerError.self) { try Permissions(parsing: "sign_event:70000") }
         #expect(Permissions(requested: "sign_event:4,bogus,nip44_decrypt").description == "nip44_decrypt,sign_event:4")

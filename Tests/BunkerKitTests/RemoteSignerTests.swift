@@ -254,6 +254,24 @@ struct RemoteSignerTests {
         }
     }
 
+    @Test("a client granted everything still needs sign_event:0 for its profile; granted that, it signs it")
+    func sensitiveKinds() async throws {
+        try await withBunker { bunker in
+            try await bunker.client(try await bunker.uri()).run { signer in
+                try await signer.connect()
+                _ = try await signer.sign(EventTemplate(kind: 1, content: "fine"))
+                let refused = await refusal { try await signer.sign(EventTemplate(kind: 0, content: "{\"name\":\"mallory\"}")) }
+                #expect(refused == "unauthorized: sign_event:0 is not granted to this client")
+            }
+            let profile = try await bunker.uri(permissions: try Permissions(parsing: "sign_event,sign_event:0"))
+            try await bunker.client(profile).run { signer in
+                try await signer.connect()
+                let signed = try await signer.sign(EventTemplate(kind: 0, content: "{\"name\":\"alice\"}"))
+                #expect(signed.kind == 0 && signed.pubkey == bunker.identity.user.publicKey)
+            }
+        }
+    }
+
     @Test("an auth challenge's decision: approve once, approve always (then granted), deny, and a forged form refused")
     func approvals() async throws {
         let approvals = Approvals(timeout: .seconds(20))
