@@ -95,6 +95,9 @@ def test_rust_nostr_connect_signs_and_encrypts_through_the_bunker(procs, aio, tm
         assert signed.verify(), "the signed event does not verify"
         assert signed.author().to_hex() == user.to_hex()
         assert signed.content() == "signed by the bunker 🦄"
+        # Granted everything, but the profile is a sensitive kind: refused with an error naming its permission.
+        with pytest.raises(Exception, match=r"unauthorized: sign_event:0 is not granted"):
+            await signer.sign_event_async(EventBuilder(Kind(0), '{"name":"mallory"}').finalize_unsigned(user))
 
         third = Keys.generate()
         text = "for a third party, ünïcode"
