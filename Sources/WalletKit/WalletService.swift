@@ -3,6 +3,7 @@ public import NostrCore
 import NostrCrypto
 import NostrRelay
 public import NostrService
+import Synchronization
 
 /// The NIP-47 wallet service as a runtime handler: kind 23194 requests to a connection's wallet key,
 /// answered by that key (kind 23195) in the request's scheme.
@@ -28,6 +29,8 @@ public struct WalletService: RequestHandler {
     let store: any WalletStore
     let backend: any LightningBackend
     let configuration: Configuration
+    /// When each ended connection's info event was withdrawn in this process (see ``announcements(_:)``).
+    private let withdrawals = Withdrawals()
 
     public init(store: any WalletStore, backend: any LightningBackend, configuration: Configuration = Configuration()) {
         self.store = store
@@ -234,9 +237,20 @@ public struct WalletService: RequestHandler {
     // MARK: Announcements and notifications
 
     /// The info event (kind 13194) for each connection's wallet key: methods it may use, both encryption
-    /// schemes, and the notification types.
+    /// schemes, and the notification types. For a connection that has ended (revoked or expired) in the last
+    /// week, a NIP-09 deletion request of its info event instead, so that clients stop finding it. The deletion
+    /// is dated by the first round that sends it, later in time than every info event this process announced,
+    /// and later rounds send that same event again, which relays keep once.
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
-        guard let connection = try await store.connection(walletKey: context.key), connection.isLive(at: context.now) else { return [] }
+        guard let connection = try await store.connection(walletKey: context.key) else { return [] }
+        guard connection.isLive(at: context.now) else {
+            let ended = connection.revokedAt ?? connection.expiresAt ?? context.now
+            guard context.now - ended < 7 * 86_400 else { return [] }
+            return [EventTemplate(
+                kind: .deletion, content: "this wallet connection has ended",
+                tags: [["a", "\(NIP47.infoKind.rawValue):\(context.key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]],
+                createdAt: withdrawals.time(for: context.key, now: context.now))]
+        }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
         return [EventTemplate(
             kind: NIP47.infoKind, content: (methods + ["notifications"]).joined(separator: " "),
@@ -305,5 +319,18 @@ struct Params {
         writer.value(value)
         let text = writer.text
         return text.count <= 4096 ? text : nil
+    }
+}
+
+/// The time each wallet key's info event was first withdrawn, so that every round sends the same deletion.
+private final class Withdrawals: Sendable {
+    private let times = Mutex<[PublicKey: Timestamp]>([:])
+
+    func time(for key: PublicKey, now: Timestamp) -> Timestamp {
+        times.withLock { times in
+            if let time = times[key] { return time }
+            times[key] = now
+            return now
+        }
     }
 }

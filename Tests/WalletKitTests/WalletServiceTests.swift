@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NostrCore
 import NostrCrypto
 import NostrRelay
@@ -205,8 +206,30 @@ struct WalletServiceTests {
             // A stranger using the wallet key, and the connection after revocation.
             let stranger = NIP47Client(uri: WalletConnectURI(wallet: payer.walletKey, relays: wallet.relays, secret: .generate()))
             try await stranger.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
-            _ = try await wallet.store.revoke(idOrName: "payer", now: .now)
-            try await client.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
+            let info = Filter(authors: [payer.walletKey], kinds: [NIP47.infoKind])
+            let pool = RelayPool(relays: wallet.relays, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            try await pool.withRunning {
+                #expect(try await pool.fetch([info], timeout: .seconds(3)).count == 1)
+                _ = try await wallet.store.revoke(idOrName: "payer", now: .now)
+                try await client.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
+
+                // Its info event is withdrawn: the next announcement round asks the relays to delete it (NIP-09).
+                try await wallet.bridges[0].synchronize()
+                let deletions = try await withDeadline(.seconds(10), "the info event's deletion") {
+                    while true {
+                        let found = try await pool.fetch([Filter(authors: [payer.walletKey], kinds: [.deletion])], timeout: .seconds(2))
+                        if !found.isEmpty { return found }
+                    }
+                }
+                #expect(deletions.count == 1)
+                #expect(deletions.first?.tagValues("a") == ["13194:\(payer.walletKey.hex):"])
+                #expect(try await pool.fetch([info], timeout: .seconds(3)).isEmpty)
+                // Another round sends the same deletion again, not a new one.
+                try await wallet.bridges[0].synchronize()
+                try await Task.sleep(for: .milliseconds(500))
+                let again = try await pool.fetch([Filter(authors: [payer.walletKey], kinds: [.deletion])], timeout: .seconds(2))
+                #expect(again.map(\.id) == deletions.map(\.id))
+            }
         }
     }
 
