@@ -18,6 +18,7 @@ It does not know the UNSUPPORTED_ENCRYPTION code.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -233,6 +234,30 @@ def test_rust_nostr_pays_between_two_ledger_connections(procs, aio, tmp_path, re
     aio.call(session(), timeout=120)
     listing = wb(procs, "connections", "--data-dir", str(data))
     assert f"{payer_id}  payer  live  budget=21000/50000msat/daily" in listing, listing
+
+    # Revoked: the info event is withdrawn with a NIP-09 deletion request, which this relay honours.
+    wb(procs, "revoke", "--data-dir", str(data), "payer")
+
+    async def withdrawn():
+        wallet = NostrWalletConnectUri.parse(payer_uri).public_key()
+        client = Client()
+        await client.add_relay(RelayUrl.parse(relay_url))
+        await client.connect()
+        try:
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                found = await client.fetch_events(ReqTarget.auto([Filter().author(wallet).kinds([Kind(13194), Kind(5)])]), timedelta(seconds=2))
+                events = found if isinstance(found, list) else found.to_vec()
+                kinds = sorted(e.kind().as_u16() for e in events)
+                if kinds == [5]:
+                    tags = events[0].tags()
+                    return [t.to_vec() for t in (tags if isinstance(tags, list) else tags.to_vec())]
+                await asyncio.sleep(0.5)
+            raise AssertionError(f"[seed {SEED}] the info event was not withdrawn: kinds {kinds}")
+        finally:
+            await client.shutdown()
+    tags = aio.call(withdrawn(), timeout=30)
+    assert ["a", f"13194:{NostrWalletConnectUri.parse(payer_uri).public_key().to_hex()}:"] in tags, tags
 
 
 def test_invoices_decode_the_same_in_python_bolt11_and_switchboard(procs, tmp_path):  # noqa: F811

@@ -238,24 +238,24 @@ public struct WalletService: RequestHandler {
 
     /// The info event (kind 13194) for each connection's wallet key: methods it may use, both encryption
     /// schemes, and the notification types. For a connection that has ended (revoked or expired) in the last
-    /// week, a NIP-09 deletion request of its info event instead, so that clients stop finding it. The deletion
-    /// is dated by the first round that sends it, later in time than every info event this process announced,
-    /// and later rounds send that same event again, which relays keep once.
+    /// week, a NIP-09 deletion request of its info event instead, so that clients stop finding it: by address
+    /// (`a`), and by id (`e`) when this process announced it, for relays that only delete by id. The deletion
+    /// is made by the first round that sends it, dated later than every info event this process announced, and
+    /// later rounds send that same event again, which relays keep once.
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
         guard let connection = try await store.connection(walletKey: context.key) else { return [] }
         guard connection.isLive(at: context.now) else {
             let ended = connection.revokedAt ?? connection.expiresAt ?? context.now
             guard context.now - ended < 7 * 86_400 else { return [] }
-            return [EventTemplate(
-                kind: .deletion, content: "this wallet connection has ended",
-                tags: [["a", "\(NIP47.infoKind.rawValue):\(context.key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]],
-                createdAt: withdrawals.time(for: context.key, now: context.now))]
+            return [withdrawals.deletion(of: context.key, now: context.now)]
         }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
-        return [EventTemplate(
+        let info = EventTemplate(
             kind: NIP47.infoKind, content: (methods + ["notifications"]).joined(separator: " "),
             tags: [["encryption", "nip44_v2 nip04"], ["notifications", NIP47.notificationTypes.joined(separator: " ")]],
-            createdAt: context.now)]
+            createdAt: context.now)
+        withdrawals.announced(Event.computeID(pubkey: context.key, createdAt: context.now, kind: info.kind, tags: info.tags, content: info.content), by: context.key)
+        return [info]
     }
 
     /// The notification for `event` to its connection's client, as NIP-44 (kind 23197) and NIP-04 (23196)
@@ -322,15 +322,28 @@ struct Params {
     }
 }
 
-/// The time each wallet key's info event was first withdrawn, so that every round sends the same deletion.
+/// The last info event announced for each wallet key, and the deletion request that withdraws it once its
+/// connection has ended (made once, so that every round sends the same event).
 private final class Withdrawals: Sendable {
-    private let times = Mutex<[PublicKey: Timestamp]>([:])
+    private struct State {
+        var announced: [PublicKey: EventID] = [:]
+        var deletions: [PublicKey: EventTemplate] = [:]
+    }
 
-    func time(for key: PublicKey, now: Timestamp) -> Timestamp {
-        times.withLock { times in
-            if let time = times[key] { return time }
-            times[key] = now
-            return now
+    private let state = Mutex(State())
+
+    func announced(_ id: EventID, by key: PublicKey) {
+        state.withLock { $0.announced[key] = id }
+    }
+
+    func deletion(of key: PublicKey, now: Timestamp) -> EventTemplate {
+        state.withLock { state in
+            if let made = state.deletions[key] { return made }
+            var tags: [Tag] = [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
+            if let id = state.announced[key] { tags.insert(["e", id.hex], at: 0) }
+            let made = EventTemplate(kind: .deletion, content: "this wallet connection has ended", tags: tags, createdAt: now)
+            state.deletions[key] = made
+            return made
         }
     }
 }

@@ -209,7 +209,8 @@ struct WalletServiceTests {
             let info = Filter(authors: [payer.walletKey], kinds: [NIP47.infoKind])
             let pool = RelayPool(relays: wallet.relays, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
             try await pool.withRunning {
-                #expect(try await pool.fetch([info], timeout: .seconds(3)).count == 1)
+                let announced = try await pool.fetch([info], timeout: .seconds(3))
+                #expect(announced.count == 1)
                 _ = try await wallet.store.revoke(idOrName: "payer", now: .now)
                 try await client.run { session in await expectError(.unauthorized) { try await session.call("get_balance") } }
 
@@ -223,6 +224,7 @@ struct WalletServiceTests {
                 }
                 #expect(deletions.count == 1)
                 #expect(deletions.first?.tagValues("a") == ["13194:\(payer.walletKey.hex):"])
+                #expect(deletions.first?.tagValues("e") == announced.map(\.id.hex))
                 #expect(try await pool.fetch([info], timeout: .seconds(3)).isEmpty)
                 // Another round sends the same deletion again, not a new one.
                 try await wallet.bridges[0].synchronize()
