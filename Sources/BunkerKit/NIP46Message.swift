@@ -96,9 +96,10 @@ public enum NIP46 {
     public static let grantableMethods = ["sign_event", "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt"]
 
     /// Kinds a blanket `sign_event` grant does not cover by default, because one signature replaces or erases
-    /// what the user has: the profile (0), the follow list (3), deletion requests (5) and the relay list
-    /// (10002). Signing them takes `sign_event:<kind>` (granted, or approved on the auth page).
-    public static let sensitiveKinds: Set<Kind> = [.metadata, .contacts, .deletion, .relayList]
+    /// what the user has: the profile (0), the follow list (3), deletion requests (5), a request to vanish
+    /// (62, NIP-62: relays delete everything of the key) and the relay list (10002). Signing them takes
+    /// `sign_event:<kind>` (granted, or approved on the auth page).
+    public static let sensitiveKinds: Set<Kind> = [.metadata, .contacts, .deletion, Kind(rawValue: 62), .relayList]
 }
 
 /// Permissions of one client, in NIP-46's `method[:param]` form: `sign_event` (any kind), `sign_event:1`,

@@ -100,8 +100,7 @@ public final class InputResolver: Sendable {
             guard let url = URL(string: current), let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https",
                 let host = url.host, !host.isEmpty
             else { throw JobError("not an http(s) URL") }
-            let address = try await checkedAddress(host)
-            switch try await fetchOnce(current, host: host, at: address) {
+            switch try await fetchOnce(current, host: host, at: try await checkedAddresses(host)) {
             case .redirect(let location):
                 guard let next = URL(string: location, relativeTo: url)?.absoluteString else { throw JobError("a redirect to an invalid URL") }
                 current = next
@@ -117,8 +116,27 @@ public final class InputResolver: Sendable {
         case body([UInt8])
     }
 
-    /// One hop: a GET of `url` over a connection to `address` (the checked address of `host`; TLS still
-    /// verifies the certificate for `host`), with a client of its own that is shut down before it returns.
+    /// One hop: a GET of `url` over a connection to the first of `addresses` (checked addresses of `host`;
+    /// TLS still verifies the certificate for `host`), and if that cannot be fetched, to the next one (the
+    /// first address of the other family, as a dual-stack host without a route for one family needs).
+    private func fetchOnce(_ url: String, host: String, at addresses: [String]) async throws -> Fetched {
+        var failure = JobError("the host does not resolve")
+        for address in addresses {
+            do {
+                return try await fetchOnce(url, host: host, at: address)
+            } catch let error as Unreachable {
+                failure = error.error
+            }
+        }
+        throw failure
+    }
+
+    /// A hop whose request could not be made or answered at that address.
+    private struct Unreachable: Error {
+        let error: JobError
+    }
+
+    /// One hop over a connection to `address`, with a client of its own that is shut down before it returns.
     private func fetchOnce(_ url: String, host: String, at address: String) async throws -> Fetched {
         var settings = HTTPClient.Configuration()
         // Redirects are followed by hand, so that every hop's host is checked.
@@ -143,7 +161,7 @@ public final class InputResolver: Sendable {
         do {
             response = try await client.execute(request, timeout: .init(configuration.urlTimeout))
         } catch {
-            throw JobError("could not fetch the URL (\(Self.shortReason(error)))")
+            throw Unreachable(error: JobError("could not fetch the URL (\(Self.shortReason(error)))"))
         }
         if (300..<400).contains(response.status.code), let location = response.headers.first(name: "location") {
             return .redirect(location)
@@ -169,18 +187,19 @@ public final class InputResolver: Sendable {
         String(String(describing: error).prefix(80))
     }
 
-    /// Looks `host` up once and returns the address to connect to (the first answer, in the system's order of
-    /// preference). Throws if it does not resolve, or — unless private addresses are allowed — if any address
-    /// it resolves to is private.
-    func checkedAddress(_ host: String) async throws -> String {
+    /// Looks `host` up once and returns the addresses to connect to: the first answer (in the system's order
+    /// of preference) and, if there is one, the first of the other address family. Throws if it does not
+    /// resolve, or — unless private addresses are allowed — if any address it resolves to is private.
+    func checkedAddresses(_ host: String) async throws -> [String] {
         let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         let lookup = self.lookup
         let addresses = try await NIOThreadPool.singleton.runIfActive { lookup(trimmed) }
-        guard let first = addresses.first, let text = AddressPolicy.text(first) else { throw JobError("the host does not resolve") }
+        guard let first = addresses.first else { throw JobError("the host does not resolve") }
         if !configuration.allowsPrivateAddresses && addresses.contains(where: AddressPolicy.isPrivate) {
             throw JobError("the host is a private address (not fetched)")
         }
-        return text
+        let other = addresses.first { $0.count != first.count }
+        return ([first] + (other.map { [$0] } ?? [])).compactMap(AddressPolicy.text)
     }
 
     // MARK: Events
@@ -243,7 +262,7 @@ public final class InputResolver: Sendable {
         guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return nil }
         do {
             guard let host = URL(string: url.string)?.host else { throw JobError("no host") }
-            if !configuration.allowsPrivateAddresses { _ = try await checkedAddress(host) }
+            if !configuration.allowsPrivateAddresses { _ = try await checkedAddresses(host) }
         } catch {
             logger.debug("relay hint not used", metadata: ["relay": "\(url.string)", "reason": "\(error)"])
             return nil

@@ -32,6 +32,7 @@ final class JobCancellations: Sendable {
     /// Registers job `id` of `requester`; false when a deletion by `requester` already cancelled it.
     func begin(_ id: EventID, requester: PublicKey) -> Bool {
         state.withLock { state in
+            // One lock for the check and the registration: a deletion in between would be missed.
             if state.early[Early(job: id, author: requester)] != nil { return false }
             state.running[id] = Running(requester: requester)
             return true
@@ -45,6 +46,11 @@ final class JobCancellations: Sendable {
             return state.running[id]?.cancelled ?? false
         }
         if cancelled { work.cancel() }
+    }
+
+    /// Whether a deletion by `author` naming job `id` came before the job.
+    func cancelledEarly(_ id: EventID, by author: PublicKey) -> Bool {
+        state.withLock { $0.early[Early(job: id, author: author)] != nil }
     }
 
     /// Forgets job `id`; returns whether its customer cancelled it.

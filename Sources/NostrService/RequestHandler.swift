@@ -63,11 +63,11 @@ public protocol RequestHandler: Sendable {
     var watches: [EventWatch] { get }
 }
 
-/// Events a handler watches beside its requests: the runtime adds ``filter`` to its subscription (from the
-/// same `since` as the requests, so a restart's catch-up brings them again) and passes every matching event
-/// that arrives to ``observe`` — each copy, from each relay, in arrival order, on the intake's task (so
-/// `observe` must return quickly). Nothing is journaled, rate-limited or answered, and every replica sharing a
-/// store sees every event.
+/// Events a handler watches beside its requests: the runtime subscribes to ``filter`` on its relays (from the
+/// same `since` as the requests, so a restart's catch-up brings them again; on connections that a full intake
+/// does not hold up) and passes each matching event to ``observe`` once as it arrives (copies from other relays
+/// are dropped), in arrival order, on one task (so `observe` must return quickly). Nothing is journaled,
+/// rate-limited or answered, and every replica sharing a store sees every event.
 public struct EventWatch: Sendable {
     /// Without `since` (the runtime sets it); include tag conditions, so that a kind many use (like 5) is
     /// asked for only where it concerns this service.

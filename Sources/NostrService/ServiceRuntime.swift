@@ -203,6 +203,7 @@ public final class ServiceRuntime: Service, Sendable {
             connections.addTask { await self.flushCheckpointsPeriodically() }
             connections.addTask { await self.announceWhenAsked() }
             connections.addTask { await self.askForAnnouncementsPeriodically() }
+            connections.addTask { await self.watch() }
             defer { connections.cancelAll() }
             try await listener.withSubscription(filters) { subscription in
                 state.withLock { $0.subscription = subscription; $0.subscribed = true }
@@ -278,11 +279,9 @@ public final class ServiceRuntime: Service, Sendable {
         return await publishConfirmed(event, to: Set(pool.relays).union(reply.relays))
     }
 
-    /// The subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds and the
-    /// handlers' watches, from the checkpoint minus the margin (but not before the age window).
-    func requestFilters() async throws -> [Filter] {
-        let now = Timestamp.now
-        var since = now - configuration.maximumAge
+    /// Where the subscriptions start: the checkpoint minus the margin, but not before the age window.
+    func catchUpStart() async throws -> Timestamp {
+        var since = Timestamp.now - configuration.maximumAge
         let keyOrder = keyring.withLock(\.order)
         var checkpoints: [Timestamp] = []
         for key in keyOrder {
@@ -291,18 +290,38 @@ public final class ServiceRuntime: Service, Sendable {
         if checkpoints.count == keyOrder.count, let oldest = checkpoints.min() {
             since = max(since, oldest - configuration.catchUpMargin)
         }
+        return since
+    }
+
+    /// The request subscription: every handled kind `p`-tagged to one of the keys, plus the untargeted kinds,
+    /// from the catch-up start.
+    func requestFilters() async throws -> [Filter] {
+        let since = try await catchUpStart()
+        let keyOrder = keyring.withLock(\.order)
         let targeted = Set(handlers.keys)
         let untargeted = Set(handlers.filter { $0.value.acceptsUntargeted }.map(\.key))
         var filters = keyOrder.count > configuration.maximumKeysInFilter
             ? [Filter(kinds: targeted, since: since)]
             : [Filter(kinds: targeted, tags: ["p": Set(keyOrder.map(\.hex))], since: since)]
         if !untargeted.isEmpty { filters.append(Filter(kinds: untargeted, since: since)) }
-        for watch in watches {
+        return filters
+    }
+
+    /// The handlers' watches, on the work pool's connections: a full intake stops the listener's connections
+    /// from being read (backpressure), and what is watched (a cancellation, say) must still arrive then.
+    private func watch() async {
+        guard !watches.isEmpty, let since = try? await catchUpStart() else { return }
+        let filters = watches.map { watch in
             var filter = watch.filter
             filter.since = since
-            filters.append(filter)
+            return filter
         }
-        return filters
+        try? await pool.withSubscription(filters) { subscription in
+            for await item in subscription {
+                guard case .event(let event, let relay) = item else { continue }
+                for watch in watches where watch.filter.matches(event) { await watch.observe(event, relay) }
+            }
+        }
     }
 
     private func intake(_ subscription: RelaySubscription) async {
@@ -312,12 +331,6 @@ public final class ServiceRuntime: Service, Sendable {
             for await item in subscription {
                 guard case .event(let event, let relay) = item else { continue }
                 if state.withLock({ $0.stopping }) { break }
-                var watched = false
-                for watch in watches where watch.filter.matches(event) {
-                    watched = true
-                    await watch.observe(event, relay)
-                }
-                if watched && handlers[event.kind] == nil { continue }
                 guard let route = admit(event) else { continue }
                 await slots.acquire()
                 group.addTask {

@@ -61,9 +61,8 @@ public final class WalletBridge: Sendable {
         self.pollInterval = pollInterval
         self.logger = logger
         let all = try await store.connections()
-        let live = all.filter { $0.isLive(at: .now) }
         var runtimeConfiguration = configuration
-        runtimeConfiguration.relays = Self.relays(base: configuration.relays, connections: live)
+        runtimeConfiguration.relays = Self.relays(base: configuration.relays, connections: all.filter { $0.isServed(at: .now) })
         // Wallet keys are per connection; a relay list for each adds nothing clients use.
         runtimeConfiguration.announcesRelayList = false
         self.service = WalletService(store: store, backend: backend, configuration: service)
@@ -123,13 +122,14 @@ public final class WalletBridge: Sendable {
     }
 
     /// Serves connections the store has and the runtime does not yet, and listens on the relays of the live
-    /// ones (revoked connections keep their keys, so they are answered UNAUTHORIZED).
+    /// ones and of those that ended in the last week (revoked connections keep their keys, so they are
+    /// answered UNAUTHORIZED, and their info events' deletions go there).
     public func synchronize() async throws {
         let all = try await store.connections()
         let serving = Set(runtime.publicKeys)
         let added = try all.filter { !serving.contains($0.walletKey) }.map { LocalServiceKey(try keys.walletKey($0.walletIndex)) as any ServiceSigner }
         let live = all.filter { $0.isLive(at: .now) }
-        runtime.setRelays(Self.relays(base: baseRelays, connections: live))
+        runtime.setRelays(Self.relays(base: baseRelays, connections: all.filter { $0.isServed(at: .now) }))
         try await runtime.addKeys(added)
         // Revocations change the info events (none for revoked connections): announce again.
         runtime.announce()

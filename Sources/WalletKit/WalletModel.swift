@@ -47,6 +47,16 @@ public struct WalletConnection: Sendable, Hashable {
     public func isLive(at now: Timestamp) -> Bool {
         revokedAt == nil && (expiresAt.map { now < $0 } ?? true)
     }
+
+    /// How long an ended connection's relays are still served: its requests there are answered
+    /// `UNAUTHORIZED`, and each announcement round re-sends the deletion request of its info event there.
+    public static let endedServiceWindow: Int64 = 7 * 86_400
+
+    /// Whether the bridge serves this connection's relays: while it is live, and for a week after it ended.
+    public func isServed(at now: Timestamp) -> Bool {
+        guard let ended = revokedAt ?? expiresAt.flatMap({ $0 <= now ? $0 : nil }) else { return true }
+        return now - ended < Self.endedServiceWindow
+    }
 }
 
 /// A spending limit per period.

@@ -245,9 +245,7 @@ public struct WalletService: RequestHandler {
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
         guard let connection = try await store.connection(walletKey: context.key) else { return [] }
         guard connection.isLive(at: context.now) else {
-            let ended = connection.revokedAt ?? connection.expiresAt ?? context.now
-            guard context.now - ended < 7 * 86_400 else { return [] }
-            return [withdrawals.deletion(of: context.key, now: context.now)]
+            return connection.isServed(at: context.now) ? [withdrawals.deletion(of: context.key, now: context.now)] : []
         }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
         let info = EventTemplate(

@@ -1,5 +1,5 @@
 import DVMExamples
-import DVMKit
+@testable import DVMKit
 import Foundation
 import Logging
 import NostrCore
@@ -73,6 +73,7 @@ func privateInputs() -> InputResolver.Configuration {
 func withHosts<R: Sendable>(
     relays relayCount: Int = 1, hosts: Int = 1, key: SecretKey = .generate(), handler: any JobHandler,
     service configure: @Sendable (inout DVMService.Configuration) -> Void = { _ in },
+    runtime configureRuntime: @Sendable (inout ServiceRuntime.Configuration) -> Void = { _ in },
     inputs: InputResolver.Configuration = privateInputs(), wallet: WalletConnectURI? = nil,
     stores: [any ServiceStore]? = nil, existingRelays: [RelayURL]? = nil,
     _ body: @escaping @Sendable ([TestHost]) async throws -> R
@@ -86,10 +87,12 @@ func withHosts<R: Sendable>(
         service.concurrency = 2
         service.jobTimeout = .seconds(5)
         configure(&service)
+        var runtime = runtimeConfiguration(urls)
+        configureRuntime(&runtime)
         let started = (0..<hosts).map { index in
             DVMHost(
                 key: LocalServiceKey(key), handler: handler, store: stores[index % stores.count], service: service,
-                runtime: runtimeConfiguration(urls), inputs: inputs, wallet: wallet, logger: quiet)
+                runtime: runtime, inputs: inputs, wallet: wallet, logger: quiet)
         }
         let pool = RelayPool(relays: urls, logger: quiet)
         return try await pool.withRunning {
@@ -296,6 +299,31 @@ struct DVMHostTests {
         }
     }
 
+    @Test("a cancellation gets through while the intake is full and no request is being read")
+    func cancelUnderFullIntake() async throws {
+        let recorder = Recorder(delay: .seconds(30))
+        // One job runs at once and four are taken in (4 × concurrency): the rest wait unread.
+        try await withHosts(
+            handler: recorder, service: { $0.concurrency = 1; $0.jobTimeout = .seconds(60) }, runtime: { $0.maximumConcurrentRequests = 1 }
+        ) { hosts in
+            let client = hosts[0].client
+            let first = try client.request(kind: 5050, inputs: [JobInput(data: "first", type: .text)])
+            await #expect(throws: JobError("the customer cancelled the job (kind 5)")) {
+                try await client.run(first, timeout: .seconds(20)) { feedback in
+                    guard feedback.status == "processing" else { return }
+                    for index in 0..<5 {
+                        _ = await client.pool.publish(try client.request(kind: 5050, inputs: [JobInput(data: "filler \(index)", type: .text)]))
+                    }
+                    // Three fillers queue for the one slot and the fourth takes the last intake place; the fifth
+                    // (and anything behind it on the request connections) is not read until a place frees.
+                    try await Task.sleep(for: .milliseconds(500))
+                    await client.cancel(first)
+                }
+            }
+            #expect(recorder.runs[first.id] == 1)
+        }
+    }
+
     @Test("a deletion by someone else cancels nothing; one that comes before its job keeps the job from running")
     func cancelOthersAndEarly() async throws {
         let recorder = Recorder(delay: .milliseconds(500))
@@ -313,8 +341,11 @@ struct DVMHostTests {
             let early = try client.request(kind: 5050, inputs: [JobInput(data: "never", type: .text)])
             let published = await client.cancel(early, to: [hosts[0].relays[0]])
             #expect(published[hosts[0].relays[0]]?.isAccepted == true)
-            // The host has seen the deletion once the relay has passed it on; a moment is enough on loopback.
-            try await Task.sleep(for: .milliseconds(300))
+            try await withTimeout(.seconds(10), "the host to see the deletion") {
+                while !hosts[0].host.service.cancellations.cancelledEarly(early.id, by: client.secret.publicKey) {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
             await #expect(throws: JobError("the customer cancelled the job (kind 5)")) { try await client.run(early, timeout: .seconds(10)) }
             #expect(recorder.runs[early.id] == nil)
         }

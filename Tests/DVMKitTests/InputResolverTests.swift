@@ -73,6 +73,23 @@ struct InputResolverTests {
         }
     }
 
+    @Test("when the first address of a name cannot be reached, the first of the other family is tried")
+    func otherFamily() async throws {
+        var configuration = InputResolver.Configuration()
+        configuration.allowsPrivateAddresses = true
+        // IPv6 loopback first, where nothing listens (the test server is on 127.0.0.1 only), then IPv4.
+        let resolver = InputResolver(configuration: configuration, logger: Logger(label: "test.inputs")) { host in
+            host == "dual.switchboard.invalid" ? [[UInt8](repeating: 0, count: 15) + [1], [127, 0, 0, 1]] : []
+        }
+        let pool = RelayPool(logger: Logger(label: "test.pool"))
+        try await withServer { port in
+            let request = try JobRequest(
+                EventTemplate(kind: 5050, content: "", tags: [["i", "http://dual.switchboard.invalid:\(port)/hello", "url"]])
+                    .sign(with: SecretKey.generate()))
+            #expect(try await resolver.resolve(request, pool: pool).map(\.content) == ["hi from the server"])
+        }
+    }
+
     @Test("a name that resolves to a private address is refused before anything is fetched")
     func privateName() async throws {
         let resolver = InputResolver(configuration: InputResolver.Configuration(), logger: Logger(label: "test.inputs")) { host in

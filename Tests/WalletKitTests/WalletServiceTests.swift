@@ -226,9 +226,15 @@ struct WalletServiceTests {
                 #expect(deletions.first?.tagValues("a") == ["13194:\(payer.walletKey.hex):"])
                 #expect(deletions.first?.tagValues("e") == announced.map(\.id.hex))
                 #expect(try await pool.fetch([info], timeout: .seconds(3)).isEmpty)
-                // Another round sends the same deletion again, not a new one.
+                // Another round (seen by the payee's info event moving on) sends the same deletion again, not a new one.
+                let payeeInfo = Filter(authors: [payee.walletKey], kinds: [NIP47.infoKind])
+                let before = try await pool.fetch([payeeInfo], timeout: .seconds(2)).map(\.createdAt).max() ?? 0
                 try await wallet.bridges[0].synchronize()
-                try await Task.sleep(for: .milliseconds(500))
+                try await withDeadline(.seconds(10), "another announcement round") {
+                    while try await pool.fetch([payeeInfo], timeout: .seconds(2)).map(\.createdAt).max() ?? 0 <= before {}
+                }
+                // The round's events go out together; give its other publishes a moment to land.
+                try await Task.sleep(for: .milliseconds(300))
                 let again = try await pool.fetch([Filter(authors: [payer.walletKey], kinds: [.deletion])], timeout: .seconds(2))
                 #expect(again.map(\.id) == deletions.map(\.id))
             }
