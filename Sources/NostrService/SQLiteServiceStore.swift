@@ -20,14 +20,13 @@ import Synchronization
 /// commit costs a sync and rewrites the pages its writes share, so fewer, larger commits cost less per request; a
 /// lightly loaded store never waits.
 ///
-/// Key-value reads (``value(_:in:)``, which handlers like the bunker make per request) are batched the same way:
-/// those that arrive while a batch is being read go together into the next one, on one reader connection, each
-/// statement seeing the latest commit. A read per request otherwise costs two hops between threads and a
-/// transaction of its own, and under load GRDB's reader pool made callers queue on a blocking semaphore.
+/// Reads (``value(_:in:)`` is one that handlers like the bunker make per request) are batched too, by
+/// `BatchedReads`: those that arrive while a batch is being read go into the next one, on one reader connection,
+/// each in a transaction of its own.
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
+    private let reads: BatchedReads
     private let queue = Mutex(WriteQueue())
-    private let reads = Mutex(ReadQueue())
     private let commitDelay: Duration
     /// A committed group this large means the store is busy: the next group gathers before its commit.
     private let busyGroup: Int
@@ -43,17 +42,6 @@ public final class SQLiteServiceStore: ServiceStore {
         var gathering = false
     }
 
-    private struct ReadQueue {
-        var pending: [PendingRead] = []
-        var reading = false
-    }
-
-    private struct PendingRead {
-        let key: String
-        let namespace: String
-        let continuation: CheckedContinuation<[UInt8]?, any Error>
-    }
-
     /// Opens (creating and migrating if needed) the database at `path`.
     ///
     /// - Parameter commitDelay: How long a group commit may wait for more writes when the store is busy (zero:
@@ -67,6 +55,7 @@ public final class SQLiteServiceStore: ServiceStore {
         self.busyGroup = busyGroup
         self.fullGroup = fullGroup
         pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
+        reads = BatchedReads(pool)
         // Commits reach the disk before they return (SQLite's usual default, made certain here): a claim must
         // survive a power cut, or a request could run again after it.
         try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
@@ -285,7 +274,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func checkpoint(for service: PublicKey) async throws -> Timestamp? {
-        try await pool.read { db in
+        try await reads.read { db in
             try Int64.fetchOne(db, sql: "SELECT created_at FROM checkpoints WHERE service = ?", arguments: [Data(service.bytes32.bytes)])
         }
     }
@@ -309,34 +298,9 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func value(_ key: String, in namespace: String) async throws -> [UInt8]? {
-        try await withCheckedThrowingContinuation { continuation in
-            let leads = reads.withLock { reads in
-                reads.pending.append(PendingRead(key: key, namespace: namespace, continuation: continuation))
-                defer { reads.reading = true }
-                return !reads.reading
-            }
-            // Outside a transaction, so that each statement reads the latest commit however long the batches go on.
-            if leads { pool.asyncUnsafeRead { db in self.drainReads(db) } }
-        }
-    }
-
-    /// On a reader connection: answers the pending reads, batch after batch, until none is left.
-    private func drainReads(_ db: Result<Database, any Error>) {
-        while true {
-            let batch = reads.withLock { reads in
-                defer { reads.pending = [] }
-                if reads.pending.isEmpty { reads.reading = false }
-                return reads.pending
-            }
-            if batch.isEmpty { return }
-            for read in batch {
-                read.continuation.resume(with: Result {
-                    let db = try db.get()
-                    return try Data.fetchOne(
-                        db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [read.namespace, read.key]
-                    ).map { Array($0) }
-                })
-            }
+        try await reads.read { db in
+            try Data.fetchOne(db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [namespace, key])
+                .map { Array($0) }
         }
     }
 
@@ -356,7 +320,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func values(in namespace: String) async throws -> [String: [UInt8]] {
-        try await pool.read { db in
+        try await reads.read { db in
             var values: [String: [UInt8]] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT key, value FROM kv WHERE namespace = ?", arguments: [namespace]) {
                 let data: Data = row["value"]
@@ -375,7 +339,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func log(in namespace: String, limit: Int, before: Int64?) async throws -> [LogEntry] {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchAll(
                 db, sql: "SELECT seq, at, entry FROM log WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 arguments: [namespace, before ?? Int64.max, max(0, limit)]

@@ -1,4 +1,4 @@
-public import NostrCore
+import NostrCore
 public import NostrRelay
 import Logging
 import Synchronization

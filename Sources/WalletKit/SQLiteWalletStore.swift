@@ -8,9 +8,11 @@ public import NostrRelay
 /// it. Each operation is one write transaction, so concurrent payments are serialised.
 public final class SQLiteWalletStore: WalletStore {
     private let pool: DatabasePool
+    private let reads: BatchedReads
 
     public init(path: String) throws {
         pool = try openMigratedDatabase(path: path, label: "switchboard.wallet", migrator: Self.migrator)
+        reads = BatchedReads(pool)
         // Money moves here: a commit reaches the disk before the call returns.
         try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
     }
@@ -96,13 +98,13 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func connections() async throws -> [WalletConnection] {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM connections ORDER BY wallet_index").map(Self.connection)
         }
     }
 
     public func connection(idOrName: String) async throws -> WalletConnection? {
-        try await pool.read { db in try Self.connection(db, idOrName: idOrName) }
+        try await reads.read { db in try Self.connection(db, idOrName: idOrName) }
     }
 
     private static func connection(_ db: Database, idOrName: String) throws -> WalletConnection? {
@@ -112,7 +114,7 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func connection(walletKey: PublicKey) async throws -> WalletConnection? {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM connections WHERE wallet_key = ?", arguments: [Data(walletKey.bytes32.bytes)])
                 .map(Self.connection)
         }
@@ -129,7 +131,7 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func connectionsVersion() async throws -> Int64 {
-        try await pool.read { db in
+        try await reads.read { db in
             try Int64.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'connections_version'") ?? 0
         }
     }
@@ -278,7 +280,7 @@ public final class SQLiteWalletStore: WalletStore {
     // MARK: Reading
 
     public func transaction(connection: String, paymentHash: Bytes32) async throws -> WalletTransaction? {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchOne(
                 db, sql: "SELECT * FROM transactions WHERE connection = ? AND payment_hash = ? ORDER BY direction = 'incoming', seq DESC LIMIT 1",
                 arguments: [connection, Data(paymentHash.bytes)]
@@ -287,7 +289,7 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func transactions(connection: String, query: TransactionQuery, now: Timestamp) async throws -> [WalletTransaction] {
-        try await pool.read { db in
+        try await reads.read { db in
             var sql = "SELECT * FROM transactions WHERE connection = ? AND created_at >= ? AND created_at <= ?"
             var arguments: StatementArguments = [connection, query.from ?? 0, query.until ?? now]
             if let direction = query.direction {
@@ -302,7 +304,7 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func spent(connection: String, since: Timestamp) async throws -> Int64 {
-        try await pool.read { db in try Self.spent(db, connection: connection, since: since) }
+        try await reads.read { db in try Self.spent(db, connection: connection, since: since) }
     }
 
     private static func spent(_ db: Database, connection: String, since: Timestamp) throws -> Int64 {
@@ -316,14 +318,14 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func pendingPayments() async throws -> [WalletTransaction] {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM transactions WHERE direction = 'outgoing' AND state = 'pending' ORDER BY seq")
                 .map(Self.transaction)
         }
     }
 
     public func pendingInvoices(now: Timestamp) async throws -> [WalletTransaction] {
-        try await pool.read { db in
+        try await reads.read { db in
             try Row.fetchAll(
                 db, sql: "SELECT * FROM transactions WHERE direction = 'incoming' AND state = 'pending' AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq",
                 arguments: [now]

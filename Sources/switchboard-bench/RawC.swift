@@ -77,7 +77,7 @@ enum RawNIP44 {
         let len = (raw.count + 2) / 3 * 4
         var out = [CChar](repeating: 0, count: len + 1)
         _ = sodium_bin2base64(&out, len + 1, raw, raw.count, sodium_base64_VARIANT_ORIGINAL)
-        return String(cString: out)
+        return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func decrypt(_ payload: String, key: [UInt8]) -> [UInt8]? {
@@ -135,7 +135,7 @@ enum RawNIP04 {
         let len = (bytes.count + 2) / 3 * 4
         var out = [CChar](repeating: 0, count: len + 1)
         _ = sodium_bin2base64(&out, len + 1, bytes, bytes.count, sodium_base64_VARIANT_ORIGINAL)
-        return String(cString: out)
+        return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func unb64(_ s: Substring) -> [UInt8] {

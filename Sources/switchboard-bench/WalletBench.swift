@@ -164,10 +164,10 @@ func runWallet() async throws {
                         say("  \(method): \(padLeft(format(result.rate), 7)) requests/s  p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  wallet-bridge CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request (\(String(format: "%.1f", result.cpuPerRequest / floor))× the floor)  RSS \(usage.residentKiB / 1024) MiB\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                     }
                     // Payments are slower (each is a synced write transaction): their open loop runs at half the rate.
-                    for (method, requests, reader, offered) in [
+                    for (method, requests, reader, offered) in openSeconds > 0 ? [
                         ("get_balance", try clients.requests(openCount, method: "get_balance") { _ in [:] }, balance, rate),
                         ("pay_invoice", try payRequests(openCount / 2), paid, rate / 2),
-                    ] {
+                    ] : [] {
                         let result = try await drive(requests, rate: offered, reading: reader, pool: pool, replies: replies, service: pid)
                         say("open loop at \(format(offered))/s for \(Int(openSeconds)) s, \(method): p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                     }
