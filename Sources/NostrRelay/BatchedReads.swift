@@ -7,8 +7,10 @@ import Synchronization
 ///
 /// Under load a `DatabasePool.read` per request costs a wait on GRDB's pool semaphore (on a serial queue, so a
 /// blocked thread), two hops between threads and the wake-ups that go with them; the bunker's and the wallet
-/// bridge's per-request reads spent more there than in SQLite. One reader connection also means the reads of a
-/// batch run one after another: what matters here is short reads at a high rate, not long ones side by side.
+/// bridge's per-request reads spent more there than in SQLite. One reader connection also means that the reads
+/// run one after another: use it for short reads at a high rate (point lookups), and `DatabasePool.read` for
+/// long ones, which would hold up every read behind them. Unlike `DatabasePool.read`, a read here is not
+/// interrupted when its task is cancelled.
 package final class BatchedReads: Sendable {
     private let pool: DatabasePool
     private let queue = Mutex(Queue())
@@ -62,13 +64,12 @@ private struct PendingRead<T: Sendable>: BatchedRead {
     func run(_ db: Result<Database, any Error>) {
         continuation.resume(with: Result {
             let db = try db.get()
-            var value: T?
-            try db.inTransaction(.deferred) {
-                value = try body(db)
-                return .commit
+            try db.beginTransaction(.deferred)
+            // Read-only: commit, or failing that roll back, so that the connection is left outside a transaction.
+            defer {
+                do { try db.commit() } catch { try? db.rollback() }
             }
-            guard let value else { throw DatabaseError(message: "a batched read returned nothing") }
-            return value
+            return try body(db)
         })
     }
 }

@@ -20,9 +20,9 @@ import Synchronization
 /// commit costs a sync and rewrites the pages its writes share, so fewer, larger commits cost less per request; a
 /// lightly loaded store never waits.
 ///
-/// Reads (``value(_:in:)`` is one that handlers like the bunker make per request) are batched too, by
-/// `BatchedReads`: those that arrive while a batch is being read go into the next one, on one reader connection,
-/// each in a transaction of its own.
+/// Point reads (``value(_:in:)``, which handlers like the bunker make per request, and checkpoints) are batched
+/// too, by `BatchedReads`: those that arrive while a batch is being read go into the next one, on one reader
+/// connection, each in a transaction of its own. Listings (``values(in:)``, logs) read through GRDB's pool.
 public final class SQLiteServiceStore: ServiceStore {
     private let pool: DatabasePool
     private let reads: BatchedReads
@@ -320,7 +320,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func values(in namespace: String) async throws -> [String: [UInt8]] {
-        try await reads.read { db in
+        try await pool.read { db in
             var values: [String: [UInt8]] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT key, value FROM kv WHERE namespace = ?", arguments: [namespace]) {
                 let data: Data = row["value"]
@@ -339,7 +339,7 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func log(in namespace: String, limit: Int, before: Int64?) async throws -> [LogEntry] {
-        try await reads.read { db in
+        try await pool.read { db in
             try Row.fetchAll(
                 db, sql: "SELECT seq, at, entry FROM log WHERE namespace = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                 arguments: [namespace, before ?? Int64.max, max(0, limit)]

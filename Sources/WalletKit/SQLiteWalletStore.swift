@@ -5,7 +5,9 @@ public import NostrCrypto
 public import NostrRelay
 
 /// The ``WalletStore`` in an SQLite file (GRDB, WAL mode), for one wallet-bridge process and the CLI beside
-/// it. Each operation is one write transaction, so concurrent payments are serialised.
+/// it. Each operation is one write transaction, so concurrent payments are serialised. The per-request reads
+/// (a connection, a transaction, what a connection spent) are batched onto one reader connection
+/// (`BatchedReads`); listings read through GRDB's pool.
 public final class SQLiteWalletStore: WalletStore {
     private let pool: DatabasePool
     private let reads: BatchedReads
@@ -98,7 +100,7 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func connections() async throws -> [WalletConnection] {
-        try await reads.read { db in
+        try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM connections ORDER BY wallet_index").map(Self.connection)
         }
     }
@@ -318,14 +320,14 @@ public final class SQLiteWalletStore: WalletStore {
     }
 
     public func pendingPayments() async throws -> [WalletTransaction] {
-        try await reads.read { db in
+        try await pool.read { db in
             try Row.fetchAll(db, sql: "SELECT * FROM transactions WHERE direction = 'outgoing' AND state = 'pending' ORDER BY seq")
                 .map(Self.transaction)
         }
     }
 
     public func pendingInvoices(now: Timestamp) async throws -> [WalletTransaction] {
-        try await reads.read { db in
+        try await pool.read { db in
             try Row.fetchAll(
                 db, sql: "SELECT * FROM transactions WHERE direction = 'incoming' AND state = 'pending' AND (expires_at IS NULL OR expires_at > ?) ORDER BY seq",
                 arguments: [now]
