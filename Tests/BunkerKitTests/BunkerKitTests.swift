@@ -3,6 +3,7 @@ import NostrCore
 import NostrCrypto
 import NostrRelay
 import NostrService
+import NostrServiceTesting
 import Testing
 @testable import BunkerKit
 
@@ -113,8 +114,7 @@ struct BunkerKitTests {
 struct BunkerStateTests {
     @Test("a session read after a change made through another handle on the same file is the changed one")
     func sessionChanges() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-state-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try temporaryDirectory("bunker-state")
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("bunker.sqlite").path
         // The daemon's handle and, beside it, the CLI's (`bunker grant`, `bunker revoke`).
@@ -142,8 +142,7 @@ struct BunkerStateTests {
 
     @Test("audit records come back as written: escapes, non-ASCII, with and without a kind")
     func auditRoundTrip() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-state-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try temporaryDirectory("bunker-state")
         defer { try? FileManager.default.removeItem(at: directory) }
         let state = BunkerState(store: try SQLiteServiceStore(path: directory.appendingPathComponent("bunker.sqlite").path))
         let records = [

@@ -277,8 +277,7 @@ struct DVMHostTests {
 
     @Test("a customer's kind 5 deletion stops a running job on whichever of two workers runs it; it is answered with an error")
     func cancelRunning() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-cancel-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try temporaryDirectory("dvm-cancel")
         defer { try? FileManager.default.removeItem(at: directory) }
         let shared = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
         let recorder = Recorder(delay: .seconds(30))

@@ -5,12 +5,7 @@ import NostrCrypto
 import Testing
 @testable import NostrService
 import NostrServicePostgres
-
-func temporaryDirectory() throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-test-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    return url
-}
+import NostrServiceTesting
 
 @Suite("ServiceStore on SQLite and PostgreSQL: the journal, checkpoints and handler state")
 struct ServiceStoreTests {

@@ -16,12 +16,6 @@ enum WalletStoreBackend: String, CaseIterable, Sendable, CustomTestStringConvert
     var testDescription: String { rawValue }
 }
 
-func temporaryDirectory() throws -> URL {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("switchboard-wallet-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    return url
-}
-
 /// `count` wallet stores on one fresh database (replicas sharing it), closed and deleted afterwards.
 func withWalletStores<R: Sendable>(
     _ backend: WalletStoreBackend, count: Int = 1, _ body: ([any WalletStore]) async throws -> R
