@@ -122,6 +122,34 @@ def test_rust_nostr_connect_signs_and_encrypts_through_the_bunker(procs, aio, tm
     assert any("second app" in line for line in clients), clients
 
 
+def test_a_burst_of_requests_is_answered_in_turn(procs, aio, tmp_path):  # noqa: F811
+    """A client firing 40 requests at once (as one decrypting a DM backlog does) past the bunker's per-client
+    limits (2 at once, a burst of 10, then 20/s) gets every answer: the excess waits its turn, none is refused
+    and none is left unanswered. The bunker's metrics show the waiting."""
+    data = tmp_path / "bunker"
+    bunker(procs, "init", "--data-dir", str(data))
+    relay = procs.sb_relay("relay")
+    proc, uri = serve(procs, data, relay.url, "--http", "127.0.0.1:0",
+                      "--client-concurrency", "2", "--client-burst", "10", "--client-rate", "20")
+    http = proc.wait_for(lambda lines: next((l for l in lines if l.startswith("http ")), None), READY, "http line")
+    third = Keys.generate()
+
+    async def burst():
+        signer = connect(uri)
+        user = await signer.get_public_key_async()
+        texts = [f"message {i}" for i in range(40)]
+        sealed = await asyncio.gather(*(signer.nip44_encrypt_async(third.public_key(), t) for t in texts))
+        assert [nip44_decrypt(third.secret_key(), user, c) for c in sealed] == texts, f"[seed {SEED}]"
+
+    aio.call(burst(), timeout=60)
+    with urllib.request.urlopen(f"http://{http.split()[1]}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    queued = sum(float(m.group(1)) for m in re.finditer(r'^switchboard_requests_queued_total\{[^}]*\} (\S+)$', metrics, re.M))
+    refused = [l for l in metrics.splitlines() if l.startswith("switchboard_requests_total") and ("rate-limited" in l or "too-many" in l)]
+    assert queued >= 20, metrics
+    assert not refused, refused
+
+
 def test_permissions_revocation_and_restart(procs, aio, tmp_path):  # noqa: F811
     data = tmp_path / "bunker"
     bunker(procs, "init", "--data-dir", str(data))

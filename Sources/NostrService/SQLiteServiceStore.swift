@@ -249,7 +249,7 @@ public final class SQLiteServiceStore: ServiceStore {
 
     public func release(_ id: EventID, owner: String) async throws {
         try await grouped { db in
-            try db.cachedStatement(sql: "UPDATE journal SET claimed_at = 0 WHERE id = ? AND owner = ? AND finished_at IS NULL")
+            try db.cachedStatement(sql: "DELETE FROM journal WHERE id = ? AND owner = ? AND finished_at IS NULL")
                 .execute(arguments: [Data(id.bytes32.bytes), owner])
         }
     }

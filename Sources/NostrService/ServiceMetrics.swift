@@ -14,6 +14,12 @@ struct ServiceMetrics: Sendable {
         Counter(label: "switchboard_requests_total", dimensions: [("kind", kind), ("outcome", outcome)], factory: factory).increment()
     }
 
+    /// A request that waited for its sender's turn (over its rate or its requests in flight) instead of
+    /// being handled at once.
+    func queued(kind: String) {
+        Counter(label: "switchboard_requests_queued_total", dimensions: [("kind", kind)], factory: factory).increment()
+    }
+
     /// A copy of a request already claimed (from another relay, or replayed).
     func duplicate(kind: String) {
         Counter(label: "switchboard_duplicates_suppressed_total", dimensions: [("kind", kind)], factory: factory).increment()

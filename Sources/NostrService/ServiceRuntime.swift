@@ -119,6 +119,8 @@ public final class ServiceRuntime: Service, Sendable {
 
     struct RuntimeState {
         var policy: RequestPolicy
+        /// Requests waiting for their sender's slot, by the policy's ticket.
+        var turnWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
         var checkpoints: [PublicKey: Timestamp] = [:]
         /// The `created_at` of each request being handled, per key: the checkpoint does not pass the oldest,
         /// so a restart's catch-up delivers it again.
@@ -326,6 +328,8 @@ public final class ServiceRuntime: Service, Sendable {
 
     private func intake(_ subscription: RelaySubscription) async {
         let slots = AsyncSemaphore(configuration.maximumConcurrentRequests)
+        // Requests waiting for their sender's turn hold no slot; they are counted here (for the shutdown).
+        let waiting = AsyncSemaphore(Int(Int32.max))
         let deliveries = AsyncSemaphore(configuration.maximumPendingDeliveries)
         await withDiscardingTaskGroup { group in
             for await item in subscription {
@@ -334,7 +338,8 @@ public final class ServiceRuntime: Service, Sendable {
                 guard let route = admit(event) else { continue }
                 await slots.acquire()
                 group.addTask {
-                    guard let delivery = await self.process(event, relay: relay, route: route) else {
+                    let slot = Slot(slots: slots, waiting: waiting)
+                    guard let delivery = await self.process(event, relay: relay, route: route, slot: slot) else {
                         slots.release()
                         return
                     }
@@ -348,7 +353,8 @@ public final class ServiceRuntime: Service, Sendable {
             // Intake has stopped: let what is in flight finish and its replies reach the relays, within the
             // grace period.
             let deadline = ContinuousClock.now + configuration.shutdownGracePeriod
-            var finished = await slots.waitUntilIdle(timeout: configuration.shutdownGracePeriod)
+            var finished = await waiting.waitUntilIdle(timeout: configuration.shutdownGracePeriod)
+            if finished { finished = await slots.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
             if finished { finished = await deliveries.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
             if !finished {
                 logger.warning("requests still running or delivering after the grace period; cancelling them")
@@ -410,8 +416,30 @@ public final class ServiceRuntime: Service, Sendable {
         let recorded: Bool
     }
 
+    /// A request's handling slot: held from intake to its recorded reply, but given back while the request
+    /// waits for its sender's turn.
+    struct Slot {
+        let slots: AsyncSemaphore
+        let waiting: AsyncSemaphore
+
+        /// Runs `wait` without the slot, counted as waiting instead, and takes a slot again afterwards.
+        func without<T>(_ wait: () async -> T) async -> T {
+            await waiting.acquire()
+            slots.release()
+            let result = await wait()
+            await slots.acquire()
+            waiting.release()
+            return result
+        }
+    }
+
+    /// How a queued request's wait ended.
+    enum Turn {
+        case started, timedOut, cancelled
+    }
+
     /// Claims, checks, decrypts and runs a request and records its replies; returns them for delivery.
-    private func process(_ event: Event, relay: RelayURL, route: Route) async -> Delivery? {
+    private func process(_ event: Event, relay: RelayURL, route: Route, slot: Slot) async -> Delivery? {
         var logger = self.logger
         // Set in one assignment: some handlers (swift-log's StreamLogHandler) render all metadata on each change.
         var metadata = logger.handler.metadata
@@ -462,6 +490,26 @@ public final class ServiceRuntime: Service, Sendable {
         switch decision {
         case .admit:
             break
+        case .queue(let ticket, let delay):
+            metrics.queued(kind: kind)
+            switch await slot.without({ await turn(of: event.pubkey, ticket: ticket, delay: delay) }) {
+            case .started:
+                break
+            case .timedOut:
+                let error = ServiceError(.tooManyRequests, "too many requests in progress; waited \(Int(configuration.policy.maximumQueueWait)) s for a turn")
+                metrics.request(kind: kind, outcome: error.code.rawValue)
+                if state.withLock({ $0.policy.refusal(event.pubkey, now: monotonicSeconds()) }) {
+                    return await refuse(event, relay: relay, route: route, with: error, logger: logger)
+                }
+                try? await store.finish(event.id, outcome: "error:\(error.code)", replies: [], now: .now)
+                return nil
+            case .cancelled:
+                // Cut off by shutdown before it ran: released, so it runs after the restart.
+                metrics.request(kind: kind, outcome: "cancelled")
+                try? await store.release(event.id, owner: owner)
+                released = true
+                return nil
+            }
         case .drop:
             metrics.dropped("denied")
             try? await store.finish(event.id, outcome: "dropped:denied", replies: [], now: .now)
@@ -475,7 +523,7 @@ public final class ServiceRuntime: Service, Sendable {
             }
             return nil
         }
-        defer { state.withLock { $0.policy.finished(event.pubkey) } }
+        defer { finished(event.pubkey) }
 
         let request: ServiceRequest
         do {
@@ -529,6 +577,63 @@ public final class ServiceRuntime: Service, Sendable {
         }
         guard !events.isEmpty else { return nil }
         return Delivery(request: event, replies: events, relay: relay, handler: handler, named: replies.flatMap(\.relays), recorded: true)
+    }
+
+    /// Waits `delay` seconds, then for one of the sender's slots, within the policy's longest wait.
+    private func turn(of sender: PublicKey, ticket: UInt64, delay: Double) async -> Turn {
+        if delay > 0 {
+            do {
+                try await Task.sleep(for: .seconds(delay))
+            } catch {
+                state.withLock { $0.policy.abandon(sender) }
+                return .cancelled
+            }
+        }
+        if state.withLock({ $0.policy.startIfFree(sender) }) { return .started }
+        let remaining = max(0, configuration.policy.maximumQueueWait - delay)
+        return await withTaskGroup(of: Bool?.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                        let started: Bool? = self.state.withLock { state in
+                            // Cancelled before it could wait (the cancellation handler found nothing to withdraw).
+                            if Task.isCancelled {
+                                state.policy.abandon(sender)
+                                return false
+                            }
+                            if state.policy.start(sender, ticket: ticket) { return true }
+                            state.turnWaiters[ticket] = continuation
+                            return nil
+                        }
+                        if let started { continuation.resume(returning: started) }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLock { state in
+                        state.policy.withdraw(sender, ticket: ticket) ? state.turnWaiters.removeValue(forKey: ticket) : nil
+                    }
+                    waiter?.resume(returning: false)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(remaining))
+                return nil
+            }
+            // The first to finish decides, but a slot that came up meanwhile is the request's either way.
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            var started = first == true
+            while let next = await group.next() { if next == true { started = true } }
+            if started { return .started }
+            return Task.isCancelled ? .cancelled : .timedOut
+        }
+    }
+
+    /// A request of `sender` is done with its slot: it passes to the sender's next waiting request, if any.
+    private func finished(_ sender: PublicKey) {
+        let next = state.withLock { state in
+            state.policy.finished(sender).flatMap { state.turnWaiters.removeValue(forKey: $0) }
+        }
+        next?.resume(returning: true)
     }
 
     /// Answers `event` with the handler's error reply for `error` (if its protocol has one) and records it.

@@ -48,8 +48,8 @@ public protocol ServiceStore: Sendable {
     /// runtime took it first.
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool
 
-    /// Gives up `owner`'s unfinished claim on `id` (its work was cut off by shutdown), so that the request is
-    /// ``ClaimResult/interrupted`` — to be run again by a handler that may — the next time it arrives.
+    /// Gives up `owner`'s unfinished claim on `id` (its work was cut off by shutdown before it started, or by a
+    /// handler that may run twice), so that the request is claimed afresh, and run, the next time it arrives.
     func release(_ id: EventID, owner: String) async throws
 
     /// Records that a claimed request is done, with the replies to re-send for its duplicates. `outcome` is a

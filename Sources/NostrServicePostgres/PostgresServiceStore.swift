@@ -146,7 +146,7 @@ public final class PostgresServiceStore: ServiceStore, Service {
         try await prepared()
         try await client.query(
             """
-            UPDATE switchboard_journal SET claimed_at = 0
+            DELETE FROM switchboard_journal
             WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes)) AND owner = \(owner) AND finished_at IS NULL
             """, logger: logger)
     }

@@ -27,7 +27,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Days the audit log is kept.") var auditDays: Int = 90
     @Option(help: "Requests per second each client may send (sustained).") var clientRate: Double = 20
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 60
-    @Option(help: "Requests of one client handled at once (more get a \"too many requests\" error).") var clientConcurrency = 8
+    @Option(help: "Requests of one client handled at once (more wait their turn, up to 10 s, or get a \"too many requests\" error).") var clientConcurrency = 8
     @Option(help: "Kinds a client's blanket sign_event grant does not cover, comma-separated, or 'none': signing them takes sign_event:<kind>, granted or approved. Default: profile, follow list, deletion, request to vanish, relay list.")
     var sensitiveKinds = NIP46.sensitiveKinds.map(\.rawValue).sorted().map(String.init).joined(separator: ",")
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"

@@ -108,9 +108,9 @@ struct Serve: AsyncParsableCommand {
     var maxAge: Int64 = 3600
     @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs and relay hints reach loopback and private addresses (development only).")
     var allowPrivateURLs = false
-    @Option(help: "Job requests per second each customer may send (sustained); more get an error feedback.") var clientRate: Double = 10
+    @Option(help: "Job requests per second each customer may send (sustained); more wait their turn, up to 10 s, or get an error feedback.") var clientRate: Double = 10
     @Option(help: "Job requests each customer may send in a burst.") var clientBurst: Double = 30
-    @Option(help: "Jobs of one customer in progress at once (paying, queued or running); more get an error feedback.")
+    @Option(help: "Jobs of one customer in progress at once (paying, queued or running); more wait their turn, up to 10 s, or get an error feedback.")
     var clientConcurrency = 8
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 

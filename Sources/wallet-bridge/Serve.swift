@@ -37,9 +37,9 @@ struct Serve: AsyncParsableCommand {
     var maxAge: Int64 = 900
     @Option(name: .customLong("payment-timeout"), help: "Seconds pay_invoice waits for a payment in flight before answering that it is still pending (never as failed).")
     var paymentTimeout: Int = 60
-    @Option(help: "Requests per second each client may send (sustained); more are answered RATE_LIMITED.") var clientRate: Double = 10
+    @Option(help: "Requests per second each client may send (sustained); more wait their turn, up to 10 s, or are answered RATE_LIMITED.") var clientRate: Double = 10
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 30
-    @Option(help: "Requests of one client handled at once (more are answered RATE_LIMITED).") var clientConcurrency = 8
+    @Option(help: "Requests of one client handled at once (more wait their turn, up to 10 s, or are answered RATE_LIMITED).") var clientConcurrency = 8
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     func run() async throws {
@@ -98,9 +98,6 @@ struct WalletDaemon: Service {
         configuration.policy.rate = command.clientRate
         configuration.policy.burst = max(1, command.clientBurst)
         configuration.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
-        // NIP-47 clients expect an answer to every request: RATE_LIMITED for each one beyond the rate, up to
-        // a flood (more than this per second from one client is dropped and counted).
-        configuration.policy.refusalRepliesPerSecond = 50
         var service = WalletService.Configuration()
         service.paymentWait = .seconds(max(1, command.paymentTimeout))
         let bridge = try await WalletBridge(

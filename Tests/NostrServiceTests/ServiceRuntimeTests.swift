@@ -44,6 +44,22 @@ final class Uppercase: RequestHandler {
     func count(_ id: EventID) -> Int { executions.withLock { $0[id] ?? 0 } }
 }
 
+/// Upper-cases the request after 30 ms; records the most requests it handled at once.
+final class Paced: RequestHandler {
+    private let counts = Mutex((now: 0, most: 0, total: 0))
+    var kinds: Set<Kind> { [requestKind] }
+
+    func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        counts.withLock { $0.now += 1; $0.most = max($0.most, $0.now); $0.total += 1 }
+        defer { counts.withLock { $0.now -= 1 } }
+        try await Task.sleep(for: .milliseconds(30))
+        return [request.reply(kind: replyKind, content: request.content.uppercased())]
+    }
+
+    var mostAtOnce: Int { counts.withLock { $0.most } }
+    var total: Int { counts.withLock { $0.total } }
+}
+
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
 /// A runtime for `handler` over `relays` with `store` (by default an SQLite file in `directory`), running while
@@ -294,6 +310,101 @@ struct ServiceRuntimeTests {
             }
             #expect(handler.total == 2)
             #expect(counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "rate-limited")]) == 1)
+        }
+    }
+
+    @Test("a burst past a sender's rate and its cap on requests in flight is served in turn, not refused")
+    func burstServedInTurn() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let metrics = TestMetrics()
+            let handler = Paced()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
+                $0.policy.burst = 4
+                $0.policy.rate = 40
+                $0.policy.maximumConcurrentPerSender = 2
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let requests = try (0..<20).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for request in requests { group.addTask { try await publish(request, on: urls, through: pool) } }
+                        try await group.waitForAll()
+                    }
+                    let seen = try await awaitReplies(replies) { $0.count >= 20 }
+                    let texts = try Set(seen.map { try client.read($0.0) })
+                    #expect(texts == Set((0..<20).map { "R\($0)" }))
+                }
+            }
+            #expect(handler.total == 20)
+            #expect(handler.mostAtOnce == 2)
+            // The burst of 4 (2 at once) and 16 more over the rate: at least those 16 waited their turn.
+            #expect(counter(metrics, "switchboard_requests_queued_total", [("kind", "5910")]) >= 16)
+            #expect(counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "answered")]) == 20)
+        }
+    }
+
+    @Test("a request that waits for its sender's slot longer than the policy allows gets a too-many-requests reply")
+    func waitedTooLong() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, configure: {
+                $0.policy.maximumConcurrentPerSender = 1
+                $0.policy.maximumQueueWait = 0.3
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    try await publish(try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey), on: urls, through: pool)
+                    try await withDeadline(.seconds(5), "the first request to start") {
+                        while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    let waiting = try client.request(kind: requestKind, content: "second", to: key.publicKey)
+                    try await publish(waiting, on: urls, through: pool)
+                    let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                    let texts = try seen.map { try client.read($0.0) }
+                    #expect(texts[0].hasPrefix("error too-many-requests"), "\(texts)")
+                    #expect(texts[1] == "SLEEP:1500")
+                    #expect(handler.count(waiting.id) == 0)
+                }
+            }
+        }
+    }
+
+    @Test("at the end of the grace period a request still waiting its turn is released, so a restart runs it")
+    func queuedReleasedAtShutdown() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            let metrics = TestMetrics()
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.metricsFactory = metrics
+            configuration.policy.maximumConcurrentPerSender = 1
+            configuration.shutdownGracePeriod = .milliseconds(300)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let running = try client.request(kind: requestKind, content: "hang", to: key.publicKey)
+            let waiting = try client.request(kind: requestKind, content: "later", to: key.publicKey)
+            try await withClientPool(urls) { pool in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                        try await publish(running, on: urls, through: pool)
+                        try await withDeadline(.seconds(5), "the first request to start") {
+                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                        }
+                        try await publish(waiting, on: urls, through: pool)
+                        try await withDeadline(.seconds(5), "the second request to wait") {
+                            while counter(metrics, "switchboard_requests_queued_total", [("kind", "5910")]) == 0 {
+                                try await Task.sleep(for: .milliseconds(10))
+                            }
+                        }
+                        runtime.stopIntake()
+                    }
+                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await group.waitForAll()
+                }
+            }
+            #expect(handler.count(waiting.id) == 0)
+            // The waiting request is claimed afresh (it never ran); the one cut off while running is not.
+            #expect(try await store.claim(JournalEntry(waiting, service: key.publicKey), owner: "next", now: .now, lease: 60) == .claimed)
+            #expect(try await store.claim(JournalEntry(running, service: key.publicKey), owner: "next", now: .now, lease: 60) == .inProgress)
         }
     }
 

@@ -47,6 +47,23 @@ struct ServiceStoreTests {
         }
     }
 
+    @Test("a released claim is claimed afresh; only its owner can release it, and never once finished", arguments: StoreBackend.allCases)
+    func released(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            let request = entry()
+            #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+            try await store.release(request.id, owner: "b")
+            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
+            try await store.release(request.id, owner: "a")
+            #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .claimed)
+            let replies = [reply()]
+            try await store.finish(request.id, outcome: "answered", replies: replies, now: 2003)
+            try await store.release(request.id, owner: "b")
+            #expect(try await store.claim(request, owner: "c", now: 2004, lease: 60) == .finished(replies: replies))
+        }
+    }
+
     @Test("concurrent claims of each request from two store instances on one database: exactly one wins", arguments: StoreBackend.allCases)
     func concurrentClaims(backend: StoreBackend) async throws {
         try await withStores(backend, count: 2) { stores throws in
@@ -266,6 +283,8 @@ struct RequestPolicyTests {
         configuration.rate = 2
         configuration.burst = 3
         configuration.maximumConcurrentPerSender = 100
+        configuration.maximumQueueWait = 0
+        configuration.refusalRepliesPerSecond = 1
         change(&configuration)
         return RequestPolicy(configuration: configuration)
     }
@@ -300,7 +319,63 @@ struct RequestPolicyTests {
             return
         }
         #expect(error.code == .tooManyRequests)
-        policy.finished(alice)
+        #expect(policy.finished(alice) == nil)
+        #expect(policy.admit(alice, now: 0) == .admit)
+    }
+
+    @Test("over its rate a request waits the time its token takes to accrue; past the longest wait it is refused")
+    func shaped() {
+        var policy = policy { $0.maximumQueueWait = 1 }
+        #expect((0..<3).map { _ in policy.admit(alice, now: 10) }.allSatisfy { $0 == .admit })
+        guard case .queue(let first, let firstDelay) = policy.admit(alice, now: 10),
+            case .queue(let second, let secondDelay) = policy.admit(alice, now: 10)
+        else {
+            Issue.record("the 4th and 5th requests should wait")
+            return
+        }
+        #expect(first != second)
+        #expect(abs(firstDelay - 0.5) < 1e-9 && abs(secondDelay - 1.0) < 1e-9)
+        guard case .refuse(let error, reply: true) = policy.admit(alice, now: 10) else {
+            Issue.record("the 6th request would wait 1.5 s and should be refused")
+            return
+        }
+        #expect(error.code == .rateLimited)
+        // The waiting ones start when their delay is over (no cap is reached here).
+        #expect(policy.start(alice, ticket: first) == true)
+        #expect(policy.startIfFree(alice) == true)
+        #expect(policy.admit(bob, now: 10) == .admit)
+    }
+
+    @Test("over its cap a request waits for a slot; slots pass in order; the queue is bounded; a waiter can withdraw")
+    func queuedForSlot() {
+        var policy = policy { $0.maximumConcurrentPerSender = 1; $0.burst = 100; $0.maximumQueueWait = 10; $0.maximumQueuedPerSender = 3 }
+        #expect(policy.admit(alice, now: 0) == .admit)
+        let tickets = (0..<3).compactMap { _ -> UInt64? in
+            guard case .queue(let ticket, let delay) = policy.admit(alice, now: 0), delay == 0 else { return nil }
+            return ticket
+        }
+        #expect(tickets.count == 3)
+        guard case .refuse(let error, _) = policy.admit(alice, now: 0) else {
+            Issue.record("a 4th waiting request should be refused")
+            return
+        }
+        #expect(error.code == .tooManyRequests)
+        #expect(policy.startIfFree(alice) == false)
+        for ticket in tickets { #expect(policy.start(alice, ticket: ticket) == false) }
+        // The second withdraws (it waited too long); the slot then goes to the first, then the third.
+        #expect(policy.withdraw(alice, ticket: tickets[1]) == true)
+        #expect(policy.finished(alice) == tickets[0])
+        #expect(policy.withdraw(alice, ticket: tickets[0]) == false, "its ticket came up: it holds the slot")
+        #expect(policy.finished(alice) == tickets[2])
+        #expect(policy.finished(alice) == nil)
+        #expect(policy.admit(alice, now: 0) == .admit)
+        // Room again in the queue.
+        guard case .queue = policy.admit(alice, now: 0) else {
+            Issue.record("the queue should have room again")
+            return
+        }
+        policy.abandon(alice)
+        #expect(policy.finished(alice) == nil)
         #expect(policy.admit(alice, now: 0) == .admit)
     }
 
@@ -322,7 +397,7 @@ struct RequestPolicyTests {
         for i in 0..<1_000 {
             let sender = SecretKey.generate().publicKey
             #expect(policy.admit(sender, now: Double(i) / 1000) == .admit)
-            policy.finished(sender)
+            _ = policy.finished(sender)
             #expect(policy.trackedCount <= 100)
         }
         // The busy sender was never forgotten: its request in flight still counts against its cap.

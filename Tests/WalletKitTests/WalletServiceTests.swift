@@ -246,7 +246,8 @@ struct WalletServiceTests {
         var policy = RequestPolicy.Configuration()
         policy.rate = 0.1
         policy.burst = 3
-        policy.refusalRepliesPerSecond = 50
+        // None waits its turn: each request past the burst is refused at once.
+        policy.maximumQueueWait = 0
         try await withWallet(policy: policy) { wallet in
             let (_, client) = try await wallet.connect("eager")
             let outcomes = try await client.run { session in
