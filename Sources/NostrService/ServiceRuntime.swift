@@ -188,8 +188,9 @@ public final class ServiceRuntime: Service, Sendable {
     /// plus at least one connected relay).
     public var isSubscribed: Bool { state.withLock { $0.subscribed } }
 
-    /// Ready to serve: subscribed, and at least one relay connected.
-    public var isReady: Bool { isSubscribed && listener.status().contains(where: \.isConnected) }
+    /// Ready to serve: subscribed, and at least one relay connected that has not closed the subscription
+    /// (a relay that did is asked again after a back-off).
+    public var isReady: Bool { isSubscribed && listener.status().contains { $0.isConnected && $0.closedSubscriptions == 0 } }
 
     /// The listening connections' states (what ``isReady`` looks at).
     public func relayStatus() -> [RelayStatus] { listener.status() }

@@ -168,9 +168,51 @@ struct RelayClientStateTests {
         let closed = RelayMessage.closed(subscriptionID: "s", message: "rate-limited: too many REQs").json
         #expect(state.receive(closed, now: 20, monotonic: 400).isEmpty)
         #expect(try sent(state.tick(monotonic: 401.1)) == [.request(subscriptionID: "s", filters: [Filter()])])
-        let blocked = RelayMessage.closed(subscriptionID: "s", message: "blocked: no").json
-        #expect(state.receive(blocked, now: 20, monotonic: 402) == [.subscriptionClosed(subscriptionID: "s", message: "blocked: no")])
+    }
+
+    @Test("a subscription the relay closes is reported, asked for again after a growing back-off and on reconnect, until answered")
+    func closedSubscriptionRetried() throws {
+        var state = machine()
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+        #expect(state.closedSubscriptions == 0)
+        let blocked = RelayMessage.closed(subscriptionID: "s", message: "restricted: not now").json
+        #expect(state.receive(blocked, now: 20, monotonic: 100) == [.subscriptionClosed(subscriptionID: "s", message: "restricted: not now")])
+        #expect(state.closedSubscriptions == 1)
+        #expect(state.tick(monotonic: 104.9).isEmpty)
+        #expect(try sent(state.tick(monotonic: 105.1)) == [.request(subscriptionID: "s", filters: [Filter(kinds: [1])])])
+        #expect(state.tick(monotonic: 200).isEmpty)  // in flight: not sent twice
+        // Closed again: the back-off doubles.
+        _ = state.receive(blocked, now: 20, monotonic: 200)
+        #expect(state.tick(monotonic: 209.9).isEmpty)
+        #expect(try sent(state.tick(monotonic: 210.1)) == [.request(subscriptionID: "s", filters: [Filter(kinds: [1])])])
+        // A new connection asks at once; the relay's EOSE means it is served again.
+        _ = state.receive(blocked, now: 20, monotonic: 300)
+        state.disconnected()
+        #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [Filter(kinds: [1])])])
+        #expect(state.closedSubscriptions == 1)
+        _ = state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 20, monotonic: 301)
+        #expect(state.closedSubscriptions == 0)
+        // Closing it ourselves ends it for good.
+        _ = state.unsubscribe("s")
         #expect(state.subscriptions.isEmpty)
+        #expect(state.tick(monotonic: 10_000).isEmpty)
+    }
+
+    @Test("a subscription whose AUTH is refused is asked for again after the back-off")
+    func refusedAuthenticationRetried() throws {
+        var state = machine(canAuthenticate: true)
+        _ = state.connected()
+        _ = state.subscribe("dm", filters: [Filter(tags: ["p": ["x"]])])
+        _ = state.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
+        let closed = RelayMessage.closed(subscriptionID: "dm", message: "auth-required: p-tagged").json
+        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c")])
+        let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: author)
+        _ = state.authenticationSigned(auth)
+        let refused = state.receive(RelayMessage.ok(eventID: auth.id, accepted: false, message: "invalid: bad").json, now: 20, monotonic: 10)
+        #expect(refused == [.subscriptionClosed(subscriptionID: "dm", message: "auth-required: p-tagged")])
+        #expect(state.closedSubscriptions == 1)
+        #expect(try sent(state.tick(monotonic: 15.1)) == [.request(subscriptionID: "dm", filters: [Filter(tags: ["p": ["x"]])])])
     }
 }
 

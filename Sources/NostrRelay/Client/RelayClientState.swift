@@ -17,6 +17,10 @@ struct RelayClientState {
         var rateLimitMaximumDelay: Double = 30
         /// How many times a rate-limited publish is retried before it is reported rejected.
         var rateLimitRetries = 5
+        /// A subscription the relay closed for another reason (`error:`, `restricted:`, a failed
+        /// authentication...) is asked for again after this delay, doubled per attempt up to the cap (seconds).
+        var closedRetryDelay: Double = 5
+        var closedRetryMaximumDelay: Double = 300
         var messageLimits = MessageLimits()
     }
 
@@ -39,6 +43,8 @@ struct RelayClientState {
         var reportedEndOfStoredEvents = false
         /// The message of an `auth-required:` refusal, reported if authentication fails.
         var refusal: String?
+        /// Why the relay closed it, until it is asked for again and answered (an event or `EOSE`).
+        var closedBecause: String?
     }
 
     struct Publish {
@@ -167,6 +173,7 @@ struct RelayClientState {
             guard var subscription = subscriptions[id] else { return [] }
             if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
             if case .retry = subscription.waiting { subscription.waiting = .none }
+            subscription.closedBecause = nil
             let first = !subscription.reportedEndOfStoredEvents
             subscription.reportedEndOfStoredEvents = true
             subscriptions[id] = subscription
@@ -195,6 +202,7 @@ struct RelayClientState {
         }
         let seen = min(event.createdAt, now)
         subscription.newestSeen = max(subscription.newestSeen ?? seen, seen)
+        subscription.closedBecause = nil
         subscriptions[id] = subscription
         return [.deliver(subscriptionID: id, event)]
     }
@@ -213,15 +221,31 @@ struct RelayClientState {
             subscriptions[id] = subscription
             return []
         default:
-            subscriptions[id] = nil
+            subscriptions[id] = Self.closed(subscription, because: text, monotonic: monotonic, configuration)
             return [.subscriptionClosed(subscriptionID: id, message: text)]
         }
     }
 
+    /// `subscription`, closed by the relay: reported, and asked for again after a back-off (and on the next
+    /// connection), until its subscriber closes it. A relay that refused it may accept it later (a restart, a
+    /// policy change, a limit no longer reached); a service that stopped asking would stop listening there.
+    private static func closed(_ subscription: Subscription, because text: String, monotonic: Double, _ configuration: Configuration) -> Subscription {
+        var subscription = subscription
+        let attempt = subscription.closedBecause == nil ? 1 : subscription.waiting.attempt + 1
+        let delay = min(configuration.closedRetryMaximumDelay, configuration.closedRetryDelay * Double(1 << min(attempt - 1, 16)))
+        subscription.waiting = .retry(at: monotonic + delay, attempt: attempt)
+        subscription.closedBecause = text
+        subscription.refusal = nil
+        return subscription
+    }
+
+    /// Subscriptions the relay has closed and not yet accepted again.
+    var closedSubscriptions: Int { subscriptions.values.count { $0.closedBecause != nil } }
+
     private mutating func receiveOK(_ id: EventID, accepted: Bool, _ text: String, monotonic: Double) -> [Action] {
         if id == authenticationInFlight {
             authenticationInFlight = nil
-            return accepted ? authenticationAccepted() : authenticationRefused(text)
+            return accepted ? authenticationAccepted() : authenticationRefused(text, monotonic: monotonic)
         }
         guard var publish = publishes[id] else { return [] }
         if accepted {
@@ -267,8 +291,8 @@ struct RelayClientState {
     }
 
     /// Signing the AUTH event failed: whatever waited for it fails with the relay's refusal.
-    mutating func authenticationFailed(_ reason: String) -> [Action] {
-        authenticationRefused(reason)
+    mutating func authenticationFailed(_ reason: String, monotonic: Double) -> [Action] {
+        authenticationRefused(reason, monotonic: monotonic)
     }
 
     private mutating func authenticationAccepted() -> [Action] {
@@ -276,11 +300,12 @@ struct RelayClientState {
         return resend { $0 == .authentication ? Waiting.none : nil }
     }
 
-    private mutating func authenticationRefused(_ reason: String) -> [Action] {
+    private mutating func authenticationRefused(_ reason: String, monotonic: Double) -> [Action] {
         var actions = [Action]()
         for (id, subscription) in subscriptions.sorted(by: { $0.key < $1.key }) where subscription.waiting == .authentication {
-            subscriptions[id] = nil
-            actions.append(.subscriptionClosed(subscriptionID: id, message: subscription.refusal ?? reason))
+            let message = subscription.refusal ?? reason
+            subscriptions[id] = Self.closed(subscription, because: message, monotonic: monotonic, configuration)
+            actions.append(.subscriptionClosed(subscriptionID: id, message: message))
         }
         for (id, publish) in publishes.sorted(by: { $0.key < $1.key }) where publish.waiting == .authentication {
             publishes[id] = nil

@@ -26,6 +26,8 @@ public struct RelayStatus: Hashable, Sendable {
     public var invalidEvents: Int
     /// Why the last connection attempt or connection ended.
     public var lastError: String?
+    /// Subscriptions the relay closed (`CLOSED`) that are waiting to be asked for again or answered.
+    public var closedSubscriptions = 0
 }
 
 /// One relay: connects, keeps the connection alive, reconnects with capped exponential back-off and jitter
@@ -93,7 +95,13 @@ final class RelayConnection: Sendable {
         self.metrics = Instruments(url: url, factory: configuration.metricsFactory, dimensions: configuration.metricsDimensions)
     }
 
-    var status: RelayStatus { shared.withLock { $0.status } }
+    var status: RelayStatus {
+        shared.withLock { shared in
+            var status = shared.status
+            status.closedSubscriptions = shared.machine.closedSubscriptions
+            return status
+        }
+    }
 
     /// Ends ``run()``: the connection closes and is not reopened.
     func stop() { stopSignal.continuation.finish() }
@@ -349,7 +357,8 @@ final class RelayConnection: Sendable {
             await execute(withMachine { $0.authenticationSigned(event) })
         } catch {
             logger.error("could not sign the NIP-42 event", metadata: ["error": "\(error)"])
-            await execute(withMachine { $0.authenticationFailed("auth-required: signing failed") })
+            let monotonic = monotonicSeconds()
+            await execute(withMachine { $0.authenticationFailed("auth-required: signing failed", monotonic: monotonic) })
         }
     }
 
