@@ -197,7 +197,7 @@ def test_metrics_and_health_endpoint(procs, aio, rng, tmp_path):
     status, body = http_get(address, "/health")
     health = json.loads(body)
     assert status == 200 and health["ready"] is True and health["relays"] == [
-        {"url": relay.url, "connected": True, "reconnects": 0}], body
+        {"url": relay.url, "connected": True, "subscribed": True, "reconnects": 0}], body
 
     keys = new_keys(rng)
     event = request_event(keys, ready.split()[1], "count me", "nip44")

@@ -97,7 +97,7 @@ public final class ServiceRuntime: Service, Sendable {
     /// The store holding the journal and handlers' state.
     public let store: any ServiceStore
     /// The keys requests may address (``addKeys(_:)`` adds to them while it runs).
-    let keyring: Mutex<Keyring>
+    let keyring: SharedKeyring
     let handlers: [Kind: any RequestHandler]
     let handlerList: [any RequestHandler]
     /// The handlers' watches, fixed at start.
@@ -115,6 +115,27 @@ public final class ServiceRuntime: Service, Sendable {
         var byKey: [PublicKey: any ServiceSigner]
         /// In the order given; the first key is the service's own (NIP-42, untargeted requests).
         var order: [PublicKey]
+    }
+
+    /// The keys, shared with the relay pools, which authenticate (NIP-42) as the first key and as each key a
+    /// refused subscription or publish needs.
+    final class SharedKeyring: RelayAuthenticator {
+        private let state: Mutex<Keyring>
+
+        init(_ keyring: Keyring) {
+            state = Mutex(keyring)
+        }
+
+        func withLock<Result: Sendable>(_ body: (inout Keyring) -> Result) -> Result {
+            state.withLock { body(&$0) }
+        }
+
+        func signers(for keys: Set<PublicKey>) -> [any EventSigner] {
+            state.withLock { keyring in
+                guard let first = keyring.order.first, let own = keyring.byKey[first] else { return [] }
+                return [own] + keyring.order.dropFirst().filter(keys.contains).compactMap { keyring.byKey[$0] }
+            }
+        }
     }
 
     struct RuntimeState {
@@ -152,7 +173,8 @@ public final class ServiceRuntime: Service, Sendable {
         self.store = store
         var order: [PublicKey] = []
         for key in keys where !order.contains(key.publicKey) { order.append(key.publicKey) }
-        self.keyring = Mutex(Keyring(byKey: Dictionary(keys.map { ($0.publicKey, $0) }, uniquingKeysWith: { first, _ in first }), order: order))
+        let keyring = SharedKeyring(Keyring(byKey: Dictionary(keys.map { ($0.publicKey, $0) }, uniquingKeysWith: { first, _ in first }), order: order))
+        self.keyring = keyring
         var byKind: [Kind: any RequestHandler] = [:]
         for handler in handlers {
             for kind in handler.kinds {
@@ -172,9 +194,9 @@ public final class ServiceRuntime: Service, Sendable {
             return poolConfiguration
         }
         self.listener = RelayPool(
-            relays: configuration.relays, signer: keys[0], configuration: poolConfiguration("listen"), logger: logger)
+            relays: configuration.relays, authenticator: keyring, configuration: poolConfiguration("listen"), logger: logger)
         self.pool = RelayPool(
-            relays: configuration.relays, signer: keys[0], configuration: poolConfiguration("work"), logger: logger)
+            relays: configuration.relays, authenticator: keyring, configuration: poolConfiguration("work"), logger: logger)
         self.extraRelays = ExtraRelays(
             capacity: configuration.maximumExtraRelays, configuration: poolConfiguration("extra"), logger: logger)
         self.inboxRelays = InboxRelays(

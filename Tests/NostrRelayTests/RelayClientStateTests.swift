@@ -114,18 +114,46 @@ struct RelayClientStateTests {
         _ = state.subscribe("dm", filters: [Filter(tags: ["p": ["x"]])])
         #expect(state.receive(RelayMessage.auth(challenge: "c1").json, now: 20, monotonic: 0).isEmpty)
         let refusal = RelayMessage.ok(eventID: event.id, accepted: false, message: "auth-required: sign in").json
-        #expect(state.receive(refusal, now: 20, monotonic: 0) == [.authenticate(challenge: "c1")])
+        #expect(state.receive(refusal, now: 20, monotonic: 0) == [.authenticate(challenge: "c1", keys: [author.publicKey])])
         // A second refusal while authentication is in progress does not start another.
         let closed = RelayMessage.closed(subscriptionID: "dm", message: "auth-required: p-tagged").json
-        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c1")])
+        #expect(state.receive(closed, now: 20, monotonic: 0).isEmpty)
         let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c1", secretKey: author)
-        #expect(try sent(state.authenticationSigned(auth)) == [.auth(auth)])
+        #expect(try sent(state.authenticationSigned([auth])) == [.auth(auth)])
         #expect(state.receive(closed, now: 20, monotonic: 0).isEmpty)
         let accepted = try sent(state.receive(RelayMessage.ok(eventID: auth.id, accepted: true, message: "").json, now: 20, monotonic: 0))
         #expect(accepted == [.request(subscriptionID: "dm", filters: [Filter(tags: ["p": ["x"]])]), .event(event)])
         // Once authenticated, another auth-required is final.
         let again = state.receive(refusal, now: 20, monotonic: 0)
         #expect(again == [.publishFinished(event.id, .rejected(message: "auth-required: sign in"))])
+    }
+
+    @Test("auth-required for p-tagged keys: one round authenticates as each; refused again for those keys is final, a new key starts a round")
+    func authenticationAsSeveralKeys() throws {
+        var state = machine(canAuthenticate: true)
+        let (k1, k2, k3) = (SecretKey.generate(), SecretKey.generate(), SecretKey.generate())
+        let filter = Filter(kinds: [24133], tags: ["p": [k1.publicKey.hex, k2.publicKey.hex, "not a key"]])
+        _ = state.connected()
+        _ = state.subscribe("requests", filters: [filter])
+        _ = state.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
+        let closed = RelayMessage.closed(subscriptionID: "requests", message: "auth-required: authenticate as the recipient").json
+        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c", keys: [k1.publicKey, k2.publicKey])])
+        let auths = [author, k1, k2].map { ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: $0) }
+        #expect(try sent(state.authenticationSigned(auths)) == auths.map { .auth($0) })
+        // Re-sent once every AUTH of the round is answered, whichever were accepted.
+        #expect(state.receive(RelayMessage.ok(eventID: auths[0].id, accepted: true, message: "").json, now: 20, monotonic: 0).isEmpty)
+        #expect(state.receive(RelayMessage.ok(eventID: auths[1].id, accepted: true, message: "").json, now: 20, monotonic: 0).isEmpty)
+        let resent = try sent(state.receive(RelayMessage.ok(eventID: auths[2].id, accepted: false, message: "invalid: no").json, now: 20, monotonic: 0))
+        #expect(resent == [.request(subscriptionID: "requests", filters: [filter])])
+        // The same keys refused again: no new round; the subscription is closed (and asked for after a back-off).
+        #expect(state.receive(closed, now: 20, monotonic: 1) == [.subscriptionClosed(subscriptionID: "requests", message: "auth-required: authenticate as the recipient")])
+        // A subscription for a key not asked for yet starts a round for it.
+        let other = Filter(kinds: [24133], tags: ["p": [k3.publicKey.hex]])
+        _ = state.subscribe("more", filters: [other])
+        let closedMore = RelayMessage.closed(subscriptionID: "more", message: "auth-required: authenticate").json
+        #expect(state.receive(closedMore, now: 20, monotonic: 2) == [.authenticate(challenge: "c", keys: [k3.publicKey])])
+        // Signing failed: what waited is closed with the relay's refusal.
+        #expect(state.authenticationFailed("auth-required: signing failed", monotonic: 3) == [.subscriptionClosed(subscriptionID: "more", message: "auth-required: authenticate")])
     }
 
     @Test("auth-required without a signer, or a refused AUTH, is reported as the relay's refusal")
@@ -143,7 +171,7 @@ struct RelayClientStateTests {
         _ = signing.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
         _ = signing.receive(refusal, now: 20, monotonic: 0)
         let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: author)
-        _ = signing.authenticationSigned(auth)
+        _ = signing.authenticationSigned([auth])
         let refused = signing.receive(RelayMessage.ok(eventID: auth.id, accepted: false, message: "invalid: bad").json, now: 20, monotonic: 0)
         #expect(refused == [.publishFinished(event.id, .rejected(message: "auth-required: who are you"))])
     }
@@ -206,9 +234,9 @@ struct RelayClientStateTests {
         _ = state.subscribe("dm", filters: [Filter(tags: ["p": ["x"]])])
         _ = state.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
         let closed = RelayMessage.closed(subscriptionID: "dm", message: "auth-required: p-tagged").json
-        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c")])
+        #expect(state.receive(closed, now: 20, monotonic: 0) == [.authenticate(challenge: "c", keys: [])])
         let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: author)
-        _ = state.authenticationSigned(auth)
+        _ = state.authenticationSigned([auth])
         let refused = state.receive(RelayMessage.ok(eventID: auth.id, accepted: false, message: "invalid: bad").json, now: 20, monotonic: 10)
         #expect(refused == [.subscriptionClosed(subscriptionID: "dm", message: "auth-required: p-tagged")])
         #expect(state.closedSubscriptions == 1)

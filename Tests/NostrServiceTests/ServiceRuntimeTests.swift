@@ -408,6 +408,45 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("on a relay that shows p-tagged events only to their recipient (NIP-42), a service with two keys authenticates as both and answers requests to either")
+    func authenticatesAsEachKey() async throws {
+        var relayConfiguration = EmbeddedRelay.Configuration()
+        relayConfiguration.policy.authRequired = true
+        try await withTestRelays(1, configuration: relayConfiguration) { relays in
+            let urls = relays.compactMap(\.url)
+            let directory = try temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let second = LocalServiceKey(SecretKey.generate())
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key, second], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
+            var clientConfiguration = RelayPool.Configuration()
+            clientConfiguration.reconnectDelay = .milliseconds(50)
+            // The relay takes events only from authenticated authors: the client authenticates as itself.
+            let pool = RelayPool(relays: urls, signer: KeySigner(client.key), configuration: clientConfiguration, logger: quiet)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await runtime.run() }
+                defer { group.cancelAll() }
+                try await withDeadline(.seconds(10), "the runtime to be ready") {
+                    while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                try await pool.withRunning {
+                    try await pool.withSubscription([Filter(kinds: [replyKind], tags: ["p": [client.publicKey.hex]])]) { replies in
+                        for target in [key.publicKey, second.publicKey] {
+                            try await publish(try client.request(kind: requestKind, content: "to \(target.hex.prefix(8))", to: target), on: urls, through: pool)
+                        }
+                        let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                        #expect(Set(seen.map(\.0.pubkey)) == [key.publicKey, second.publicKey])
+                        #expect(Set(try seen.map { try client.read($0.0) }) == Set([key.publicKey, second.publicKey].map { "TO \($0.hex.prefix(8).uppercased())" }))
+                    }
+                }
+                #expect(runtime.isReady)
+                #expect(runtime.relayStatus().allSatisfy { $0.closedSubscriptions == 0 })
+            }
+        }
+    }
+
     @Test("oversize and future requests arriving through a relay are dropped and counted; the handler never sees them")
     func ingressDrops() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in

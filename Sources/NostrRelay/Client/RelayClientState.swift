@@ -80,8 +80,9 @@ struct RelayClientState {
         case endOfStoredEvents(subscriptionID: String)
         case subscriptionClosed(subscriptionID: String, message: String)
         case publishFinished(EventID, PublishResult)
-        /// Sign a NIP-42 event for this challenge and pass it to ``authenticationSigned(_:)``.
-        case authenticate(challenge: String)
+        /// Sign NIP-42 events for this challenge — as the default key, and as each of `keys` that a signer is
+        /// held for — and pass them to ``authenticationSigned(_:)``.
+        case authenticate(challenge: String, keys: Set<PublicKey>)
         case notice(String)
         /// A message or event the relay should not have sent: dropped and counted.
         case dropped(reason: String)
@@ -91,9 +92,31 @@ struct RelayClientState {
     private(set) var isConnected = false
     private(set) var subscriptions: [String: Subscription] = [:]
     private(set) var publishes: [EventID: Publish] = [:]
-    private var challenge: String?
-    private var authenticationInFlight: EventID?
-    private var isAuthenticated = false
+    private var authentication = Authentication()
+
+    /// NIP-42 on this connection. A round signs AUTH events for every key the refused messages need (the keys
+    /// their filters `p`-tag, the authors of refused events) plus the default key, all at once: a relay that
+    /// limits reading `p`-tagged events to their recipient needs one per key (NIP-42 lets a client
+    /// authenticate as several). A message refused again after a round that covered its keys is refused for
+    /// good.
+    struct Authentication {
+        var challenge: String?
+        /// AUTH events sent in the current round and not yet answered.
+        var inFlight: Set<EventID> = []
+        /// Between asking for signatures and receiving them.
+        var signing = false
+        /// Whether an AUTH of the current round was accepted.
+        var accepted = false
+        /// Rounds done for this challenge, and the keys they asked for.
+        var rounds = 0
+        var requested: Set<PublicKey> = []
+
+        var inProgress: Bool { signing || !inFlight.isEmpty }
+
+        init(challenge: String? = nil) {
+            self.challenge = challenge
+        }
+    }
 
     init(configuration: Configuration) {
         self.configuration = configuration
@@ -104,15 +127,13 @@ struct RelayClientState {
     /// A connection opened: everything live is sent again (subscriptions resumed from where they were).
     mutating func connected() -> [Action] {
         isConnected = true
-        challenge = nil
-        authenticationInFlight = nil
-        isAuthenticated = false
+        authentication = Authentication()
         return resend { _ in Waiting.none }
     }
 
     mutating func disconnected() {
         isConnected = false
-        authenticationInFlight = nil
+        authentication = Authentication()
     }
 
     /// The filters that resume `subscription` after a gap: `since` moved up to what was already seen (minus
@@ -183,9 +204,7 @@ struct RelayClientState {
         case .ok(let id, let accepted, let text):
             return receiveOK(id, accepted: accepted, text, monotonic: monotonic)
         case .auth(let newChallenge):
-            challenge = newChallenge
-            isAuthenticated = false
-            authenticationInFlight = nil
+            authentication = Authentication(challenge: newChallenge)
             return authenticateIfNeeded()
         case .notice(let text):
             return [.notice(text)]
@@ -210,7 +229,7 @@ struct RelayClientState {
     private mutating func receiveClosed(_ id: String, _ text: String, monotonic: Double) -> [Action] {
         guard var subscription = subscriptions[id] else { return [] }
         switch MachineReadablePrefix(message: text) {
-        case .authRequired where configuration.canAuthenticate && !isAuthenticated:
+        case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
             subscription.refusal = text
             subscriptions[id] = subscription
@@ -243,9 +262,10 @@ struct RelayClientState {
     var closedSubscriptions: Int { subscriptions.values.count { $0.closedBecause != nil } }
 
     private mutating func receiveOK(_ id: EventID, accepted: Bool, _ text: String, monotonic: Double) -> [Action] {
-        if id == authenticationInFlight {
-            authenticationInFlight = nil
-            return accepted ? authenticationAccepted() : authenticationRefused(text, monotonic: monotonic)
+        if authentication.inFlight.remove(id) != nil {
+            if accepted { authentication.accepted = true }
+            guard authentication.inFlight.isEmpty else { return [] }
+            return authentication.accepted ? authenticationAccepted() : authenticationRefused(text, monotonic: monotonic)
         }
         guard var publish = publishes[id] else { return [] }
         if accepted {
@@ -253,7 +273,7 @@ struct RelayClientState {
             return [.publishFinished(id, .accepted(message: text))]
         }
         switch MachineReadablePrefix(message: text) {
-        case .authRequired where configuration.canAuthenticate && !isAuthenticated:
+        case .authRequired where mayAuthenticate(for: [publish.event.pubkey]):
             publish.waiting = .authentication
             publish.refusal = text
             publishes[id] = publish
@@ -276,28 +296,49 @@ struct RelayClientState {
             || publishes.values.contains { $0.waiting == .authentication }
     }
 
+    /// Whether an `auth-required:` refusal of a message that needs `keys` may be answered by authenticating:
+    /// a round is under way (the message crossed it), none was done yet, or it would ask for a key not asked for.
+    private func mayAuthenticate(for keys: Set<PublicKey>) -> Bool {
+        configuration.canAuthenticate
+            && (authentication.inProgress || authentication.rounds == 0 || !keys.isSubset(of: authentication.requested))
+    }
+
+    /// The keys a subscription's filters `p`-tag (whose events a relay may show only to them).
+    private static func keys(of subscription: Subscription) -> Set<PublicKey> {
+        Set(subscription.filters.flatMap { $0.tags["p"] ?? [] }.compactMap { try? PublicKey(hex: $0) })
+    }
+
     private mutating func authenticateIfNeeded() -> [Action] {
-        guard isConnected, configuration.canAuthenticate, authenticationInFlight == nil, !isAuthenticated,
-            let challenge, waitingForAuthentication
+        guard isConnected, configuration.canAuthenticate, !authentication.inProgress, let challenge = authentication.challenge,
+            waitingForAuthentication
         else { return [] }
-        return [.authenticate(challenge: challenge)]
+        var keys = Set<PublicKey>()
+        for subscription in subscriptions.values where subscription.waiting == .authentication { keys.formUnion(Self.keys(of: subscription)) }
+        for publish in publishes.values where publish.waiting == .authentication { keys.insert(publish.event.pubkey) }
+        authentication.signing = true
+        authentication.accepted = false
+        authentication.rounds += 1
+        authentication.requested.formUnion(keys)
+        return [.authenticate(challenge: challenge, keys: keys)]
     }
 
-    /// The signed AUTH event for the current challenge.
-    mutating func authenticationSigned(_ event: Event) -> [Action] {
-        guard isConnected, event.firstTagValue("challenge") == challenge else { return [] }
-        authenticationInFlight = event.id
-        return [.send(ClientMessage.auth(event).json)]
+    /// The signed AUTH events for the current challenge (a round's).
+    mutating func authenticationSigned(_ events: [Event]) -> [Action] {
+        let events = events.filter { $0.firstTagValue("challenge") == authentication.challenge }
+        guard isConnected, authentication.signing, !events.isEmpty else { return [] }
+        authentication.signing = false
+        authentication.inFlight = Set(events.map(\.id))
+        return events.map { .send(ClientMessage.auth($0).json) }
     }
 
-    /// Signing the AUTH event failed: whatever waited for it fails with the relay's refusal.
+    /// Signing the AUTH events failed: whatever waited for them fails with the relay's refusal.
     mutating func authenticationFailed(_ reason: String, monotonic: Double) -> [Action] {
-        authenticationRefused(reason, monotonic: monotonic)
+        authentication.signing = false
+        return authenticationRefused(reason, monotonic: monotonic)
     }
 
     private mutating func authenticationAccepted() -> [Action] {
-        isAuthenticated = true
-        return resend { $0 == .authentication ? Waiting.none : nil }
+        resend { $0 == .authentication ? Waiting.none : nil }
     }
 
     private mutating func authenticationRefused(_ reason: String, monotonic: Double) -> [Action] {

@@ -48,7 +48,7 @@ final class RelayConnection: Sendable {
     let url: RelayURL
     private let shared: Mutex<Shared>
     private let configuration: RelayPool.Configuration
-    private let signer: (any EventSigner)?
+    private let authenticator: (any RelayAuthenticator)?
     private let delegate: any RelayConnectionDelegate
     private let logger: Logger
     private let stopSignal = AsyncStream<Never>.makeStream()
@@ -75,19 +75,19 @@ final class RelayConnection: Sendable {
     }
 
     init(
-        url: RelayURL, configuration: RelayPool.Configuration, signer: (any EventSigner)?,
+        url: RelayURL, configuration: RelayPool.Configuration, authenticator: (any RelayAuthenticator)?,
         delegate: any RelayConnectionDelegate, logger: Logger
     ) {
         self.url = url
         self.configuration = configuration
-        self.signer = signer
+        self.authenticator = authenticator
         self.delegate = delegate
         var logger = logger
         logger[metadataKey: "nostr.relay"] = "\(url)"
         self.logger = logger
         var machineConfiguration = RelayClientState.Configuration()
         machineConfiguration.resumeMargin = configuration.resumeMargin
-        machineConfiguration.canAuthenticate = signer != nil
+        machineConfiguration.canAuthenticate = authenticator != nil
         self.messageLimits = machineConfiguration.messageLimits
         self.shared = Mutex(Shared(
             machine: RelayClientState(configuration: machineConfiguration),
@@ -331,8 +331,8 @@ final class RelayConnection: Sendable {
                 await delegate.subscriptionClosed(subscriptionID: id, by: url, message: message)
             case .publishFinished(let id, let result):
                 finish(id, result)
-            case .authenticate(let challenge):
-                await authenticate(challenge)
+            case .authenticate(let challenge, let keys):
+                await authenticate(challenge, as: keys)
             case .notice(let text):
                 logger.notice("NOTICE from relay", metadata: ["message": "\(text.prefix(500))"])
             case .dropped(let reason):
@@ -348,18 +348,23 @@ final class RelayConnection: Sendable {
         for waiter in waiters.values { waiter.fulfil(result) }
     }
 
-    private func authenticate(_ challenge: String) async {
-        guard let signer else { return }
+    private func authenticate(_ challenge: String, as keys: Set<PublicKey>) async {
+        guard let authenticator else { return }
         let template = EventTemplate(kind: .clientAuthentication, tags: [["relay", url.string], ["challenge", challenge]])
-        do {
-            let event = try await signer.sign(template)
-            logger.debug("authenticating (NIP-42)", metadata: ["nostr.pubkey": "\(event.pubkey.hex)"])
-            await execute(withMachine { $0.authenticationSigned(event) })
-        } catch {
-            logger.error("could not sign the NIP-42 event", metadata: ["error": "\(error)"])
-            let monotonic = monotonicSeconds()
-            await execute(withMachine { $0.authenticationFailed("auth-required: signing failed", monotonic: monotonic) })
+        var events: [Event] = []
+        var seen = Set<PublicKey>()
+        for signer in authenticator.signers(for: keys) where seen.insert(signer.publicKey).inserted {
+            do {
+                events.append(try await signer.sign(template))
+            } catch {
+                logger.error("could not sign the NIP-42 event", metadata: ["nostr.pubkey": "\(signer.publicKey.hex)", "error": "\(error)"])
+            }
         }
+        logger.debug("authenticating (NIP-42)", metadata: ["keys": "\(events.count)"])
+        let monotonic = monotonicSeconds()
+        await execute(withMachine { machine in
+            events.isEmpty ? machine.authenticationFailed("auth-required: signing failed", monotonic: monotonic) : machine.authenticationSigned(events)
+        })
     }
 
     static func describe(_ error: any Error) -> String {

@@ -62,16 +62,26 @@ public final class RelayPool: Service, Sendable {
     }
 
     public let configuration: Configuration
-    private let signer: (any EventSigner)?
+    private let authenticator: (any RelayAuthenticator)?
     private let logger: Logger
     private let registry: Mutex<Registry>
     private let starts: AsyncStream<RelayConnection>
 
     /// A pool for `relays`; `signer` answers NIP-42 challenges (without one, `auth-required:` refusals are
     /// reported as they are).
-    public init(relays: [RelayURL] = [], signer: (any EventSigner)? = nil, configuration: Configuration = Configuration(), logger: Logger) {
+    public convenience init(
+        relays: [RelayURL] = [], signer: (any EventSigner)? = nil, configuration: Configuration = Configuration(), logger: Logger
+    ) {
+        self.init(relays: relays, authenticator: signer.map(SingleKeyAuthenticator.init), configuration: configuration, logger: logger)
+    }
+
+    /// A pool for `relays` whose NIP-42 answers come from `authenticator`: a service with several keys
+    /// authenticates as each key a refused subscription or publish needs.
+    public init(
+        relays: [RelayURL] = [], authenticator: (any RelayAuthenticator)?, configuration: Configuration = Configuration(), logger: Logger
+    ) {
         self.configuration = configuration
-        self.signer = signer
+        self.authenticator = authenticator
         self.logger = logger
         let (stream, continuation) = AsyncStream<RelayConnection>.makeStream()
         self.starts = stream
@@ -94,7 +104,7 @@ public final class RelayPool: Service, Sendable {
         let delegate = Delegate(pool: self)
         return registry.withLock { registry in
             guard registry.connections[url] == nil else { return false }
-            let connection = RelayConnection(url: url, configuration: configuration, signer: signer, delegate: delegate, logger: logger)
+            let connection = RelayConnection(url: url, configuration: configuration, authenticator: authenticator, delegate: delegate, logger: logger)
             registry.connections[url] = connection
             for (id, subscription) in registry.subscriptions where subscription.relays == nil {
                 connection.subscribe(id, filters: subscription.filters.withLock { $0 })
@@ -334,4 +344,18 @@ struct RecentEventIDs {
         }
         return true
     }
+}
+
+/// Who a pool authenticates as on relays that ask (NIP-42).
+public protocol RelayAuthenticator: Sendable {
+    /// The signers to authenticate as when a relay refuses messages that need `keys` (the keys their
+    /// filters `p`-tag, the authors of refused events): the default one first, then each of `keys` held.
+    func signers(for keys: Set<PublicKey>) -> [any EventSigner]
+}
+
+/// Authenticates as one key, whatever the refused messages need.
+struct SingleKeyAuthenticator: RelayAuthenticator {
+    let signer: any EventSigner
+
+    func signers(for keys: Set<PublicKey>) -> [any EventSigner] { [signer] }
 }
