@@ -40,7 +40,8 @@ public struct NIP46Client: Sendable {
 
     /// Connects to the URI's relays, listens for the signer's responses, and runs `body` with a session.
     public func run<Result: Sendable>(_ body: (Session) async throws -> Result) async throws -> Result {
-        let pool = RelayPool(relays: uri.relays, logger: logger)
+        // Relays that show p-tagged events only to their recipient (NIP-42) get AUTH as the client key.
+        let pool = RelayPool(relays: uri.relays, signer: KeySigner(key), logger: logger)
         return try await pool.withRunning {
             let filter = Filter(
                 authors: [uri.signer], kinds: [NIP46.kind], tags: ["p": [key.publicKey.hex]],

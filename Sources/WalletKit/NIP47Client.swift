@@ -72,7 +72,8 @@ public struct NIP47Client: Sendable {
 
     /// Connects to the relays, listens for responses and notifications, and runs `body` with a session.
     public func run<Result: Sendable>(_ body: (Session) async throws -> Result) async throws -> Result {
-        let pool = RelayPool(relays: uri.relays, logger: logger)
+        // Relays that show p-tagged events only to their recipient (NIP-42) get AUTH as the connection's key.
+        let pool = RelayPool(relays: uri.relays, signer: KeySigner(uri.secret), logger: logger)
         return try await pool.withRunning {
             let filter = Filter(
                 authors: [uri.wallet], kinds: [NIP47.responseKind, NIP47.notificationKind, NIP47.legacyNotificationKind],

@@ -20,14 +20,17 @@ let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 struct TestBunker {
     let relays: [RelayURL]
     let identity: BunkerIdentity
+    /// More user keys (with `otherIdentities`), served by the same runtime.
+    let others: [BunkerIdentity]
     let state: BunkerState
     let approvals: Approvals?
     let runtime: ServiceRuntime
 
     var signer: PublicKey { identity.signer.publicKey }
 
-    /// A new single-use `bunker://` URI for the first relay.
-    func uri(permissions: Permissions = .all, relays: [RelayURL]? = nil) async throws -> BunkerURI {
+    /// A new single-use `bunker://` URI for the first relay (and the first user key, unless told).
+    func uri(permissions: Permissions = .all, relays: [RelayURL]? = nil, for identity: BunkerIdentity? = nil) async throws -> BunkerURI {
+        let signer = (identity ?? self.identity).signer.publicKey
         let secret = try await state.mintSecret(for: signer, permissions: permissions, label: nil)
         return BunkerURI(signer: signer, relays: relays ?? [self.relays[0]], secret: secret)
     }
@@ -40,25 +43,30 @@ struct TestBunker {
 }
 
 /// Runs a bunker on `relayCount` test relays (with the approval pages when `approvals` is given) while `body`
-/// runs, and stops everything however it ends.
+/// runs, and stops everything however it ends. `authRequired` relays take events only from authenticated
+/// authors and show `p`-tagged events only to their recipient (NIP-42).
 func withBunker<R: Sendable>(
-    relays relayCount: Int = 1, approvals: Approvals? = nil, _ body: @escaping @Sendable (TestBunker) async throws -> R
+    relays relayCount: Int = 1, approvals: Approvals? = nil, authRequired: Bool = false, otherIdentities: Int = 0,
+    _ body: @escaping @Sendable (TestBunker) async throws -> R
 ) async throws -> R {
-    try await withTestRelays(relayCount) { testRelays in
+    var relayConfiguration = EmbeddedRelay.Configuration()
+    relayConfiguration.policy.authRequired = authRequired
+    return try await withTestRelays(relayCount, configuration: relayConfiguration) { testRelays in
         let urls = testRelays.compactMap(\.url)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("bunker-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let identity = BunkerIdentity(user: .generate(), signer: .generate())
+        let others = (0..<otherIdentities).map { _ in BunkerIdentity(user: .generate(), signer: .generate()) }
         let state = BunkerState(store: try SQLiteServiceStore(path: directory.appendingPathComponent("bunker.sqlite").path))
         var configuration = ServiceRuntime.Configuration(relays: urls)
         configuration.pool.reconnectDelay = .milliseconds(50)
         configuration.publishTimeout = .seconds(2)
         let runtime = ServiceRuntime(
-            keys: [LocalServiceKey(identity.signer)],
-            handlers: [RemoteSigner(identities: [identity], state: state, approvals: approvals, relays: { urls })],
+            keys: ([identity] + others).map { LocalServiceKey($0.signer) },
+            handlers: [RemoteSigner(identities: [identity] + others, state: state, approvals: approvals, relays: { urls })],
             store: state.store, configuration: configuration, logger: quiet)
-        let bunker = TestBunker(relays: urls, identity: identity, state: state, approvals: approvals, runtime: runtime)
+        let bunker = TestBunker(relays: urls, identity: identity, others: others, state: state, approvals: approvals, runtime: runtime)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await runtime.run() }
             if let approvals {
@@ -110,6 +118,19 @@ struct RemoteSignerTests {
             let second = await refusal { try await bunker.client(uri).run { try await $0.connect() } }
             #expect(second?.contains("already been used") == true)
             #expect(try await bunker.state.sessions().count == 1)
+        }
+    }
+
+    @Test("on a relay that shows p-tagged events only to their recipient (NIP-42), a client of the bunker's second user key connects and signs")
+    func authRequiredRelay() async throws {
+        try await withBunker(authRequired: true, otherIdentities: 1) { bunker in
+            let other = bunker.others[0]
+            try await bunker.client(try await bunker.uri(for: other)).run { signer in
+                try await signer.connect()
+                let event = try await signer.sign(EventTemplate(kind: 1, content: "through an AUTH relay"), as: other.user.publicKey)
+                #expect(event.isValid)
+                #expect(event.pubkey == other.user.publicKey)
+            }
         }
     }
 
