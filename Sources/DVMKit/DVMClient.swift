@@ -2,6 +2,7 @@ public import NostrCore
 public import NostrCrypto
 public import NostrRelay
 public import NostrService
+public import WalletKit
 
 /// The customer's side of NIP-90: builds job requests (plain or encrypted), publishes them, and follows their
 /// feedback to the result. Used by `switchboard dvm`, the tests and the benchmark.
@@ -69,11 +70,15 @@ public struct DVMClient: Sendable {
     }
 
     /// Publishes `request` and returns its result; every feedback goes to `onFeedback` first (pay a
-    /// `payment-required` there). An `error` feedback throws ``JobError`` with its reason.
+    /// `payment-required` there, after ``invoice(in:from:maximumMsat:now:)``). An `error` feedback throws
+    /// ``JobError`` with its reason. A request `p`-tagged to a provider takes feedback and results from that
+    /// provider only: anyone can publish an event that `e`-tags a public request.
     public func run(
         _ request: Event, timeout: Duration = .seconds(60), onFeedback: @Sendable (Feedback) async throws -> Void = { _ in }
     ) async throws -> Result {
-        let filter = Filter(kinds: [NIP90.feedbackKind, NIP90.resultKind(of: request.kind)], tags: ["e": [request.id.hex]])
+        let provider = request.tagValues("p").first.flatMap { try? PublicKey(hex: $0) }
+        let filter = Filter(
+            authors: provider.map { [$0] }, kinds: [NIP90.feedbackKind, NIP90.resultKind(of: request.kind)], tags: ["e": [request.id.hex]])
         return try await pool.withSubscription([filter]) { subscription in
             let results = await pool.publish(request)
             guard results.values.contains(where: \.isAccepted) else {
@@ -82,7 +87,9 @@ public struct DVMClient: Sendable {
             let timer = Deadlines.shared.schedule(at: .now + timeout) { subscription.stop() }
             defer { Deadlines.shared.cancel(timer) }
             for await item in subscription {
-                guard case .event(let event, _) = item, event.tags.contains(where: { $0.name == "e" && $0.value == request.id.hex }) else { continue }
+                guard case .event(let event, _) = item, provider.map({ event.pubkey == $0 }) ?? true,
+                    event.tags.contains(where: { $0.name == "e" && $0.value == request.id.hex })
+                else { continue }
                 if event.kind == NIP90.feedbackKind {
                     let feedback = try decode(feedback: event)
                     try await onFeedback(feedback)
@@ -93,6 +100,29 @@ public struct DVMClient: Sendable {
             }
             throw JobError("no result within \(timeout)")
         }
+    }
+
+    /// The invoice of a `payment-required` feedback, checked before it is paid: the feedback is by `provider`
+    /// (the one the request went to), its BOLT11 invoice is readable, unexpired, for exactly the feedback's
+    /// `amount`, and that amount is at most `maximumMsat` (the customer's bid).
+    public func invoice(in feedback: Feedback, from provider: PublicKey, maximumMsat: Int64, now: Timestamp = .now) throws -> BOLT11Invoice {
+        guard feedback.event.pubkey == provider else {
+            throw JobError("the invoice is from \(feedback.event.pubkey.hex), not from the provider the job went to")
+        }
+        guard feedback.status == "payment-required", let bolt11 = feedback.bolt11 else { throw JobError("the feedback carries no invoice") }
+        let invoice: BOLT11Invoice
+        do {
+            invoice = try BOLT11Invoice(bolt11)
+        } catch {
+            throw JobError("the invoice is unreadable: \(error)")
+        }
+        guard let amount = invoice.amountMsat else { throw JobError("the invoice names no amount") }
+        guard amount == feedback.amountMsat else {
+            throw JobError("the invoice is for \(amount) msat, the feedback asks \(feedback.amountMsat.map(String.init) ?? "no amount")")
+        }
+        guard amount <= maximumMsat else { throw JobError("the invoice is for \(amount) msat, more than the \(maximumMsat) msat allowed") }
+        guard invoice.expiresAt > now else { throw JobError("the invoice has expired") }
+        return invoice
     }
 
     /// Reads a feedback event (decrypting its hidden tags when it is encrypted).

@@ -5,6 +5,7 @@ import NostrCore
 import NostrCrypto
 import NostrRelay
 import NostrService
+import Synchronization
 import WalletKit
 
 struct DVMCommand: AsyncParsableCommand {
@@ -14,7 +15,9 @@ struct DVMCommand: AsyncParsableCommand {
         discussion: """
             Each feedback is printed on stderr (`feedback STATUS [INFO]`); the result's content goes to stdout. \
             Inputs are TYPE:DATA with TYPE text, url, event or job (event and job take an id; add @RELAY for a \
-            hint). With --pay, a payment-required feedback is paid through the NIP-47 wallet in NWC_URI.
+            hint). With --pay (which needs --to and --bid), the provider's payment-required feedback is paid once \
+            through the NIP-47 wallet in NWC_URI, if its invoice is for the amount it names and at most the bid; \
+            feedback and results from anyone but --to are ignored.
             """)
 
     @OptionGroup var pool: PoolOptions
@@ -26,7 +29,7 @@ struct DVMCommand: AsyncParsableCommand {
     var to: String?
     @Option(help: "Encrypt the inputs and parameters to --to: nip44 or nip04.") var encrypt: String?
     @Option(help: "The most to pay, in msat (the bid tag).") var bid: Int64?
-    @Flag(help: "Pay a payment-required feedback through the wallet in NWC_URI.") var pay = false
+    @Flag(help: "Pay the provider's payment-required feedback (once, at most --bid) through the wallet in NWC_URI.") var pay = false
     @Option(help: "Seconds to wait for the result.") var timeout: Int = 120
     @Flag(help: "Print the result event as JSON instead of its content.") var json = false
 
@@ -47,9 +50,13 @@ struct DVMCommand: AsyncParsableCommand {
             default: throw CommandFailure("--encrypt takes nip44 or nip04")
             }
             if encryption != .plaintext && provider == nil { throw CommandFailure("--encrypt needs --to") }
+            if pay && (provider == nil || bid == nil) {
+                throw CommandFailure("--pay needs --to (whose invoice is paid) and --bid (the most to pay, msat)")
+            }
             let wallet = try pay ? NIP47Client(uri: WalletConnectURI(ProcessInfo.processInfo.environment["NWC_URI"] ?? "")) : nil
             let relays = try self.pool.makePool()
             let client = DVMClient(secret: SecretKey.generate(), pool: relays)
+            let paid = Mutex<Bytes32?>(nil)
             let result = try await relays.withRunning {
                 let request = try client.request(
                     kind: Kind(kind), inputs: inputs, parameters: parameters, output: output, provider: provider, encryption: encryption,
@@ -58,8 +65,14 @@ struct DVMCommand: AsyncParsableCommand {
                 return try await client.run(request, timeout: .seconds(max(1, timeout))) { feedback in
                     let amount = feedback.amountMsat.map { " amount=\($0)msat" } ?? ""
                     FileHandle.standardError.write(Data("feedback \(feedback.status)\(feedback.info.map { " \($0)" } ?? "")\(amount)\n".utf8))
-                    if feedback.status == "payment-required", let wallet, let bolt11 = feedback.bolt11 {
-                        _ = try await wallet.run { try await $0.call("pay_invoice", ["invoice": .string(bolt11)]) }
+                    if feedback.status == "payment-required", let wallet, let provider, let bid {
+                        guard paid.withLock({ $0 == nil }) else {
+                            FileHandle.standardError.write(Data("already paid this job; not paying again\n".utf8))
+                            return
+                        }
+                        let invoice = try client.invoice(in: feedback, from: provider, maximumMsat: bid)
+                        _ = try await wallet.run { try await $0.call("pay_invoice", ["invoice": .string(invoice.string)]) }
+                        paid.withLock { $0 = invoice.paymentHash }
                         FileHandle.standardError.write(Data("paid\n".utf8))
                     }
                 }
