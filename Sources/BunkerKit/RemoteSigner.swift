@@ -165,7 +165,11 @@ public struct RemoteSigner: RequestHandler {
 
     private func connect(_ message: NIP46.Request, client: PublicKey, identity: BunkerIdentity) async throws -> NIP46.Response {
         let signer = identity.signer.publicKey
-        guard let named = message.params.first, (try? PublicKey(hex: named)) == signer else {
+        // The spec's first parameter is the remote signer's pubkey. Older NDK (≤ 3.0.3) sends the user's pubkey,
+        // or "" when it does not know it yet: both name this identity too (the request is addressed to it).
+        guard let named = message.params.first,
+            named.isEmpty || [signer, identity.user.publicKey].contains(try? PublicKey(hex: named))
+        else {
             return NIP46.Response(id: message.id, error: "bad request: connect's first parameter must be this remote signer's pubkey \(signer.hex)")
         }
         let secret = message.params.count > 1 && !message.params[1].isEmpty ? message.params[1] : nil

@@ -134,6 +134,26 @@ struct RemoteSignerTests {
         }
     }
 
+    @Test("connect's first parameter may be the remote signer's pubkey, the user's (older NDK) or empty; another key is refused")
+    func connectFirstParameter() async throws {
+        try await withBunker { bunker in
+            let user = bunker.identity.user.publicKey
+            for (first, accepted) in [(bunker.signer.hex, true), (user.hex, true), ("", true), (SecretKey.generate().publicKey.hex, false)] {
+                let uri = try await bunker.uri()
+                try await bunker.client(uri).run { signer in
+                    let answer = await refusal { try await signer.call("connect", [first, uri.secret ?? ""]) }
+                    if accepted {
+                        #expect(answer == nil, "\(first): \(answer ?? "")")
+                        let named = try await signer.publicKey()
+                        #expect(named == user)
+                    } else {
+                        #expect(answer?.hasPrefix("bad request: connect's first parameter") == true, "\(answer ?? "accepted")")
+                    }
+                }
+            }
+        }
+    }
+
     @Test("sign_event: the user's key signs, pubkey, id and signature check out; unknown methods and bad params get errors")
     func signAndErrors() async throws {
         try await withBunker { bunker in
