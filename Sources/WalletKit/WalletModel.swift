@@ -43,6 +43,10 @@ public struct WalletConnection: Sendable, Hashable {
         self.balanceMsat = balanceMsat
     }
 
+    /// Whether it was granted `notifications` (payment_received and payment_sent events, and their mention in
+    /// its info event and `get_info`).
+    public var receivesNotifications: Bool { methods.contains("notifications") }
+
     /// Neither revoked nor expired at `now`.
     public func isLive(at now: Timestamp) -> Bool {
         revokedAt == nil && (expiresAt.map { now < $0 } ?? true)

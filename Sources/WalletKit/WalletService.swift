@@ -119,7 +119,7 @@ public struct WalletService: RequestHandler {
                 "alias": .string(info.alias), "color": .string(info.color), "pubkey": .string(info.pubkey),
                 "network": .string(info.network.name), "block_height": .int(info.blockHeight), "block_hash": .string(info.blockHash),
                 "methods": .array(granted.map(JSONValue.string)),
-                "notifications": .array(NIP47.notificationTypes.map(JSONValue.string)),
+                "notifications": .array(connection.receivesNotifications ? NIP47.notificationTypes.map(JSONValue.string) : []),
             ])
         case "get_balance":
             return .object(["balance": .int(try await backend.balance(of: connection))])
@@ -248,22 +248,25 @@ public struct WalletService: RequestHandler {
             return connection.isServed(at: context.now) ? [withdrawals.deletion(of: context.key, now: context.now)] : []
         }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
+        var tags: [Tag] = [["encryption", "nip44_v2 nip04"]]
+        if connection.receivesNotifications { tags.append(["notifications", NIP47.notificationTypes.joined(separator: " ")]) }
         let info = EventTemplate(
-            kind: NIP47.infoKind, content: (methods + ["notifications"]).joined(separator: " "),
-            tags: [["encryption", "nip44_v2 nip04"], ["notifications", NIP47.notificationTypes.joined(separator: " ")]],
-            createdAt: context.now)
+            kind: NIP47.infoKind, content: (methods + (connection.receivesNotifications ? ["notifications"] : [])).joined(separator: " "),
+            tags: tags, createdAt: context.now)
         withdrawals.announced(Event.computeID(pubkey: context.key, createdAt: context.now, kind: info.kind, tags: info.tags, content: info.content), by: context.key)
         return [info]
     }
 
     /// The notification for `event` to its connection's client, as NIP-44 (kind 23197) and NIP-04 (23196)
-    /// events; nil when the connection is gone.
+    /// events; nil when the connection is gone or was not granted `notifications`.
     public func notifications(for event: WalletEvent) async throws -> (connection: WalletConnection, replies: [ServiceReply])? {
         let (type, transaction) = switch event {
         case .received(let transaction): ("payment_received", transaction)
         case .sent(let transaction): ("payment_sent", transaction)
         }
-        guard let connection = try await store.connection(idOrName: transaction.connection), connection.isLive(at: .now) else { return nil }
+        guard let connection = try await store.connection(idOrName: transaction.connection), connection.isLive(at: .now),
+            connection.receivesNotifications
+        else { return nil }
         let content = NIP47.notification(type, NIP47.transactionJSON(transaction, now: .now))
         let tags: [Tag] = [["p", connection.clientKey.hex]]
         return (connection, [

@@ -163,6 +163,36 @@ struct WalletServiceTests {
         }
     }
 
+    @Test("a connection not granted notifications gets none, and neither get_info nor its info event offers them")
+    func notificationsGrant() async throws {
+        try await withWallet { wallet in
+            let (_, payerClient) = try await wallet.connect("payer", balance: 100_000)
+            let (quiet, quietClient) = try await wallet.connect("quiet", methods: ["make_invoice", "get_balance"])
+            let invoice = try await wallet.invoice(quiet, msat: 5_000)
+            try await quietClient.run { session in
+                let info = try #require(try await session.call("get_info").object)
+                #expect(info["notifications"] == .array([]))
+            }
+            try await payerClient.run { session in
+                _ = try await session.call("pay_invoice", ["invoice": .string(invoice)])
+                // The payer (granted them by default) is told; the payee, paid by the same payment, is not.
+                let sent = await session.notifications.first { _ in true }
+                #expect(sent?.type == "payment_sent")
+            }
+            let pool = RelayPool(relays: wallet.relays, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            try await pool.withRunning {
+                try await Task.sleep(for: .milliseconds(500))
+                let notes = Filter(authors: [quiet.walletKey], kinds: [NIP47.notificationKind, NIP47.legacyNotificationKind])
+                #expect(try await pool.fetch([notes], timeout: .seconds(2)).isEmpty)
+                let announced = try await pool.fetch([Filter(authors: [quiet.walletKey], kinds: [NIP47.infoKind])], timeout: .seconds(3))
+                #expect(announced.count == 1)
+                #expect(announced.first?.content.split(separator: " ").contains("notifications") == false)
+                #expect(announced.first?.tagValues("notifications").isEmpty == true)
+            }
+            #expect(try await wallet.store.connection(idOrName: "quiet")?.balanceMsat == 5_000)
+        }
+    }
+
     @Test("budgets, grants, revocation, bad input and encryption get their NIP-47 errors")
     func errors() async throws {
         var policy = RequestPolicy.Configuration()
