@@ -250,7 +250,7 @@ def test_priced_job_paid_through_wallet_bridge(procs, aio, rng, tmp_path, relay_
     wallet = tmp_path / "wallet"
     wallet_serve(procs, wallet, relay_url)
     _, host_uri = wallet_connect(procs, wallet, "dvm", "--methods", "make_invoice,lookup_invoice,notifications")
-    _, customer_uri = wallet_connect(procs, wallet, "customer", "--methods", "pay_invoice,get_balance")
+    _, customer_uri = wallet_connect(procs, wallet, "customer", "--methods", "pay_invoice,get_balance", "--budget", "100000")
     wb(procs, "ledger", "credit", "--data-dir", str(wallet), "customer", "100000")
     aio.call(wait_for_info(relay_url, customer_uri), STEP)
     _, host_hex = host(procs, tmp_path / "dvm", relay_url, "--kind", "5050", "--handler", "uppercase",

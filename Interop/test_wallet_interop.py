@@ -165,7 +165,11 @@ def test_rust_nostr_pays_between_two_ledger_connections(procs, aio, tmp_path, re
     data = tmp_path / "wallet"
     serve(procs, data, relay_url)
     payer_id, payer_uri = connect(procs, data, "payer", "--budget", "50000", "--period", "daily")
-    _, payee_uri = connect(procs, data, "payee")
+    _, payee_uri = connect(procs, data, "payee", "--unlimited")
+    # A connection that may pay is made only with a budget, or knowingly without one.
+    careless = subprocess.run([wb_path(procs), "connect", "--data-dir", str(data), "--name", "careless"],
+                              capture_output=True, timeout=60, check=False)
+    assert careless.returncode != 0 and b"needs --budget" in careless.stderr, careless
     assert "balance 100000 msat" in wb(procs, "ledger", "credit", "--data-dir", str(data), "payer", "100000")
 
     async def session():
@@ -398,7 +402,7 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
          "--lnbits-url", lnbits.base, "--lnbits-key-env", "INTEROP_LNBITS_KEY"], "wallet-bridge")
     proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
     _, spender_uri = connect(procs, data, "spender", "--budget", "8000000", "--period", "weekly")
-    _, shop_uri = connect(procs, data, "shop")
+    _, shop_uri = connect(procs, data, "shop", "--unlimited")
 
     async def session():
         await wait_for_info(relay_url, spender_uri)

@@ -68,9 +68,9 @@ done
 grep -q '^wallet-bridge ready' "$work/wallet.out" || { echo "wallet-bridge printed no ready line"; cat "$work/wallet.err"; exit 1; }
 cat "$work/wallet.out"
 
-say "Two connections (while it runs): a tipping app with a budget of 50 sat a day, and a shop"
+say "Two connections (while it runs): a tipping app with a budget of 50 sat a day, and a shop that can only receive"
 "$wallet" connect --data-dir "$work/wallet" --name tipper --budget 50000 --period daily | tee "$work/tipper"
-"$wallet" connect --data-dir "$work/wallet" --name shop | tee "$work/shop"
+"$wallet" connect --data-dir "$work/wallet" --name shop --methods make_invoice,lookup_invoice,get_balance,list_transactions,notifications | tee "$work/shop"
 tipper=$(grep '^nostr+walletconnect://' "$work/tipper")
 shop=$(grep '^nostr+walletconnect://' "$work/shop")
 "$wallet" ledger credit --data-dir "$work/wallet" tipper 100000

@@ -20,6 +20,8 @@ public enum NIP47 {
     /// limits and the node's public facts).
     public static let alwaysGranted: Set<String> = ["get_info", "get_budget"]
     public static let notificationTypes = ["payment_received", "payment_sent"]
+    /// Methods that spend (and so count against a budget).
+    public static let payingMethods: Set<String> = ["pay_invoice", "pay_keysend"]
 
     /// NIP-47's error codes (the core set, plus the per-method `PAYMENT_FAILED` and `NOT_FOUND`).
     public enum ErrorCode: String, Sendable, CaseIterable {

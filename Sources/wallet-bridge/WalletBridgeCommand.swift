@@ -79,7 +79,10 @@ struct Connect: AsyncParsableCommand {
     @Option(help: "A relay for the URI (repeat for several); default: the relays `serve` uses.") var relay: [String] = []
     @Option(help: "Methods granted, comma-separated (default: the core methods and notifications; add pay_keysend or the hold-invoice methods where the backend has them). get_info and get_budget are always allowed.")
     var methods: String?
-    @Option(help: "Spending limit in msat per period (amounts plus fees).") var budget: Int64?
+    @Option(help: "Spending limit in msat per period (amounts plus fees). A connection that may pay needs one, or --unlimited.")
+    var budget: Int64?
+    @Flag(help: "Let a connection that may pay spend without a budget (with LNbits, up to the whole wallet's balance).")
+    var unlimited = false
     @Option(help: "When the budget renews: daily, weekly, monthly, yearly or never (calendar periods in UTC).") var period: String = "monthly"
     @Option(name: .customLong("expires-at"), help: "Unix time after which the connection is refused.") var expiresAt: Int64?
 
@@ -88,6 +91,11 @@ struct Connect: AsyncParsableCommand {
         guard !relays.isEmpty else { throw ValidationError("no relays: pass --relay") }
         let granted = try methods.map(parseMethods) ?? Set(NIP47.coreMethods + ["notifications"])
         var limit: Budget?
+        let pays = !granted.isDisjoint(with: NIP47.payingMethods)
+        if pays && budget == nil && !unlimited {
+            throw ValidationError("a connection that may pay needs --budget MSAT (or --unlimited to spend without one)")
+        }
+        if unlimited && budget != nil { throw ValidationError("--unlimited and --budget exclude each other") }
         if let budget {
             guard budget > 0 else { throw ValidationError("--budget must be positive") }
             guard let renewal = BudgetPeriod(rawValue: period) else {
