@@ -20,8 +20,12 @@ public struct WalletService: RequestHandler {
         public var defaultInvoiceExpiry: Int64 = 86_400
         /// The longest expiry accepted (seconds).
         public var maximumInvoiceExpiry: Int64 = 30 * 86_400
-        /// The most transactions one `list_transactions` answer holds (keeps responses well under 64 KiB).
+        /// The most transactions one `list_transactions` answer holds.
         public var maximumListLimit = 50
+        /// The most bytes of transactions (as JSON) one `list_transactions` answer holds: fewer transactions
+        /// than asked for come back when theirs is larger, so that the encrypted response event stays under the
+        /// 64 KiB NIP-47 asks relays to accept (40,000 bytes of JSON pad and encode to about 55 KiB).
+        public var maximumListBytes = 40_000
 
         public init() {}
     }
@@ -175,7 +179,17 @@ public struct WalletService: RequestHandler {
                 offset: Int(min(max(try params.integer("offset") ?? 0, 0), 1_000_000)),
                 unpaid: try params.bool("unpaid") ?? false, direction: direction)
             let transactions = try await store.transactions(connection: connection.id, query: query, now: now)
-            return .object(["transactions": .array(transactions.map { NIP47.transactionJSON($0, now: now) })])
+            var listed: [JSONValue] = []
+            var size = 0
+            for transaction in transactions {
+                let object = NIP47.transactionJSON(transaction, now: now)
+                var writer = JSONWriter()
+                writer.value(object)
+                size += writer.bytes.count + 1
+                if size > configuration.maximumListBytes && !listed.isEmpty { break }
+                listed.append(object)
+            }
+            return .object(["transactions": .array(listed)])
         case "pay_invoice":
             guard let text = try params.string("invoice") else { throw NIP47Error(.other, "pay_invoice needs \"invoice\"") }
             let invoice = try decode(text)

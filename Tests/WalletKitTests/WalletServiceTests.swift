@@ -193,6 +193,37 @@ struct WalletServiceTests {
         }
     }
 
+    @Test("list_transactions answers fewer than asked when theirs would make the response too large; paging with offset gets the rest")
+    func listBySize() async throws {
+        try await withWallet { wallet in
+            let (_, client) = try await wallet.connect("shop")
+            try await client.run { session in
+                let note = String(repeating: "x", count: 3_900)
+                var made: Set<String> = []
+                for i in 0..<20 {
+                    let invoice = try await session.call(
+                        "make_invoice", ["amount": .number("1000"), "description": .string("order \(i)"), "metadata": .object(["comment": .string(note)])])
+                    made.insert(try #require(invoice.object?["payment_hash"]?.string))
+                }
+                var listed: [String] = []
+                var pages: [Int] = []
+                while pages.count < 10 {
+                    let page = try #require(try await session.call("list_transactions", ["limit": .number("20"), "offset": .number("\(listed.count)"), "unpaid": .bool(true)])
+                        .object?["transactions"]?.array)
+                    if page.isEmpty { break }
+                    var writer = JSONWriter()
+                    writer.value(.array(page))
+                    #expect(writer.bytes.count <= 40_000)
+                    #expect(page.first?.object?["metadata"]?.object?["comment"] == .string(note))
+                    pages.append(page.count)
+                    listed += page.compactMap { $0.object?["payment_hash"]?.string }
+                }
+                #expect(pages.count > 1 && pages[0] < 20, "\(pages)")
+                #expect(Set(listed) == made && listed.count == 20)
+            }
+        }
+    }
+
     @Test("budgets, grants, revocation, bad input and encryption get their NIP-47 errors")
     func errors() async throws {
         var policy = RequestPolicy.Configuration()
