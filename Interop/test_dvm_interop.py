@@ -33,6 +33,7 @@ from nostr_sdk import (
     PublicKey,
     RelayUrl,
     ReqTarget,
+    SingleThreadPow,
     Tag,
     nip04_decrypt,
     nip04_encrypt,
@@ -169,6 +170,30 @@ def test_plain_and_encrypted_jobs_with_a_swift_handler(procs, aio, rng, tmp_path
     tags = tags_of(found[0])
     assert ["k", "5050"] in tags and any(t[0] == "expiration" and int(t[1]) > time.time() + 3600 for t in tags), tags
     assert json.loads(found[0].content())["name"] == "Shouter"
+
+
+def test_proof_of_work_and_a_denied_customer(procs, aio, rng, tmp_path):  # noqa: F811
+    """`--min-pow 8 --deny KEY`: a request without NIP-13 work is ignored; the same request mined to 8 bits by
+    rust-nostr's miner is run; a denied customer's mined request is ignored."""
+    relay_url = start_rust_relay(aio).url
+    denied = new_keys(rng)
+    host(procs, tmp_path / "dvm", relay_url, "--kind", "5050", "--handler", "uppercase",
+         "--min-pow", "8", "--deny", denied.public_key().to_bech32())
+
+    def mined(keys, text):
+        unsigned = EventBuilder(Kind(5050), "").tags([Tag.parse(["i", text, "text"])]).finalize_unsigned(keys.public_key())
+        event = keys.sign_event(unsigned.mine(SingleThreadPow(), 8))
+        assert int(event.id().to_hex()[:2], 16) == 0, event.id().to_hex()
+        return event
+
+    keys = new_keys(rng)
+    lazy = job_event(keys, 5050, [["i", "no work done", "text"]])
+    statuses, result, _, _ = aio.call(run_job([relay_url], keys, lazy, timeout=2), STEP)
+    assert statuses == [] and result is None, f"[seed {SEED}] {statuses}"
+    statuses, result, content, error = aio.call(run_job([relay_url], keys, mined(keys, "work done")), STEP * 2)
+    assert error is None and content == "WORK DONE", f"[seed {SEED}] {statuses} {error}"
+    statuses, result, _, _ = aio.call(run_job([relay_url], denied, mined(denied, "denied"), timeout=2), STEP)
+    assert statuses == [] and result is None, f"[seed {SEED}] {statuses}"
 
 
 class Files(http.server.SimpleHTTPRequestHandler):

@@ -112,9 +112,23 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Job requests each customer may send in a burst.") var clientBurst: Double = 30
     @Option(help: "Jobs of one customer in progress at once (paying, queued or running); more wait their turn, up to 10 s, or get an error feedback.")
     var clientConcurrency = 8
+    @Option(help: ArgumentHelp("Serve only this customer (hex or npub; repeat for several).", valueName: "PUBKEY")) var allow: [String] = []
+    @Option(help: ArgumentHelp("Ignore this customer's requests (hex or npub; repeat for several).", valueName: "PUBKEY")) var deny: [String] = []
+    @Option(name: .customLong("min-pow"), help: "Ignore requests whose id has fewer leading zero bits than this (NIP-13 proof of work).")
+    var minPow = 0
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
+    /// A customer key from --allow or --deny.
+    static func customer(_ text: String) throws -> PublicKey {
+        guard let key = try? PublicKey(hexOrNpub: text), key.isOnCurve else {
+            throw ValidationError("\"\(text.prefix(70))\" is not a public key (64 hex characters or an npub)")
+        }
+        return key
+    }
+
     func validate() throws {
+        for text in allow + deny { _ = try Self.customer(text) }
+        guard (0...256).contains(minPow) else { throw ValidationError("--min-pow is 0–256 bits") }
         guard !kind.isEmpty else { throw ValidationError("give at least one --kind (5000–5999)") }
         for value in kind where !NIP90.isRequestKind(Kind(value)) { throw ValidationError("--kind \(value) is not a job kind (5000–5999)") }
         guard (exec == nil) != (handler == nil) else { throw ValidationError("give exactly one of --exec and --handler") }
@@ -176,6 +190,9 @@ struct HostDaemon: Service {
         runtime.policy.rate = command.clientRate
         runtime.policy.burst = max(1, command.clientBurst)
         runtime.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
+        if !command.allow.isEmpty { runtime.policy.allow = Set(try command.allow.map(Serve.customer)) }
+        runtime.policy.deny = Set(try command.deny.map(Serve.customer))
+        runtime.minimumProofOfWork = command.minPow
         var service = DVMService.Configuration(kinds: Set(command.kind.map { Kind($0) }))
         service.name = command.name
         service.about = command.about
