@@ -12,6 +12,7 @@ public final class DVMHost: Sendable {
     public let resolver: InputResolver
     public let payments: JobPayments?
     public let publicKey: PublicKey
+    private let logger: Logger
 
     /// - Parameters:
     ///   - key: the host's key (requests are addressed to it, results signed with it).
@@ -31,11 +32,28 @@ public final class DVMHost: Sendable {
         // Job results wait their turn behind slow jobs: the intake takes more requests than run at once, so
         // jobs waiting for a payment or a slot do not stop others from being read.
         runtime.maximumConcurrentRequests = max(runtime.maximumConcurrentRequests, 4 * service.concurrency)
-        self.runtime = ServiceRuntime(keys: [key], handlers: [self.service], store: store, configuration: runtime, logger: logger)
+        self.runtime = ServiceRuntime(keys: [key], handlers: [self.service, DVMPing()], store: store, configuration: runtime, logger: logger)
+        self.logger = logger
     }
 
     /// Subscribed on at least one relay and the announcement confirmed.
     public var isReady: Bool { runtime.isReady && runtime.isAnnounced }
+
+    /// Publishes the heartbeat every ``DVMService/Configuration/heartbeatInterval`` once the host is ready
+    /// (and soon after a round that no relay accepted), until cancelled.
+    private func beat() async {
+        let interval = service.configuration.heartbeatInterval
+        while !Task.isCancelled {
+            guard isReady else {
+                try? await Task.sleep(for: .milliseconds(250))
+                continue
+            }
+            let results = (try? await runtime.send(service.heartbeat(), from: publicKey)) ?? [:]
+            let accepted = results.values.contains(where: \.isAccepted)
+            if !accepted { logger.warning("no relay accepted the heartbeat") }
+            try? await Task.sleep(for: accepted ? interval : min(interval, .seconds(30)))
+        }
+    }
 
     /// Runs until cancelled or until the runtime stops (graceful shutdown).
     public func run() async throws {
@@ -43,6 +61,7 @@ public final class DVMHost: Sendable {
             group.addTask { try await self.runtime.run() }
             group.addTask { try await self.resolver.run() }
             if let payments { group.addTask { try await payments.run() } }
+            group.addTask { await self.beat() }
             _ = try await group.next()
             group.cancelAll()
         }

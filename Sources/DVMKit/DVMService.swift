@@ -34,6 +34,8 @@ public final class DVMService: RequestHandler {
         public var jobTimeout: Duration = .seconds(60)
         /// How long a job may wait for a free slot before it is answered with a timeout.
         public var queueTimeout: Duration = .seconds(600)
+        /// How often the heartbeat (kind 11998) goes out while the host is subscribed; it expires after two.
+        public var heartbeatInterval: Duration = .seconds(300)
 
         public init(kinds: Set<Kind>) {
             self.kinds = kinds
@@ -203,6 +205,16 @@ public final class DVMService: RequestHandler {
 
     // MARK: Announcement
 
+    /// The heartbeat (kind 11998, replaceable): the announcement's `d` tag, `status` `online`, a `k` per kind
+    /// served, and a NIP-40 expiration two intervals on, so that a host that stops beating drops out of the
+    /// clients that watch for it (Amethyst counts a DVM alive while its last beat is at most 900 s old).
+    public func heartbeat(now: Timestamp = .now) -> ServiceReply {
+        var tags: [Tag] = [["d", configuration.identifier], ["status", "online"]]
+        tags += configuration.kinds.sorted().map { ["k", "\($0.rawValue)"] }
+        tags.append(["expiration", "\(now + 2 * max(60, configuration.heartbeatInterval.components.seconds))"])
+        return ServiceReply(kind: NIP90.heartbeatKind, content: "online", tags: tags)
+    }
+
     /// The NIP-89 handler information (31990): `k` per kind, name and about, encryption support (both
     /// spellings in use), the price, and a NIP-40 expiration one announcement interval after the next
     /// announcement, so it lapses only when the host stops announcing.
@@ -277,4 +289,17 @@ func withDeadline<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @esc
         throw DeadlineExceeded()
     }
     return try result.get()
+}
+
+/// Answers a ping (kind 7007 `p`-tagged to the host) with a kind 7000 feedback, status `pong`, that `e`-tags
+/// it: a customer can tell a live host from a stale announcement before sending it a job.
+public struct DVMPing: RequestHandler {
+    public init() {}
+
+    public var kinds: Set<Kind> { [NIP90.pingKind] }
+    public var encryptions: Set<PayloadEncryption> { [.plaintext] }
+
+    public func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        [request.reply(kind: NIP90.feedbackKind, content: "", tags: [["status", "pong"]])]
+    }
 }

@@ -10,6 +10,10 @@ public enum NIP90 {
     public static let feedbackKind: Kind = 7_000
     /// NIP-89 handler information.
     public static let handlerInformationKind: Kind = 31_990
+    /// A DVM's liveness beat (replaceable; as nostrdvm and Amethyst use it, proposed in nips#2465).
+    public static let heartbeatKind: Kind = 11_998
+    /// A ping to a DVM, answered by a 7000 feedback with status `pong` (as nostrdvm does, proposed in nips#1808).
+    public static let pingKind: Kind = 7_007
 
     /// The result kind of a request kind (request + 1000).
     public static func resultKind(of requestKind: Kind) -> Kind {

@@ -384,6 +384,38 @@ struct DVMHostTests {
         }
     }
 
+    @Test("liveness: a ping (7007) p-tagged to the host is answered with pong; the heartbeat (11998) names the kinds, beats again, and expires")
+    func liveness() async throws {
+        try await withHosts(handler: Uppercase(), service: { $0.kinds = [5050, 5051]; $0.heartbeatInterval = .seconds(1) }) { hosts in
+            let test = hosts[0]
+            let customer = SecretKey.generate()
+            let ping = EventTemplate(kind: NIP90.pingKind, content: "", tags: [["p", test.key.hex]]).sign(with: customer)
+            let answers = Filter(authors: [test.key], kinds: [NIP90.feedbackKind], tags: ["e": [ping.id.hex]])
+            let pong = try await test.pool.withSubscription([answers]) { subscription in
+                #expect(await test.pool.publish(ping, timeout: .seconds(5)).values.allSatisfy(\.isAccepted))
+                return try await withTimeout(.seconds(10), "the pong") { () async throws -> Event? in
+                    for await item in subscription { if case .event(let event, _) = item { return event } }
+                    return nil
+                }
+            }
+            #expect(pong?.tags.contains(["status", "pong"]) == true)
+            #expect(pong?.tagValues("p") == [customer.publicKey.hex])
+
+            let beats = Filter(authors: [test.key], kinds: [NIP90.heartbeatKind])
+            let first = try #require(try await test.pool.fetch([beats], timeout: .seconds(3)).first)
+            #expect(Set(first.tagValues("k")) == ["5050", "5051"])
+            #expect(first.tagValues("d") == ["switchboard-dvm"] && first.tags.contains(["status", "online"]))
+            let expiration = try #require(first.expiration)
+            #expect(expiration > first.createdAt && expiration <= first.createdAt + 120)
+            // It beats again: a newer one replaces it.
+            try await withTimeout(.seconds(10), "the next heartbeat") {
+                while try await test.pool.fetch([beats], timeout: .seconds(2)).first.map({ $0.createdAt > first.createdAt }) != true {
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+    }
+
     @Test("requests published while the host was down are run once when it starts")
     func catchUp() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-catchup-\(UUID().uuidString)")
