@@ -110,6 +110,7 @@ let package = Package(
             dependencies: [
                 "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
@@ -131,6 +132,7 @@ let package = Package(
             dependencies: [
                 "NostrService", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -257,6 +259,7 @@ let package = Package(
                 "BunkerKit", "NostrService", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -266,6 +269,7 @@ let package = Package(
                 "WalletKit", "WalletKitPostgres", "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay",
                 "NostrCore", "NostrCrypto",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),

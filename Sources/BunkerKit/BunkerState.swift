@@ -11,12 +11,15 @@ public struct ConnectionSecret: Codable, Sendable, Hashable {
     public var permissions: Permissions
     public var label: String?
     public var createdAt: Int64
+    /// After this time an unused secret is refused (nil: never; secrets minted before lifetimes existed).
+    public var expiresAt: Int64?
     /// The client that used it (then it is spent).
     public var usedBy: String?
 
     enum CodingKeys: String, CodingKey {
         case signer, permissions, label
         case createdAt = "created_at"
+        case expiresAt = "expires_at"
         case usedBy = "used_by"
     }
 }
@@ -88,11 +91,13 @@ public struct BunkerState: Sendable {
     }
 
     /// Mints a secret for `signer` (32 random bytes, hex).
-    public func mintSecret(for signer: PublicKey, permissions: Permissions, label: String?) async throws -> String {
+    /// A new single-use secret for `signer`, unusable after `expiresAt` (nil: never).
+    public func mintSecret(for signer: PublicKey, permissions: Permissions, label: String?, expiresAt: Int64? = nil) async throws -> String {
         var bytes = [UInt8](repeating: 0, count: 32)
         bytes.withUnsafeMutableBytes { SecureMemory.fillRandom($0) }
         let secret = Hex.encode(bytes)
-        let record = ConnectionSecret(signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970))
+        let record = ConnectionSecret(
+            signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970), expiresAt: expiresAt)
         try await store.setValue(Array(try JSONEncoder().encode(record)), forKey: secret, in: Self.secrets)
         return secret
     }
@@ -105,6 +110,21 @@ public struct BunkerState: Sendable {
         var spent = record
         spent.usedBy = client.hex
         try await store.setValue(Array(try JSONEncoder().encode(spent)), forKey: secret, in: Self.secrets)
+    }
+
+    /// Deletes the secrets that expired unused before `time` (each `serve` start mints one per key, and
+    /// those never used would otherwise pile up); spent ones stay, as the record of who used them.
+    @discardableResult
+    public func pruneExpiredSecrets(before time: Int64) async throws -> Int {
+        var pruned = 0
+        for (secret, bytes) in try await store.values(in: Self.secrets) {
+            guard let record = try? JSONDecoder().decode(ConnectionSecret.self, from: Data(bytes)), record.usedBy == nil,
+                let expiresAt = record.expiresAt, expiresAt < time
+            else { continue }
+            try await store.setValue(nil, forKey: secret, in: Self.secrets)
+            pruned += 1
+        }
+        return pruned
     }
 
     static func key(signer: String, client: String) -> String { "\(signer):\(client)" }

@@ -1,3 +1,4 @@
+public import CoreMetrics
 import Foundation
 import Logging
 public import NostrCore
@@ -20,6 +21,7 @@ public struct RemoteSigner: RequestHandler {
     let sensitiveKinds: Set<Kind>
     /// Serializes `connect`s, so a secret can be spent only once even when two clients race for it.
     private let connecting = AsyncSemaphore(1)
+    private let metricsFactory: any MetricsFactory
 
     /// - Parameters:
     ///   - identities: The user keys served, each under its remote-signer key.
@@ -28,10 +30,13 @@ public struct RemoteSigner: RequestHandler {
     ///     challenge); without it they are refused as `unauthorized`.
     ///   - sensitiveKinds: Kinds a blanket `sign_event` grant does not cover (``NIP46/sensitiveKinds`` by
     ///     default): they need `sign_event:<kind>`.
+    ///   - metricsFactory: Where `switchboard_bunker_requests_total{method,decision}` goes.
     public init(
         identities: [BunkerIdentity], state: BunkerState, approvals: Approvals? = nil,
-        sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, relays: @escaping @Sendable () -> [RelayURL]
+        sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, metricsFactory: any MetricsFactory = MetricsSystem.factory,
+        relays: @escaping @Sendable () -> [RelayURL]
     ) {
+        self.metricsFactory = metricsFactory
         self.identities = Dictionary(identities.map { ($0.signer.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
         self.state = state
         self.approvals = approvals
@@ -61,6 +66,12 @@ public struct RemoteSigner: RequestHandler {
             time: Int64(Date().timeIntervalSince1970), signer: request.recipient.hex, client: request.sender.hex,
             method: String(method.prefix(64)), kind: answer.kind.map(\.rawValue), decision: answer.decision,
             latency: Self.milliseconds(ContinuousClock.now - started))
+        // Labels stay bounded: methods outside NIP-46's are counted as `other`.
+        let known = NIP46.sessionMethods.contains(method) || NIP46.grantableMethods.contains(method)
+        Counter(
+            label: "switchboard_bunker_requests_total", dimensions: [("method", known ? method : "other"), ("decision", answer.decision)],
+            factory: metricsFactory
+        ).increment()
         do {
             try await state.audit(record)
         } catch {
@@ -98,6 +109,12 @@ public struct RemoteSigner: RequestHandler {
             client: request.sender.hex, clientName: session?.label ?? session?.name, user: user, method: message.method,
             permission: permission, event: event.map { Self.display($0) })
         else { return nil }
+        // The operator learns that a decision waits, not only the client's user. The page's URL is not logged: with
+        // access to the listener it is enough to decide, and logs travel further than the listener does.
+        context.logger.notice("approval needed; the client was sent the page's link", metadata: [
+            "client": "\(session?.label ?? session?.name ?? request.sender.hex)", "method": "\(message.method)",
+            "permission": "\(permission)", "timeout": "\(approvals.timeout.components.seconds)s",
+        ])
         await context.send(reply(NIP46.Response(id: message.id, result: "auth_url", error: url), to: request))
         let decision = await approvals.decision(id)
         if decision == .always {
@@ -194,6 +211,9 @@ public struct RemoteSigner: RequestHandler {
             return NIP46.Response(id: message.id, error: "unauthorized: this secret has already been used; ask the operator for a new bunker:// URI")
         }
         let now = Int64(Date().timeIntervalSince1970)
+        if let expiresAt = record.expiresAt, now >= expiresAt {
+            return NIP46.Response(id: message.id, error: "unauthorized: this secret has expired; ask the operator for a new bunker:// URI")
+        }
         try await state.save(ClientSession(
             signer: signer.hex, client: client.hex, permissions: record.permissions, requested: requested,
             name: metadata.name, url: metadata.url, label: record.label, relays: relays().map(\.string),

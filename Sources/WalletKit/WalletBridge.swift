@@ -65,6 +65,8 @@ public final class WalletBridge: Sendable {
         runtimeConfiguration.relays = Self.relays(base: configuration.relays, connections: all.filter { $0.isServed(at: .now) })
         // Wallet keys are per connection; a relay list for each adds nothing clients use.
         runtimeConfiguration.announcesRelayList = false
+        var service = service
+        service.metricsFactory = configuration.metricsFactory
         self.service = WalletService(store: store, backend: backend, configuration: service)
         // Revoked and expired connections keep their keys, so their requests are answered UNAUTHORIZED rather
         // than ignored.
@@ -94,6 +96,10 @@ public final class WalletBridge: Sendable {
     func notify(_ event: WalletEvent) async {
         do {
             guard let (connection, replies) = try await service.notifications(for: event) else { return }
+            switch event {
+            case .received: service.metrics.notification("payment_received")
+            case .sent: service.metrics.notification("payment_sent")
+            }
             for reply in replies {
                 let results = try await runtime.send(reply, from: connection.walletKey)
                 if !results.values.contains(where: \.isAccepted) {

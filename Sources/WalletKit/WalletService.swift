@@ -1,3 +1,4 @@
+public import CoreMetrics
 import Logging
 public import NostrCore
 import NostrCrypto
@@ -27,6 +28,9 @@ public struct WalletService: RequestHandler {
         /// 64 KiB NIP-47 asks relays to accept (40,000 bytes of JSON pad and encode to about 55 KiB).
         public var maximumListBytes = 40_000
 
+        /// Where the wallet's metrics go (the global swift-metrics factory by default).
+        public var metricsFactory: any MetricsFactory = MetricsSystem.factory
+
         public init() {}
     }
 
@@ -40,7 +44,10 @@ public struct WalletService: RequestHandler {
         self.store = store
         self.backend = backend
         self.configuration = configuration
+        self.metrics = WalletMetrics(factory: configuration.metricsFactory)
     }
+
+    let metrics: WalletMetrics
 
     public var kinds: Set<Kind> { [NIP47.requestKind] }
 
@@ -151,6 +158,7 @@ public struct WalletService: RequestHandler {
             let invoice = try await backend.makeInvoice(
                 InvoiceRequest(amountMsat: amount, description: description, descriptionHash: descriptionHash, expiry: expiry, metadata: params.metadata),
                 for: connection, now: now)
+            metrics.invoiceMade()
             return NIP47.transactionJSON(invoice, now: now)
         case "lookup_invoice":
             let hash: Bytes32
@@ -203,17 +211,25 @@ public struct WalletService: RequestHandler {
             case (nil, let asked?): amount = asked
             case (nil, nil): throw NIP47Error(.other, "the invoice names no amount; give \"amount\" in msat")
             }
-            guard invoice.expiresAt > now else { throw NIP47Error(.paymentFailed, "the invoice has expired") }
+            guard invoice.expiresAt > now else {
+                metrics.payment("expired_invoice")
+                throw NIP47Error(.paymentFailed, "the invoice has expired")
+            }
             let deadline = min(context.deadline - .seconds(10), ContinuousClock.now + configuration.paymentWait)
             let outcome = try await backend.pay(invoice, amountMsat: amount, metadata: params.metadata, for: connection, deadline: deadline)
             switch outcome {
             case .paid(let payment):
+                metrics.payment("paid")
+                metrics.paid(amountMsat: payment.amountMsat, feesMsat: payment.feesPaidMsat)
                 return .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
             case .pending:
+                metrics.payment("pending")
                 throw NIP47Error(.other, "the payment is still in flight, not failed; lookup_invoice tells when it resolves")
             case .failed(let reason):
+                metrics.payment("failed")
                 throw NIP47Error(.paymentFailed, reason)
             case .refused(let refusal):
+                metrics.payment(Self.outcome(of: refusal))
                 throw Self.error(for: refusal)
             }
         default:
@@ -228,6 +244,16 @@ public struct WalletService: RequestHandler {
             throw NIP47Error(.other, error.description)
         } catch {
             throw NIP47Error(.other, "invalid invoice: \(error)")
+        }
+    }
+
+    static func outcome(of refusal: ReservationResult) -> String {
+        switch refusal {
+        case .quotaExceeded: "quota_exceeded"
+        case .insufficientBalance: "insufficient_balance"
+        case .alreadyPaid: "already_paid"
+        case .notLive: "not_live"
+        case .reserved: "internal"
         }
     }
 

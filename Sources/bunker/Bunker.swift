@@ -181,11 +181,18 @@ struct KeyCommand: AsyncParsableCommand {
     }
 }
 
-/// Mints a secret and returns its bunker:// URI.
-func mintURI(for signer: PublicKey, relays: [RelayURL], permissions: Permissions, label: String?, state: BunkerState) async throws -> BunkerURI {
-    let secret = try await state.mintSecret(for: signer, permissions: permissions, label: label)
+/// Mints a secret usable for `lifetime` seconds (0: for ever) and returns its bunker:// URI.
+func mintURI(
+    for signer: PublicKey, relays: [RelayURL], permissions: Permissions, label: String?, lifetime: Int64, state: BunkerState
+) async throws -> BunkerURI {
+    let expiresAt = lifetime > 0 ? Int64(Date().timeIntervalSince1970) + lifetime : nil
+    let secret = try await state.mintSecret(for: signer, permissions: permissions, label: label, expiresAt: expiresAt)
     return BunkerURI(signer: signer, relays: relays, secret: secret)
 }
+
+/// How long a minted bunker:// secret stays usable when no one connects with it (a URI printed to a log or a
+/// terminal should not open the bunker for ever).
+let defaultSecretLifetime: Int64 = 86_400
 
 struct URICommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -197,12 +204,16 @@ struct URICommand: AsyncParsableCommand {
     var perms: String?
     @Option(help: "A label for the connection, shown by `bunker clients`.") var label: String?
     @Option(help: "Relays to put in the URI; those `serve` uses by default.") var relay: [String] = []
+    @Option(name: .customLong("valid-for"), help: "Seconds the secret can be used to connect (0: no limit).")
+    var validFor: Int64 = defaultSecretLifetime
 
     func run() async throws {
         let (_, signer) = try storedKey(key, in: directory)
         let permissions = try perms.map { try Permissions(parsing: $0) } ?? .all
         let relays = relay.isEmpty ? try directory.recordedRelays() : try relay.map { try RelayURL($0) }
-        say(try await mintURI(for: signer, relays: relays, permissions: permissions, label: label, state: try directory.openState()).description)
+        say(try await mintURI(
+            for: signer, relays: relays, permissions: permissions, label: label, lifetime: max(0, validFor), state: try directory.openState()
+        ).description)
     }
 }
 

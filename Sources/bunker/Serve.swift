@@ -30,6 +30,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests of one client handled at once (more wait their turn, up to 10 s, or get a \"too many requests\" error).") var clientConcurrency = 8
     @Option(help: "Kinds a client's blanket sign_event grant does not cover, comma-separated, or 'none': signing them takes sign_event:<kind>, granted or approved. Default: profile, follow list, deletion, request to vanish, relay list.")
     var sensitiveKinds = NIP46.sensitiveKinds.map(\.rawValue).sorted().map(String.init).joined(separator: ",")
+    @Option(name: .customLong("uri-valid-for"), help: "Seconds the bunker:// secrets printed at start can be used to connect (0: no limit).")
+    var uriValidFor: Int64 = defaultSecretLifetime
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
 
     /// `--sensitive-kinds` as a set.
@@ -57,8 +59,8 @@ struct Serve: AsyncParsableCommand {
         let daemon = BunkerDaemon(
             directory: directory, identities: identities, state: try directory.openState(), relays: relays,
             http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
-            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive, policy: policy, registry: registry,
-            logger: Logger(label: "bunker"))
+            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive, policy: policy,
+            uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
         try await group.run()
@@ -78,6 +80,7 @@ struct BunkerDaemon: Service {
     let auditDays: Int
     let sensitiveKinds: Set<Kind>
     let policy: RequestPolicy.Configuration
+    let uriLifetime: Int64
     let registry: PrometheusCollectorRegistry
     let logger: Logger
 
@@ -120,8 +123,12 @@ struct BunkerDaemon: Service {
             while !runtime.isReady {
                 try await Task.sleep(for: .milliseconds(20))
             }
+            // Secrets printed by earlier starts that expired unused go; this start prints fresh ones.
+            let pruned = try await state.pruneExpiredSecrets(before: Int64(Date().timeIntervalSince1970))
+            if pruned > 0 { logger.info("expired connection secrets removed", metadata: ["count": "\(pruned)"]) }
             for identity in identities {
-                let uri = try await mintURI(for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, state: state)
+                let uri = try await mintURI(
+                    for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, lifetime: uriLifetime, state: state)
                 say(uri.description)
             }
             // The runtime returns on SIGTERM/SIGINT (as does the listener): then the background loops stop too.

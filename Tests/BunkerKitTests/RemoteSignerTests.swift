@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import MetricsTestKit
 import NostrCore
 import NostrCrypto
 import NostrRelay
@@ -22,6 +23,8 @@ struct TestBunker {
     let identity: BunkerIdentity
     /// More user keys (with `otherIdentities`), served by the same runtime.
     let others: [BunkerIdentity]
+    /// The remote signer's metrics.
+    let metrics: TestMetrics
     let state: BunkerState
     let approvals: Approvals?
     let runtime: ServiceRuntime
@@ -29,9 +32,11 @@ struct TestBunker {
     var signer: PublicKey { identity.signer.publicKey }
 
     /// A new single-use `bunker://` URI for the first relay (and the first user key, unless told).
-    func uri(permissions: Permissions = .all, relays: [RelayURL]? = nil, for identity: BunkerIdentity? = nil) async throws -> BunkerURI {
+    func uri(
+        permissions: Permissions = .all, relays: [RelayURL]? = nil, for identity: BunkerIdentity? = nil, expiresAt: Int64? = nil
+    ) async throws -> BunkerURI {
         let signer = (identity ?? self.identity).signer.publicKey
-        let secret = try await state.mintSecret(for: signer, permissions: permissions, label: nil)
+        let secret = try await state.mintSecret(for: signer, permissions: permissions, label: nil, expiresAt: expiresAt)
         return BunkerURI(signer: signer, relays: relays ?? [self.relays[0]], secret: secret)
     }
 
@@ -58,15 +63,16 @@ func withBunker<R: Sendable>(
         defer { try? FileManager.default.removeItem(at: directory) }
         let identity = BunkerIdentity(user: .generate(), signer: .generate())
         let others = (0..<otherIdentities).map { _ in BunkerIdentity(user: .generate(), signer: .generate()) }
+        let metrics = TestMetrics()
         let state = BunkerState(store: try SQLiteServiceStore(path: directory.appendingPathComponent("bunker.sqlite").path))
         var configuration = ServiceRuntime.Configuration(relays: urls)
         configuration.pool.reconnectDelay = .milliseconds(50)
         configuration.publishTimeout = .seconds(2)
         let runtime = ServiceRuntime(
             keys: ([identity] + others).map { LocalServiceKey($0.signer) },
-            handlers: [RemoteSigner(identities: [identity] + others, state: state, approvals: approvals, relays: { urls })],
+            handlers: [RemoteSigner(identities: [identity] + others, state: state, approvals: approvals, metricsFactory: metrics, relays: { urls })],
             store: state.store, configuration: configuration, logger: quiet)
-        let bunker = TestBunker(relays: urls, identity: identity, others: others, state: state, approvals: approvals, runtime: runtime)
+        let bunker = TestBunker(relays: urls, identity: identity, others: others, metrics: metrics, state: state, approvals: approvals, runtime: runtime)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await runtime.run() }
             if let approvals {
@@ -134,6 +140,25 @@ struct RemoteSignerTests {
         }
     }
 
+    @Test("an expired secret is refused; pruning removes expired unused secrets and keeps spent and live ones")
+    func expiredSecret() async throws {
+        try await withBunker { bunker in
+            let now = Int64(Date().timeIntervalSince1970)
+            let stale = try await bunker.uri(expiresAt: now - 1)
+            let refused = await refusal { try await bunker.client(stale).run { try await $0.connect() } }
+            #expect(refused == "unauthorized: this secret has expired; ask the operator for a new bunker:// URI")
+            let live = try await bunker.uri(expiresAt: now + 3600)
+            let used = try await bunker.uri(expiresAt: now + 3600)
+            try await bunker.client(used).run { try await $0.connect() }
+            #expect(try await bunker.state.pruneExpiredSecrets(before: now) == 1)
+            #expect(try await bunker.state.secret(stale.secret ?? "") == nil)
+            // Pruning when the others have expired too: the spent one stays.
+            #expect(try await bunker.state.pruneExpiredSecrets(before: now + 7200) == 1)
+            #expect(try await bunker.state.secret(live.secret ?? "") == nil)
+            #expect(try await bunker.state.secret(used.secret ?? "")?.usedBy != nil)
+        }
+    }
+
     @Test("connect's first parameter may be the remote signer's pubkey, the user's (older NDK) or empty; another key is refused")
     func connectFirstParameter() async throws {
         try await withBunker { bunker in
@@ -173,6 +198,12 @@ struct RemoteSignerTests {
                 let badKey = await refusal { try await signer.call("nip04_encrypt", ["zz", "text"]) }
                 #expect(badKey?.hasPrefix("bad request") == true)
             }
+            func count(_ method: String, _ decision: String) -> Int64 {
+                (try? bunker.metrics.expectCounter("switchboard_bunker_requests_total", [("method", method), ("decision", decision)]))?.totalValue ?? 0
+            }
+            #expect(count("sign_event", "ok") == 1)
+            #expect(count("other", "error") == 1)
+            #expect(count("nip44_encrypt", "error") == 1 && count("nip04_encrypt", "error") == 1)
         }
     }
 

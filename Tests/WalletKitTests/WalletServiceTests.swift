@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MetricsTestKit
 import NostrCore
 import NostrCrypto
 import NostrRelay
@@ -16,6 +17,8 @@ struct TestWallet {
     let bridges: [WalletBridge]
     let keys: WalletKeys
     let relays: [RelayURL]
+    /// The bridges' metrics (runtime and wallet).
+    let metrics: TestMetrics
     var store: any WalletStore { bridges[0].store }
     var ledger: any LightningBackend { bridges[0].backend }
 
@@ -55,17 +58,19 @@ func withWallet<R: Sendable>(
         let keys = WalletKeys(master: .generate())
         return try await withStorePairs(backend, count: replicas) { pairs in
             var bridges: [WalletBridge] = []
+            let metrics = TestMetrics()
             for (index, (wallet, service)) in pairs.enumerated() {
                 // Each replica listens on its own relay when there are as many relays as replicas.
                 var configuration = ServiceRuntime.Configuration(relays: replicas > 1 && relayCount == replicas ? [urls[index]] : urls)
                 configuration.pool.reconnectDelay = .milliseconds(50)
                 configuration.publishTimeout = .seconds(2)
                 configuration.policy = policy
+                configuration.metricsFactory = metrics
                 bridges.append(try await WalletBridge(
                     keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: service,
                     configuration: configuration, pollInterval: .milliseconds(50), logger: quiet))
             }
-            let wallet = TestWallet(bridges: bridges, keys: keys, relays: urls)
+            let wallet = TestWallet(bridges: bridges, keys: keys, relays: urls, metrics: metrics)
             let started = bridges
             return try await withThrowingTaskGroup(of: Void.self) { group in
                 for bridge in started { group.addTask { try await bridge.run() } }
@@ -160,6 +165,14 @@ struct WalletServiceTests {
                     #expect(sent?.type == "payment_sent")
                 }
             }
+            func counter(_ label: String, _ dimensions: [(String, String)] = []) -> Int64 {
+                (try? wallet.metrics.expectCounter(label, dimensions))?.totalValue ?? 0
+            }
+            #expect(counter("switchboard_wallet_payments_total", [("outcome", "paid")]) == 1)
+            #expect(counter("switchboard_wallet_paid_msat_total") == 21_000)
+            #expect(counter("switchboard_wallet_invoices_total") == 1)
+            #expect(counter("switchboard_wallet_notifications_total", [("type", "payment_received")]) == 1)
+            #expect(counter("switchboard_wallet_notifications_total", [("type", "payment_sent")]) == 1)
         }
     }
 
@@ -235,6 +248,7 @@ struct WalletServiceTests {
             let (_, restricted) = try await wallet.connect("reader", methods: ["get_balance"])
             try await client.run { session in
                 await expectError(.quotaExceeded) { try await session.call("pay_invoice", ["invoice": .string(try await wallet.invoice(payee, msat: 6_000))]) }
+                #expect((try? wallet.metrics.expectCounter("switchboard_wallet_payments_total", [("outcome", "quota_exceeded")]))?.totalValue == 1)
                 let budget = try #require(try await session.call("get_budget").object)
                 #expect(budget["total_budget"]?.int64 == 5_000 && budget["used_budget"]?.int64 == 0)
                 #expect(budget["renewal_period"] == .string("daily"))
