@@ -19,6 +19,8 @@ public struct RemoteSigner: RequestHandler {
     let approvals: Approvals?
     /// Kinds a blanket `sign_event` grant does not cover.
     let sensitiveKinds: Set<Kind>
+    /// How far into the future an event to sign may be dated (seconds; nil: any date).
+    let maximumFutureSkew: Int64?
     /// Serializes `connect`s, so a secret can be spent only once even when two clients race for it.
     private let connecting = AsyncSemaphore(1)
     private let metricsFactory: any MetricsFactory
@@ -30,13 +32,17 @@ public struct RemoteSigner: RequestHandler {
     ///     challenge); without it they are refused as `unauthorized`.
     ///   - sensitiveKinds: Kinds a blanket `sign_event` grant does not cover (``NIP46/sensitiveKinds`` by
     ///     default): they need `sign_event:<kind>`.
+    ///   - maximumFutureSkew: How far into the future (seconds) an event to sign may be dated; nil: any date. A
+    ///     replaceable event dated years ahead would win over every later version the user publishes (a relay
+    ///     list or a mute list pinned for good), so the default is 15 minutes.
     ///   - metricsFactory: Where `switchboard_bunker_requests_total{method,decision}` goes.
     public init(
         identities: [BunkerIdentity], state: BunkerState, approvals: Approvals? = nil,
-        sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, metricsFactory: any MetricsFactory = MetricsSystem.factory,
-        relays: @escaping @Sendable () -> [RelayURL]
+        sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, maximumFutureSkew: Int64? = 900,
+        metricsFactory: any MetricsFactory = MetricsSystem.factory, relays: @escaping @Sendable () -> [RelayURL]
     ) {
         self.metricsFactory = metricsFactory
+        self.maximumFutureSkew = maximumFutureSkew
         self.identities = Dictionary(identities.map { ($0.signer.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
         self.state = state
         self.approvals = approvals
@@ -258,6 +264,11 @@ public struct RemoteSigner: RequestHandler {
             try parameters(1)
             let template = try EventTemplate(json: params[0])
             kind = template.kind
+            if let maximumFutureSkew, let createdAt = template.createdAt, createdAt > Timestamp.now + maximumFutureSkew {
+                return Answer(NIP46.Response(
+                    id: id, error: "bad request: created_at is \(createdAt - Timestamp.now) s in the future; at most \(maximumFutureSkew) s is signed"),
+                    "error", kind: kind)
+            }
             if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind, sensitiveKinds: sensitiveKinds), event: template) { return refusal }
             return ok(template.sign(with: identity.user).json)
         case "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt":

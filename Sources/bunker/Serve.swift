@@ -30,6 +30,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests of one client handled at once (more wait their turn, up to 10 s, or get a \"too many requests\" error).") var clientConcurrency = 8
     @Option(help: "Kinds a client's blanket sign_event grant does not cover, comma-separated, or 'none': signing them takes sign_event:<kind>, granted or approved. Default: profile, follow list, deletion, request to vanish, relay list.")
     var sensitiveKinds = NIP46.sensitiveKinds.map(\.rawValue).sorted().map(String.init).joined(separator: ",")
+    @Option(name: .customLong("max-future-skew"), help: "Seconds into the future an event to sign may be dated (0: no limit). A replaceable event dated far ahead would override every later version.")
+    var maxFutureSkew: Int64 = 900
     @Option(name: .customLong("uri-valid-for"), help: "Seconds the bunker:// secrets printed at start can be used to connect (0: no limit).")
     var uriValidFor: Int64 = defaultSecretLifetime
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "notice"
@@ -59,7 +61,8 @@ struct Serve: AsyncParsableCommand {
         let daemon = BunkerDaemon(
             directory: directory, identities: identities, state: try directory.openState(), relays: relays,
             http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
-            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive, policy: policy,
+            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive,
+            maximumFutureSkew: maxFutureSkew > 0 ? maxFutureSkew : nil, policy: policy,
             uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
         let group = ServiceGroup(
             configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
@@ -79,6 +82,7 @@ struct BunkerDaemon: Service {
     let approvalURL: String?
     let auditDays: Int
     let sensitiveKinds: Set<Kind>
+    let maximumFutureSkew: Int64?
     let policy: RequestPolicy.Configuration
     let uriLifetime: Int64
     let registry: PrometheusCollectorRegistry
@@ -95,7 +99,8 @@ struct BunkerDaemon: Service {
     private func serve(on relays: [RelayURL]) async throws {
         try directory.recordRelays(relays)
         let signer = RemoteSigner(
-            identities: identities, state: state, approvals: approvals, sensitiveKinds: sensitiveKinds, relays: { relays })
+            identities: identities, state: state, approvals: approvals, sensitiveKinds: sensitiveKinds,
+            maximumFutureSkew: maximumFutureSkew, relays: { relays })
         // nostrconnect clients are served on their own relays as well.
         var configuration = ServiceRuntime.Configuration(relays: Array(Set(relays).union(try await state.clientRelays())).sorted())
         configuration.policy = policy

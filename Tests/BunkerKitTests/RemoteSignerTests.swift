@@ -197,11 +197,19 @@ struct RemoteSignerTests {
                 #expect(missing == "bad request: nip44_encrypt takes 2 parameters")
                 let badKey = await refusal { try await signer.call("nip04_encrypt", ["zz", "text"]) }
                 #expect(badKey?.hasPrefix("bad request") == true)
+                // Dated far ahead (a replaceable event that would override every later version): refused;
+                // a few minutes ahead (a skewed clock) or in the past: signed.
+                let ahead = await refusal { try await signer.sign(EventTemplate(kind: 10_000, createdAt: Timestamp.now + 86_400 * 365)) }
+                #expect(ahead?.hasPrefix("bad request: created_at is ") == true && ahead?.hasSuffix("at most 900 s is signed") == true, "\(ahead ?? "signed")")
+                let skewed = try await signer.sign(EventTemplate(kind: 1, content: "soon", createdAt: Timestamp.now + 300))
+                #expect(skewed.isValid)
+                let old = try await signer.sign(EventTemplate(kind: 1, content: "then", createdAt: 1_600_000_000))
+                #expect(old.createdAt == 1_600_000_000)
             }
             func count(_ method: String, _ decision: String) -> Int64 {
                 (try? bunker.metrics.expectCounter("switchboard_bunker_requests_total", [("method", method), ("decision", decision)]))?.totalValue ?? 0
             }
-            #expect(count("sign_event", "ok") == 1)
+            #expect(count("sign_event", "ok") == 3)
             #expect(count("other", "error") == 1)
             #expect(count("nip44_encrypt", "error") == 1 && count("nip04_encrypt", "error") == 1)
         }
