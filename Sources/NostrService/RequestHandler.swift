@@ -91,6 +91,9 @@ public struct AnnouncementContext: Sendable {
     /// When the runtime announces again at the latest: a NIP-40 `expiration` after this never lapses while the
     /// service runs.
     public let nextAnnouncement: Timestamp
+    /// The service's relay pool, to look up what is published already (what an announcement replaces or
+    /// withdraws).
+    public let pool: RelayPool
 }
 
 extension RequestHandler {

@@ -74,7 +74,7 @@ extension ServiceRuntime {
         let context = { key in
             AnnouncementContext(
                 key: key, relays: relays, now: now,
-                nextAnnouncement: now + Int64(self.configuration.announcementInterval.components.seconds))
+                nextAnnouncement: now + Int64(self.configuration.announcementInterval.components.seconds), pool: self.pool)
         }
         var confirmed = true
         let keyring = keyring.withLock { $0 }

@@ -279,13 +279,22 @@ public struct WalletService: RequestHandler {
     /// The info event (kind 13194) for each connection's wallet key: methods it may use, both encryption
     /// schemes, and the notification types. For a connection that has ended (revoked or expired) in the last
     /// week, a NIP-09 deletion request of its info event instead, so that clients stop finding it: by address
-    /// (`a`), and by id (`e`) when this process announced it, for relays that only delete by id. The deletion
-    /// is made by the first round that sends it, dated later than every info event this process announced, and
-    /// later rounds send that same event again, which relays keep once.
+    /// (`a`), and by id (`e`) for relays that only delete by id — the id this process announced, or, for one
+    /// announced by an earlier run or another replica, the ids the relays hold. The deletion is made by the
+    /// first round that sends it, dated later than every info event this process announced, and later rounds
+    /// send that same event again, which relays keep once.
     public func announcements(_ context: AnnouncementContext) async throws -> [EventTemplate] {
         guard let connection = try await store.connection(walletKey: context.key) else { return [] }
         guard connection.isLive(at: context.now) else {
-            return connection.isServed(at: context.now) ? [withdrawals.deletion(of: context.key, now: context.now)] : []
+            guard connection.isServed(at: context.now) else { return [] }
+            if let made = withdrawals.deletion(of: context.key) { return [made] }
+            // Announced by an earlier run (or another replica): the relays say which info events to name.
+            var ids = withdrawals.announced(by: context.key).map { [$0] } ?? []
+            if ids.isEmpty {
+                let published = try? await context.pool.fetch([Filter(authors: [context.key], kinds: [NIP47.infoKind])], timeout: .seconds(3))
+                ids = published?.map(\.id) ?? []
+            }
+            return [withdrawals.deletion(of: context.key, naming: ids, now: context.now)]
         }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
         var tags: [Tag] = [["encryption", "nip44_v2 nip04"]]
@@ -377,11 +386,20 @@ private final class Withdrawals: Sendable {
         state.withLock { $0.announced[key] = id }
     }
 
-    func deletion(of key: PublicKey, now: Timestamp) -> EventTemplate {
+    func announced(by key: PublicKey) -> EventID? {
+        state.withLock { $0.announced[key] }
+    }
+
+    /// The deletion already made for `key`, if any.
+    func deletion(of key: PublicKey) -> EventTemplate? {
+        state.withLock { $0.deletions[key] }
+    }
+
+    /// The deletion for `key` naming `ids` (made now unless another round made one meanwhile, which wins).
+    func deletion(of key: PublicKey, naming ids: [EventID], now: Timestamp) -> EventTemplate {
         state.withLock { state in
             if let made = state.deletions[key] { return made }
-            var tags: [Tag] = [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
-            if let id = state.announced[key] { tags.insert(["e", id.hex], at: 0) }
+            let tags: [Tag] = ids.map { ["e", $0.hex] } + [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
             let made = EventTemplate(kind: .deletion, content: "this wallet connection has ended", tags: tags, createdAt: now)
             state.deletions[key] = made
             return made

@@ -237,6 +237,53 @@ struct WalletServiceTests {
         }
     }
 
+    @Test("a connection revoked while the bridge was stopped: after the restart its deletion names the info event the relays hold")
+    func withdrawnAfterRestart() async throws {
+        try await withTestRelays(1) { testRelays in
+            let urls = testRelays.compactMap(\.url)
+            let keys = WalletKeys(master: .generate())
+            try await withStorePairs(.sqlite, count: 1) { pairs in
+                let (wallet, service) = pairs[0]
+                func running<R: Sendable>(_ body: @Sendable () async throws -> R) async throws -> R {
+                    var configuration = ServiceRuntime.Configuration(relays: urls)
+                    configuration.pool.reconnectDelay = .milliseconds(50)
+                    configuration.publishTimeout = .seconds(2)
+                    let bridge = try await WalletBridge(
+                        keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: service,
+                        configuration: configuration, pollInterval: .milliseconds(50), logger: quiet)
+                    return try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { try await bridge.run() }
+                        defer { group.cancelAll() }
+                        try await withDeadline(.seconds(10), "the bridge to be ready") {
+                            while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) }
+                        }
+                        return try await body()
+                    }
+                }
+                let connection = try await wallet.addConnection(
+                    name: "gone", clientKey: SecretKey.generate().publicKey, methods: ["get_balance"], budget: nil, expiresAt: nil, relays: urls,
+                    now: .now, walletKey: { try keys.walletKey($0).publicKey })
+                let pool = RelayPool(relays: urls, logger: quiet)
+                try await pool.withRunning {
+                    let info = Filter(authors: [connection.walletKey], kinds: [NIP47.infoKind])
+                    let announced = try await running { try await pool.fetch([info], timeout: .seconds(3)) }
+                    #expect(announced.count == 1)
+                    _ = try await wallet.revoke(idOrName: "gone", now: .now)
+                    let deletions = try await running {
+                        try await withDeadline(.seconds(10), "the info event's deletion") {
+                            while true {
+                                let found = try await pool.fetch([Filter(authors: [connection.walletKey], kinds: [.deletion])], timeout: .seconds(2))
+                                if !found.isEmpty { return found }
+                            }
+                        }
+                    }
+                    #expect(deletions.first?.tagValues("e") == announced.map(\.id.hex))
+                    #expect(try await pool.fetch([info], timeout: .seconds(3)).isEmpty)
+                }
+            }
+        }
+    }
+
     @Test("budgets, grants, revocation, bad input and encryption get their NIP-47 errors")
     func errors() async throws {
         var policy = RequestPolicy.Configuration()
