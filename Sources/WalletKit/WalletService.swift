@@ -289,12 +289,12 @@ public struct WalletService: RequestHandler {
             guard connection.isServed(at: context.now) else { return [] }
             if let made = withdrawals.deletion(of: context.key) { return [made] }
             // Announced by an earlier run (or another replica): the relays say which info events to name.
-            var ids = withdrawals.announced(by: context.key).map { [$0] } ?? []
-            if ids.isEmpty {
+            var named = withdrawals.announced(by: context.key).map { [$0] } ?? []
+            if named.isEmpty {
                 let published = try? await context.pool.fetch([Filter(authors: [context.key], kinds: [NIP47.infoKind])], timeout: .seconds(3))
-                ids = published?.map(\.id) ?? []
+                named = published?.map { Withdrawals.Announced(id: $0.id, createdAt: $0.createdAt) } ?? []
             }
-            return [withdrawals.deletion(of: context.key, naming: ids, now: context.now)]
+            return [withdrawals.deletion(of: context.key, naming: named, now: context.now)]
         }
         let methods = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
         var tags: [Tag] = [["encryption", "nip44_v2 nip04"]]
@@ -302,7 +302,8 @@ public struct WalletService: RequestHandler {
         let info = EventTemplate(
             kind: NIP47.infoKind, content: (methods + (connection.receivesNotifications ? ["notifications"] : [])).joined(separator: " "),
             tags: tags, createdAt: context.now)
-        withdrawals.announced(Event.computeID(pubkey: context.key, createdAt: context.now, kind: info.kind, tags: info.tags, content: info.content), by: context.key)
+        let id = Event.computeID(pubkey: context.key, createdAt: context.now, kind: info.kind, tags: info.tags, content: info.content)
+        withdrawals.announced(Withdrawals.Announced(id: id, createdAt: context.now), by: context.key)
         return [info]
     }
 
@@ -374,19 +375,24 @@ struct Params {
 
 /// The last info event announced for each wallet key, and the deletion request that withdraws it once its
 /// connection has ended (made once, so that every round sends the same event).
-private final class Withdrawals: Sendable {
+final class Withdrawals: Sendable {
+    struct Announced: Sendable {
+        let id: EventID
+        let createdAt: Timestamp
+    }
+
     private struct State {
-        var announced: [PublicKey: EventID] = [:]
+        var announced: [PublicKey: Announced] = [:]
         var deletions: [PublicKey: EventTemplate] = [:]
     }
 
     private let state = Mutex(State())
 
-    func announced(_ id: EventID, by key: PublicKey) {
-        state.withLock { $0.announced[key] = id }
+    func announced(_ event: Announced, by key: PublicKey) {
+        state.withLock { $0.announced[key] = event }
     }
 
-    func announced(by key: PublicKey) -> EventID? {
+    func announced(by key: PublicKey) -> Announced? {
         state.withLock { $0.announced[key] }
     }
 
@@ -395,12 +401,15 @@ private final class Withdrawals: Sendable {
         state.withLock { $0.deletions[key] }
     }
 
-    /// The deletion for `key` naming `ids` (made now unless another round made one meanwhile, which wins).
-    func deletion(of key: PublicKey, naming ids: [EventID], now: Timestamp) -> EventTemplate {
+    /// The deletion for `key` naming `events` (made now unless another round made one meanwhile, which wins),
+    /// dated after each of them: relays ignore a deletion request older than what it names, and an info event
+    /// can be dated a little ahead (rounds in one second move a second on).
+    func deletion(of key: PublicKey, naming events: [Announced], now: Timestamp) -> EventTemplate {
         state.withLock { state in
             if let made = state.deletions[key] { return made }
-            let tags: [Tag] = ids.map { ["e", $0.hex] } + [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
-            let made = EventTemplate(kind: .deletion, content: "this wallet connection has ended", tags: tags, createdAt: now)
+            let tags: [Tag] = events.map { ["e", $0.id.hex] } + [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
+            let createdAt = max(now, (events.map(\.createdAt).max() ?? 0) + 1)
+            let made = EventTemplate(kind: .deletion, content: "this wallet connection has ended", tags: tags, createdAt: createdAt)
             state.deletions[key] = made
             return made
         }

@@ -278,6 +278,8 @@ struct WalletServiceTests {
                         }
                     }
                     #expect(deletions.first?.tagValues("e") == announced.map(\.id.hex))
+                    // Dated after what it names (relays such as rust-nostr's ignore an older deletion request).
+                    #expect((deletions.first?.createdAt ?? 0) > (announced.first?.createdAt ?? .max))
                     #expect(try await pool.fetch([info], timeout: .seconds(3)).isEmpty)
                 }
             }
