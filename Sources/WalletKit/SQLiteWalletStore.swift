@@ -309,6 +309,18 @@ public final class SQLiteWalletStore: WalletStore {
         try await reads.read { db in try Self.spent(db, connection: connection, since: since) }
     }
 
+    public func unpaidInvoiceCount(connection: String, since: Timestamp, now: Timestamp) async throws -> Int {
+        try await reads.read { db in
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT COUNT(*) FROM transactions WHERE connection = ? AND created_at >= ? AND direction = 'incoming'
+                    AND state = 'pending' AND (expires_at IS NULL OR expires_at > ?)
+                    """,
+                arguments: [connection, since, now]) ?? 0
+        }
+    }
+
     private static func spent(_ db: Database, connection: String, since: Timestamp) throws -> Int64 {
         try Int64.fetchOne(
             db,

@@ -21,6 +21,9 @@ public struct WalletService: RequestHandler {
         public var defaultInvoiceExpiry: Int64 = 86_400
         /// The longest expiry accepted (seconds).
         public var maximumInvoiceExpiry: Int64 = 30 * 86_400
+        /// Invoices one connection may have unpaid and unexpired at once; `make_invoice` beyond is refused
+        /// (`RATE_LIMITED`). Each is stored, and with LNbits looked up until it resolves.
+        public var maximumUnpaidInvoices = 100
         /// The most transactions one `list_transactions` answer holds.
         public var maximumListLimit = 50
         /// The most bytes of transactions (as JSON) one `list_transactions` answer holds: fewer transactions
@@ -155,6 +158,12 @@ public struct WalletService: RequestHandler {
                 throw NIP47Error(.other, "expiry may be at most \(configuration.maximumInvoiceExpiry) seconds")
             }
             guard let amount else { throw NIP47Error(.other, "make_invoice needs a positive \"amount\" in msat") }
+            let unpaid = try await store.unpaidInvoiceCount(connection: connection.id, since: now - configuration.maximumInvoiceExpiry, now: now)
+            guard unpaid < configuration.maximumUnpaidInvoices else {
+                throw NIP47Error(
+                    .rateLimited,
+                    "this connection has \(unpaid) unpaid invoices (at most \(configuration.maximumUnpaidInvoices)); wait until some are paid or expire")
+            }
             let invoice = try await backend.makeInvoice(
                 InvoiceRequest(amountMsat: amount, description: description, descriptionHash: descriptionHash, expiry: expiry, metadata: params.metadata),
                 for: connection, now: now)

@@ -66,6 +66,9 @@ public protocol WalletStore: Sendable {
     /// What a connection has spent (settled, and reserved while pending) since `since`.
     func spent(connection: String, since: Timestamp) async throws -> Int64
 
+    /// A connection's invoices made since `since` that are neither paid nor expired at `now`.
+    func unpaidInvoiceCount(connection: String, since: Timestamp, now: Timestamp) async throws -> Int
+
     /// Payments still pending (in flight), across connections: the daemon resolves them after a restart.
     func pendingPayments() async throws -> [WalletTransaction]
 

@@ -389,6 +389,20 @@ public final class PostgresWalletStore: WalletStore {
         return 0
     }
 
+    public func unpaidInvoiceCount(connection: String, since: Timestamp, now: Timestamp) async throws -> Int {
+        try await prepared()
+        for try await count in try await client.query(
+            """
+            SELECT count(*)::BIGINT FROM wallet_transactions
+            WHERE connection = \(connection) AND created_at >= \(since) AND direction = 'incoming' AND state = 'pending'
+            AND (expires_at IS NULL OR expires_at > \(now))
+            """, logger: logger
+        ).decode(Int64.self) {
+            return Int(count)
+        }
+        return 0
+    }
+
     public func pendingPayments() async throws -> [WalletTransaction] {
         try await prepared()
         return try await Self.transactions(client.query(

@@ -51,6 +51,7 @@ struct TestWallet {
 func withWallet<R: Sendable>(
     _ backend: WalletStoreBackend = .sqlite, relays relayCount: Int = 1, replicas: Int = 1,
     policy: RequestPolicy.Configuration = RequestPolicy.Configuration(),
+    service: WalletService.Configuration = WalletService.Configuration(),
     _ body: @escaping @Sendable (TestWallet) async throws -> R
 ) async throws -> R {
     try await withTestRelays(relayCount) { testRelays in
@@ -59,7 +60,7 @@ func withWallet<R: Sendable>(
         return try await withStorePairs(backend, count: replicas) { pairs in
             var bridges: [WalletBridge] = []
             let metrics = TestMetrics()
-            for (index, (wallet, service)) in pairs.enumerated() {
+            for (index, (wallet, journal)) in pairs.enumerated() {
                 // Each replica listens on its own relay when there are as many relays as replicas.
                 var configuration = ServiceRuntime.Configuration(relays: replicas > 1 && relayCount == replicas ? [urls[index]] : urls)
                 configuration.pool.reconnectDelay = .milliseconds(50)
@@ -67,8 +68,8 @@ func withWallet<R: Sendable>(
                 configuration.policy = policy
                 configuration.metricsFactory = metrics
                 bridges.append(try await WalletBridge(
-                    keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: service,
-                    configuration: configuration, pollInterval: .milliseconds(50), logger: quiet))
+                    keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: journal,
+                    configuration: configuration, service: service, pollInterval: .milliseconds(50), logger: quiet))
             }
             let wallet = TestWallet(bridges: bridges, keys: keys, relays: urls, metrics: metrics)
             let started = bridges
@@ -203,6 +204,25 @@ struct WalletServiceTests {
                 #expect(announced.first?.tagValues("notifications").isEmpty == true)
             }
             #expect(try await wallet.store.connection(idOrName: "quiet")?.balanceMsat == 5_000)
+        }
+    }
+
+    @Test("make_invoice is refused RATE_LIMITED past the connection's unpaid invoices; paying one makes room")
+    func unpaidInvoiceCap() async throws {
+        var service = WalletService.Configuration()
+        service.maximumUnpaidInvoices = 3
+        try await withWallet(service: service) { wallet in
+            let (_, payer) = try await wallet.connect("payer", balance: 10_000)
+            let (_, shop) = try await wallet.connect("shop")
+            try await shop.run { session in
+                var invoices: [String] = []
+                for _ in 0..<3 {
+                    invoices.append(try #require(try await session.call("make_invoice", ["amount": .number("1000")]).object?["invoice"]?.string))
+                }
+                await expectError(.rateLimited) { try await session.call("make_invoice", ["amount": .number("1000")]) }
+                try await payer.run { paying in _ = try await paying.call("pay_invoice", ["invoice": .string(invoices[0])]) }
+                _ = try await session.call("make_invoice", ["amount": .number("1000")])
+            }
         }
     }
 

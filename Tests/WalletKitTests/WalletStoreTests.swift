@@ -143,6 +143,26 @@ struct WalletStoreTests {
         }
     }
 
+    @Test("unpaid invoices are counted per connection until paid or expired", arguments: WalletStoreBackend.allCases)
+    func unpaidInvoices(backend: WalletStoreBackend) async throws {
+        try await withWalletStores(backend) { stores in
+            let fixture = LedgerFixture(store: stores[0], node: .generate())
+            let payer = try await fixture.connection("payer", balance: 10_000)
+            let shop = try await fixture.connection("shop")
+            let first = try await fixture.invoice(for: shop, msat: 1_000)
+            _ = try await fixture.invoice(for: shop, msat: 2_000)
+            _ = try await fixture.invoice(for: payer, msat: 3_000)
+            let now = Timestamp.now
+            #expect(try await fixture.store.unpaidInvoiceCount(connection: shop.id, since: now - 3600, now: now) == 2)
+            #expect(try await fixture.pay(first, from: payer) != .refused(.insufficientBalance(balance: 10_000)))
+            #expect(try await fixture.store.unpaidInvoiceCount(connection: shop.id, since: now - 3600, now: now) == 1)
+            // An hour on, the other has expired (they are made for 3,600 s); one made before `since` is not counted.
+            #expect(try await fixture.store.unpaidInvoiceCount(connection: shop.id, since: now - 3600, now: now + 3601) == 0)
+            #expect(try await fixture.store.unpaidInvoiceCount(connection: payer.id, since: now + 10, now: now) == 0)
+            #expect(try await fixture.store.unpaidInvoiceCount(connection: payer.id, since: now - 3600, now: now) == 1)
+        }
+    }
+
     @Test("insufficient balance, invoices of other nodes, and expired invoices", arguments: WalletStoreBackend.allCases)
     func refusals(backend: WalletStoreBackend) async throws {
         try await withWalletStores(backend) { stores in
