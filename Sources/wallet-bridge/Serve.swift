@@ -37,6 +37,8 @@ struct Serve: AsyncParsableCommand {
     var maxAge: Int64 = 900
     @Option(name: .customLong("payment-timeout"), help: "Seconds pay_invoice waits for a payment in flight before answering that it is still pending (never as failed).")
     var paymentTimeout: Int = 60
+    @Option(name: .customLong("max-unpaid-invoices"), help: "Unpaid, unexpired invoices one connection may have; make_invoice beyond is answered RATE_LIMITED.")
+    var maxUnpaidInvoices = 100
     @Option(help: "Requests per second each client may send (sustained); more wait their turn, up to 10 s, or are answered RATE_LIMITED.") var clientRate: Double = 10
     @Option(help: "Requests each client may send in a burst.") var clientBurst: Double = 30
     @Option(help: "Requests of one client handled at once (more wait their turn, up to 10 s, or are answered RATE_LIMITED).") var clientConcurrency = 8
@@ -100,6 +102,7 @@ struct WalletDaemon: Service {
         configuration.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
         var service = WalletService.Configuration()
         service.paymentWait = .seconds(max(1, command.paymentTimeout))
+        service.maximumUnpaidInvoices = max(1, command.maxUnpaidInvoices)
         let bridge = try await WalletBridge(
             keys: keys, store: stores.wallet, backend: backend, serviceStore: stores.service, configuration: configuration,
             service: service, logger: logger)
