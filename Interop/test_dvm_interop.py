@@ -172,6 +172,29 @@ def test_plain_and_encrypted_jobs_with_a_swift_handler(procs, aio, rng, tmp_path
     assert json.loads(found[0].content())["name"] == "Shouter"
 
 
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_ping_pong_and_heartbeat(procs, aio, rng, tmp_path, relay_url):  # noqa: F811
+    """rust-nostr's Client pings the host (kind 7007) and gets a 7000 `pong` that e-tags the ping; the host's
+    heartbeat (kind 11998) names its kinds and expires."""
+    _, host_hex = host(procs, tmp_path / "dvm", relay_url, "--kind", "5050", "--kind", "5051", "--handler", "uppercase")
+    keys = new_keys(rng)
+    ping = keys.sign_event(EventBuilder(Kind(7007), "").tags([Tag.parse(["p", host_hex])]).finalize_unsigned(keys.public_key()))
+    statuses, _, _, _ = aio.call(run_job([relay_url], keys, ping, timeout=5), STEP)
+    assert statuses[:1] == ["pong"], f"[seed {SEED}] {statuses}"
+
+    async def heartbeat():
+        async with nostr_client(relay_url) as client:
+            await client.connect(timedelta(seconds=STEP))
+            found = await client.fetch_events(
+                ReqTarget.auto([Filter().author(PublicKey.parse(host_hex)).kind(Kind(11998))]), timedelta(seconds=5))
+            return found if isinstance(found, list) else found.to_vec()
+    beats = aio.call(heartbeat(), STEP)
+    assert len(beats) == 1, beats
+    tags = tags_of(beats[0])
+    assert ["k", "5050"] in tags and ["k", "5051"] in tags and ["status", "online"] in tags, tags
+    assert any(t[0] == "expiration" and int(t[1]) > time.time() for t in tags), tags
+
+
 def test_proof_of_work_and_a_denied_customer(procs, aio, rng, tmp_path):  # noqa: F811
     """`--min-pow 8 --deny KEY`: a request without NIP-13 work is ignored; the same request mined to 8 bits by
     rust-nostr's miner is run; a denied customer's mined request is ignored."""

@@ -275,6 +275,27 @@ def test_rust_nostr_pays_between_two_ledger_connections(procs, aio, tmp_path, re
     assert ["e", info["id"]] in [t[:2] for t in tags], f"[seed {SEED}] {tags} {info}"
 
 
+def test_a_burst_past_the_limits_is_answered_in_turn(procs, aio, tmp_path):  # noqa: F811
+    """rust-nostr's NostrWalletConnect fires 30 get_balance calls at once against a client limit of 2 at once and
+    a burst of 5 at 20/s: every call is answered with the balance, none RATE_LIMITED."""
+    relay_url = start_rust_relay(aio).url
+    data = tmp_path / "wallet"
+    serve(procs, data, relay_url, "--client-concurrency", "2", "--client-burst", "5", "--client-rate", "20")
+    _, uri = connect(procs, data, "eager", "--methods", "get_balance")
+    wb(procs, "ledger", "credit", "--data-dir", str(data), "eager", "12345")
+
+    async def burst():
+        await wait_for_info(relay_url, uri)
+        client = nwc(uri)
+        try:
+            balances = await asyncio.gather(*(client.get_balance() for _ in range(30)))
+        finally:
+            await client.client().shutdown()
+        assert [b.balance for b in balances] == [12_345] * 30, f"[seed {SEED}] {balances}"
+
+    aio.call(burst(), timeout=90)
+
+
 def test_invoices_decode_the_same_in_python_bolt11_and_switchboard(procs, tmp_path):  # noqa: F811
     """A Python-made invoice (bolt11.encode, another signing key) read by switchboard, field by field."""
     invoice = bolt11.encode(bolt11.Bolt11(
