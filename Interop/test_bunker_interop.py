@@ -295,3 +295,40 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
     audit = bunker(procs, "audit", "--data-dir", str(data), "--limit", "3").splitlines()
     assert "sign_event kind=7  approved-always" in audit[0], audit
     assert not any("granted" in line or '"+"' in line for line in audit), "the audit log holds no content"
+
+
+def test_auth_challenge_decided_from_the_terminal(procs, tmp_path):  # noqa: F811
+    """The same challenge decided on the server with `bunker approvals` and `bunker approve`, no browser: the
+    running serve applies the decision and the signed event reaches the waiting client."""
+    data = tmp_path / "bunker"
+    bunker(procs, "init", "--data-dir", str(data))
+    relay = procs.sb_relay("relay")
+    proc, _ = serve(procs, data, relay.url, "--http", "127.0.0.1:0")
+    proc.wait_for(lambda lines: any(l.startswith("http ") for l in lines), READY, "http line")
+    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", "terminal app")
+    key_file = tmp_path / "client.key"
+    nip46 = [procs.sb, "nip46", "--key-file", str(key_file), "--timeout", "60", uri, "sign_event"]
+    err_path = tmp_path / "nip46.stderr"
+    with open(err_path, "wb") as err:
+        child = subprocess.Popen([*nip46, '{"kind":7,"content":"+","tags":[["e","00"]]}'], stdout=subprocess.PIPE, stderr=err,
+                                 env=test_pool_interop.ENV)
+        try:
+            deadline, waiting = time.monotonic() + 30, []
+            while not waiting and time.monotonic() < deadline:
+                waiting = [l for l in bunker(procs, "approvals", "--data-dir", str(data)).splitlines() if "needs sign_event:7" in l]
+                time.sleep(0.2)
+            assert waiting, f"no waiting request listed: {err_path.read_text()}"
+            assert "terminal app" in waiting[0], waiting
+            assert bunker(procs, "approve", "--data-dir", str(data), waiting[0].split()[0][:12]) == "approved once"
+            out, _ = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert child.returncode == 0, err_path.read_text()
+    signed = Event.from_json(out.decode().strip())
+    assert signed.verify() and signed.kind().as_u16() == 7
+    assert bunker(procs, "approvals", "--data-dir", str(data)) == ""
+    unknown = subprocess.run([bunker_path(procs), "deny", "--data-dir", str(data), "ffff"], capture_output=True, timeout=60, check=False)
+    assert unknown.returncode != 0 and b"no waiting request" in unknown.stderr, unknown
+

@@ -106,6 +106,11 @@ public final class Approvals: Sendable {
         return valid && settle(id, decision)
     }
 
+    /// Records `decision` for challenge `id`, decided through the store by someone with the data directory.
+    func settleFromStore(_ id: String, _ decision: Decision) {
+        settle(id, decision)
+    }
+
     @discardableResult
     private func settle(_ id: String, _ decision: Decision?) -> Bool {
         let waiter = pending.withLock { pending -> CheckedContinuation<Decision?, Never>?? in
@@ -220,5 +225,79 @@ public final class Approvals: Sendable {
             }
         }
         return out
+    }
+}
+
+/// An open auth challenge as the store keeps it, so that `bunker approvals`, `approve` and `deny` can decide it
+/// from a terminal on the server (the running `serve` applies the decision within a quarter of a second).
+public struct PendingApproval: Codable, Sendable, Hashable {
+    public var id: String
+    public var client: String
+    public var clientName: String?
+    public var user: String
+    public var method: String
+    public var permission: String
+    /// The event to sign, as the page shows it (`sign_event` only).
+    public var event: String?
+    public var createdAt: Int64
+    public var expiresAt: Int64
+    /// Set by the CLI; the daemon applies it and removes the record.
+    public var decision: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, client, method, permission, event, user, decision
+        case clientName = "client_name"
+        case createdAt = "created_at"
+        case expiresAt = "expires_at"
+    }
+}
+
+extension BunkerState {
+    static let approvals = "bunker.approvals"
+
+    func recordApproval(_ approval: PendingApproval) async throws {
+        try await store.setValue(Array(try JSONEncoder().encode(approval)), forKey: approval.id, in: Self.approvals)
+    }
+
+    func removeApproval(_ id: String) async throws {
+        try await store.setValue(nil, forKey: id, in: Self.approvals)
+    }
+
+    /// The open challenges, oldest first.
+    public func pendingApprovals() async throws -> [PendingApproval] {
+        try await store.values(in: Self.approvals).values
+            .compactMap { try? JSONDecoder().decode(PendingApproval.self, from: Data($0)) }
+            .sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
+    }
+
+    /// Records the operator's decision on challenge `id` (a unique prefix of it will do); false when no open
+    /// challenge matches.
+    public func decideApproval(_ id: String, _ decision: Approvals.Decision) async throws -> Bool {
+        let matches = try await pendingApprovals().filter { $0.id.hasPrefix(id) && $0.decision == nil }
+        guard !id.isEmpty, matches.count == 1, var approval = matches.first else { return false }
+        approval.decision = decision.rawValue
+        try await recordApproval(approval)
+        return true
+    }
+
+    /// Forgets every recorded challenge (at start: those of an earlier run can no longer be answered).
+    public func clearApprovals() async throws {
+        for id in try await store.values(in: Self.approvals).keys { try await removeApproval(id) }
+    }
+}
+
+extension Approvals {
+    /// Applies the decisions the CLI records in `state` to the open challenges, every `interval`, until
+    /// cancelled.
+    public func followDecisions(in state: BunkerState, every interval: Duration = .milliseconds(250)) async {
+        while !Task.isCancelled {
+            if let recorded = try? await state.pendingApprovals() {
+                for approval in recorded {
+                    guard let text = approval.decision, let decision = Decision(rawValue: text) else { continue }
+                    settleFromStore(approval.id, decision)
+                }
+            }
+            try? await Task.sleep(for: interval)
+        }
     }
 }

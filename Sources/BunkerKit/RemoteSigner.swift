@@ -111,18 +111,29 @@ public struct RemoteSigner: RequestHandler {
         guard let approvals else { return nil }
         let session = try? await state.session(signer: request.recipient, client: request.sender)
         let user = identities[request.recipient].map { NIP19Entity.npub($0.user.publicKey).bech32 } ?? ""
+        let shown = event.map { Self.display($0) }
         guard let (id, url) = approvals.open(
             client: request.sender.hex, clientName: session?.label ?? session?.name, user: user, method: message.method,
-            permission: permission, event: event.map { Self.display($0) })
+            permission: permission, event: shown)
         else { return nil }
+        // Also in the store, for `bunker approvals` / `approve` / `deny` on the server.
+        let now = Int64(Date().timeIntervalSince1970)
+        do {
+            try await state.recordApproval(PendingApproval(
+                id: id, client: request.sender.hex, clientName: session?.label ?? session?.name, user: user, method: message.method,
+                permission: permission, event: shown, createdAt: now, expiresAt: now + approvals.timeout.components.seconds))
+        } catch {
+            context.logger.error("could not record an approval for the CLI", metadata: ["error": "\(error)"])
+        }
         // The operator learns that a decision waits, not only the client's user. The page's URL is not logged: with
         // access to the listener it is enough to decide, and logs travel further than the listener does.
-        context.logger.notice("approval needed; the client was sent the page's link", metadata: [
+        context.logger.notice("approval needed; the client was sent the page's link (or: bunker approvals)", metadata: [
             "client": "\(session?.label ?? session?.name ?? request.sender.hex)", "method": "\(message.method)",
             "permission": "\(permission)", "timeout": "\(approvals.timeout.components.seconds)s",
         ])
         await context.send(reply(NIP46.Response(id: message.id, result: "auth_url", error: url), to: request))
         let decision = await approvals.decision(id)
+        try? await state.removeApproval(id)
         if decision == .always {
             do {
                 if var current = try await state.session(signer: request.recipient, client: request.sender) {

@@ -17,7 +17,10 @@ struct Bunker: AsyncParsableCommand {
             on a terminal, a prompt. Sessions, secrets and the request journal are in DIR/bunker.sqlite; the \
             commands below work on it while `bunker serve` runs.
             """,
-        subcommands: [Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self, Audit.self, Connect.self])
+        subcommands: [
+            Init.self, KeyCommand.self, Serve.self, URICommand.self, Clients.self, Grant.self, Revoke.self, Audit.self, Connect.self,
+            ApprovalsCommand.self, Approve.self, Deny.self,
+        ])
 }
 
 struct DataDirectory: ParsableArguments {
@@ -332,5 +335,50 @@ struct Connect: AsyncParsableCommand {
         }
         try await state.removeConnectRequest(for: parsed.client)
         throw ValidationError("no answer within \(timeout) s: is `bunker serve --data-dir \(directory.path)` running?")
+    }
+}
+
+struct ApprovalsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "approvals",
+        abstract: "List the requests waiting for the operator's decision (auth challenges; `serve --http` only).")
+    @OptionGroup var directory: DataDirectory
+
+    func run() async throws {
+        let now = Int64(Date().timeIntervalSince1970)
+        for approval in try await directory.openState().pendingApprovals() where approval.decision == nil && approval.expiresAt > now {
+            let client = approval.clientName.map { "\($0) (\(approval.client.prefix(16))…)" } ?? approval.client
+            say("\(approval.id)  \(client)  \(approval.method)  needs \(approval.permission)  expires in \(approval.expiresAt - now) s")
+            if let event = approval.event {
+                for line in event.split(separator: "\n", omittingEmptySubsequences: false) { say("    \(line)") }
+            }
+        }
+    }
+}
+
+struct Approve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Approve a waiting request (its id, or a unique prefix, from `bunker approvals`).")
+    @OptionGroup var directory: DataDirectory
+    @Argument(help: "The request's id (or a unique prefix).") var id: String
+    @Flag(help: "Grant the permission from now on, not only for this request.") var always = false
+
+    func run() async throws {
+        guard try await directory.openState().decideApproval(id, always ? .always : .once) else {
+            throw ValidationError("no waiting request matches \(id) (see `bunker approvals`)")
+        }
+        say(always ? "approved; granted from now on" : "approved once")
+    }
+}
+
+struct Deny: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Deny a waiting request (its id, or a unique prefix, from `bunker approvals`).")
+    @OptionGroup var directory: DataDirectory
+    @Argument(help: "The request's id (or a unique prefix).") var id: String
+
+    func run() async throws {
+        guard try await directory.openState().decideApproval(id, .deny) else {
+            throw ValidationError("no waiting request matches \(id) (see `bunker approvals`)")
+        }
+        say("denied")
     }
 }

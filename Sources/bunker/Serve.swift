@@ -107,8 +107,11 @@ struct BunkerDaemon: Service {
         let runtime = ServiceRuntime(
             keys: identities.map { LocalServiceKey($0.signer) }, handlers: [signer], store: state.store,
             configuration: configuration, logger: logger)
+        // Challenges recorded by an earlier run can no longer be answered.
+        try await state.clearApprovals()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await runtime.run() }
+            if let approvals { group.addTask { await approvals.followDecisions(in: state) } }
             if let (host, port) = http {
                 let approvals = self.approvals
                 let approvalURL = self.approvalURL

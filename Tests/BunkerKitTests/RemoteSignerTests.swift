@@ -75,6 +75,7 @@ func withBunker<R: Sendable>(
         let bunker = TestBunker(relays: urls, identity: identity, others: others, metrics: metrics, state: state, approvals: approvals, runtime: runtime)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await runtime.run() }
+            if let approvals { group.addTask { await approvals.followDecisions(in: state, every: .milliseconds(50)) } }
             if let approvals {
                 let (listening, ready) = AsyncStream<Void>.makeStream()
                 group.addTask {
@@ -393,6 +394,42 @@ struct RemoteSignerTests {
             let decisions = try await bunker.state.auditRecords(limit: 10).map(\.record.decision)
             #expect(decisions == ["ok", "approved-always", "denied", "approved-once", "ok"])
             #expect(approvals.count == 0)
+        }
+    }
+
+    @Test("an auth challenge decided from the store (bunker approvals / approve / deny): listed with its event, decided by id prefix, then gone")
+    func approvalsFromTheCLI() async throws {
+        let approvals = Approvals(timeout: .seconds(20))
+        try await withBunker(approvals: approvals) { bunker in
+            var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            client.timeout = .seconds(20)
+            try await client.run { signer in
+                try await signer.connect()
+                func sign(deciding decision: Approvals.Decision) async throws -> String? {
+                    try await withThrowingTaskGroup(of: String?.self) { group in
+                        group.addTask { await refusal { try await signer.sign(EventTemplate(kind: 7, content: "+", tags: [["e", "0"]])) } }
+                        let pending = try await withDeadline(.seconds(10), "the challenge in the store") { () async throws -> PendingApproval in
+                            while true {
+                                if let first = try await bunker.state.pendingApprovals().first { return first }
+                                try await Task.sleep(for: .milliseconds(20))
+                            }
+                        }
+                        #expect(pending.permission == "sign_event:7" && pending.method == "sign_event")
+                        #expect(pending.client == client.key.publicKey.hex)
+                        #expect(pending.event?.contains("kind 7") == true)
+                        #expect(try await bunker.state.decideApproval("zz", .once) == false)
+                        #expect(try await bunker.state.decideApproval(String(pending.id.prefix(8)), decision))
+                        let result = try await group.next() ?? nil
+                        return result
+                    }
+                }
+                #expect(try await sign(deciding: .deny) == "unauthorized: the operator denied sign_event:7")
+                #expect(try await sign(deciding: .always) == nil)
+                #expect(try await bunker.state.sessions().first?.permissions.entries == ["sign_event:7"])
+            }
+            try await withDeadline(.seconds(5), "the challenges to leave the store") {
+                while try await !bunker.state.pendingApprovals().isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+            }
         }
     }
 
