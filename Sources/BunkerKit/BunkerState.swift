@@ -13,6 +13,8 @@ public struct ConnectionSecret: Codable, Sendable, Hashable {
     public var createdAt: Int64
     /// After this time an unused secret is refused (nil: never; secrets minted before lifetimes existed).
     public var expiresAt: Int64?
+    /// How long the session it opens lasts, in seconds (nil: no limit).
+    public var sessionLifetime: Int64? = nil
     /// The client that used it (then it is spent).
     public var usedBy: String?
 
@@ -20,6 +22,7 @@ public struct ConnectionSecret: Codable, Sendable, Hashable {
         case signer, permissions, label
         case createdAt = "created_at"
         case expiresAt = "expires_at"
+        case sessionLifetime = "session_lifetime"
         case usedBy = "used_by"
     }
 }
@@ -41,12 +44,15 @@ public struct ClientSession: Codable, Sendable, Hashable {
     public var clientRelays: [String]?
     public var createdAt: Int64
     public var lastUsed: Int64
+    /// After this time the session is refused and the client must connect again (nil: no limit).
+    public var expiresAt: Int64? = nil
 
     enum CodingKeys: String, CodingKey {
         case signer, client, permissions, requested, name, url, label, relays
         case clientRelays = "client_relays"
         case createdAt = "created_at"
         case lastUsed = "last_used"
+        case expiresAt = "expires_at"
     }
 }
 
@@ -91,13 +97,17 @@ public struct BunkerState: Sendable {
     }
 
     /// Mints a secret for `signer` (32 random bytes, hex).
-    /// A new single-use secret for `signer`, unusable after `expiresAt` (nil: never).
-    public func mintSecret(for signer: PublicKey, permissions: Permissions, label: String?, expiresAt: Int64? = nil) async throws -> String {
+    /// A new single-use secret for `signer`, unusable after `expiresAt` (nil: never); the session it opens lasts
+    /// `sessionLifetime` seconds (nil: no limit).
+    public func mintSecret(
+        for signer: PublicKey, permissions: Permissions, label: String?, expiresAt: Int64? = nil, sessionLifetime: Int64? = nil
+    ) async throws -> String {
         var bytes = [UInt8](repeating: 0, count: 32)
         bytes.withUnsafeMutableBytes { SecureMemory.fillRandom($0) }
         let secret = Hex.encode(bytes)
         let record = ConnectionSecret(
-            signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970), expiresAt: expiresAt)
+            signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970), expiresAt: expiresAt,
+            sessionLifetime: sessionLifetime)
         try await store.setValue(Array(try JSONEncoder().encode(record)), forKey: secret, in: Self.secrets)
         return secret
     }

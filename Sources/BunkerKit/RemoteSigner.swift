@@ -180,6 +180,9 @@ public struct RemoteSigner: RequestHandler {
                 return failure("unauthorized: not connected; send connect with the secret from a bunker:// URI", "unauthorized")
             }
             let now = Int64(Date().timeIntervalSince1970)
+            if let expiresAt = session.expiresAt, now >= expiresAt {
+                return failure("unauthorized: this session has expired; connect again with a new bunker:// URI", "unauthorized")
+            }
             if now - session.lastUsed >= 60 {
                 session.lastUsed = now
                 try await state.save(session)
@@ -212,8 +215,11 @@ public struct RemoteSigner: RequestHandler {
 
         await connecting.acquire()
         defer { connecting.release() }
-        if var session = try await state.session(signer: signer, client: client) {
-            // Already connected (a client re-sending connect): nothing is spent again.
+        if var session = try await state.session(signer: signer, client: client),
+            session.expiresAt.map({ Int64(Date().timeIntervalSince1970) < $0 }) ?? true
+        {
+            // Already connected (a client re-sending connect): nothing is spent again. An expired session is
+            // replaced by the one a new secret opens.
             session.requested = requested.entries.isEmpty ? session.requested : requested
             try await state.save(session)
             return NIP46.Response(id: message.id, result: "ack")
@@ -234,7 +240,7 @@ public struct RemoteSigner: RequestHandler {
         try await state.save(ClientSession(
             signer: signer.hex, client: client.hex, permissions: record.permissions, requested: requested,
             name: metadata.name, url: metadata.url, label: record.label, relays: relays().map(\.string),
-            createdAt: now, lastUsed: now))
+            createdAt: now, lastUsed: now, expiresAt: record.sessionLifetime.map { now + $0 }))
         try await state.markSpent(secret, record: record, by: client)
         return NIP46.Response(id: message.id, result: "ack")
     }

@@ -184,12 +184,15 @@ struct KeyCommand: AsyncParsableCommand {
     }
 }
 
-/// Mints a secret usable for `lifetime` seconds (0: for ever) and returns its bunker:// URI.
+/// Mints a secret usable for `lifetime` seconds (0: for ever), whose session lasts `sessionLifetime` seconds (0:
+/// no limit), and returns its bunker:// URI.
 func mintURI(
-    for signer: PublicKey, relays: [RelayURL], permissions: Permissions, label: String?, lifetime: Int64, state: BunkerState
+    for signer: PublicKey, relays: [RelayURL], permissions: Permissions, label: String?, lifetime: Int64, sessionLifetime: Int64 = 0,
+    state: BunkerState
 ) async throws -> BunkerURI {
     let expiresAt = lifetime > 0 ? Int64(Date().timeIntervalSince1970) + lifetime : nil
-    let secret = try await state.mintSecret(for: signer, permissions: permissions, label: label, expiresAt: expiresAt)
+    let secret = try await state.mintSecret(
+        for: signer, permissions: permissions, label: label, expiresAt: expiresAt, sessionLifetime: sessionLifetime > 0 ? sessionLifetime : nil)
     return BunkerURI(signer: signer, relays: relays, secret: secret)
 }
 
@@ -209,13 +212,16 @@ struct URICommand: AsyncParsableCommand {
     @Option(help: "Relays to put in the URI; those `serve` uses by default.") var relay: [String] = []
     @Option(name: .customLong("valid-for"), help: "Seconds the secret can be used to connect (0: no limit).")
     var validFor: Int64 = defaultSecretLifetime
+    @Option(name: .customLong("session-lifetime"), help: "Seconds the client's session lasts once connected; then it must connect again (0: no limit).")
+    var sessionLifetime: Int64 = 0
 
     func run() async throws {
         let (_, signer) = try storedKey(key, in: directory)
         let permissions = try perms.map { try Permissions(parsing: $0) } ?? .all
         let relays = relay.isEmpty ? try directory.recordedRelays() : try relay.map { try RelayURL($0) }
         say(try await mintURI(
-            for: signer, relays: relays, permissions: permissions, label: label, lifetime: max(0, validFor), state: try directory.openState()
+            for: signer, relays: relays, permissions: permissions, label: label, lifetime: max(0, validFor),
+            sessionLifetime: max(0, sessionLifetime), state: try directory.openState()
         ).description)
     }
 }
@@ -229,7 +235,8 @@ struct Clients: AsyncParsableCommand {
         for session in try await directory.openState().sessions() {
             let name = session.label ?? session.name ?? "-"
             let used = formatter.string(from: Date(timeIntervalSince1970: TimeInterval(session.lastUsed)))
-            say("\(session.client)  \(name)  \(session.url ?? "-")  perms=\(session.permissions.description.isEmpty ? "-" : session.permissions.description)  requested=\(session.requested.description.isEmpty ? "-" : session.requested.description)  last-used=\(used)  signer=\(session.signer)")
+            let expires = session.expiresAt.map { "  expires=\(formatter.string(from: Date(timeIntervalSince1970: TimeInterval($0))))" } ?? ""
+            say("\(session.client)  \(name)  \(session.url ?? "-")  perms=\(session.permissions.description.isEmpty ? "-" : session.permissions.description)  requested=\(session.requested.description.isEmpty ? "-" : session.requested.description)  last-used=\(used)\(expires)  signer=\(session.signer)")
         }
     }
 }

@@ -33,10 +33,12 @@ struct TestBunker {
 
     /// A new single-use `bunker://` URI for the first relay (and the first user key, unless told).
     func uri(
-        permissions: Permissions = .all, relays: [RelayURL]? = nil, for identity: BunkerIdentity? = nil, expiresAt: Int64? = nil
+        permissions: Permissions = .all, relays: [RelayURL]? = nil, for identity: BunkerIdentity? = nil, expiresAt: Int64? = nil,
+        sessionLifetime: Int64? = nil
     ) async throws -> BunkerURI {
         let signer = (identity ?? self.identity).signer.publicKey
-        let secret = try await state.mintSecret(for: signer, permissions: permissions, label: nil, expiresAt: expiresAt)
+        let secret = try await state.mintSecret(
+            for: signer, permissions: permissions, label: nil, expiresAt: expiresAt, sessionLifetime: sessionLifetime)
         return BunkerURI(signer: signer, relays: relays ?? [self.relays[0]], secret: secret)
     }
 
@@ -157,6 +159,27 @@ struct RemoteSignerTests {
             #expect(try await bunker.state.pruneExpiredSecrets(before: now + 7200) == 1)
             #expect(try await bunker.state.secret(live.secret ?? "") == nil)
             #expect(try await bunker.state.secret(used.secret ?? "")?.usedBy != nil)
+        }
+    }
+
+    @Test("a session minted with a lifetime ends then: requests are refused until the client connects with a new secret")
+    func sessionLifetime() async throws {
+        try await withBunker { bunker in
+            let client = SecretKey.generate()
+            try await bunker.client(try await bunker.uri(sessionLifetime: 1), key: client).run { signer in
+                try await signer.connect()
+                #expect(try await signer.publicKey() == bunker.identity.user.publicKey)
+                let session = try #require(try await bunker.state.sessions().first)
+                #expect(session.expiresAt.map { $0 - session.createdAt } == 1)
+                try await Task.sleep(for: .milliseconds(2100))
+                let refused = await refusal { try await signer.publicKey() }
+                #expect(refused == "unauthorized: this session has expired; connect again with a new bunker:// URI")
+            }
+            // A new secret opens a new session (without a lifetime this time).
+            try await bunker.client(try await bunker.uri(), key: client).run { signer in
+                try await signer.connect()
+                #expect(try await signer.publicKey() == bunker.identity.user.publicKey)
+            }
         }
     }
 
