@@ -273,7 +273,8 @@ extension BunkerState {
     /// Records the operator's decision on challenge `id` (a unique prefix of it will do); false when no open
     /// challenge matches.
     public func decideApproval(_ id: String, _ decision: Approvals.Decision) async throws -> Bool {
-        let matches = try await pendingApprovals().filter { $0.id.hasPrefix(id) && $0.decision == nil }
+        let now = Int64(Date().timeIntervalSince1970)
+        let matches = try await pendingApprovals().filter { $0.id.hasPrefix(id) && $0.decision == nil && $0.expiresAt > now }
         guard !id.isEmpty, matches.count == 1, var approval = matches.first else { return false }
         approval.decision = decision.rawValue
         try await recordApproval(approval)

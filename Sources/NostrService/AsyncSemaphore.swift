@@ -76,6 +76,9 @@ package final class AsyncSemaphore: Sendable {
         for waiter in idle { waiter.resume() }
     }
 
+    /// Whether every slot is free now.
+    package var isIdle: Bool { state.withLock { $0.available == capacity } }
+
     /// Waits until every slot is free, at most `timeout`; false if time ran out first.
     func waitUntilIdle(timeout: Duration) async -> Bool {
         await withTaskGroup(of: Bool.self) { group in

@@ -15,6 +15,8 @@ public struct RequestPolicy: Sendable {
         public var maximumConcurrentPerSender = 8
         /// Requests of one sender waiting for their turn (over its rate or its cap) at most; more are refused.
         public var maximumQueuedPerSender = 100
+        /// Requests waiting for their turn over all senders at most (many senders each over their limits).
+        public var maximumQueued = 10_000
         /// The longest a request waits for its turn, in seconds; one that would wait longer is refused
         /// (`rate-limited` over the rate, `too-many-requests` over the cap). Zero: none waits.
         public var maximumQueueWait: Double = 10
@@ -60,6 +62,8 @@ public struct RequestPolicy: Sendable {
     let configuration: Configuration
     private var senders: [PublicKey: Sender] = [:]
     private var nextTicket: UInt64 = 0
+    /// Requests waiting for their turn, over all senders.
+    public private(set) var queuedCount = 0
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -88,7 +92,8 @@ public struct RequestPolicy: Sendable {
             senders[sender] = state
             return .admit
         }
-        let full = state.queued >= configuration.maximumQueuedPerSender || (busy && configuration.maximumQueueWait <= 0)
+        let full = state.queued >= configuration.maximumQueuedPerSender || queuedCount >= configuration.maximumQueued
+            || (busy && configuration.maximumQueueWait <= 0)
         let error: ServiceError? =
             if delay > 0 && (delay > configuration.maximumQueueWait || full) {
                 ServiceError(.rateLimited, "rate limited: at most \(configuration.rate) requests per second")
@@ -104,6 +109,7 @@ public struct RequestPolicy: Sendable {
         }
         state.tokens -= 1
         state.queued += 1
+        queuedCount += 1
         senders[sender] = state
         nextTicket &+= 1
         return .queue(ticket: nextTicket, delay: delay)
@@ -125,13 +131,16 @@ public struct RequestPolicy: Sendable {
         else { return false }
         state.inFlight += 1
         state.queued -= 1
+        queuedCount -= 1
         senders[sender] = state
         return true
     }
 
     /// A queued request still in its delay gives up its turn (it is cancelled before asking to start).
     public mutating func abandon(_ sender: PublicKey) {
+        guard senders[sender] != nil else { return }
         senders[sender]?.queued -= 1
+        queuedCount -= 1
     }
 
     /// A request waiting for its ticket to come up gives up its turn (it waited too long, or is cancelled):
@@ -141,6 +150,7 @@ public struct RequestPolicy: Sendable {
         guard var state = senders[sender], let index = state.waiting.firstIndex(of: ticket) else { return false }
         state.waiting.remove(at: index)
         state.queued -= 1
+        queuedCount -= 1
         senders[sender] = state
         return true
     }
@@ -172,6 +182,7 @@ public struct RequestPolicy: Sendable {
             return nil
         }
         state.queued -= 1
+        queuedCount -= 1
         return state.waiting.removeFirst()
     }
 

@@ -376,8 +376,14 @@ public final class ServiceRuntime: Service, Sendable {
             // Intake has stopped: let what is in flight finish and its replies reach the relays, within the
             // grace period.
             let deadline = ContinuousClock.now + configuration.shutdownGracePeriod
-            var finished = await waiting.waitUntilIdle(timeout: configuration.shutdownGracePeriod)
-            if finished { finished = await slots.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
+            // A request moves from waiting to a slot, or (when its sender is over its limits) from a slot to
+            // waiting: both must be idle at once.
+            var finished = false
+            repeat {
+                finished = await waiting.waitUntilIdle(timeout: deadline - ContinuousClock.now)
+                if finished { finished = await slots.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
+            } while finished && !waiting.isIdle && ContinuousClock.now < deadline
+            finished = finished && waiting.isIdle
             if finished { finished = await deliveries.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
             if !finished {
                 logger.warning("requests still running or delivering after the grace period; cancelling them")

@@ -412,14 +412,15 @@ final class Withdrawals: Sendable {
 
     /// The deletion for `key` naming `events` (made now unless another round made one meanwhile, which wins),
     /// dated after each of them: relays ignore a deletion request older than what it names, and an info event
-    /// can be dated a little ahead (rounds in one second move a second on).
+    /// can be dated a little ahead (rounds in one second move a second on). One that names no event (the
+    /// lookup found none, or failed) is not kept, so the next round looks again.
     func deletion(of key: PublicKey, naming events: [Announced], now: Timestamp) -> EventTemplate {
         state.withLock { state in
             if let made = state.deletions[key] { return made }
             let tags: [Tag] = events.map { ["e", $0.id.hex] } + [["a", "\(NIP47.infoKind.rawValue):\(key.hex):"], ["k", "\(NIP47.infoKind.rawValue)"]]
             let createdAt = max(now, (events.map(\.createdAt).max() ?? 0) + 1)
             let made = EventTemplate(kind: .deletion, content: "this wallet connection has ended", tags: tags, createdAt: createdAt)
-            state.deletions[key] = made
+            if !events.isEmpty { state.deletions[key] = made }
             return made
         }
     }

@@ -190,6 +190,8 @@ struct HostDaemon: Service {
         runtime.policy.rate = command.clientRate
         runtime.policy.burst = max(1, command.clientBurst)
         runtime.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
+        // A refusal here is a public kind 7000 feedback: a flood gets a few, not one per request.
+        runtime.policy.refusalRepliesPerSecond = 5
         if !command.allow.isEmpty { runtime.policy.allow = Set(try command.allow.map(Serve.customer)) }
         runtime.policy.deny = Set(try command.deny.map(Serve.customer))
         runtime.minimumProofOfWork = command.minPow

@@ -156,6 +156,44 @@ struct RelayClientStateTests {
         #expect(state.authenticationFailed("auth-required: signing failed", monotonic: 3) == [.subscriptionClosed(subscriptionID: "more", message: "auth-required: authenticate")])
     }
 
+    @Test("NIP-42 is bounded: a fresh challenge before every refusal allows a few rounds, not endless ones; an unanswered round, or a refusal no challenge comes for, times out")
+    func authenticationBounded() throws {
+        var state = machine(canAuthenticate: true)
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [4])])
+        let closed = RelayMessage.closed(subscriptionID: "s", message: "auth-required: sign in").json
+        var rounds = 0
+        for round in 0..<10 {
+            let challenge = "c\(round)"
+            var actions = state.receive(RelayMessage.auth(challenge: challenge).json, now: 20, monotonic: Double(round))
+            actions += state.receive(closed, now: 20, monotonic: Double(round))
+            guard actions.contains(.authenticate(challenge: challenge, keys: [])) else { break }
+            rounds += 1
+            let auth = ClientAuthentication.makeEvent(relay: "ws://r", challenge: challenge, secretKey: author)
+            _ = state.authenticationSigned([auth])
+            _ = state.receive(RelayMessage.ok(eventID: auth.id, accepted: true, message: "").json, now: 20, monotonic: Double(round))
+        }
+        #expect(rounds == 4)
+
+        // A round whose AUTH is never answered: after the timeout, what waited is refused.
+        var silent = machine(canAuthenticate: true)
+        _ = silent.connected()
+        _ = silent.subscribe("s", filters: [Filter(kinds: [4])])
+        _ = silent.receive(RelayMessage.auth(challenge: "c").json, now: 20, monotonic: 0)
+        _ = silent.receive(closed, now: 20, monotonic: 0)
+        _ = silent.authenticationSigned([ClientAuthentication.makeEvent(relay: "ws://r", challenge: "c", secretKey: author)])
+        #expect(silent.tick(monotonic: 9).isEmpty)
+        #expect(silent.tick(monotonic: 10.5) == [.subscriptionClosed(subscriptionID: "s", message: "auth-required: sign in")])
+        #expect(silent.closedSubscriptions == 1)
+
+        // Refused with auth-required, but no challenge ever comes.
+        var unchallenged = machine(canAuthenticate: true)
+        _ = unchallenged.connected()
+        _ = unchallenged.subscribe("s", filters: [Filter(kinds: [4])])
+        #expect(unchallenged.receive(closed, now: 20, monotonic: 0).isEmpty)
+        #expect(unchallenged.tick(monotonic: 10.5) == [.subscriptionClosed(subscriptionID: "s", message: "auth-required: sign in")])
+    }
+
     @Test("auth-required without a signer, or a refused AUTH, is reported as the relay's refusal")
     func authenticationFails() throws {
         var plain = machine()

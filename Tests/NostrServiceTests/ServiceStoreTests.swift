@@ -379,6 +379,26 @@ struct RequestPolicyTests {
         #expect(policy.admit(alice, now: 0) == .admit)
     }
 
+    @Test("the requests waiting over all senders are bounded too")
+    func queuedOverall() {
+        var policy = policy { $0.maximumConcurrentPerSender = 1; $0.burst = 100; $0.maximumQueueWait = 10; $0.maximumQueued = 2 }
+        #expect(policy.admit(alice, now: 0) == .admit && policy.admit(bob, now: 0) == .admit)
+        guard case .queue = policy.admit(alice, now: 0), case .queue(let ticket, _) = policy.admit(bob, now: 0) else {
+            Issue.record("one waiting request per sender should fit")
+            return
+        }
+        #expect(policy.queuedCount == 2)
+        guard case .refuse(let error, _) = policy.admit(SecretKey.generate().publicKey, now: 0) == .admit ? policy.admit(alice, now: 0) : .drop else {
+            Issue.record("a third waiting request should be refused")
+            return
+        }
+        #expect(error.code == .tooManyRequests)
+        let started = policy.start(bob, ticket: ticket)
+        #expect(started == false)
+        #expect(policy.finished(bob) == ticket)
+        #expect(policy.queuedCount == 1)
+    }
+
     @Test("deny wins; an allow list admits only its members")
     func lists() {
         var denying = policy { $0.deny = [alice] }

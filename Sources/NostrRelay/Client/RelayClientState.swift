@@ -21,6 +21,11 @@ struct RelayClientState {
         /// authentication...) is asked for again after this delay, doubled per attempt up to the cap (seconds).
         var closedRetryDelay: Double = 5
         var closedRetryMaximumDelay: Double = 300
+        /// NIP-42: AUTH rounds per connection at most (a relay that keeps refusing, or sends a fresh challenge
+        /// before every refusal, cannot make the client sign without end), and how long a round (or a refusal
+        /// waiting for a challenge) may go unanswered before what waits for it is refused (seconds).
+        var maximumAuthenticationRounds = 4
+        var authenticationTimeout: Double = 10
         var messageLimits = MessageLimits()
     }
 
@@ -97,25 +102,25 @@ struct RelayClientState {
     /// NIP-42 on this connection. A round signs AUTH events for every key the refused messages need (the keys
     /// their filters `p`-tag, the authors of refused events) plus the default key, all at once: a relay that
     /// limits reading `p`-tagged events to their recipient needs one per key (NIP-42 lets a client
-    /// authenticate as several). A message refused again after a round that covered its keys is refused for
-    /// good.
+    /// authenticate as several). A message refused again after a round that covered its keys, under the same
+    /// challenge, is refused for good; so is everything after ``Configuration/maximumAuthenticationRounds``.
     struct Authentication {
         var challenge: String?
+        /// The challenge the last round answered.
+        var answered: String?
         /// AUTH events sent in the current round and not yet answered.
         var inFlight: Set<EventID> = []
         /// Between asking for signatures and receiving them.
         var signing = false
         /// Whether an AUTH of the current round was accepted.
         var accepted = false
-        /// Rounds done for this challenge, and the keys they asked for.
+        /// Rounds on this connection, and the keys they asked for.
         var rounds = 0
         var requested: Set<PublicKey> = []
+        /// When the current round began, or (with no round and no challenge) when a refusal began waiting.
+        var since: Double?
 
         var inProgress: Bool { signing || !inFlight.isEmpty }
-
-        init(challenge: String? = nil) {
-            self.challenge = challenge
-        }
     }
 
     init(configuration: Configuration) {
@@ -204,8 +209,8 @@ struct RelayClientState {
         case .ok(let id, let accepted, let text):
             return receiveOK(id, accepted: accepted, text, monotonic: monotonic)
         case .auth(let newChallenge):
-            authentication = Authentication(challenge: newChallenge)
-            return authenticateIfNeeded()
+            authentication.challenge = newChallenge
+            return authenticateIfNeeded(monotonic: monotonic)
         case .notice(let text):
             return [.notice(text)]
         case .count:
@@ -233,7 +238,7 @@ struct RelayClientState {
             subscription.waiting = .authentication
             subscription.refusal = text
             subscriptions[id] = subscription
-            return authenticateIfNeeded()
+            return authenticateIfNeeded(monotonic: monotonic)
         case .rateLimited:
             let attempt = subscription.waiting.attempt + 1
             subscription.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
@@ -265,6 +270,7 @@ struct RelayClientState {
         if authentication.inFlight.remove(id) != nil {
             if accepted { authentication.accepted = true }
             guard authentication.inFlight.isEmpty else { return [] }
+            authentication.since = nil
             return authentication.accepted ? authenticationAccepted() : authenticationRefused(text, monotonic: monotonic)
         }
         guard var publish = publishes[id] else { return [] }
@@ -277,7 +283,7 @@ struct RelayClientState {
             publish.waiting = .authentication
             publish.refusal = text
             publishes[id] = publish
-            return authenticateIfNeeded()
+            return authenticateIfNeeded(monotonic: monotonic)
         case .rateLimited where publish.waiting.attempt < configuration.rateLimitRetries:
             let attempt = publish.waiting.attempt + 1
             publish.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
@@ -299,8 +305,11 @@ struct RelayClientState {
     /// Whether an `auth-required:` refusal of a message that needs `keys` may be answered by authenticating:
     /// a round is under way (the message crossed it), none was done yet, or it would ask for a key not asked for.
     private func mayAuthenticate(for keys: Set<PublicKey>) -> Bool {
-        configuration.canAuthenticate
-            && (authentication.inProgress || authentication.rounds == 0 || !keys.isSubset(of: authentication.requested))
+        guard configuration.canAuthenticate else { return false }
+        if authentication.inProgress { return true }
+        guard authentication.rounds < configuration.maximumAuthenticationRounds else { return false }
+        return authentication.rounds == 0 || !keys.isSubset(of: authentication.requested)
+            || (authentication.challenge != nil && authentication.challenge != authentication.answered)
     }
 
     /// The keys a subscription's filters `p`-tag (whose events a relay may show only to them).
@@ -308,10 +317,13 @@ struct RelayClientState {
         Set(subscription.filters.flatMap { $0.tags["p"] ?? [] }.compactMap { try? PublicKey(hex: $0) })
     }
 
-    private mutating func authenticateIfNeeded() -> [Action] {
-        guard isConnected, configuration.canAuthenticate, !authentication.inProgress, let challenge = authentication.challenge,
-            waitingForAuthentication
-        else { return [] }
+    private mutating func authenticateIfNeeded(monotonic: Double) -> [Action] {
+        guard isConnected, configuration.canAuthenticate, !authentication.inProgress, waitingForAuthentication else { return [] }
+        guard let challenge = authentication.challenge else {
+            // Refused before the relay sent a challenge: wait for one, within the timeout.
+            if authentication.since == nil { authentication.since = monotonic }
+            return []
+        }
         var keys = Set<PublicKey>()
         for subscription in subscriptions.values where subscription.waiting == .authentication { keys.formUnion(Self.keys(of: subscription)) }
         for publish in publishes.values where publish.waiting == .authentication { keys.insert(publish.event.pubkey) }
@@ -319,6 +331,8 @@ struct RelayClientState {
         authentication.accepted = false
         authentication.rounds += 1
         authentication.requested.formUnion(keys)
+        authentication.answered = challenge
+        authentication.since = monotonic
         return [.authenticate(challenge: challenge, keys: keys)]
     }
 
@@ -334,6 +348,7 @@ struct RelayClientState {
     /// Signing the AUTH events failed: whatever waited for them fails with the relay's refusal.
     mutating func authenticationFailed(_ reason: String, monotonic: Double) -> [Action] {
         authentication.signing = false
+        authentication.since = nil
         return authenticationRefused(reason, monotonic: monotonic)
     }
 
@@ -360,8 +375,18 @@ struct RelayClientState {
     /// Re-sends what waited out a rate-limit back-off.
     mutating func tick(monotonic: Double) -> [Action] {
         guard isConnected else { return [] }
+        var actions: [Action] = []
+        // A round the relay never finished answering, or a refusal no challenge came for: what waits is refused
+        // (a closed subscription is asked for again after its back-off).
+        if let since = authentication.since, monotonic - since > configuration.authenticationTimeout {
+            let accepted = authentication.accepted
+            authentication.signing = false
+            authentication.inFlight = []
+            authentication.since = nil
+            actions += accepted ? authenticationAccepted() : authenticationRefused("auth-required: the relay did not complete authentication", monotonic: monotonic)
+        }
         // In flight again; the attempt count is kept until the relay answers.
-        return resend { waiting in
+        return actions + resend { waiting in
             guard case .retry(let at, let attempt) = waiting, at <= monotonic else { return nil }
             return .retry(at: .infinity, attempt: attempt)
         }
