@@ -246,16 +246,16 @@ def test_nostrconnect_started_by_rust_nostr_client(procs, aio, tmp_path):  # noq
     assert result.returncode != 0 and b"failed" in result.stderr, result.stderr.decode()
 
 
-def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
-    """A kind outside the grant: `switchboard nip46` (the library's client) gets an auth_url; the test, as the
-    operator's browser, opens the page and approves always; the signed event arrives, the grant now includes
-    the kind, and the audit log says how it was decided."""
+def sign_outside_the_grant(procs, tmp_path, label: str, decide) -> Path:
+    """A bunker with its approval listener and a client (`switchboard nip46`, the library's client) granted kind 1:
+    kind 1 is signed at once; kind 7 gets an auth challenge, which `decide(data, stderr_path)` settles while the
+    client waits; the signed kind 7 must then arrive. Returns the bunker's data directory."""
     data = tmp_path / "bunker"
     bunker(procs, "init", "--data-dir", str(data))
     relay = procs.sb_relay("relay")
     proc, _ = serve(procs, data, relay.url, "--http", "127.0.0.1:0")
     proc.wait_for(lambda lines: any(l.startswith("http ") for l in lines), READY, "http line")
-    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", "web app")
+    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", label)
     key_file = tmp_path / "client.key"
     nip46 = [procs.sb, "nip46", "--key-file", str(key_file), "--timeout", "60", uri, "sign_event"]
     allowed = subprocess.run([*nip46, '{"kind":1,"content":"granted"}'], capture_output=True, timeout=60, check=False)
@@ -266,21 +266,7 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
         child = subprocess.Popen([*nip46, '{"kind":7,"content":"+","tags":[["e","00"]]}'], stdout=subprocess.PIPE, stderr=err,
                                  env=test_pool_interop.ENV)
         try:
-            deadline = time.monotonic() + 30
-            url = None
-            while url is None and time.monotonic() < deadline:
-                found = re.search(r"approval needed: open (\S+)", err_path.read_text())
-                url = found and found.group(1)
-                time.sleep(0.1)
-            assert url, f"no auth challenge: {err_path.read_text()}"
-            with urllib.request.urlopen(url, timeout=10) as page:
-                html = page.read().decode()
-                assert page.headers["X-Frame-Options"] == "DENY"
-            assert "sign_event:7" in html and "web app" in html, html
-            token = re.search(r'name="token" value="([0-9a-f]+)"', html).group(1)
-            form = urllib.parse.urlencode({"token": token, "decision": "always"}).encode()
-            with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=10) as done:
-                assert done.status == 200
+            decide(data, err_path)
             out, _ = child.communicate(timeout=30)
         finally:
             if child.poll() is None:
@@ -289,7 +275,31 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
     assert child.returncode == 0, err_path.read_text()
     signed = Event.from_json(out.decode().strip())
     assert signed.verify() and signed.kind().as_u16() == 7
+    return data
 
+
+def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
+    """A kind outside the grant: the client gets an auth_url; the test, as the operator's browser, opens the page
+    and approves always; the signed event arrives, the grant now includes the kind, and the audit log says how it
+    was decided."""
+    def on_the_page(_, err_path):
+        deadline = time.monotonic() + 30
+        url = None
+        while url is None and time.monotonic() < deadline:
+            found = re.search(r"approval needed: open (\S+)", err_path.read_text())
+            url = found and found.group(1)
+            time.sleep(0.1)
+        assert url, f"no auth challenge: {err_path.read_text()}"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            html = page.read().decode()
+            assert page.headers["X-Frame-Options"] == "DENY"
+        assert "sign_event:7" in html and "web app" in html, html
+        token = re.search(r'name="token" value="([0-9a-f]+)"', html).group(1)
+        form = urllib.parse.urlencode({"token": token, "decision": "always"}).encode()
+        with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=10) as done:
+            assert done.status == 200
+
+    data = sign_outside_the_grant(procs, tmp_path, "web app", on_the_page)
     clients = bunker(procs, "clients", "--data-dir", str(data))
     assert "perms=sign_event:1,sign_event:7" in clients, clients
     audit = bunker(procs, "audit", "--data-dir", str(data), "--limit", "3").splitlines()
@@ -300,34 +310,16 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
 def test_auth_challenge_decided_from_the_terminal(procs, tmp_path):  # noqa: F811
     """The same challenge decided on the server with `bunker approvals` and `bunker approve`, no browser: the
     running serve applies the decision and the signed event reaches the waiting client."""
-    data = tmp_path / "bunker"
-    bunker(procs, "init", "--data-dir", str(data))
-    relay = procs.sb_relay("relay")
-    proc, _ = serve(procs, data, relay.url, "--http", "127.0.0.1:0")
-    proc.wait_for(lambda lines: any(l.startswith("http ") for l in lines), READY, "http line")
-    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", "terminal app")
-    key_file = tmp_path / "client.key"
-    nip46 = [procs.sb, "nip46", "--key-file", str(key_file), "--timeout", "60", uri, "sign_event"]
-    err_path = tmp_path / "nip46.stderr"
-    with open(err_path, "wb") as err:
-        child = subprocess.Popen([*nip46, '{"kind":7,"content":"+","tags":[["e","00"]]}'], stdout=subprocess.PIPE, stderr=err,
-                                 env=test_pool_interop.ENV)
-        try:
-            deadline, waiting = time.monotonic() + 30, []
-            while not waiting and time.monotonic() < deadline:
-                waiting = [l for l in bunker(procs, "approvals", "--data-dir", str(data)).splitlines() if "needs sign_event:7" in l]
-                time.sleep(0.2)
-            assert waiting, f"no waiting request listed: {err_path.read_text()}"
-            assert "terminal app" in waiting[0], waiting
-            assert bunker(procs, "approve", "--data-dir", str(data), waiting[0].split()[0][:12]) == "approved once"
-            out, _ = child.communicate(timeout=30)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert child.returncode == 0, err_path.read_text()
-    signed = Event.from_json(out.decode().strip())
-    assert signed.verify() and signed.kind().as_u16() == 7
+    def in_the_terminal(data, err_path):
+        deadline, waiting = time.monotonic() + 30, []
+        while not waiting and time.monotonic() < deadline:
+            waiting = [l for l in bunker(procs, "approvals", "--data-dir", str(data)).splitlines() if "needs sign_event:7" in l]
+            time.sleep(0.2)
+        assert waiting, f"no waiting request listed: {err_path.read_text()}"
+        assert "terminal app" in waiting[0], waiting
+        assert bunker(procs, "approve", "--data-dir", str(data), waiting[0].split()[0][:12]) == "approved once"
+
+    data = sign_outside_the_grant(procs, tmp_path, "terminal app", in_the_terminal)
     assert bunker(procs, "approvals", "--data-dir", str(data)) == ""
     unknown = subprocess.run([bunker_path(procs), "deny", "--data-dir", str(data), "ffff"], capture_output=True, timeout=60, check=False)
     assert unknown.returncode != 0 and b"no waiting request" in unknown.stderr, unknown
