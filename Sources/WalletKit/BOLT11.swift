@@ -214,20 +214,25 @@ public struct BOLT11Invoice: Sendable, Hashable {
             multiplier = last
             digits = text.dropLast()
         }
-        guard !digits.isEmpty, digits.count <= 18, digits.allSatisfy(\.isASCIIDigit), let value = Int64(digits), value > 0 else {
+        // A pico amount is ten times the msat, so it is read without its last digit (which must be 0): 21 million
+        // bitcoin in pBTC has 20 digits.
+        guard !digits.isEmpty, digits.count <= (multiplier == "p" ? 20 : 18), digits.allSatisfy(\.isASCIIDigit) else {
             throw BOLT11Error("the amount '\(text)' is malformed")
         }
+        if multiplier == "p" {
+            guard digits.last == "0" else { throw BOLT11Error("a pico amount must be a whole number of msat") }
+            digits = digits.dropLast()
+        }
+        guard let value = Int64(digits), value > 0 else { throw BOLT11Error("the amount '\(text)' is malformed") }
         let result: (Int64, Bool)
         switch multiplier {
         case "m": result = value.multipliedReportingOverflow(by: 100_000_000)
         case "u": result = value.multipliedReportingOverflow(by: 100_000)
         case "n": result = value.multipliedReportingOverflow(by: 100)
-        case "p":
-            guard value % 10 == 0 else { throw BOLT11Error("a pico amount must be a whole number of msat") }
-            result = (value / 10, false)
+        case "p": result = (value, false)
         default: result = value.multipliedReportingOverflow(by: 100_000_000_000)
         }
-        guard !result.1 else { throw BOLT11Error("the amount is too large") }
+        guard !result.1, result.0 <= NIP47.maximumAmountMsat else { throw BOLT11Error("the amount is more than 21 million bitcoin") }
         return result.0
     }
 
@@ -236,7 +241,7 @@ public struct BOLT11Invoice: Sendable, Hashable {
         if msat % 100_000_000 == 0 { return "\(msat / 100_000_000)m" }
         if msat % 100_000 == 0 { return "\(msat / 100_000)u" }
         if msat % 100 == 0 { return "\(msat / 100)n" }
-        return "\(msat * 10)p"
+        return "\(msat)0p"
     }
 }
 

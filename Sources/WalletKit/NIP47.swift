@@ -22,6 +22,9 @@ public enum NIP47 {
     public static let notificationTypes = ["payment_received", "payment_sent"]
     /// Methods that spend (and so count against a budget).
     public static let payingMethods: Set<String> = ["pay_invoice", "pay_keysend"]
+    /// The largest amount accepted anywhere (21 million bitcoin, in msat): an amount, its fee reserve and a
+    /// period's spending then stay far from `Int64`'s limit.
+    public static let maximumAmountMsat: Int64 = 21_000_000 * 100_000_000_000
 
     /// NIP-47's error codes (the core set, plus the per-method `PAYMENT_FAILED` and `NOT_FOUND`).
     public enum ErrorCode: String, Sendable, CaseIterable {

@@ -146,7 +146,7 @@ public struct WalletService: RequestHandler {
             if let renewal = budget.period.renewal(after: now) { result["renews_at"] = .int(renewal) }
             return .object(result)
         case "make_invoice":
-            let amount = try params.positiveInteger("amount")
+            let amount = try params.amount("amount")
             let description = try params.string("description")
             if let description, description.utf8.count > 639 { throw NIP47Error(.other, "the description is longer than 639 bytes") }
             let descriptionHash = try params.string("description_hash").map { text in
@@ -192,7 +192,7 @@ public struct WalletService: RequestHandler {
             }
             let query = TransactionQuery(
                 from: try params.integer("from"), until: try params.integer("until"),
-                limit: Int(min(try params.integer("limit") ?? Int64(configuration.maximumListLimit), Int64(configuration.maximumListLimit))),
+                limit: Int(min(max(try params.integer("limit") ?? Int64(configuration.maximumListLimit), 0), Int64(configuration.maximumListLimit))),
                 offset: Int(min(max(try params.integer("offset") ?? 0, 0), 1_000_000)),
                 unpaid: try params.bool("unpaid") ?? false, direction: direction)
             let transactions = try await store.transactions(connection: connection.id, query: query, now: now)
@@ -210,7 +210,7 @@ public struct WalletService: RequestHandler {
         case "pay_invoice":
             guard let text = try params.string("invoice") else { throw NIP47Error(.other, "pay_invoice needs \"invoice\"") }
             let invoice = try decode(text)
-            let requested = try params.positiveInteger("amount")
+            let requested = try params.amount("amount")
             let amount: Int64
             switch (invoice.amountMsat, requested) {
             case (let fixed?, nil): amount = fixed
@@ -362,6 +362,13 @@ struct Params {
         guard let number = try integer(name) else { return nil }
         guard number > 0 else { throw NIP47Error(.other, "\"\(name)\" must be positive") }
         return number
+    }
+
+    /// An amount in msat: positive, and at most ``NIP47/maximumAmountMsat``.
+    func amount(_ name: String) throws -> Int64? {
+        guard let amount = try positiveInteger(name) else { return nil }
+        guard amount <= NIP47.maximumAmountMsat else { throw NIP47Error(.other, "\"\(name)\" is more than 21 million bitcoin") }
+        return amount
     }
 
     func bool(_ name: String) throws -> Bool? {

@@ -259,10 +259,14 @@ public final class PostgresWalletStore: WalletStore {
         {
             return .alreadyPaid(existing)
         }
-        let charge = reservation.amountMsat + reservation.feeReserveMsat
+        let (charge, overflow) = reservation.amountMsat.addingReportingOverflow(reservation.feeReserveMsat)
+        guard !overflow, reservation.amountMsat > 0, reservation.feeReserveMsat >= 0 else {
+            throw NIP47Error(.other, "the amount is out of range")
+        }
         if let budget = connection.budget {
             let used = try await spent(db, connection: connection.id, since: budget.period.start(containing: now), logger: logger)
-            if used + charge > budget.msat { return .quotaExceeded(used: used, budget: budget.msat) }
+            let (total, overflow) = used.addingReportingOverflow(charge)
+            if overflow || total > budget.msat { return .quotaExceeded(used: used, budget: budget.msat) }
         }
         if reservation.debitsLedger {
             guard connection.balanceMsat >= charge else { return .insufficientBalance(balance: connection.balanceMsat) }

@@ -35,12 +35,23 @@ struct BOLT11Tests {
 
     @Test("amounts take the shortest exact multiplier", arguments: [
         (Int64(1), "lnbcrt10p1"), (1_000, "lnbcrt10n1"), (150_000, "lnbcrt1500n1"), (2_500_000, "lnbcrt25u1"),
-        (100_000_000, "lnbcrt1m1"), (123, "lnbcrt1230p1"),
+        (100_000_000, "lnbcrt1m1"), (123, "lnbcrt1230p1"), (NIP47.maximumAmountMsat - 1, "lnbcrt20999999999999999990p1"),
     ])
     func amounts(msat: Int64, prefix: String) throws {
         let (invoice, _) = try make(amount: msat)
         #expect(invoice.string.hasPrefix(prefix))
         #expect(try BOLT11Invoice(invoice.string).amountMsat == msat)
+    }
+
+    @Test("an amount above 21 million bitcoin is refused, up to where msat would overflow")
+    func tooLarge() throws {
+        let (invoice, _) = try make(amount: 1_000)
+        for amount in ["21000000001m", "92233720368m", "2100000000000000001" + "0p"] {
+            #expect(throws: BOLT11Error("the amount is more than 21 million bitcoin")) {
+                try BOLT11Invoice(invoiceWithAmount(invoice.string, amount))
+            }
+        }
+        #expect(throws: BOLT11Error("a pico amount must be a whole number of msat")) { try BOLT11Invoice(invoiceWithAmount(invoice.string, "1001p")) }
     }
 
     @Test("no amount, a description hash, and every network prefix")
@@ -89,4 +100,12 @@ struct BOLT11Tests {
         #expect(BudgetPeriod.never.start(containing: time) == 0)
         #expect(BudgetPeriod.never.renewal(after: time) == nil)
     }
+}
+
+/// `invoice` with its amount replaced by `amount`: a valid checksum; the payee recovered from the signature is
+/// then some other key, which a decoder cannot tell without the invoice's `n` field.
+func invoiceWithAmount(_ invoice: String, _ amount: String) throws -> String {
+    let (hrp, words) = try Bech32.decodeWords(invoice, maximumLength: BOLT11Invoice.maximumLength)
+    let network = hrp.prefix { !$0.isNumber }
+    return Bech32.encode(hrp: String(network) + amount, words: words)
 }

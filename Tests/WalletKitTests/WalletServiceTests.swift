@@ -108,12 +108,13 @@ func withStorePairs<R: Sendable>(
     }
 }
 
-func expectError(_ code: NIP47.ErrorCode, _ body: () async throws -> JSONValue) async {
+func expectError(_ code: NIP47.ErrorCode, containing text: String = "", _ body: () async throws -> JSONValue) async {
     do {
         let result = try await body()
         Issue.record("expected \(code.rawValue), got a result: \(result)")
     } catch let error as NIP47Error {
         #expect(error.code == code, "\(error.message)")
+        #expect(text.isEmpty || error.message.contains(text), "\(error.message)")
     } catch {
         Issue.record("expected \(code.rawValue), got \(error)")
     }
@@ -252,6 +253,8 @@ struct WalletServiceTests {
                     listed += page.compactMap { $0.object?["payment_hash"]?.string }
                 }
                 #expect(pages.count > 1 && pages[0] < 20, "\(pages)")
+                // A negative limit lists nothing (SQLite would read LIMIT -1 as no limit).
+                #expect(try await session.call("list_transactions", ["limit": .number("-1"), "unpaid": .bool(true)]).object?["transactions"]?.array?.isEmpty == true)
                 #expect(Set(listed) == made && listed.count == 20)
             }
         }
@@ -323,6 +326,15 @@ struct WalletServiceTests {
                 #expect(budget["renewal_period"] == .string("daily"))
                 await expectError(.other) { try await session.call("pay_invoice", ["invoice": .string("lnbc1notaninvoice")]) }
                 await expectError(.other) { try await session.call("make_invoice", ["amount": .string("lots")]) }
+                // Amounts near Int64's limit are refused, not overflowed: a pico amount ×10, amount + fee reserve.
+                await expectError(.other, containing: "21 million") { try await session.call("make_invoice", ["amount": .number("2100000000000000001")]) }
+                await expectError(.other, containing: "21 million") { try await session.call("make_invoice", ["amount": .number("9223372036854775800")]) }
+                let largest = try #require(try await session.call("make_invoice", ["amount": .number("\(NIP47.maximumAmountMsat - 1)")]).object)
+                #expect(largest["amount"]?.int64 == NIP47.maximumAmountMsat - 1)
+                await expectError(.other, containing: "21 million") {
+                    let own = try await wallet.invoice(payee, msat: 1_000)
+                    return try await session.call("pay_invoice", ["invoice": .string(try invoiceWithAmount(own, "92233720368m"))])
+                }
                 await expectError(.notImplemented) { try await session.call("sign_message", ["message": .string("hi")]) }
                 await expectError(.notFound) { try await session.call("lookup_invoice", ["payment_hash": .string(String(repeating: "ab", count: 32))]) }
                 await expectError(.paymentFailed) {
