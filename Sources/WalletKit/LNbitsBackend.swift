@@ -13,7 +13,10 @@ import Synchronization
 ///
 /// A payment is reserved in the store before LNbits sees it. When LNbits cannot say how a payment ended
 /// (a timeout, a dropped connection, a server error), the payment stays pending and is looked up again
-/// until LNbits knows; only an answer that says the payment failed releases the reservation. Incoming
+/// until LNbits knows; only an answer that says the payment failed releases the reservation. LNbits having no
+/// record of a payment releases it only once the reservation is ``Configuration/unrecordedGrace`` old: LNbits
+/// pays one payment of a wallet at a time and records each only when its turn comes, so a payment another
+/// request (or replica) has just handed to LNbits may still be waiting in that queue. Incoming
 /// payments are found by polling LNbits' payment list (and, less often, each unpaid invoice).
 public final class LNbitsBackend: LightningBackend {
     public struct Configuration: Sendable {
@@ -23,6 +26,8 @@ public final class LNbitsBackend: LightningBackend {
         public var lookupInterval: Duration = .seconds(15)
         /// The time one API call may take.
         public var requestTimeout: Duration = .seconds(30)
+        /// How old a reservation must be before LNbits not knowing the payment means it never went out.
+        public var unrecordedGrace: Duration = .seconds(600)
 
         public init() {}
     }
@@ -157,7 +162,9 @@ public final class LNbitsBackend: LightningBackend {
             return .pending(payment)
         }
         if response.status == .notFound {
-            // LNbits never recorded it: nothing went out.
+            // LNbits has not recorded it: queued behind the wallet's other payments, or never received. Only the
+            // second is final, and only time tells them apart.
+            guard Self.neverRecorded(payment, now: .now, grace: configuration.unrecordedGrace) else { return .pending(payment) }
             let failed = try await store.failPayment(sequence: payment.sequence, creditsLedger: false, now: .now)
             if failed != nil { logger.notice("a payment LNbits never recorded was released", metadata: ["payment_hash": "\(payment.paymentHash.hex)"]) }
             return .failed(reason: "LNbits has no record of the payment")
@@ -174,6 +181,11 @@ public final class LNbitsBackend: LightningBackend {
             return .failed(reason: "the payment failed")
         }
         return .pending(payment)
+    }
+
+    /// Whether LNbits having no record of `payment` at `now` means it never reached LNbits.
+    static func neverRecorded(_ payment: WalletTransaction, now: Timestamp, grace: Duration) -> Bool {
+        now - payment.createdAt >= grace.components.seconds
     }
 
     /// Settles a payment LNbits reports as successful (fee from its `fee`, negative for payments out), and the

@@ -237,6 +237,11 @@ public struct WalletService: RequestHandler {
             case .failed(let reason):
                 metrics.payment("failed")
                 throw NIP47Error(.paymentFailed, reason)
+            case .refused(.alreadyPaid(let payment)) where payment.state == .settled:
+                // A retry by a client that lost the first answer (a new request, so not in the journal): it gets
+                // that answer again, the preimage proving the payment, and nothing is paid twice.
+                metrics.payment("already_paid")
+                return .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
             case .refused(let refusal):
                 metrics.payment(Self.outcome(of: refusal))
                 throw Self.error(for: refusal)

@@ -147,6 +147,10 @@ struct WalletServiceTests {
 
                     #expect(try await session.call("get_balance").object?["balance"]?.int64 == 79_000)
                     #expect(try await payee.call("get_balance").object?["balance"]?.int64 == 21_000)
+                    // A retry (a new request: the client lost the answer) gets the same answer; nothing moves.
+                    let again = try #require(try await session.call("pay_invoice", ["invoice": .string(invoice)]).object)
+                    #expect(again["preimage"] == paid["preimage"] && again["fees_paid"] == paid["fees_paid"])
+                    #expect(try await session.call("get_balance").object?["balance"]?.int64 == 79_000)
                     let looked = try #require(try await payee.call("lookup_invoice", ["invoice": .string(invoice)]).object)
                     #expect(looked["state"] == .string("settled"))
                     #expect(looked["settled_at"]?.int64 != nil)
