@@ -25,7 +25,7 @@ public final class Approvals: Sendable {
         public let user: String
         public let method: String
         public let permission: String
-        /// The event to sign, pretty-printed (for `sign_event`).
+        /// What the request would do: the event to sign, pretty-printed, or the peer to encrypt or decrypt for.
         public let event: String?
         let created: ContinuousClock.Instant
     }
@@ -137,13 +137,15 @@ public final class Approvals: Sendable {
 
     /// Adds `GET /auth/:id` (the page) and `POST /auth/:id` (the decision) to `router`.
     public func addRoutes<Context: RequestContext>(to router: Router<Context>) {
-        router.get("/auth/:id") { [self] _, context -> Response in
+        router.get("/auth/:id") { [self] request, context -> Response in
+            guard self.acceptsOrigin(of: request) else { return Self.misdirected }
             guard let id = context.parameters.get("id"), let challenge = self.challenge(id) else {
                 return Self.page(.notFound, "Nothing to approve", "<p>This request was already decided, or it expired.</p>")
             }
             return Self.page(.ok, "Approve a request?", Self.form(challenge))
         }
         router.post("/auth/:id") { [self] request, context -> Response in
+            guard self.acceptsOrigin(of: request) else { return Self.misdirected }
             let body = try await request.body.collect(upTo: 4096)
             guard let id = context.parameters.get("id"),
                 let form = try? URLEncodedFormDecoder().decode(DecisionForm.self, from: String(buffer: body)),
@@ -161,6 +163,37 @@ public final class Approvals: Sendable {
         }
     }
 
+    /// Whether `request` came to this listener under a name its links use (the base URL's host, or a loopback
+    /// address), and a form from a page of that same listener. A client's web page that rebinds its own domain
+    /// to 127.0.0.1 reaches the listener under that domain, so it can neither read the page nor post to it.
+    func acceptsOrigin(of request: Request) -> Bool {
+        guard let authority = request.head.authority, Self.isOwnHost(authority, base: baseURL) else { return false }
+        guard let origin = request.headers[.origin] else { return true }
+        guard let url = URL(string: origin), let host = url.host else { return false }
+        return Self.isOwnHost(url.port.map { "\(host):\($0)" } ?? host, base: baseURL)
+    }
+
+    /// `authority` (host, and port if any) is the base URL's, or a loopback address.
+    static func isOwnHost(_ authority: String, base: String?) -> Bool {
+        let lowered = authority.lowercased()
+        if let base, let url = URL(string: base), let host = url.host?.lowercased() {
+            let own = url.port.map { "\(host):\($0)" } ?? host
+            let bracketed = host.contains(":") ? url.port.map { "[\(host)]:\($0)" } ?? "[\(host)]" : own
+            if lowered == own || lowered == bracketed { return true }
+        }
+        let host: Substring
+        if lowered.hasPrefix("[") {
+            host = lowered.prefix { $0 != "]" }.dropFirst()
+        } else {
+            host = lowered.split(separator: ":", maxSplits: 1).first ?? ""
+        }
+        return host == "127.0.0.1" || host == "localhost" || host == "::1"
+    }
+
+    static var misdirected: Response {
+        page(.misdirectedRequest, "Wrong address", "<p>Open this page at the address the bunker gave.</p>")
+    }
+
     /// The decision form's fields.
     struct DecisionForm: Decodable {
         var token: String
@@ -175,14 +208,14 @@ public final class Approvals: Sendable {
             ("Permission needed", challenge.permission),
         ].map { "<tr><th>\(escape($0.0))</th><td><code>\(escape($0.1))</code></td></tr>" }.joined()
         if let event = challenge.event {
-            rows += "<tr><th>Event</th><td><pre>\(escape(event))</pre></td></tr>"
+            rows += "<tr><th>\(challenge.method == "sign_event" ? "Event" : "Details")</th><td><pre>\(escape(event))</pre></td></tr>"
         }
         let buttons = [("once", "Approve once"), ("always", "Approve always"), ("deny", "Deny")].map {
             "<button name=\"decision\" value=\"\($0.0)\">\($0.1)</button> "
         }.joined()
         return """
             <table>\(rows)</table>
-            <form method="post" action="/auth/\(escape(challenge.id))">
+            <form method="post">
             <input type="hidden" name="token" value="\(escape(challenge.formToken))">
             \(buttons)
             </form>
@@ -270,12 +303,17 @@ extension BunkerState {
             .sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
-    /// Records the operator's decision on challenge `id` (a unique prefix of it will do); false when no open
-    /// challenge matches.
+    /// The shortest prefix of a challenge id that `decideApproval` takes: a decision must name the challenge the
+    /// operator read, not whichever one a short prefix happens to match by then.
+    public static let minimumApprovalPrefix = 8
+
+    /// Records the operator's decision on challenge `id` (a unique prefix of it, at least
+    /// ``minimumApprovalPrefix`` characters, will do); false when no open challenge matches.
     public func decideApproval(_ id: String, _ decision: Approvals.Decision) async throws -> Bool {
         let now = Int64(Date().timeIntervalSince1970)
+        guard id.count >= Self.minimumApprovalPrefix else { return false }
         let matches = try await pendingApprovals().filter { $0.id.hasPrefix(id) && $0.decision == nil && $0.expiresAt > now }
-        guard !id.isEmpty, matches.count == 1, var approval = matches.first else { return false }
+        guard matches.count == 1, var approval = matches.first else { return false }
         approval.decision = decision.rawValue
         try await recordApproval(approval)
         return true

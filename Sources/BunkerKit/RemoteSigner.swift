@@ -62,8 +62,8 @@ public struct RemoteSigner: RequestHandler {
         do {
             let message = try NIP46.Request(json: request.content)
             method = message.method
-            answer = await respond(to: message, from: request.sender, signer: request.recipient, logger: context.logger) { permission, event in
-                await self.challenge(permission, event: event, message: message, request: request, context: context)
+            answer = await respond(to: message, from: request.sender, signer: request.recipient, logger: context.logger) { permission, detail in
+                await self.challenge(permission, detail: detail, message: message, request: request, context: context)
             }
         } catch {
             answer = Answer(NIP46.Response(id: NIP46.Request.id(in: request.content) ?? "", error: "bad request: \(error)"), "error")
@@ -101,17 +101,18 @@ public struct RemoteSigner: RequestHandler {
     }
 
     /// How a request outside the grant was settled: nil when refused outright (no challenge possible).
-    typealias Challenge = @Sendable (_ permission: String, _ event: EventTemplate?) async -> Approvals.Decision??
+    typealias Challenge = @Sendable (_ permission: String, _ detail: String?) async -> Approvals.Decision??
 
-    /// Puts a request outside the grant to the operator: sends the `auth_url` response, waits for the decision
-    /// (`.some(nil)` when none came in time), and grants the permission for good on "approve always".
+    /// Puts a request outside the grant to the operator, showing `detail` (the event to sign, the peer to encrypt
+    /// for): sends the `auth_url` response, waits for the decision (`.some(nil)` when none came in time), and
+    /// grants the permission for good on "approve always". An approval for a session that ended meanwhile
+    /// (revoked, logged out) counts for nothing.
     private func challenge(
-        _ permission: String, event: EventTemplate?, message: NIP46.Request, request: ServiceRequest, context: RequestContext
+        _ permission: String, detail shown: String?, message: NIP46.Request, request: ServiceRequest, context: RequestContext
     ) async -> Approvals.Decision?? {
         guard let approvals else { return nil }
         let session = try? await state.session(signer: request.recipient, client: request.sender)
         let user = identities[request.recipient].map { NIP19Entity.npub($0.user.publicKey).bech32 } ?? ""
-        let shown = event.map { Self.display($0) }
         guard let (id, url) = approvals.open(
             client: request.sender.hex, clientName: session?.label ?? session?.name, user: user, method: message.method,
             permission: permission, event: shown)
@@ -134,6 +135,11 @@ public struct RemoteSigner: RequestHandler {
         await context.send(reply(NIP46.Response(id: message.id, result: "auth_url", error: url), to: request))
         let decision = await approvals.decision(id)
         try? await state.removeApproval(id)
+        if decision == .once || decision == .always {
+            guard let current = try? await state.session(signer: request.recipient, client: request.sender),
+                current.expiresAt.map({ Int64(Date().timeIntervalSince1970) < $0 }) ?? true
+            else { return nil }
+        }
         if decision == .always {
             do {
                 if var current = try await state.session(signer: request.recipient, client: request.sender) {
@@ -254,10 +260,10 @@ public struct RemoteSigner: RequestHandler {
         var kind: Kind?
         func ok(_ result: String) -> Answer { Answer(NIP46.Response(id: id, result: result), approval, kind: kind) }
         /// Nil when `permission` may be used now (granted, or approved by the operator); else the refusal.
-        func authorize(_ permission: String?, event: EventTemplate? = nil) async -> Answer? {
+        func authorize(_ permission: String?, detail: String? = nil) async -> Answer? {
             guard let permission else { return nil }
             func refuse(_ text: String, _ decision: String) -> Answer { Answer(NIP46.Response(id: id, error: text), decision, kind: kind) }
-            switch await challenge(permission, event) {
+            switch await challenge(permission, detail) {
             case .none: return refuse("unauthorized: \(permission) is not granted to this client", "unauthorized")
             case .some(.none): return refuse("unauthorized: \(permission) was not approved in time", "expired")
             case .some(.deny): return refuse("unauthorized: the operator denied \(permission)", "denied")
@@ -286,12 +292,14 @@ public struct RemoteSigner: RequestHandler {
                     id: id, error: "bad request: created_at is \(createdAt - Timestamp.now) s in the future; at most \(maximumFutureSkew) s is signed"),
                     "error", kind: kind)
             }
-            if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind, sensitiveKinds: sensitiveKinds), event: template) { return refusal }
+            if let refusal = await authorize(session.permissions.missing("sign_event", kind: template.kind, sensitiveKinds: sensitiveKinds), detail: Self.display(template)) { return refusal }
             return ok(template.sign(with: identity.user).json)
         case "nip04_encrypt", "nip04_decrypt", "nip44_encrypt", "nip44_decrypt":
             try parameters(2)
-            if let refusal = await authorize(session.permissions.missing(message.method)) { return refusal }
             let peer = try PublicKey(validatingHex: params[0])
+            if let refusal = await authorize(session.permissions.missing(message.method), detail: "peer \(NIP19Entity.npub(peer).bech32)") {
+                return refusal
+            }
             switch message.method {
             case "nip04_encrypt": return ok(try NIP04.encrypt(params[1], secretKey: identity.user, publicKey: peer))
             case "nip04_decrypt": return ok(try NIP04.decrypt(params[1], secretKey: identity.user, publicKey: peer))

@@ -71,11 +71,12 @@ public struct OperationsServer: Service {
 
 extension OperationsServer {
     /// A daemon's process-wide set-up: logs to standard error at `logLevel` (trace … critical; `notice` when
-    /// unknown), and swift-metrics into the Prometheus registry returned, for `/metrics`.
+    /// unknown) with control characters escaped, and swift-metrics into the Prometheus registry returned, for
+    /// `/metrics`.
     public static func bootstrapObservability(logLevel: String) -> PrometheusCollectorRegistry {
         let level = Logger.Level(rawValue: logLevel) ?? .notice
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = EscapingLogHandler(base: StreamLogHandler.standardError(label: label))
             handler.logLevel = level
             return handler
         }

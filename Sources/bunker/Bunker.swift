@@ -89,8 +89,9 @@ func readHidden(_ prompt: String) throws -> String {
     return readLine(strippingNewline: true) ?? ""
 }
 
+/// Prints a line at once, with control characters escaped: it may carry text a client chose.
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    FileHandle.standardOutput.write(Data((line.escapingControlCharacters + "\n").utf8))
 }
 
 func npub(_ key: PublicKey) -> String { NIP19Entity.npub(key).bech32 }
@@ -364,9 +365,9 @@ struct ApprovalsCommand: AsyncParsableCommand {
 }
 
 struct Approve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Approve a waiting request (its id, or a unique prefix, from `bunker approvals`).")
+    static let configuration = CommandConfiguration(abstract: "Approve a waiting request (its id, or a unique prefix of at least 8 characters, from `bunker approvals`).")
     @OptionGroup var directory: DataDirectory
-    @Argument(help: "The request's id (or a unique prefix).") var id: String
+    @Argument(help: "The request's id (or a unique prefix of at least 8 characters).") var id: String
     @Flag(help: "Grant the permission from now on, not only for this request.") var always = false
 
     func run() async throws {
@@ -378,9 +379,9 @@ struct Approve: AsyncParsableCommand {
 }
 
 struct Deny: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Deny a waiting request (its id, or a unique prefix, from `bunker approvals`).")
+    static let configuration = CommandConfiguration(abstract: "Deny a waiting request (its id, or a unique prefix of at least 8 characters, from `bunker approvals`).")
     @OptionGroup var directory: DataDirectory
-    @Argument(help: "The request's id (or a unique prefix).") var id: String
+    @Argument(help: "The request's id (or a unique prefix of at least 8 characters).") var id: String
 
     func run() async throws {
         guard try await directory.openState().decideApproval(id, .deny) else {

@@ -37,7 +37,7 @@ struct PoolOptions: ParsableArguments {
                 throw ValidationError("invalid --auth-sec (expected 64 hex characters or an nsec)")
             }
         }
-        var logger = Logger(label: "switchboard.pool") { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "switchboard.pool") { EscapingLogHandler(base: StreamLogHandler.standardError(label: $0)) }
         logger.logLevel = verbose ? .debug : .error
         var configuration = RelayPool.Configuration()
         configuration.additionalTrustRootsFile = caFile

@@ -21,7 +21,7 @@ struct RelayCommand: AsyncParsableCommand {
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = EscapingLogHandler(base: StreamLogHandler.standardError(label: label))
             handler.logLevel = .info
             return handler
         }

@@ -65,8 +65,9 @@ struct DataDirectory: ParsableArguments {
     }
 }
 
+/// Prints a line at once, with control characters escaped: it may carry text a client chose.
 func say(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    FileHandle.standardOutput.write(Data((line.escapingControlCharacters + "\n").utf8))
 }
 
 struct Connect: AsyncParsableCommand {

@@ -402,6 +402,15 @@ struct RemoteSignerTests {
                         let token = try #require(page.body.firstMatch(of: /name="token" value="([0-9a-f]+)"/)?.1)
                         if forgeFirst {
                             #expect(try await HTTP.post(url, form: "token=\(String(repeating: "0", count: token.count))&decision=always").status == 403)
+                            // A client's web page that rebound its domain to 127.0.0.1 (DNS rebinding) reaches the
+                            // listener under its own name, and a cross-site form carries its origin: both refused.
+                            let port = try #require(URL(string: url)?.port)
+                            #expect(try await HTTP.get(url, headers: ["Host": "evil.example:\(port)"]).status == 421)
+                            let rebound = try await HTTP.post(url, form: "token=\(token)&decision=always", headers: ["Host": "evil.example:\(port)"])
+                            #expect(rebound.status == 421)
+                            let crossSite = try await HTTP.post(url, form: "token=\(token)&decision=always", headers: ["Origin": "http://evil.example"])
+                            #expect(crossSite.status == 421)
+                            #expect(try await HTTP.get(url, headers: ["Host": "localhost:\(port)"]).status == 200)
                         }
                         #expect(try await HTTP.post(url, form: "token=\(token)&decision=\(decision)").status == 200)
                         let result = try await group.next() ?? nil
@@ -443,6 +452,7 @@ struct RemoteSignerTests {
                         #expect(pending.client == client.key.publicKey.hex)
                         #expect(pending.event?.contains("kind 7") == true)
                         #expect(try await bunker.state.decideApproval("zz", .once) == false)
+                        #expect(try await bunker.state.decideApproval(String(pending.id.prefix(7)), .once) == false, "too short a prefix")
                         #expect(try await bunker.state.decideApproval(String(pending.id.prefix(8)), decision))
                         let result = try await group.next() ?? nil
                         return result
@@ -455,6 +465,33 @@ struct RemoteSignerTests {
             try await withDeadline(.seconds(5), "the challenges to leave the store") {
                 while try await !bunker.state.pendingApprovals().isEmpty { try await Task.sleep(for: .milliseconds(20)) }
             }
+        }
+    }
+
+    @Test("an encryption challenge names its peer; approved after the client was revoked, it is still refused")
+    func approvalAfterRevocation() async throws {
+        let approvals = Approvals(timeout: .seconds(20))
+        try await withBunker(approvals: approvals) { bunker in
+            var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            client.timeout = .seconds(20)
+            let peer = SecretKey.generate().publicKey
+            let refused = await refusal { try await client.run { signer in
+                try await signer.connect()
+                return try await withThrowingTaskGroup(of: String.self) { group in
+                    group.addTask { try await signer.call("nip44_encrypt", [peer.hex, "secret"]) }
+                    let pending = try await withDeadline(.seconds(10), "the challenge in the store") { () async throws -> PendingApproval in
+                        while true {
+                            if let first = try await bunker.state.pendingApprovals().first { return first }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                    #expect(pending.event == "peer \(NIP19Entity.npub(peer).bech32)")
+                    try await bunker.state.remove(signer: bunker.signer.hex, client: client.key.publicKey.hex)
+                    #expect(try await bunker.state.decideApproval(pending.id, .once))
+                    return try await group.next() ?? ""
+                }
+            } }
+            #expect(refused == "unauthorized: nip44_encrypt is not granted to this client")
         }
     }
 
@@ -487,12 +524,15 @@ enum HTTP {
         var body: String
     }
 
-    static func get(_ url: String) async throws -> Reply {
-        try await send(URLRequest(url: try #require(URL(string: url))))
+    static func get(_ url: String, headers: [String: String] = [:]) async throws -> Reply {
+        var request = URLRequest(url: try #require(URL(string: url)))
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        return try await send(request)
     }
 
-    static func post(_ url: String, form: String) async throws -> Reply {
+    static func post(_ url: String, form: String, headers: [String: String] = [:]) async throws -> Reply {
         var request = URLRequest(url: try #require(URL(string: url)))
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         request.httpMethod = "POST"
         request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")
         request.httpBody = Data(form.utf8)
