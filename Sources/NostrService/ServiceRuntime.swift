@@ -231,7 +231,13 @@ public final class ServiceRuntime: Service, Sendable {
             connections.addTask { await self.watch() }
             defer { connections.cancelAll() }
             try await listener.withSubscription(filters) { subscription in
-                state.withLock { $0.subscription = subscription; $0.subscribed = true }
+                let stopping = state.withLock { state in
+                    state.subscription = subscription
+                    state.subscribed = true
+                    return state.stopping
+                }
+                // Asked to stop before there was a subscription to stop.
+                if stopping { subscription.stop() }
                 announcementSignal.continuation.yield()
                 logger.info("listening", metadata: [
                     "nostr.kinds": "\(handlers.keys.map(\.rawValue).sorted())", "nostr.relays": "\(configuration.relays.count)",
@@ -497,11 +503,13 @@ public final class ServiceRuntime: Service, Sendable {
             logger.debug("duplicate request; re-sending its replies")
             return Delivery(request: event, replies: replies, relay: relay, handler: handler, named: [], recorded: false)
         case .interrupted:
-            var rerun = false
-            if handler.isIdempotent {
-                rerun = (try? await store.reclaim(event.id, owner: owner, now: .now, lease: lease)) ?? false
+            // Taken over first, whether it is run again or answered as interrupted: of several replicas that
+            // find it interrupted, only the one that takes it answers.
+            guard (try? await store.reclaim(event.id, owner: owner, now: .now, lease: lease)) == true else {
+                metrics.duplicate(kind: kind)
+                return nil
             }
-            if !rerun {
+            if !handler.isIdempotent {
                 metrics.request(kind: kind, outcome: "interrupted")
                 logger.warning("request was interrupted earlier; answering with an error instead of running it again")
                 return await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)

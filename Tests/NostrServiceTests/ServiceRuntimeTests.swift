@@ -540,6 +540,16 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("stopIntake() before run() has subscribed still stops it, with no request ever arriving")
+    func stopBeforeSubscribing() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: .init(relays: urls), logger: quiet)
+            runtime.stopIntake()
+            try await withDeadline(.seconds(10), "run() to return") { try await runtime.run() }
+        }
+    }
+
     @Test("a request interrupted by a crash is answered with an error, not run again")
     func interruptedRequest() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in

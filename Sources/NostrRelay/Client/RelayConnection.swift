@@ -39,6 +39,9 @@ final class RelayConnection: Sendable {
     struct Shared {
         var machine: RelayClientState
         var outbox: Outbox?
+        /// The current session's received messages, ended early when its outbox overflows.
+        var received: BoundedChannel<WebSocketMessage>?
+        var overflowed = false
         var waiters: [EventID: [UInt64: OneShot<PublishResult>]] = [:]
         var nextWaiter: UInt64 = 0
         var status: RelayStatus
@@ -215,9 +218,15 @@ final class RelayConnection: Sendable {
     }
 
     private func session(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
-        let outbox = Outbox()
+        let outbox = Outbox(capacity: configuration.outboxCapacity)
+        // Reading and handling are two stages joined by a small bounded channel: while one batch of messages
+        // is parsed and verified (on several cores when it is large) and handled in order, the next is read.
+        // A full channel stops the reading, so backpressure still reaches the relay.
+        let received = BoundedChannel<WebSocketMessage>(capacity: Self.readAhead)
         let actions = shared.withLock { shared in
             shared.outbox = outbox
+            shared.received = received
+            shared.overflowed = false
             shared.connections += 1
             if shared.connections > 1 { shared.status.reconnects += 1 }
             shared.status.isConnected = true
@@ -229,10 +238,6 @@ final class RelayConnection: Sendable {
         if actions.isEmpty || status.reconnects > 0 { logger.info("connected") }
         if status.reconnects > 0 { metrics.reconnects.increment() }
         metrics.connected.record(1)
-        // Reading and handling are two stages joined by a small bounded channel: while one batch of messages
-        // is parsed and verified (on several cores when it is large) and handled in order, the next is read.
-        // A full channel stops the reading, so backpressure still reaches the relay.
-        let received = BoundedChannel<WebSocketMessage>(capacity: Self.readAhead)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while case let batch = await outbox.takeAll(), !batch.isEmpty {
@@ -253,6 +258,11 @@ final class RelayConnection: Sendable {
                     let now = Timestamp.now, monotonic = monotonicSeconds()
                     await execute(withMachine(countingReceived: true) { $0.receive(message, now: now, monotonic: monotonic) })
                 }
+            }
+            // Ended early because the relay stopped reading: the writer may be stuck in a write, so the session's
+            // tasks are cancelled rather than waited for.
+            if shared.withLock({ $0.overflowed }) {
+                throw RelayConnectionError("the relay stopped reading: \(configuration.outboxCapacity) messages were waiting to be written")
             }
             // The reader has ended: its error (or the writer's), if any, ends the session.
             try await group.next()
@@ -312,7 +322,13 @@ final class RelayConnection: Sendable {
 
     private static func sendAll(_ actions: [RelayClientState.Action], _ shared: inout Shared) {
         for case .send(let text) in actions {
-            shared.outbox?.send(text)
+            guard let outbox = shared.outbox, !shared.overflowed else { continue }
+            guard outbox.send(text) else {
+                shared.overflowed = true
+                outbox.finish()
+                shared.received?.finish()
+                continue
+            }
             shared.status.messagesSent += 1
         }
     }
@@ -372,6 +388,15 @@ final class RelayConnection: Sendable {
         return text.count > 200 ? String(text.prefix(200)) + "…" : text
     }
 
+}
+
+/// Why this side ended a session with a relay.
+struct RelayConnectionError: Error, CustomStringConvertible {
+    let description: String
+
+    init(_ description: String) {
+        self.description = description
+    }
 }
 
 /// A value delivered once to one waiter; waiting ends early (with `nil`) if the waiting task is cancelled or the

@@ -36,6 +36,10 @@ public final class RelayPool: Service, Sendable {
         public var publishTimeout: Duration = .seconds(10)
         /// Items a subscription buffers before its relays stop being read.
         public var subscriptionBufferSize = 256
+        /// Messages waiting to be written to one relay at most. A relay that stops reading (its TCP window
+        /// full) would otherwise make them pile up without bound; past this the connection is dropped and made
+        /// again, and what still needs sending (subscriptions, publishes waiting for `OK`) is sent anew.
+        public var outboxCapacity = 10_000
         /// Event ids a subscription remembers to drop copies arriving from other relays.
         public var deduplicationCapacity = 10_000
         /// A PEM file of certificate authorities trusted for `wss://` relays besides the system's trust roots
