@@ -41,6 +41,11 @@ public final class ServiceRuntime: Service, Sendable {
         public var minimumProofOfWork = 0
         /// The catch-up subscription starts this many seconds before the checkpoint.
         public var catchUpMargin: Int64 = 60
+        /// How long checkpoints wait, after subscribing, for every relay's stored requests (its `EOSE`). Relays
+        /// send stored events newest first, so a checkpoint moved on before a relay's `EOSE` would let a
+        /// restart skip the older ones; a relay silent for longer is taken to be down (its backlog comes when it
+        /// reconnects, from the subscription's own start).
+        public var catchUpTimeout: Duration = .seconds(60)
         /// Requests handled at the same time, over all senders; more wait (and the relays are read slower).
         /// A request's slot is free again once its reply is signed and recorded: waiting for the relays to
         /// confirm the reply is not handling.
@@ -149,6 +154,9 @@ public final class ServiceRuntime: Service, Sendable {
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
+        /// Until every relay has sent its stored requests (or ``Configuration/catchUpTimeout``): the relays still
+        /// to send `EOSE`, and when checkpoints move on regardless. Nil once caught up.
+        var catchUp: (relays: Set<RelayURL>, until: ContinuousClock.Instant)?
         /// Relays the next announcement round also goes to (ones just removed from the service's set).
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
@@ -234,6 +242,7 @@ public final class ServiceRuntime: Service, Sendable {
                 let stopping = state.withLock { state in
                     state.subscription = subscription
                     state.subscribed = true
+                    state.catchUp = (Set(listener.relays), .now + configuration.catchUpTimeout)
                     return state.stopping
                 }
                 // Asked to stop before there was a subscription to stop.
@@ -362,6 +371,7 @@ public final class ServiceRuntime: Service, Sendable {
         let deliveries = AsyncSemaphore(configuration.maximumPendingDeliveries)
         await withDiscardingTaskGroup { group in
             for await item in subscription {
+                if case .endOfStoredEvents(let relay) = item { caughtUp(relay) }
                 guard case .event(let event, let relay) = item else { continue }
                 if state.withLock({ $0.stopping }) { break }
                 guard let route = admit(event) else { continue }
@@ -814,8 +824,23 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
+    /// `relay` has sent the requests it stored.
+    private func caughtUp(_ relay: RelayURL) {
+        state.withLock { state in
+            state.catchUp?.relays.remove(relay)
+            if state.catchUp?.relays.isEmpty == true { state.catchUp = nil }
+        }
+    }
+
     private func flushCheckpoints() async {
-        let pending = state.withLock { state in
+        let (pending, silent) = state.withLock { state -> ([PublicKey: Timestamp], Set<RelayURL>) in
+            var silent: Set<RelayURL> = []
+            if let catchUp = state.catchUp {
+                // Still catching up: older stored requests may yet come.
+                guard ContinuousClock.now >= catchUp.until else { return ([:], []) }
+                silent = catchUp.relays
+                state.catchUp = nil
+            }
             var due: [PublicKey: Timestamp] = [:]
             for (key, newest) in state.checkpoints {
                 // Not past a request still being handled: kept for the next flush.
@@ -826,7 +851,12 @@ public final class ServiceRuntime: Service, Sendable {
                     state.checkpoints[key] = nil
                 }
             }
-            return due
+            return (due, silent)
+        }
+        if !silent.isEmpty {
+            logger.notice("relays sent no end of stored requests in time; checkpoints move on without them", metadata: [
+                "nostr.relays": "\(silent.map(\.string).sorted())"
+            ])
         }
         for (key, createdAt) in pending {
             do {

@@ -50,6 +50,25 @@ struct RelayClientStateTests {
         #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_001, monotonic: 0).isEmpty)
     }
 
+    @Test("a connection lost before EOSE resumes from where the lost request started: stored events come newest first")
+    func resumeBeforeEndOfStoredEvents() throws {
+        var state = machine()
+        let filter = Filter(kinds: [1], since: 100)
+        _ = state.subscribe("s", filters: [filter])
+        _ = state.connected()
+        // A backlog, newest first; the connection drops before the older part and EOSE arrive.
+        _ = state.receive(RelayMessage.event(subscriptionID: "s", event: note(5000)).json, now: 10_000, monotonic: 0)
+        _ = state.receive(RelayMessage.event(subscriptionID: "s", event: note(4000)).json, now: 10_000, monotonic: 0)
+        state.disconnected()
+        #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [filter])], "not from 5000 - 60: 3000 was never sent")
+        // This time the relay gets to EOSE: the next resume starts from the newest stored event.
+        _ = state.receive(RelayMessage.event(subscriptionID: "s", event: note(5000)).json, now: 10_000, monotonic: 0)
+        _ = state.receive(RelayMessage.event(subscriptionID: "s", event: note(3000)).json, now: 10_000, monotonic: 0)
+        _ = state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_000, monotonic: 0)
+        state.disconnected()
+        #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [Filter(kinds: [1], since: 5000 - 60)])])
+    }
+
     @Test("a subscription with no events resumes from when the relay first sent EOSE; future timestamps are capped")
     func resumeAnchors() throws {
         var state = machine()
@@ -57,6 +76,7 @@ struct RelayClientStateTests {
         _ = state.subscribe("future", filters: [Filter(kinds: [1])])
         _ = state.connected()
         _ = state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "quiet").json, now: 2000, monotonic: 0)
+        _ = state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "future").json, now: 2500, monotonic: 0)
         _ = state.receive(RelayMessage.event(subscriptionID: "future", event: note(999_999)).json, now: 3000, monotonic: 0)
         state.disconnected()
         let requests = try sent(state.connected())

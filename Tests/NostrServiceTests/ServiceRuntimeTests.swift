@@ -290,6 +290,43 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("a restart in the middle of a catch-up still answers the older stored requests (relays send them newest first)")
+    func restartDuringCatchUp() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            let now = Timestamp.now
+            let stored = try (0..<20).map {
+                try client.request(kind: requestKind, content: "sleep:100", to: key.publicKey, createdAt: now - 600 + Timestamp($0 * 10))
+            }
+            try await withReplies(urls, for: client) { pool, replies in
+                for request in stored { try await publish(request, on: urls, through: pool) }
+                let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+                // One at a time, so the catch-up is still going when intake stops (after a checkpoint flush).
+                var configuration = ServiceRuntime.Configuration(relays: urls)
+                configuration.maximumConcurrentRequests = 1
+                let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await withDeadline(.seconds(10), "a few requests handled") { while handler.total < 3 { try await Task.sleep(for: .milliseconds(20)) } }
+                        try await Task.sleep(for: .milliseconds(1_200))
+                        runtime.stopIntake()
+                    }
+                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await group.waitForAll()
+                }
+                #expect(handler.total < 20)
+                let checkpoint = try await store.checkpoint(for: key.publicKey)
+                #expect(checkpoint == nil || checkpoint ?? 0 <= stored[0].createdAt, "not past requests never delivered")
+                try await withRuntime(urls, handler: handler, key: key, store: store) { _ in
+                    _ = try await awaitReplies(replies) { seen in
+                        stored.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }
+                    }
+                }
+            }
+            #expect(stored.allSatisfy { handler.count($0.id) == 1 })
+        }
+    }
+
     @Test("past its rate a sender gets the handler's error reply, not silence")
     func rateLimited() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in

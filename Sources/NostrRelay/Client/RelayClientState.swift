@@ -40,8 +40,14 @@ struct RelayClientState {
 
     struct Subscription {
         var filters: [Filter]
-        /// Newest `created_at` delivered (capped at the wall clock when it arrived).
+        /// Newest `created_at` delivered (capped at the wall clock when it arrived), where a resumed
+        /// subscription may start: raised only by live events and at `EOSE`, since stored events come newest
+        /// first and a connection lost before its `EOSE` has not delivered the older ones.
         var newestSeen: Timestamp?
+        /// Newest `created_at` among the stored events of the current request, before its `EOSE`.
+        var newestStored: Timestamp?
+        /// Between sending the request and its `EOSE`.
+        var awaitingStored = true
         /// Wall clock when the relay first sent `EOSE`.
         var caughtUpAt: Timestamp?
         var waiting: Waiting = .none
@@ -198,6 +204,9 @@ struct RelayClientState {
         case .endOfStoredEvents(let id):
             guard var subscription = subscriptions[id] else { return [] }
             if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
+            if let stored = subscription.newestStored { subscription.newestSeen = max(subscription.newestSeen ?? stored, stored) }
+            subscription.newestStored = nil
+            subscription.awaitingStored = false
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
             let first = !subscription.reportedEndOfStoredEvents
@@ -225,7 +234,11 @@ struct RelayClientState {
             return [.dropped(reason: "event \(event.id.hex) does not match subscription \(id)")]
         }
         let seen = min(event.createdAt, now)
-        subscription.newestSeen = max(subscription.newestSeen ?? seen, seen)
+        if subscription.awaitingStored {
+            subscription.newestStored = max(subscription.newestStored ?? seen, seen)
+        } else {
+            subscription.newestSeen = max(subscription.newestSeen ?? seen, seen)
+        }
         subscription.closedBecause = nil
         subscriptions[id] = subscription
         return [.deliver(subscriptionID: id, event)]
@@ -399,6 +412,8 @@ struct RelayClientState {
         for id in subscriptions.compactMap({ next($0.value.waiting) == nil ? nil : $0.key }).sorted() {
             guard var subscription = subscriptions[id], let waiting = next(subscription.waiting) else { continue }
             subscription.waiting = waiting
+            subscription.awaitingStored = true
+            subscription.newestStored = nil
             subscriptions[id] = subscription
             actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
         }
