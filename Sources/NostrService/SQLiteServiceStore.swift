@@ -175,18 +175,32 @@ public final class SQLiteServiceStore: ServiceStore {
             if group.isEmpty { return }
             busy = group.count >= busyGroup && commitDelay > .zero
             do {
-                try db.inTransaction(.immediate) {
-                    for write in group {
-                        write.run(db)
-                        // An error that aborted the transaction (disk full, I/O) fails the whole group.
-                        guard db.isInsideTransaction else { throw ServiceError(.internal, "the journal transaction was aborted") }
-                    }
-                    return .commit
-                }
+                try Self.commit(group, in: db)
                 for write in group { write.complete(failure: nil) }
             } catch {
-                for write in group { write.complete(failure: error) }
+                // The group was rolled back (a write aborted it, or the database stayed locked past the busy
+                // timeout): each write is tried again alone, so one bad write does not take the others with it.
+                for write in group {
+                    do {
+                        try Self.commit([write], in: db)
+                        write.complete(failure: nil)
+                    } catch {
+                        write.complete(failure: error)
+                    }
+                }
             }
+        }
+    }
+
+    /// Runs `writes` in one transaction and commits it.
+    private static func commit(_ writes: [any GroupedWrite], in db: Database) throws {
+        try db.inTransaction(.immediate) {
+            for write in writes {
+                write.run(db)
+                // An error that aborted the transaction (disk full, I/O) fails the whole group.
+                guard db.isInsideTransaction else { throw ServiceError(.internal, "the journal transaction was aborted") }
+            }
+            return .commit
         }
     }
 

@@ -151,6 +151,9 @@ public final class ServiceRuntime: Service, Sendable {
         /// The `created_at` of each request being handled, per key: the checkpoint does not pass the oldest,
         /// so a restart's catch-up delivers it again.
         var inFlight: [PublicKey: [EventID: Timestamp]] = [:]
+        /// The oldest request per key that could not be claimed (the journal failed): the checkpoint stays
+        /// before it for as long as this process runs.
+        var unjournaled: [PublicKey: Timestamp] = [:]
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
@@ -495,14 +498,27 @@ public final class ServiceRuntime: Service, Sendable {
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
         let lease = Int64(handler.timeout.components.seconds) + 60
-        let claim: ClaimResult
-        do {
-            claim = try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
-        } catch {
-            metrics.request(kind: kind, outcome: "store_error")
-            logger.error("could not claim the request in the journal; not handled", metadata: ["error": "\(error)"])
-            return nil
+        var claimed: ClaimResult?
+        for delay in [Duration.milliseconds(200), .seconds(1), .seconds(3), .zero] {
+            do {
+                claimed = try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
+                break
+            } catch {
+                guard delay > .zero else {
+                    metrics.request(kind: kind, outcome: "store_error")
+                    // Not run without a claim. The checkpoint stays before it, so the next start's catch-up
+                    // brings it back.
+                    state.withLock { state in
+                        state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
+                    }
+                    logger.error("could not claim the request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
+                    return nil
+                }
+                logger.warning("could not claim the request in the journal; trying again", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: delay)
+            }
         }
+        guard let claim = claimed else { return nil }
         switch claim {
         case .inProgress:
             metrics.duplicate(kind: kind)
@@ -843,8 +859,10 @@ public final class ServiceRuntime: Service, Sendable {
             }
             var due: [PublicKey: Timestamp] = [:]
             for (key, newest) in state.checkpoints {
-                // Not past a request still being handled: kept for the next flush.
-                if let oldest = state.inFlight[key]?.values.min(), oldest < newest {
+                // Not past a request still being handled (or one that could not be journaled): kept for the
+                // next flush.
+                let inFlight = state.inFlight[key]?.values.min()
+                if let oldest = [inFlight, state.unjournaled[key]].compactMap({ $0 }).min(), oldest < newest {
                     due[key] = oldest
                 } else {
                     due[key] = newest

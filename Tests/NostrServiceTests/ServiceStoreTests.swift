@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import NostrCore
 import NostrCrypto
+import Synchronization
 import Testing
 @testable import NostrService
 import NostrServicePostgres
@@ -201,6 +202,27 @@ struct ServiceStoreTests {
         }
         // One claim at a time never makes a busy group, so none waits out the 30 s delay.
         #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    @Test("a claim outlasts another writer holding the file past the busy timeout: the failed group is tried again, write by write")
+    func sqliteLockedGroupRetried() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("service.sqlite").path
+        let store = try SQLiteServiceStore(path: path)
+        // Another process's write transaction (the CLI's, say), held for longer than the 5 s busy timeout.
+        let other = try DatabaseQueue(path: path)
+        let holding = Mutex(false)
+        let holder = Thread {
+            try? other.inTransaction(.immediate) { _ in
+                holding.withLock { $0 = true }
+                Thread.sleep(forTimeInterval: 6.5)
+                return .commit
+            }
+        }
+        holder.start()
+        try await withDeadline(.seconds(5), "the other writer") { while !holding.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) } }
+        #expect(try await store.claim(entry(), owner: "a", now: 2000, lease: 60) == .claimed)
     }
 
     @Test("after a busy group the next one gathers for the commit delay, unless it fills up first")
