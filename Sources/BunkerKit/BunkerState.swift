@@ -151,6 +151,22 @@ public struct BunkerState: Sendable {
         try await store.setValue(Array(try JSONEncoder().encode(session)), forKey: Self.key(signer: session.signer, client: session.client), in: Self.clients)
     }
 
+    /// Changes the stored session with `change` atomically, so that a revoke or grant made meanwhile (by the
+    /// CLI, say) is never undone by writing back an older copy. Nil, and nothing written, when there is no
+    /// session (any more).
+    @discardableResult
+    public func updateSession(
+        signer: String, client: String, _ change: @escaping @Sendable (inout ClientSession) -> Void
+    ) async throws -> ClientSession? {
+        let bytes = try await store.updateValue(forKey: Self.key(signer: signer, client: client), in: Self.clients) { current in
+            guard let current else { return nil }
+            var session = try JSONDecoder().decode(ClientSession.self, from: Data(current))
+            change(&session)
+            return Array(try JSONEncoder().encode(session))
+        }
+        return try bytes.map { try JSONDecoder().decode(ClientSession.self, from: Data($0)) }
+    }
+
     public func remove(signer: String, client: String) async throws {
         try await store.setValue(nil, forKey: Self.key(signer: signer, client: client), in: Self.clients)
     }

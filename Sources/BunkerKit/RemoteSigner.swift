@@ -142,10 +142,7 @@ public struct RemoteSigner: RequestHandler {
         }
         if decision == .always {
             do {
-                if var current = try await state.session(signer: request.recipient, client: request.sender) {
-                    current.permissions.grant(permission)
-                    try await state.save(current)
-                }
+                try await state.updateSession(signer: request.recipient.hex, client: request.sender.hex) { $0.permissions.grant(permission) }
             } catch {
                 context.logger.error("could not record a granted permission", metadata: ["error": "\(error)"])
             }
@@ -182,7 +179,7 @@ public struct RemoteSigner: RequestHandler {
                 let response = try await connect(message, client: client, identity: identity)
                 return Answer(response, response.error == nil ? "ok" : "unauthorized")
             }
-            guard var session = try await state.session(signer: signer, client: client) else {
+            guard let session = try await state.session(signer: signer, client: client) else {
                 return failure("unauthorized: not connected; send connect with the secret from a bunker:// URI", "unauthorized")
             }
             let now = Int64(Date().timeIntervalSince1970)
@@ -190,8 +187,7 @@ public struct RemoteSigner: RequestHandler {
                 return failure("unauthorized: this session has expired; connect again with a new bunker:// URI", "unauthorized")
             }
             if now - session.lastUsed >= 60 {
-                session.lastUsed = now
-                try await state.save(session)
+                try await state.updateSession(signer: session.signer, client: session.client) { $0.lastUsed = max($0.lastUsed, now) }
             }
             return try await call(message, session: session, identity: identity, challenge: challenge)
         } catch let error as BunkerError {
@@ -221,13 +217,14 @@ public struct RemoteSigner: RequestHandler {
 
         await connecting.acquire()
         defer { connecting.release() }
-        if var session = try await state.session(signer: signer, client: client),
-            session.expiresAt.map({ Int64(Date().timeIntervalSince1970) < $0 }) ?? true
+        if let session = try await state.session(signer: signer, client: client),
+            session.expiresAt.map({ Int64(Date().timeIntervalSince1970) < $0 }) ?? true,
+            try await state.updateSession(signer: session.signer, client: session.client, { session in
+                if !requested.entries.isEmpty { session.requested = requested }
+            }) != nil
         {
             // Already connected (a client re-sending connect): nothing is spent again. An expired session is
             // replaced by the one a new secret opens.
-            session.requested = requested.entries.isEmpty ? session.requested : requested
-            try await state.save(session)
             return NIP46.Response(id: message.id, result: "ack")
         }
         guard let secret else {
@@ -311,9 +308,7 @@ public struct RemoteSigner: RequestHandler {
         case "switch_relays":
             let current = relays().map(\.string)
             guard Set(current) != Set(session.relays) else { return ok("null") }
-            var moved = session
-            moved.relays = current
-            try await state.save(moved)
+            try await state.updateSession(signer: session.signer, client: session.client) { $0.relays = current }
             var writer = JSONWriter()
             writer.stringArray(current)
             return ok(writer.text)

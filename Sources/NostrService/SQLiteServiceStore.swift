@@ -333,6 +333,29 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
+    public func updateValue(
+        forKey key: String, in namespace: String, _ change: @escaping @Sendable ([UInt8]?) throws -> [UInt8]?
+    ) async throws -> [UInt8]? {
+        // One write transaction: SQLite lets no other writer in between, in any process.
+        try await pool.write { db in
+            let current = try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [namespace, key]
+            ).map { Array($0) }
+            let new = try change(current)
+            if let new {
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)
+                        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+                        """
+                ).execute(arguments: [namespace, key, Data(new)])
+            } else if current != nil {
+                try db.cachedStatement(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?").execute(arguments: [namespace, key])
+            }
+            return new
+        }
+    }
+
     public func values(in namespace: String) async throws -> [String: [UInt8]] {
         try await pool.read { db in
             var values: [String: [UInt8]] = [:]

@@ -79,6 +79,13 @@ public protocol ServiceStore: Sendable {
     /// Every value in `namespace`, by key.
     func values(in namespace: String) async throws -> [String: [UInt8]]
 
+    /// Replaces the value for `key` with what `change` makes of the current one (nil: absent; returning nil
+    /// removes it), atomically: no other write to the key lands between the read and the write, in this process
+    /// or another. Returns the new value. For read-modify-write updates that must not undo a concurrent change
+    /// (a revocation, say).
+    func updateValue(forKey key: String, in namespace: String, _ change: @escaping @Sendable ([UInt8]?) throws -> [UInt8]?) async throws
+        -> [UInt8]?
+
     /// Appends `entry` to the append-only log `namespace` (an audit trail, a history), stamped `time`.
     func appendLog(_ entry: [UInt8], at time: Timestamp, in namespace: String) async throws
 

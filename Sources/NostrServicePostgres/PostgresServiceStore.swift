@@ -217,6 +217,33 @@ public final class PostgresServiceStore: ServiceStore, Service {
         }
     }
 
+    public func updateValue(
+        forKey key: String, in namespace: String, _ change: @escaping @Sendable ([UInt8]?) throws -> [UInt8]?
+    ) async throws -> [UInt8]? {
+        try await prepared()
+        return try await client.withTransaction(logger: logger) { db in
+            // Serialised per key by a transaction-scoped advisory lock, which also covers a key with no row yet (a
+            // hash collision only serialises two keys more than needed).
+            try await db.query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(\(key), hashtextextended(\(namespace), 0)))", logger: self.logger)
+            var current: [UInt8]?
+            let rows = try await db.query(
+                "SELECT value FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
+            for try await value in rows.decode(ByteBuffer.self) { current = Array(value.readableBytesView) }
+            let new = try change(current)
+            if let new {
+                try await db.query(
+                    """
+                    INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: new)))
+                    ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+                    """, logger: self.logger)
+            } else if current != nil {
+                try await db.query("DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
+            }
+            return new
+        }
+    }
+
     public func values(in namespace: String) async throws -> [String: [UInt8]] {
         try await prepared()
         var values: [String: [UInt8]] = [:]

@@ -259,10 +259,12 @@ struct Grant: AsyncParsableCommand {
 
     func run() async throws {
         let state = try directory.openState()
-        var found = try await session(client, in: state)
-        found.permissions = perms == "all" ? .all : try Permissions(parsing: perms)
-        try await state.save(found)
-        say("\(found.client) perms=\(found.permissions)")
+        let found = try await session(client, in: state)
+        let permissions = perms == "all" ? Permissions.all : try Permissions(parsing: perms)
+        guard let granted = try await state.updateSession(signer: found.signer, client: found.client, { $0.permissions = permissions }) else {
+            throw ValidationError("the session ended meanwhile")
+        }
+        say("\(granted.client) perms=\(granted.permissions)")
     }
 }
 

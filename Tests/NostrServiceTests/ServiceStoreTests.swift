@@ -122,6 +122,27 @@ struct ServiceStoreTests {
         }
     }
 
+    @Test("updateValue is atomic: 2 × 40 concurrent increments from two store instances lose none; nil removes", arguments: StoreBackend.allCases)
+    func atomicUpdate(backend: StoreBackend) async throws {
+        try await withStores(backend, count: 2) { stores throws in
+            @Sendable func increment(_ bytes: [UInt8]?) -> [UInt8]? {
+                let value = bytes.map { Int($0[0]) << 8 | Int($0[1]) } ?? 0
+                return [UInt8((value + 1) >> 8), UInt8((value + 1) & 0xff)]
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for store in stores {
+                    for _ in 0..<40 { group.addTask { _ = try await store.updateValue(forKey: "n", in: "counters", increment) } }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await stores[1].value("n", in: "counters") == [0, 80])
+            #expect(try await stores[0].updateValue(forKey: "missing", in: "counters") { $0 } == nil)
+            #expect(try await stores[0].value("missing", in: "counters") == nil)
+            #expect(try await stores[0].updateValue(forKey: "n", in: "counters") { _ in nil } == nil)
+            #expect(try await stores[1].value("n", in: "counters") == nil)
+        }
+    }
+
     @Test("append-only logs by namespace: newest first, paged by sequence, pruned by time", arguments: StoreBackend.allCases)
     func logs(backend: StoreBackend) async throws {
         try await withStores(backend, count: 2) { stores throws in
