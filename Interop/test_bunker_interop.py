@@ -150,6 +150,23 @@ def test_a_burst_of_requests_is_answered_in_turn(procs, aio, tmp_path):  # noqa:
     assert not refused, refused
 
 
+def test_init_imports_a_key_from_standard_input_into_owner_only_files(procs, tmp_path):  # noqa: F811
+    """`bunker init --import -`: a key rust-nostr generated comes through standard input (never on the command
+    line, where `ps` and shell history would see it); the bunker prints its npub, and every file it wrote is
+    mode 0600 with no temporary file left."""
+    keys = Keys.generate()
+    data = tmp_path / "bunker"
+    result = subprocess.run([bunker_path(procs), "init", "--data-dir", str(data), "--import", "-"],
+                            input=keys.secret_key().to_bech32().encode() + b"\n", capture_output=True, timeout=60,
+                            env=test_pool_interop.ENV, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == keys.public_key().to_bech32()
+    written = [path for path in data.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".json" for path in written) and (data / "bunker.sqlite") in written, written
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in written), [(p, oct(p.stat().st_mode)) for p in written]
+    assert not any(path.name.endswith(".tmp") for path in written), written
+
+
 def test_permissions_revocation_and_restart(procs, aio, tmp_path):  # noqa: F811
     data = tmp_path / "bunker"
     bunker(procs, "init", "--data-dir", str(data))

@@ -1,5 +1,6 @@
 import Foundation
 public import NostrCrypto
+import NostrService
 
 /// A user key the bunker signs with, and the remote-signer key that carries its NIP-46 traffic.
 ///
@@ -65,8 +66,7 @@ public struct KeyStore: Sendable {
             signerKey: try NIP49.encrypt(identity.signer, password: passphrase, logN: Self.logN, keySecurity: .secure))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard FileManager.default.createFile(atPath: file.path, contents: try encoder.encode(record), attributes: [.posixPermissions: 0o600])
-        else { throw BunkerError("cannot write \(file.path)") }
+        try PrivateFile.create(atPath: file.path, contents: Array(try encoder.encode(record)))
         return identity
     }
 

@@ -42,9 +42,7 @@ public struct KeyFile: Sendable {
     public func store(_ key: SecretKey) throws {
         guard !exists else { throw KeyFileError("\(url.path) already exists") }
         let stored = try passphrase.map { try NIP49.encrypt(key, password: $0, logN: 16, keySecurity: .secure) } ?? key.exportHex()
-        guard FileManager.default.createFile(atPath: url.path, contents: Data((stored + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw KeyFileError("cannot create \(url.path)")
-        }
+        try PrivateFile.create(atPath: url.path, contents: Array((stored + "\n").utf8))
     }
 }
 

@@ -37,11 +37,7 @@ struct DataDirectory: ParsableArguments {
         // It holds unspent connection secrets: readable by the operator only (SQLite gives its -wal and -shm
         // files the same mode).
         let database = url.appendingPathComponent("bunker.sqlite").path
-        if !FileManager.default.fileExists(atPath: database) {
-            guard FileManager.default.createFile(atPath: database, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                throw ValidationError("cannot create \(database)")
-            }
-        }
+        try PrivateFile.createIfMissing(atPath: database)
         return BunkerState(store: try SQLiteServiceStore(path: database))
     }
 
@@ -118,7 +114,7 @@ struct Init: AsyncParsableCommand {
         abstract: "Create the data directory, the key store and its first user key (new, or imported).")
 
     @OptionGroup var directory: DataDirectory
-    @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one.") var `import`: String?
+    @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one; - reads it from standard input (out of ps and shell history).") var `import`: String?
 
     func run() async throws {
         guard try directory.keys.list().isEmpty else {
@@ -133,8 +129,10 @@ struct Init: AsyncParsableCommand {
 
 /// Adds a generated or imported key; an imported ncryptsec is opened with `BUNKER_IMPORT_PASSPHRASE` or the
 /// store's passphrase.
-func addKey(importing text: String?, passphrase: String, to directory: DataDirectory) throws -> BunkerIdentity {
-    guard let text = text?.trimmingCharacters(in: .whitespacesAndNewlines) else {
+func addKey(importing given: String?, passphrase: String, to directory: DataDirectory) throws -> BunkerIdentity {
+    let read = given == "-" ? readLine(strippingNewline: true) : given
+    guard let text = read?.trimmingCharacters(in: .whitespacesAndNewlines) else {
+        if given == "-" { throw ValidationError("--import -: nothing on standard input") }
         return try directory.keys.add(SecretKey.generate(), passphrase: passphrase, keySecurity: .secure)
     }
     if text.lowercased().hasPrefix("ncryptsec1") {
@@ -153,7 +151,7 @@ struct KeyCommand: AsyncParsableCommand {
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user key (new, or imported); a running `serve` picks it up on restart.")
         @OptionGroup var directory: DataDirectory
-        @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one.") var `import`: String?
+        @Option(help: "Import this key (nsec, hex or ncryptsec) instead of generating one; - reads it from standard input (out of ps and shell history).") var `import`: String?
 
         func run() async throws {
             let secret = try passphrase()

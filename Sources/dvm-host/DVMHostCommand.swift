@@ -235,11 +235,7 @@ struct HostDaemon: Service {
             return (store, Task { await store.run() })
         }
         let path = command.directory.url.appendingPathComponent("service.sqlite").path
-        if !FileManager.default.fileExists(atPath: path) {
-            guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                throw ValidationError("cannot create \(path)")
-            }
-        }
+        try PrivateFile.createIfMissing(atPath: path)
         return (try SQLiteServiceStore(path: path), nil)
     }
 }

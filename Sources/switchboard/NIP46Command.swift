@@ -3,6 +3,7 @@ import BunkerKit
 import Foundation
 import NostrCore
 import NostrCrypto
+import NostrService
 
 struct NIP46Command: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -68,9 +69,7 @@ struct NIP46Command: AsyncParsableCommand {
             return key
         }
         let key = SecretKey.generate()
-        guard FileManager.default.createFile(atPath: keyFile, contents: Data((key.exportHex() + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw CommandFailure("cannot create \(keyFile)")
-        }
+        try PrivateFile.create(atPath: keyFile, contents: Array((key.exportHex() + "\n").utf8))
         return key
     }
 }

@@ -146,11 +146,7 @@ struct Stores {
         }
         func file(_ name: String) throws -> String {
             let path = directory.url.appendingPathComponent(name).path
-            if !FileManager.default.fileExists(atPath: path) {
-                guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
-                    throw ValidationError("cannot create \(path)")
-                }
-            }
+            try PrivateFile.createIfMissing(atPath: path)
             return path
         }
         return Stores(
