@@ -215,6 +215,38 @@ def test_permissions_revocation_and_restart(procs, aio, tmp_path):  # noqa: F811
     aio.call(revoked(), timeout=60)
 
 
+def test_a_client_of_two_user_keys_is_granted_per_key_and_revoked_from_both(procs, aio, tmp_path):  # noqa: F811
+    """One app connected to two of the bunker's user keys: `grant` asks which (--key), `revoke` ends both."""
+    data = tmp_path / "bunker"
+    first = bunker(procs, "init", "--data-dir", str(data))
+    second = bunker(procs, "key", "add", "--data-dir", str(data))
+    relay = procs.sb_relay("relay")
+    serve(procs, data, relay.url)
+    uris = [bunker(procs, "uri", "--data-dir", str(data), "--key", npub, "--perms", "sign_event:1") for npub in (first, second)]
+    app = Keys.generate()
+
+    async def sign(uri, kind):
+        signer = connect(uri, app)
+        user = await signer.get_public_key_async()
+        return await signer.sign_event_async(EventBuilder(Kind(kind), "x").finalize_unsigned(user))
+
+    for uri in uris:
+        assert aio.call(sign(uri, 1), timeout=60).verify()
+    client = app.public_key().to_hex()
+    ambiguous = subprocess.run([bunker_path(procs), "grant", "--data-dir", str(data), client, "all"], capture_output=True, timeout=60)
+    assert ambiguous.returncode != 0 and b"connected to 2 user keys; choose one with --key" in ambiguous.stderr, ambiguous.stderr
+    bunker(procs, "grant", "--data-dir", str(data), client, "all", "--key", second)
+    assert aio.call(sign(uris[1], 7), timeout=60).kind().as_u16() == 7
+    with pytest.raises(Exception, match=r"sign_event:7 is not granted"):
+        aio.call(sign(uris[0], 7), timeout=60)
+
+    revoked = bunker(procs, "revoke", "--data-dir", str(data), client).splitlines()
+    assert len(revoked) == 2 and all(line.startswith(f"revoked {client}") for line in revoked), revoked
+    for uri in uris:
+        with pytest.raises(Exception, match="unauthorized"):
+            aio.call(sign(uri, 1), timeout=60)
+
+
 def test_nostrconnect_started_by_rust_nostr_client(procs, aio, tmp_path):  # noqa: F811
     """The client-initiated flow: rust-nostr's NostrConnect with a nostrconnect:// URI on its own relay (rust's
     LocalRelay, which the bunker does not use); `bunker connect` makes the running daemon answer there with the

@@ -240,11 +240,26 @@ struct Clients: AsyncParsableCommand {
     }
 }
 
-/// The one session `client` (pubkey hex, a prefix of at least 8 characters, or a name) names.
-func session(_ client: String, in state: BunkerState) async throws -> ClientSession {
-    let matches = try await state.sessions(matching: client)
+/// The sessions `client` (pubkey hex, a prefix of at least 8 characters, or a name) names, with the user key
+/// `key` (npub or hex) only when it is given.
+func sessions(_ client: String, key: String?, in directory: DataDirectory, state: BunkerState) async throws -> [ClientSession] {
+    var matches = try await state.sessions(matching: client)
+    if let key {
+        let signer = try storedKey(key, in: directory).signer.hex
+        matches = matches.filter { $0.signer == signer }
+    }
+    guard !matches.isEmpty else { throw ValidationError("no client \(client)\(key.map { " with the key \($0)" } ?? "")") }
+    return matches
+}
+
+/// The one session `client` names (with `--key` when the client is connected to several user keys).
+func session(_ client: String, key: String?, in directory: DataDirectory, state: BunkerState) async throws -> ClientSession {
+    let matches = try await sessions(client, key: key, in: directory, state: state)
     guard matches.count == 1, let session = matches.first else {
-        throw ValidationError(matches.isEmpty ? "no client \(client)" : "\(client) names \(matches.count) clients; give more of the pubkey")
+        let clients = Set(matches.map(\.client)).count
+        throw ValidationError(clients == 1
+            ? "\(client) is connected to \(matches.count) user keys; choose one with --key"
+            : "\(client) names \(clients) clients; give more of the pubkey")
     }
     return session
 }
@@ -254,10 +269,11 @@ struct Grant: AsyncParsableCommand {
     @OptionGroup var directory: DataDirectory
     @Argument(help: "The client: its pubkey (hex, or 8+ leading characters) or name.") var client: String
     @Argument(help: "Permissions, comma-separated; \"all\" for every one.") var perms: String
+    @Option(help: "The user key (npub or hex) whose session it is, when the client is connected to several.") var key: String?
 
     func run() async throws {
         let state = try directory.openState()
-        let found = try await session(client, in: state)
+        let found = try await session(client, key: key, in: directory, state: state)
         let permissions = perms == "all" ? Permissions.all : try Permissions(parsing: perms)
         guard let granted = try await state.updateSession(signer: found.signer, client: found.client, { $0.permissions = permissions }) else {
             throw ValidationError("the session ended meanwhile")
@@ -267,15 +283,22 @@ struct Grant: AsyncParsableCommand {
 }
 
 struct Revoke: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "End a client's session; it must connect again with a new secret.")
+    static let configuration = CommandConfiguration(
+        abstract: "End a client's session (with every user key it is connected to, unless --key picks one); it must connect again with a new secret.")
     @OptionGroup var directory: DataDirectory
     @Argument(help: "The client: its pubkey (hex, or 8+ leading characters) or name.") var client: String
+    @Option(help: "Only its session with this user key (npub or hex).") var key: String?
 
     func run() async throws {
         let state = try directory.openState()
-        let found = try await session(client, in: state)
-        try await state.remove(signer: found.signer, client: found.client)
-        say("revoked \(found.client)")
+        let found = try await sessions(client, key: key, in: directory, state: state)
+        guard Set(found.map(\.client)).count == 1 else {
+            throw ValidationError("\(client) names \(Set(found.map(\.client)).count) clients; give more of the pubkey")
+        }
+        for session in found {
+            try await state.remove(signer: session.signer, client: session.client)
+            say("revoked \(session.client)  signer=\(session.signer)")
+        }
     }
 }
 
