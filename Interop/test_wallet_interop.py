@@ -481,6 +481,16 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
         history = await spender.list_transactions(ListTransactionsRequest(
             _from=None, until=None, limit=None, offset=None, unpaid=None, transaction_type=TransactionType.OUTGOING))
         assert [t.payment_hash for t in history] == [made.payment_hash]
+
+        # More than the LNbits wallet holds, by a connection with no budget: LNbits refuses it, and the client gets
+        # NIP-47's INSUFFICIENT_BALANCE, not a generic payment failure.
+        status, big = lnbits.call("POST", "/api/v1/payments", {"out": False, "amount": 100_000, "memo": "too big"},
+                                  key=outsider["adminkey"])
+        assert status in (200, 201), (status, big)
+        with pytest.raises(Exception) as short:
+            await shop.pay_invoice(PayInvoiceRequest(id=None, invoice=big.get("bolt11") or big["payment_request"], amount=None))
+        assert "[InsufficientBalance]" in error_text(short), error_text(short)
+        assert (await shop.get_balance()).balance == 14_000_000
         for client in (spender, shop):
             await client.client().shutdown()
 

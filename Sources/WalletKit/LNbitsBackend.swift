@@ -134,6 +134,11 @@ public final class LNbitsBackend: LightningBackend {
         default:
             if response.json["status"]?.string == "failed" {
                 _ = try await store.failPayment(sequence: payment.sequence, creditsLedger: false, now: .now)
+                // LNbits' own check of the wallet's balance (HTTP 520, "Insufficient balance."): NIP-47 has a
+                // code for it.
+                if response.detail.lowercased().hasPrefix("insufficient balance") {
+                    return .refused(.insufficientBalance(balance: (try? await balance(of: connection)) ?? 0))
+                }
                 return .failed(reason: response.detail)
             }
             return try await waitForResolution(payment, until: deadline)
