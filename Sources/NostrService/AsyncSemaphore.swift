@@ -6,7 +6,9 @@ package final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Bool, Never>)] = []
-        var idleWaiters: [CheckedContinuation<Void, Never>] = []
+        var idleWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        /// Idle waits that timed out before their waiter registered (it then returns at once).
+        var idleAbandoned: Set<UInt64> = []
         var nextID: UInt64 = 0
         /// Waiters cancelled before they were queued.
         var cancelledEarly: Set<UInt64> = []
@@ -69,8 +71,8 @@ package final class AsyncSemaphore: Sendable {
             if !state.waiters.isEmpty { return (state.waiters.removeFirst().continuation, []) }
             state.available += 1
             guard state.available == capacity else { return (nil, []) }
-            defer { state.idleWaiters = [] }
-            return (nil, state.idleWaiters)
+            defer { state.idleWaiters = [:] }
+            return (nil, Array(state.idleWaiters.values))
         }
         next?.resume(returning: true)
         for waiter in idle { waiter.resume() }
@@ -81,15 +83,22 @@ package final class AsyncSemaphore: Sendable {
 
     /// Waits until every slot is free, at most `timeout`; false if time ran out first.
     func waitUntilIdle(timeout: Duration) async -> Bool {
-        await withTaskGroup(of: Bool.self) { group in
+        if isIdle { return true }
+        guard timeout > .zero else { return false }
+        let id = state.withLock { state in
+            defer { state.nextID &+= 1 }
+            return state.nextID
+        }
+        return await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let idle = self.state.withLock { state in
-                        if state.available == self.capacity { return true }
-                        state.idleWaiters.append(continuation)
+                    let now = self.state.withLock { state in
+                        // Idle already, or the wait timed out before this got to register.
+                        if state.available == self.capacity || state.idleAbandoned.remove(id) != nil { return true }
+                        state.idleWaiters[id] = continuation
                         return false
                     }
-                    if idle { continuation.resume() }
+                    if now { continuation.resume() }
                 }
                 return true
             }
@@ -99,12 +108,14 @@ package final class AsyncSemaphore: Sendable {
             }
             let first = await group.next() ?? false
             if !first {
-                // Release the idle waiter so the group can end.
-                let waiters = state.withLock { state in
-                    defer { state.idleWaiters = [] }
-                    return state.idleWaiters
+                // Release this call's idle waiter so the group can end, whether it registered yet or not.
+                let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                    if let waiter = state.idleWaiters.removeValue(forKey: id) { return waiter }
+                    // Not registered yet: it returns at once when it does (idle by then, or marked here).
+                    if state.available != self.capacity { state.idleAbandoned.insert(id) }
+                    return nil
                 }
-                for waiter in waiters { waiter.resume() }
+                waiter?.resume()
             }
             group.cancelAll()
             return first

@@ -353,7 +353,15 @@ public final class ServiceRuntime: Service, Sendable {
     /// The handlers' watches, on the work pool's connections: a full intake stops the listener's connections
     /// from being read (backpressure), and what is watched (a cancellation, say) must still arrive then.
     private func watch() async {
-        guard !watches.isEmpty, let since = try? await catchUpStart() else { return }
+        guard !watches.isEmpty else { return }
+        let since: Timestamp
+        do {
+            since = try await catchUpStart()
+        } catch {
+            // Without the checkpoint, from the start of the age window: more than needed, nothing missed.
+            logger.warning("could not read the checkpoints; watching from the start of the age window", metadata: ["error": "\(error)"])
+            since = .now - configuration.maximumAge
+        }
         let filters = watches.map { watch in
             var filter = watch.filter
             filter.since = since
