@@ -168,7 +168,9 @@ public final class Approvals: Sendable {
     /// to 127.0.0.1 reaches the listener under that domain, so it can neither read the page nor post to it.
     func acceptsOrigin(of request: Request) -> Bool {
         guard let authority = request.head.authority, Self.isOwnHost(authority, base: baseURL) else { return false }
-        guard let origin = request.headers[.origin] else { return true }
+        // A browser sends `Origin: null` for the page's own form (the page sets no-referrer): the Host check above
+        // already keeps a rebound name out.
+        guard let origin = request.headers[.origin], origin != "null" else { return true }
         guard let url = URL(string: origin), let host = url.host else { return false }
         return Self.isOwnHost(url.port.map { "\(host):\($0)" } ?? host, base: baseURL)
     }
@@ -313,10 +315,15 @@ extension BunkerState {
         let now = Int64(Date().timeIntervalSince1970)
         guard id.count >= Self.minimumApprovalPrefix else { return false }
         let matches = try await pendingApprovals().filter { $0.id.hasPrefix(id) && $0.decision == nil && $0.expiresAt > now }
-        guard matches.count == 1, var approval = matches.first else { return false }
-        approval.decision = decision.rawValue
-        try await recordApproval(approval)
-        return true
+        guard matches.count == 1, let id = matches.first?.id else { return false }
+        // Atomically: the daemon removes a challenge that times out, and a decision must not bring it back.
+        let decided = try await store.updateValue(forKey: id, in: Self.approvals) { current in
+            guard let current, var approval = try? JSONDecoder().decode(PendingApproval.self, from: Data(current)), approval.decision == nil
+            else { return current }
+            approval.decision = decision.rawValue
+            return Array(try JSONEncoder().encode(approval))
+        }
+        return decided.flatMap { try? JSONDecoder().decode(PendingApproval.self, from: Data($0)) }?.decision == decision.rawValue
     }
 
     /// Forgets every recorded challenge (at start: those of an earlier run can no longer be answered).

@@ -1,3 +1,4 @@
+import NostrRelay
 import Synchronization
 
 /// Counts slots for work in flight: `acquire` waits while all are taken; `waitUntilIdle` waits for every slot
@@ -6,9 +7,8 @@ package final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Bool, Never>)] = []
-        var idleWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
-        /// Idle waits that timed out before their waiter registered (it then returns at once).
-        var idleAbandoned: Set<UInt64> = []
+        /// Waits for idleness, each with the timer that ends it.
+        var idleWaiters: [UInt64: (continuation: CheckedContinuation<Bool, Never>, timer: Deadlines.Token)] = [:]
         var nextID: UInt64 = 0
         /// Waiters cancelled before they were queued.
         var cancelledEarly: Set<UInt64> = []
@@ -67,7 +67,7 @@ package final class AsyncSemaphore: Sendable {
     }
 
     package func release() {
-        let (next, idle) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, [CheckedContinuation<Void, Never>]) in
+        let (next, idle) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, [(continuation: CheckedContinuation<Bool, Never>, timer: Deadlines.Token)]) in
             if !state.waiters.isEmpty { return (state.waiters.removeFirst().continuation, []) }
             state.available += 1
             guard state.available == capacity else { return (nil, []) }
@@ -75,7 +75,10 @@ package final class AsyncSemaphore: Sendable {
             return (nil, Array(state.idleWaiters.values))
         }
         next?.resume(returning: true)
-        for waiter in idle { waiter.resume() }
+        for waiter in idle {
+            _ = Deadlines.shared.cancel(waiter.timer)
+            waiter.continuation.resume(returning: true)
+        }
     }
 
     /// Whether every slot is free now.
@@ -83,42 +86,28 @@ package final class AsyncSemaphore: Sendable {
 
     /// Waits until every slot is free, at most `timeout`; false if time ran out first.
     func waitUntilIdle(timeout: Duration) async -> Bool {
-        if isIdle { return true }
-        guard timeout > .zero else { return false }
         let id = state.withLock { state in
             defer { state.nextID &+= 1 }
             return state.nextID
         }
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let now = self.state.withLock { state in
-                        // Idle already, or the wait timed out before this got to register.
-                        if state.available == self.capacity || state.idleAbandoned.remove(id) != nil { return true }
-                        state.idleWaiters[id] = continuation
-                        return false
-                    }
-                    if now { continuation.resume() }
-                }
-                return true
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return false
-            }
-            let first = await group.next() ?? false
-            if !first {
-                // Release this call's idle waiter so the group can end, whether it registered yet or not.
-                let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-                    if let waiter = state.idleWaiters.removeValue(forKey: id) { return waiter }
-                    // Not registered yet: it returns at once when it does (idle by then, or marked here).
-                    if state.available != self.capacity { state.idleAbandoned.insert(id) }
+        // One continuation, resumed by whichever comes first — the last release, the timer or cancellation —
+        // since each takes it out of `idleWaiters` under the lock before resuming it.
+        @Sendable func resume(_ idle: Bool) {
+            state.withLock { $0.idleWaiters.removeValue(forKey: id) }?.continuation.resume(returning: idle)
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+                let now: Bool? = state.withLock { state in
+                    if state.available == capacity { return true }
+                    if timeout <= .zero || Task.isCancelled { return false }
+                    let timer = Deadlines.shared.schedule(at: .now + timeout) { resume(false) }
+                    state.idleWaiters[id] = (continuation, timer)
                     return nil
                 }
-                waiter?.resume()
+                if let now { continuation.resume(returning: now) }
             }
-            group.cancelAll()
-            return first
+        } onCancel: {
+            resume(false)
         }
     }
 }

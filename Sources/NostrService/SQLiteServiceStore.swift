@@ -177,9 +177,18 @@ public final class SQLiteServiceStore: ServiceStore {
             do {
                 try Self.commit(group, in: db)
                 for write in group { write.complete(failure: nil) }
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY {
+                // Another process held the database past the busy timeout: the group is tried once more as a
+                // whole (write by write, each could wait out the timeout again).
+                do {
+                    try Self.commit(group, in: db)
+                    for write in group { write.complete(failure: nil) }
+                } catch {
+                    for write in group { write.complete(failure: error) }
+                }
             } catch {
-                // The group was rolled back (a write aborted it, or the database stayed locked past the busy
-                // timeout): each write is tried again alone, so one bad write does not take the others with it.
+                // The group was rolled back because a write aborted it: each write is tried again alone, so one
+                // bad write does not take the others with it.
                 for write in group {
                     do {
                         try Self.commit([write], in: db)

@@ -506,6 +506,11 @@ public final class ServiceRuntime: Service, Sendable {
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
         let lease = Int64(handler.timeout.components.seconds) + 60
+        // In flight from before its claim (which may take a few tries), so no checkpoint flush passes it
+        // meanwhile. A request released at shutdown stays in flight, so the last flush does not pass it either.
+        state.withLock { $0.inFlight[route.key.publicKey, default: [:]][event.id] = event.createdAt }
+        var released = false
+        defer { if !released { state.withLock { _ = $0.inFlight[route.key.publicKey]?.removeValue(forKey: event.id) } } }
         var claimed: ClaimResult?
         for delay in [Duration.milliseconds(200), .seconds(1), .seconds(3), .zero] {
             do {
@@ -552,10 +557,6 @@ public final class ServiceRuntime: Service, Sendable {
             break
         }
         noteCheckpoint(route.key.publicKey, event.createdAt)
-        state.withLock { $0.inFlight[route.key.publicKey, default: [:]][event.id] = event.createdAt }
-        // A request released at shutdown stays in flight, so the last checkpoint flush does not pass it.
-        var released = false
-        defer { if !released { state.withLock { _ = $0.inFlight[route.key.publicKey]?.removeValue(forKey: event.id) } } }
 
         let decision = state.withLock { $0.policy.admit(event.pubkey, now: monotonicSeconds()) }
         switch decision {

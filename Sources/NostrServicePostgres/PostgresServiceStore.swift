@@ -205,16 +205,25 @@ public final class PostgresServiceStore: ServiceStore, Service {
 
     public func setValue(_ value: [UInt8]?, forKey key: String, in namespace: String) async throws {
         try await prepared()
-        if let value {
-            try await client.query(
-                """
-                INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: value)))
-                ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                """, logger: logger)
-        } else {
-            try await client.query(
-                "DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: logger)
+        // Under the key's lock, so that it never lands inside an updateValue's read and write.
+        try await client.withTransaction(logger: logger) { db in
+            try await Self.lock(key, in: namespace, db, logger: self.logger)
+            if let value {
+                try await db.query(
+                    """
+                    INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: value)))
+                    ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+                    """, logger: self.logger)
+            } else {
+                try await db.query("DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
+            }
         }
+    }
+
+    /// Takes the transaction-scoped advisory lock of one key-value key (it also covers a key with no row yet; a
+    /// hash collision only serialises two keys more than needed).
+    private static func lock(_ key: String, in namespace: String, _ db: PostgresConnection, logger: Logger) async throws {
+        try await db.query("SELECT pg_advisory_xact_lock(hashtextextended(\(key), hashtextextended(\(namespace), 0)))", logger: logger)
     }
 
     public func updateValue(
@@ -222,10 +231,7 @@ public final class PostgresServiceStore: ServiceStore, Service {
     ) async throws -> [UInt8]? {
         try await prepared()
         return try await client.withTransaction(logger: logger) { db in
-            // Serialised per key by a transaction-scoped advisory lock, which also covers a key with no row yet (a
-            // hash collision only serialises two keys more than needed).
-            try await db.query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(\(key), hashtextextended(\(namespace), 0)))", logger: self.logger)
+            try await Self.lock(key, in: namespace, db, logger: self.logger)
             var current: [UInt8]?
             let rows = try await db.query(
                 "SELECT value FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)

@@ -220,6 +220,13 @@ public struct WalletService: RequestHandler {
             case (nil, let asked?): amount = asked
             case (nil, nil): throw NIP47Error(.other, "the invoice names no amount; give \"amount\" in msat")
             }
+            // A retry by a client that lost the first answer gets that answer, even once the invoice has expired.
+            if let earlier = try await store.transaction(connection: connection.id, paymentHash: invoice.paymentHash),
+                earlier.direction == .outgoing, earlier.state == .settled
+            {
+                metrics.payment("already_paid")
+                return Self.paid(earlier)
+            }
             guard invoice.expiresAt > now else {
                 metrics.payment("expired_invoice")
                 throw NIP47Error(.paymentFailed, "the invoice has expired")
@@ -230,7 +237,7 @@ public struct WalletService: RequestHandler {
             case .paid(let payment):
                 metrics.payment("paid")
                 metrics.paid(amountMsat: payment.amountMsat, feesMsat: payment.feesPaidMsat)
-                return .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
+                return Self.paid(payment)
             case .pending:
                 metrics.payment("pending")
                 throw NIP47Error(.other, "the payment is still in flight, not failed; lookup_invoice tells when it resolves")
@@ -241,7 +248,7 @@ public struct WalletService: RequestHandler {
                 // A retry by a client that lost the first answer (a new request, so not in the journal): it gets
                 // that answer again, the preimage proving the payment, and nothing is paid twice.
                 metrics.payment("already_paid")
-                return .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
+                return Self.paid(payment)
             case .refused(let refusal):
                 metrics.payment(Self.outcome(of: refusal))
                 throw Self.error(for: refusal)
@@ -259,6 +266,11 @@ public struct WalletService: RequestHandler {
         } catch {
             throw NIP47Error(.other, "invalid invoice: \(error)")
         }
+    }
+
+    /// `pay_invoice`'s result for a settled payment.
+    static func paid(_ payment: WalletTransaction) -> JSONValue {
+        .object(["preimage": .string(payment.preimage ?? ""), "fees_paid": .int(payment.feesPaidMsat)])
     }
 
     static func outcome(of refusal: ReservationResult) -> String {

@@ -105,7 +105,8 @@ func storedKey(_ text: String?, in directory: DataDirectory) throws -> (user: Pu
     } else {
         throw ValidationError("--key takes an npub or 64 hex characters")
     }
-    guard let match = keys.first(where: { $0.user == wanted }) else { throw ValidationError("no key \(text) in \(directory.path)") }
+    // The user key, or its remote-signer key (what `clients` and `revoke` show as signer=).
+    guard let match = keys.first(where: { $0.user == wanted || $0.signer == wanted }) else { throw ValidationError("no key \(text) in \(directory.path)") }
     return match
 }
 
@@ -130,7 +131,7 @@ struct Init: AsyncParsableCommand {
 /// Adds a generated or imported key; an imported ncryptsec is opened with `BUNKER_IMPORT_PASSPHRASE` or the
 /// store's passphrase.
 func addKey(importing given: String?, passphrase: String, to directory: DataDirectory) throws -> BunkerIdentity {
-    let read = given == "-" ? readLine(strippingNewline: true) : given
+    let read = given != "-" ? given : isatty(STDIN_FILENO) == 1 ? try readHidden("Key to import: ") : readLine(strippingNewline: true)
     guard let text = read?.trimmingCharacters(in: .whitespacesAndNewlines) else {
         if given == "-" { throw ValidationError("--import -: nothing on standard input") }
         return try directory.keys.add(SecretKey.generate(), passphrase: passphrase, keySecurity: .secure)

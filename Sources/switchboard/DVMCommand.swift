@@ -64,7 +64,9 @@ struct DVMCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("request \(request.id.hex)\n".utf8))
                 return try await client.run(request, timeout: .seconds(max(1, timeout))) { feedback in
                     let amount = feedback.amountMsat.map { " amount=\($0)msat" } ?? ""
-                    FileHandle.standardError.write(Data("feedback \(feedback.status)\(feedback.info.map { " \($0)" } ?? "")\(amount)\n".utf8))
+                    // What a provider wrote, on the user's terminal: escaped.
+                    let line = "feedback \(feedback.status)\(feedback.info.map { " \($0)" } ?? "")\(amount)".escapingControlCharacters
+                    FileHandle.standardError.write(Data((line + "\n").utf8))
                     if feedback.status == "payment-required", let wallet, let provider, let bid {
                         guard paid.withLock({ $0 == nil }) else {
                             FileHandle.standardError.write(Data("already paid this job; not paying again\n".utf8))

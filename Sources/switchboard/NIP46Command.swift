@@ -37,7 +37,7 @@ struct NIP46Command: AsyncParsableCommand {
             client.timeout = .seconds(max(1, timeout))
             client.encryption = nip04 ? .nip04 : .nip44
             client.onAuthChallenge = { url in
-                FileHandle.standardError.write(Data("approval needed: open \(url)\n".utf8))
+                FileHandle.standardError.write(Data("approval needed: open \(url.escapingControlCharacters)\n".utf8))
             }
             let output = try await client.run { signer -> String in
                 if method == "connect" {

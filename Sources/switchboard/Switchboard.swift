@@ -74,7 +74,8 @@ private func report(_ error: any Error) throws -> Never {
     case let error as BunkerError: message = error.description
     default: throw error
     }
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    // Errors carry what a bunker, wallet or relay answered: escaped for the terminal.
+    FileHandle.standardError.write(Data("error: \(message.escapingControlCharacters)\n".utf8))
     throw ExitCode(1)
 }
 

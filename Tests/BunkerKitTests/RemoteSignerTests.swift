@@ -412,7 +412,10 @@ struct RemoteSignerTests {
                             #expect(crossSite.status == 421)
                             #expect(try await HTTP.get(url, headers: ["Host": "localhost:\(port)"]).status == 200)
                         }
-                        #expect(try await HTTP.post(url, form: "token=\(token)&decision=\(decision)").status == 200)
+                        // A browser posts the page's form with `Origin: null` (the page sends no referrer), or with
+                        // the page's own origin.
+                        let origin = decision == "once" ? "null" : "http://127.0.0.1:\(URL(string: url)?.port ?? 0)"
+                        #expect(try await HTTP.post(url, form: "token=\(token)&decision=\(decision)", headers: ["Origin": origin]).status == 200)
                         let result = try await group.next() ?? nil
                         return result
                     }

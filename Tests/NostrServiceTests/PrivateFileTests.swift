@@ -5,7 +5,7 @@ import Testing
 
 @Suite("Private files: mode 0600 from the first byte")
 struct PrivateFileTests {
-    @Test("a new file has mode 0600 and its contents, no temporary file remains, and an existing file is never replaced")
+    @Test("a new file has mode 0600 and its contents; no temporary file remains; an existing file is never replaced")
     func create() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }

@@ -225,7 +225,7 @@ struct ServiceStoreTests {
         #expect(ContinuousClock.now - started < .seconds(10))
     }
 
-    @Test("a claim outlasts another writer holding the file past the busy timeout: the failed group is tried again, write by write")
+    @Test("a claim outlasts another writer holding the file past the busy timeout: the failed group is tried again")
     func sqliteLockedGroupRetried() async throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }

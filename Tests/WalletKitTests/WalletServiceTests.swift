@@ -182,6 +182,25 @@ struct WalletServiceTests {
         }
     }
 
+    @Test("a payment retried after its invoice expired still gets the preimage, and is not paid again")
+    func retryAfterExpiry() async throws {
+        try await withWallet { wallet in
+            let (_, payerClient) = try await wallet.connect("payer", balance: 10_000)
+            let (_, payeeClient) = try await wallet.connect("payee")
+            try await payeeClient.run { payee in
+                try await payerClient.run { session in
+                    let brief = try #require(
+                        try await payee.call("make_invoice", ["amount": .number("1000"), "expiry": .number("1")]).object?["invoice"]?.string)
+                    let first = try await session.call("pay_invoice", ["invoice": .string(brief)])
+                    #expect(first.object?["preimage"]?.string?.count == 64)
+                    try await Task.sleep(for: .milliseconds(2_100))
+                    #expect(try await session.call("pay_invoice", ["invoice": .string(brief)]) == first)
+                    #expect(try await session.call("get_balance").object?["balance"]?.int64 == 9_000)
+                }
+            }
+        }
+    }
+
     @Test("a connection not granted notifications gets none, and neither get_info nor its info event offers them")
     func notificationsGrant() async throws {
         try await withWallet { wallet in
