@@ -328,17 +328,20 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     public func setValue(_ value: [UInt8]?, forKey key: String, in namespace: String) async throws {
-        try await pool.write { db in
-            if let value {
-                try db.cachedStatement(
-                    sql: """
-                        INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)
-                        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                        """
-                ).execute(arguments: [namespace, key, Data(value)])
-            } else {
-                try db.cachedStatement(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?").execute(arguments: [namespace, key])
-            }
+        try await pool.write { db in try Self.write(value, forKey: key, in: namespace, db) }
+    }
+
+    /// Stores `value` for `key`, or deletes it for nil.
+    private static func write(_ value: [UInt8]?, forKey key: String, in namespace: String, _ db: Database) throws {
+        if let value {
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)
+                    ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+                    """
+            ).execute(arguments: [namespace, key, Data(value)])
+        } else {
+            try db.cachedStatement(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?").execute(arguments: [namespace, key])
         }
     }
 
@@ -351,16 +354,7 @@ public final class SQLiteServiceStore: ServiceStore {
                 db.cachedStatement(sql: "SELECT value FROM kv WHERE namespace = ? AND key = ?"), arguments: [namespace, key]
             ).map { Array($0) }
             let new = try change(current)
-            if let new {
-                try db.cachedStatement(
-                    sql: """
-                        INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?)
-                        ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                        """
-                ).execute(arguments: [namespace, key, Data(new)])
-            } else if current != nil {
-                try db.cachedStatement(sql: "DELETE FROM kv WHERE namespace = ? AND key = ?").execute(arguments: [namespace, key])
-            }
+            if new != nil || current != nil { try Self.write(new, forKey: key, in: namespace, db) }
             return new
         }
     }

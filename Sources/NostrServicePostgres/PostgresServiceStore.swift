@@ -208,15 +208,20 @@ public final class PostgresServiceStore: ServiceStore, Service {
         // Under the key's lock, so that it never lands inside an updateValue's read and write.
         try await client.withTransaction(logger: logger) { db in
             try await Self.lock(key, in: namespace, db, logger: self.logger)
-            if let value {
-                try await db.query(
-                    """
-                    INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: value)))
-                    ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                    """, logger: self.logger)
-            } else {
-                try await db.query("DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
-            }
+            try await Self.write(value, forKey: key, in: namespace, db, logger: self.logger)
+        }
+    }
+
+    /// Stores `value` for `key`, or deletes it for nil.
+    private static func write(_ value: [UInt8]?, forKey key: String, in namespace: String, _ db: PostgresConnection, logger: Logger) async throws {
+        if let value {
+            try await db.query(
+                """
+                INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: value)))
+                ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
+                """, logger: logger)
+        } else {
+            try await db.query("DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: logger)
         }
     }
 
@@ -237,15 +242,7 @@ public final class PostgresServiceStore: ServiceStore, Service {
                 "SELECT value FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
             for try await value in rows.decode(ByteBuffer.self) { current = Array(value.readableBytesView) }
             let new = try change(current)
-            if let new {
-                try await db.query(
-                    """
-                    INSERT INTO switchboard_kv (namespace, key, value) VALUES (\(namespace), \(key), \(ByteBuffer(bytes: new)))
-                    ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value
-                    """, logger: self.logger)
-            } else if current != nil {
-                try await db.query("DELETE FROM switchboard_kv WHERE namespace = \(namespace) AND key = \(key)", logger: self.logger)
-            }
+            if new != nil || current != nil { try await Self.write(new, forKey: key, in: namespace, db, logger: self.logger) }
             return new
         }
     }
