@@ -249,16 +249,18 @@ public final class SQLiteServiceStore: ServiceStore {
                 ])
             if db.changesCount == 1 { return .claimed }
             guard let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT claimed_at, finished_at, replies FROM journal WHERE id = ?"),
+                db.cachedStatement(sql: "SELECT owner, claimed_at, finished_at, replies FROM journal WHERE id = ?"),
                 arguments: [Data(entry.id.bytes32.bytes)])
-            else { return .inProgress }
-            return try Self.result(claimedAt: row["claimed_at"], finishedAt: row["finished_at"], replies: row["replies"], now: now, lease: lease)
+            else { return .finished(replies: []) }
+            return try Self.result(
+                owner: row["owner"], claimedAt: row["claimed_at"], finishedAt: row["finished_at"], replies: row["replies"],
+                now: now, lease: lease)
         }
     }
 
-    static func result(claimedAt: Int64, finishedAt: Int64?, replies: String?, now: Timestamp, lease: Int64) throws -> ClaimResult {
+    static func result(owner: String, claimedAt: Int64, finishedAt: Int64?, replies: String?, now: Timestamp, lease: Int64) throws -> ClaimResult {
         if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
-        return claimedAt + lease < now ? .interrupted : .inProgress
+        return claimedAt + lease < now ? .interrupted : .inProgress(owner: owner, leaseEnds: claimedAt + lease)
     }
 
     public func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {
@@ -269,6 +271,23 @@ public final class SQLiteServiceStore: ServiceStore {
             return db.changesCount == 1
         }
     }
+
+    public func renew(_ ids: [EventID], owner: String, now: Timestamp) async throws {
+        for start in stride(from: 0, to: ids.count, by: Self.renewalChunk) {
+            let chunk = ids[start..<min(start + Self.renewalChunk, ids.count)]
+            let marks = Array(repeating: "?", count: chunk.count).joined(separator: ",")
+            let arguments = StatementArguments([now, owner] as [any DatabaseValueConvertible])
+                + StatementArguments(chunk.map { Data($0.bytes32.bytes) })
+            try await grouped { db in
+                try db.execute(
+                    sql: "UPDATE journal SET claimed_at = ? WHERE owner = ? AND finished_at IS NULL AND id IN (\(marks))",
+                    arguments: arguments)
+            }
+        }
+    }
+
+    /// Claims renewed per statement (SQLite limits a statement's parameters).
+    static let renewalChunk = 500
 
     public func release(_ id: EventID, owner: String) async throws {
         try await grouped { db in

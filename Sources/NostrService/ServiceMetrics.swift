@@ -25,6 +25,12 @@ struct ServiceMetrics: Sendable {
         Counter(label: "switchboard_duplicates_suppressed_total", dimensions: [("kind", kind)], factory: factory).increment()
     }
 
+    /// A copy of a request another runtime was handling, set aside to be checked again when that runtime's
+    /// claim would lapse (it may have stopped: a crash, a restart, a lost replica).
+    func deferred(kind: String) {
+        Counter(label: "switchboard_requests_deferred_total", dimensions: [("kind", kind)], factory: factory).increment()
+    }
+
     /// A request dropped at ingress, by reason (`too_old`, `expired`, `oversize`, ...).
     func dropped(_ reason: String) {
         Counter(label: "switchboard_requests_dropped_total", dimensions: [("reason", reason)], factory: factory).increment()

@@ -54,6 +54,14 @@ public final class ServiceRuntime: Service, Sendable {
         /// freed. A relay that never confirms costs each reply its ``publishTimeout`` × ``publishAttempts``
         /// here, not a handler slot.
         public var maximumPendingDeliveries = 1_024
+        /// How long a claim on a request holds without renewal, in seconds. The runtime renews its claims every
+        /// third of this while it handles them, however long its handler runs; a request whose runtime stopped
+        /// (a crash, a killed replica) is taken over this long after the last renewal.
+        public var claimLease: Int64 = 30
+        /// Copies of requests another runtime is handling that are kept, to be checked again when its claim
+        /// would lapse: the runtime may have stopped (this service before a restart, or a replica), and then the
+        /// request is taken over. Copies beyond this many are counted as duplicates and left to their owner.
+        public var maximumDeferredRequests = 1_024
         /// Per-sender limits and lists.
         public var policy = RequestPolicy.Configuration()
         /// How long the relays get to confirm a reply, per attempt, and how many attempts a relay that did not
@@ -154,6 +162,8 @@ public final class ServiceRuntime: Service, Sendable {
         /// The oldest request per key that could not be claimed (the journal failed): the checkpoint stays
         /// before it for as long as this process runs.
         var unjournaled: [PublicKey: Timestamp] = [:]
+        /// Requests set aside until another runtime's claim on them would lapse.
+        var deferred = 0
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
@@ -237,6 +247,7 @@ public final class ServiceRuntime: Service, Sendable {
             connections.addTask { try await self.pool.run() }
             connections.addTask { try await self.extraRelays.pool.run() }
             connections.addTask { await self.flushCheckpointsPeriodically() }
+            connections.addTask { await self.renewClaimsPeriodically() }
             connections.addTask { await self.announceWhenAsked() }
             connections.addTask { await self.askForAnnouncementsPeriodically() }
             connections.addTask { await self.watch() }
@@ -414,8 +425,10 @@ public final class ServiceRuntime: Service, Sendable {
             if finished { finished = await deliveries.waitUntilIdle(timeout: deadline - ContinuousClock.now) }
             if !finished {
                 logger.warning("requests still running or delivering after the grace period; cancelling them")
-                group.cancelAll()
             }
+            // What is left, when all finished, is requests set aside for another runtime's lease: they stay in
+            // flight, so the last checkpoint stays before them.
+            group.cancelAll()
         }
     }
 
@@ -478,6 +491,15 @@ public final class ServiceRuntime: Service, Sendable {
         let slots: AsyncSemaphore
         let waiting: AsyncSemaphore
 
+        /// Runs `wait` without the slot and uncounted (shutdown does not wait for it), and takes a slot again
+        /// afterwards.
+        func aside<T>(_ wait: () async -> T) async -> T {
+            slots.release()
+            let result = await wait()
+            await slots.acquire()
+            return result
+        }
+
         /// Runs `wait` without the slot, counted as waiting instead, and takes a slot again afterwards.
         func without<T>(_ wait: () async -> T) async -> T {
             await waiting.acquire()
@@ -487,6 +509,30 @@ public final class ServiceRuntime: Service, Sendable {
             waiting.release()
             return result
         }
+    }
+
+    /// Claims `event` in the journal, trying again a few times; nil (counted, and the checkpoint pinned before
+    /// it) if the journal keeps failing.
+    private func claimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> ClaimResult? {
+        for delay in [Duration.milliseconds(200), .seconds(1), .seconds(3), .zero] {
+            do {
+                return try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
+            } catch {
+                guard delay > .zero else {
+                    metrics.request(kind: "\(event.kind.rawValue)", outcome: "store_error")
+                    // Not run without a claim. The checkpoint stays before it, so the next start's catch-up
+                    // brings it back.
+                    state.withLock { state in
+                        state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
+                    }
+                    logger.error("could not claim the request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
+                    return nil
+                }
+                logger.warning("could not claim the request in the journal; trying again", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: delay)
+            }
+        }
+        return nil
     }
 
     /// How a queued request's wait ended.
@@ -505,40 +551,55 @@ public final class ServiceRuntime: Service, Sendable {
         logger.handler.metadata = metadata
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
-        let lease = Int64(handler.timeout.components.seconds) + 60
+        let lease = configuration.claimLease
         // In flight from before its claim (which may take a few tries), so no checkpoint flush passes it
         // meanwhile. A request released at shutdown stays in flight, so the last flush does not pass it either.
-        state.withLock { $0.inFlight[route.key.publicKey, default: [:]][event.id] = event.createdAt }
+        let handledHere = state.withLock { state in
+            guard state.inFlight[route.key.publicKey]?[event.id] == nil else { return true }
+            state.inFlight[route.key.publicKey, default: [:]][event.id] = event.createdAt
+            return false
+        }
+        if handledHere {
+            metrics.duplicate(kind: kind)
+            return nil
+        }
         var released = false
         defer { if !released { state.withLock { _ = $0.inFlight[route.key.publicKey]?.removeValue(forKey: event.id) } } }
-        var claimed: ClaimResult?
-        for delay in [Duration.milliseconds(200), .seconds(1), .seconds(3), .zero] {
-            do {
-                claimed = try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
-                break
-            } catch {
-                guard delay > .zero else {
-                    metrics.request(kind: kind, outcome: "store_error")
-                    // Not run without a claim. The checkpoint stays before it, so the next start's catch-up
-                    // brings it back.
-                    state.withLock { state in
-                        state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
-                    }
-                    logger.error("could not claim the request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
-                    return nil
-                }
-                logger.warning("could not claim the request in the journal; trying again", metadata: ["error": "\(error)"])
-                try? await Task.sleep(for: delay)
+        var deferred = false
+        var claim: ClaimResult
+        while true {
+            guard let claimed = await claimRetrying(event, route: route, lease: lease, logger: logger) else { return nil }
+            claim = claimed
+            guard case .inProgress(let holder, let leaseEnds) = claim, holder != owner else { break }
+            // Another runtime holds it: a replica, or this service before a crash or restart. Checked again when
+            // that claim would lapse; still unfinished then, it was interrupted and is taken over.
+            let room = state.withLock { state in
+                guard state.deferred < configuration.maximumDeferredRequests else { return false }
+                state.deferred += 1
+                return true
+            }
+            guard room else { break }
+            if !deferred { metrics.deferred(kind: kind) }
+            deferred = true
+            let waited = await slot.aside {
+                defer { state.withLock { $0.deferred -= 1 } }
+                let wait = max(leaseEnds + 1 - Timestamp.now, 1)
+                return (try? await Task.sleep(for: .seconds(wait))) != nil
+            }
+            if !waited {
+                // Cut off by shutdown: still in flight, so the checkpoint stays before it.
+                released = true
+                return nil
             }
         }
-        guard let claim = claimed else { return nil }
         switch claim {
         case .inProgress:
             metrics.duplicate(kind: kind)
             return nil
         case .finished(let replies):
             metrics.duplicate(kind: kind)
-            guard !replies.isEmpty else { return nil }
+            // A deferred copy's owner has published the replies.
+            guard !replies.isEmpty, !deferred else { return nil }
             logger.debug("duplicate request; re-sending its replies")
             return Delivery(request: event, replies: replies, relay: relay, handler: handler, named: [], recorded: false)
         case .interrupted:
@@ -891,6 +952,21 @@ public final class ServiceRuntime: Service, Sendable {
             } catch {
                 logger.error("could not record the checkpoint", metadata: ["error": "\(error)"])
                 noteCheckpoint(key, createdAt)
+            }
+        }
+    }
+
+    /// Renews the claims of the requests this runtime is handling, every third of the lease.
+    private func renewClaimsPeriodically() async {
+        let interval = Duration.seconds(max(configuration.claimLease / 3, 1))
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            let ids = state.withLock { $0.inFlight.values.flatMap(\.keys) }
+            guard !ids.isEmpty else { continue }
+            do {
+                try await store.renew(ids, owner: owner, now: .now)
+            } catch {
+                logger.warning("could not renew the claims of the requests in flight", metadata: ["error": "\(error)"])
             }
         }
     }

@@ -5,11 +5,12 @@ public import NostrCrypto
 public enum ClaimResult: Sendable, Equatable {
     /// The caller owns the request now and runs its handler.
     case claimed
-    /// Another runtime (or this one) is handling it, within its lease.
-    case inProgress
+    /// `owner` (another runtime, or this one) is handling it; its claim holds until `leaseEnds` unless renewed
+    /// (``ServiceStore/renew(_:owner:now:)``).
+    case inProgress(owner: String, leaseEnds: Timestamp)
     /// It was handled; these replies were published for it (re-send them).
     case finished(replies: [Event])
-    /// It was claimed and never finished, and the lease has run out: the runtime that held it stopped.
+    /// It was claimed and never finished, and the lease has run out unrenewed: the runtime that held it stopped.
     case interrupted
 }
 
@@ -47,6 +48,11 @@ public protocol ServiceStore: Sendable {
     /// Takes over an ``ClaimResult/interrupted`` request (for handlers that may run twice); false if another
     /// runtime took it first.
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool
+
+    /// Renews `owner`'s unfinished claims among `ids` from `now` (a claim's lease counts from its last renewal).
+    /// A runtime renews the claims of the requests it is handling, so leases can be short and a request whose
+    /// runtime stopped is taken over soon after.
+    func renew(_ ids: [EventID], owner: String, now: Timestamp) async throws
 
     /// Gives up `owner`'s unfinished claim on `id` (its work was cut off by shutdown before it started, or by a
     /// handler that may run twice), so that the request is claimed afresh, and run, the next time it arrives.

@@ -122,12 +122,22 @@ public final class PostgresServiceStore: ServiceStore, Service {
         ).collect()
         if !inserted.isEmpty { return .claimed }
         let rows = try await client.query(
-            "SELECT claimed_at, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
-        for try await (claimedAt, finishedAt, replies) in rows.decode((Int64, Int64?, String?).self) {
+            "SELECT owner, claimed_at, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
+        for try await (holder, claimedAt, finishedAt, replies) in rows.decode((String, Int64, Int64?, String?).self) {
             if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
-            return claimedAt + lease < now ? .interrupted : .inProgress
+            return claimedAt + lease < now ? .interrupted : .inProgress(owner: holder, leaseEnds: claimedAt + lease)
         }
-        return .inProgress  // pruned between the two statements: it was finished long ago
+        return .finished(replies: [])  // pruned between the two statements: it was finished long ago
+    }
+
+    public func renew(_ ids: [EventID], owner: String, now: Timestamp) async throws {
+        guard !ids.isEmpty else { return }
+        try await prepared()
+        try await client.query(
+            """
+            UPDATE switchboard_journal SET claimed_at = \(now)
+            WHERE id = ANY(\(ids.map { ByteBuffer(bytes: $0.bytes32.bytes) })) AND owner = \(owner) AND finished_at IS NULL
+            """, logger: logger)
     }
 
     public func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {

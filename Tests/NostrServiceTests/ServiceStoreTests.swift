@@ -25,7 +25,7 @@ struct ServiceStoreTests {
             let store = stores[0]
             let request = entry()
             #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
+            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
             let replies = [reply(), reply()]
             try await store.finish(request.id, outcome: "answered", replies: replies, now: 2002)
             #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
@@ -40,11 +40,35 @@ struct ServiceStoreTests {
             let store = stores[0]
             let request = entry()
             #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-            #expect(try await store.claim(request, owner: "b", now: 2060, lease: 60) == .inProgress)
+            #expect(try await store.claim(request, owner: "b", now: 2060, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
             #expect(try await store.claim(request, owner: "b", now: 2061, lease: 60) == .interrupted)
             #expect(try await store.reclaim(request.id, owner: "b", now: 2061, lease: 60))
             #expect(try await !store.reclaim(request.id, owner: "c", now: 2062, lease: 60))
-            #expect(try await store.claim(request, owner: "c", now: 2062, lease: 60) == .inProgress)
+            #expect(try await store.claim(request, owner: "c", now: 2062, lease: 60) == .inProgress(owner: "b", leaseEnds: 2121))
+        }
+    }
+
+    @Test("a renewed claim's lease counts from its renewal; only the owner's unfinished claims are renewed", arguments: StoreBackend.allCases)
+    func renewed(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            let mine = entry(), theirs = entry(), done = entry()
+            for request in [mine, done] { #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed) }
+            #expect(try await store.claim(theirs, owner: "b", now: 2000, lease: 60) == .claimed)
+            try await store.finish(done.id, outcome: "answered", replies: [], now: 2001)
+            try await store.renew([], owner: "a", now: 2040)
+            try await store.renew([mine.id, theirs.id, done.id, entry().id], owner: "a", now: 2050)
+            #expect(try await store.claim(mine, owner: "c", now: 2080, lease: 60) == .inProgress(owner: "a", leaseEnds: 2110))
+            #expect(try await store.claim(theirs, owner: "c", now: 2080, lease: 60) == .interrupted)
+            #expect(try await store.claim(done, owner: "c", now: 2080, lease: 60) == .finished(replies: []))
+            #expect(try await !store.reclaim(mine.id, owner: "c", now: 2080, lease: 60))
+            // More ids than one SQLite statement takes.
+            let many = (0..<1_200).map { _ in entry() }
+            for request in many { _ = try await store.claim(request, owner: "a", now: 2000, lease: 60) }
+            try await store.renew(many.map(\.id), owner: "a", now: 2100)
+            for request in [many[0], many[599], many[1_199]] {
+                #expect(try await store.claim(request, owner: "c", now: 2150, lease: 60) == .inProgress(owner: "a", leaseEnds: 2160))
+            }
         }
     }
 
@@ -55,7 +79,7 @@ struct ServiceStoreTests {
             let request = entry()
             #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
             try await store.release(request.id, owner: "b")
-            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress)
+            #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
             try await store.release(request.id, owner: "a")
             #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .claimed)
             let replies = [reply()]
@@ -81,7 +105,7 @@ struct ServiceStoreTests {
             }
             #expect(results.count == 200)
             #expect(results.filter { $0 == .claimed }.count == 50)
-            #expect(results.filter { $0 == .inProgress }.count == 150)
+            #expect(results.filter { if case .inProgress = $0 { true } else { false } }.count == 150)
         }
     }
 
@@ -99,7 +123,7 @@ struct ServiceStoreTests {
             try await store.finish(recent.id, outcome: "answered", replies: [], now: 1000)
             #expect(try await store.pruneJournal(before: 500) == 1)
             #expect(try await store.claim(old, owner: "b", now: 1001, lease: 60) == .claimed)
-            #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress)
+            #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress(owner: "a", leaseEnds: 1060))
             #expect(try await store.claim(recent, owner: "b", now: 1001, lease: 60) == .finished(replies: []))
         }
     }
@@ -207,7 +231,7 @@ struct ServiceStoreTests {
         }
         let upgraded = try SQLiteServiceStore(path: path)
         #expect(try await upgraded.claim(finished, owner: "b", now: 2002, lease: 60) == .finished(replies: []))
-        #expect(try await upgraded.claim(open, owner: "b", now: 2002, lease: 60) == .inProgress)
+        #expect(try await upgraded.claim(open, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
         #expect(try await upgraded.claim(open, owner: "b", now: 3000, lease: 60) == .interrupted)
         #expect(try await upgraded.claim(entry(), owner: "b", now: 3000, lease: 60) == .claimed)
     }
