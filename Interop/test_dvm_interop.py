@@ -2,8 +2,9 @@
 (nostr-sdk 0.45.1) publishes job requests and reads feedback (7000) and results (6xxx)
 through rust-nostr's LocalRelay and the Python `nostr_relay`: plain, encrypted (NIP-44 and
 NIP-04), chained, url inputs, a failing command, a timeout, a job cancelled by a kind 5
-deletion, and a priced job paid through wallet-bridge's ledger with rust-nostr's
-NostrWalletConnect; then two dvm-host workers on one key sharing PostgreSQL take 500 jobs.
+deletion, a job whose worker was killed mid-way (run again after the restart), and a priced
+job paid through wallet-bridge's ledger with rust-nostr's NostrWalletConnect; then two
+dvm-host workers on one key sharing PostgreSQL take 500 jobs.
 
 rust-nostr 0.45.1 has no NIP-90 builders any more (removed upstream), so requests are
 built as plain events: `["i", data, type, relay]`, `["param", name, value]`, and for
@@ -291,6 +292,57 @@ def test_a_kind_5_deletion_cancels_a_running_job(procs, aio, rng, tmp_path, rela
     assert result is None and error == "the customer cancelled the job (kind 5)", f"[seed {SEED}] {statuses} {error}"
     assert statuses == ["processing", "error"], statuses
     assert time.monotonic() - started < 15
+
+
+class Processing(Exception):
+    """The job's `processing` feedback arrived (ends run_job early)."""
+
+
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_a_job_whose_worker_was_killed_is_run_again_after_a_restart(procs, aio, rng, tmp_path, relay_url):  # noqa: F811
+    starts = tmp_path / "starts.txt"
+    script = f"read -r job; echo started >> {starts}; sleep 3; echo finished"
+    data = tmp_path / "worker"
+    args = ["--kind", "5053", "--exec", script, "--claim-lease", "3"]
+    worker, host_hex = host(procs, data, relay_url, *args)
+    keys = new_keys(rng)
+    job = job_event(keys, 5053, [["i", "x", "text"]], host_hex)
+
+    async def until_processing(tags):
+        if next(t for t in tags if t[0] == "status")[1] == "processing":
+            raise Processing()
+
+    with pytest.raises(Processing):
+        aio.call(run_job([relay_url], keys, job, on_feedback=until_processing), STEP * 2)
+    # `processing` goes out as the command starts: wait for it to have started.
+    deadline = time.monotonic() + STEP
+    while not starts.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Killed mid-job: its claim stays in the journal, held by a process that no longer renews it.
+    worker.kill()
+    assert starts.read_text().split() == ["started"]
+    host(procs, data, relay_url, *args)
+
+    async def result():
+        async with nostr_client(relay_url) as client:
+            await client.connect(timedelta(seconds=STEP))
+            stream = client.notifications()
+            sub = await client.subscribe(ReqTarget.auto([Filter().kind(Kind(6053)).event(job.id())]))
+            deadline = time.monotonic() + STEP
+            while time.monotonic() < deadline:
+                try:
+                    note = await asyncio.wait_for(stream.next(), max(0.05, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+                if note.is_new_event() and note.subscription_id == sub.id:
+                    return note.event
+        return None
+    # The restarted worker's catch-up brings the job back; the dead process's claim lapses after 3 s
+    # and the job (which may run twice) runs again.
+    answer = aio.call(result(), STEP * 2)
+    assert answer is not None, f"[seed {SEED}] no result after the restart"
+    assert answer.content().strip() == "finished"
+    assert starts.read_text().split() == ["started", "started"]
 
 
 @pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)

@@ -110,7 +110,9 @@ extension ServiceRuntime {
                 ]
                 if accepted == 0 {
                     confirmed = false
-                    logger.warning("no relay accepted an announcement", metadata: metadata)
+                    var detailed = metadata
+                    detailed["results"] = "\(results.map { "\($0.key.string): \($0.value)" }.sorted().joined(separator: ", "))"
+                    logger.warning("no relay accepted an announcement", metadata: detailed)
                 } else {
                     logger.info("announced", metadata: metadata)
                 }

@@ -105,6 +105,10 @@ struct Serve: AsyncParsableCommand {
         "Keep the journal in this PostgreSQL database (postgres://user:pass@host:port/db), shared by workers on one key. Defaults to DVM_HOST_POSTGRES.",
         valueName: "URL"))
     var postgres: String?
+    @Option(name: .customLong("claim-lease"), help: ArgumentHelp(
+        "Seconds a claim on a job holds without renewal: a worker renews its claims every third of this while jobs run, and a job whose worker died (a crash, a kill) is taken over this long after the last renewal, by another worker or by this one after a restart.",
+        valueName: "SECONDS"))
+    var claimLease: Int64 = 30
     @Option(name: .customLong("max-age"), help: "Requests older than this many seconds are ignored; also the catch-up window after a restart.")
     var maxAge: Int64 = 3600
     @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs and relay hints reach loopback and private addresses (development only).")
@@ -138,7 +142,9 @@ struct Serve: AsyncParsableCommand {
             guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
             guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
         }
-        guard concurrency >= 1, timeout >= 1, maxOutput >= 1 else { throw ValidationError("--concurrency, --timeout and --max-output must be positive") }
+        guard concurrency >= 1, timeout >= 1, maxOutput >= 1, claimLease >= 3 else {
+            throw ValidationError("--concurrency, --timeout and --max-output must be positive, and --claim-lease at least 3")
+        }
     }
 
     func run() async throws {
@@ -196,6 +202,7 @@ struct HostDaemon: Service {
         if !command.allow.isEmpty { runtime.policy.allow = Set(try command.allow.map(Serve.customer)) }
         runtime.policy.deny = Set(try command.deny.map(Serve.customer))
         runtime.minimumProofOfWork = command.minPow
+        runtime.claimLease = command.claimLease
         var service = DVMService.Configuration(kinds: Set(command.kind.map { Kind($0) }))
         service.name = command.name
         service.about = command.about

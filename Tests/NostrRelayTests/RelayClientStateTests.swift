@@ -125,6 +125,23 @@ struct RelayClientStateTests {
         #expect(state.connected().isEmpty)
     }
 
+    @Test("a duplicate: answer means the relay has the event, whether its flag says true or (as nostr_relay's does) false")
+    func duplicateEitherWay() throws {
+        var state = machine()
+        let events = [note(10), note(11), note(12)]
+        for event in events { #expect(state.publish(event).isEmpty) }
+        #expect(try sent(state.connected()).count == events.count)
+        let answers: [(Bool, String, PublishResult)] = [
+            (false, "duplicate: exists", .accepted(message: "duplicate: exists")),
+            (true, "duplicate: have it", .accepted(message: "duplicate: have it")),
+            (false, "invalid: bad", .rejected(message: "invalid: bad")),
+        ]
+        for (event, (flag, message, result)) in zip(events, answers) {
+            let ok = RelayMessage.ok(eventID: event.id, accepted: flag, message: message).json
+            #expect(state.receive(ok, now: 20, monotonic: 0) == [.publishFinished(event.id, result)])
+        }
+    }
+
     @Test("auth-required: authenticates with the current challenge, then re-sends the event and the request")
     func authentication() throws {
         var state = machine(canAuthenticate: true)

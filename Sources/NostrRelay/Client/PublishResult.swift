@@ -2,7 +2,7 @@ public import NostrCore
 
 /// What one relay did with a published event.
 public enum PublishResult: Hashable, Sendable, CustomStringConvertible {
-    /// The relay answered `OK true` (a `duplicate:` answer counts: the relay has the event).
+    /// The relay answered `OK true`, or `duplicate:` with either flag (the relay has the event).
     case accepted(message: String)
     /// The relay answered `OK false` with this message (`blocked:`, `invalid:`, `auth-required:`...), and
     /// retrying could not help (or retries ran out).

@@ -287,11 +287,14 @@ struct RelayClientState {
             return authentication.accepted ? authenticationAccepted() : authenticationRefused(text, monotonic: monotonic)
         }
         guard var publish = publishes[id] else { return [] }
-        if accepted {
+        let prefix = MachineReadablePrefix(message: text)
+        // NIP-01 has relays answer a duplicate with `OK true`; some (nostr_relay 1.14) say `false`. Either way
+        // the relay has the event.
+        if accepted || prefix == .duplicate {
             publishes[id] = nil
             return [.publishFinished(id, .accepted(message: text))]
         }
-        switch MachineReadablePrefix(message: text) {
+        switch prefix {
         case .authRequired where mayAuthenticate(for: [publish.event.pubkey]):
             publish.waiting = .authentication
             publish.refusal = text
