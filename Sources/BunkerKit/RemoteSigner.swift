@@ -23,7 +23,7 @@ public struct RemoteSigner: RequestHandler {
     let maximumFutureSkew: Int64?
     /// Serializes `connect`s, so a secret can be spent only once even when two clients race for it.
     private let connecting = AsyncSemaphore(1)
-    private let metricsFactory: any MetricsFactory
+    private let metrics: MetricInstruments
 
     /// - Parameters:
     ///   - identities: The user keys served, each under its remote-signer key.
@@ -41,7 +41,7 @@ public struct RemoteSigner: RequestHandler {
         sensitiveKinds: Set<Kind> = NIP46.sensitiveKinds, maximumFutureSkew: Int64? = 900,
         metricsFactory: any MetricsFactory = MetricsSystem.factory, relays: @escaping @Sendable () -> [RelayURL]
     ) {
-        self.metricsFactory = metricsFactory
+        self.metrics = MetricInstruments(factory: metricsFactory)
         self.maximumFutureSkew = maximumFutureSkew
         self.identities = Dictionary(identities.map { ($0.signer.publicKey, $0) }, uniquingKeysWith: { first, _ in first })
         self.state = state
@@ -74,10 +74,7 @@ public struct RemoteSigner: RequestHandler {
             latency: Self.milliseconds(ContinuousClock.now - started))
         // Labels stay bounded: methods outside NIP-46's are counted as `other`.
         let known = NIP46.sessionMethods.contains(method) || NIP46.grantableMethods.contains(method)
-        Counter(
-            label: "switchboard_bunker_requests_total", dimensions: [("method", known ? method : "other"), ("decision", answer.decision)],
-            factory: metricsFactory
-        ).increment()
+        metrics.counter("switchboard_bunker_requests_total", [("method", known ? method : "other"), ("decision", answer.decision)]).increment()
         do {
             try await state.audit(record)
         } catch {
@@ -257,10 +254,11 @@ public struct RemoteSigner: RequestHandler {
         var kind: Kind?
         func ok(_ result: String) -> Answer { Answer(NIP46.Response(id: id, result: result), approval, kind: kind) }
         /// Nil when `permission` may be used now (granted, or approved by the operator); else the refusal.
-        func authorize(_ permission: String?, detail: String? = nil) async -> Answer? {
+        /// `detail` is only made for a challenge.
+        func authorize(_ permission: String?, detail: @autoclosure () -> String?) async -> Answer? {
             guard let permission else { return nil }
             func refuse(_ text: String, _ decision: String) -> Answer { Answer(NIP46.Response(id: id, error: text), decision, kind: kind) }
-            switch await challenge(permission, detail) {
+            switch await challenge(permission, detail()) {
             case .none: return refuse("unauthorized: \(permission) is not granted to this client", "unauthorized")
             case .some(.none): return refuse("unauthorized: \(permission) was not approved in time", "expired")
             case .some(.deny): return refuse("unauthorized: the operator denied \(permission)", "denied")

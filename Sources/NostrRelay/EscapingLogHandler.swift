@@ -4,8 +4,12 @@ import NostrCore
 /// A log handler that escapes control characters in messages and metadata before `base` writes them: log lines
 /// carry text from the network (a relay's NOTICE, a client's name), which must not move a terminal's cursor or
 /// forge log lines.
+///
+/// The logger's own metadata is kept here and handed to `base` with each line, escaped then: setting it (the
+/// runtime does per request) costs nothing until something is logged.
 public struct EscapingLogHandler<Base: LogHandler>: LogHandler {
     var base: Base
+    public var metadata: Logger.Metadata = [:]
 
     public init(base: Base) {
         self.base = base
@@ -21,20 +25,16 @@ public struct EscapingLogHandler<Base: LogHandler>: LogHandler {
         set { base.metadataProvider = newValue }
     }
 
-    public var metadata: Logger.Metadata {
-        get { base.metadata }
-        set { base.metadata = newValue.mapValues(Self.escape) }
-    }
-
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { base[metadataKey: key] }
-        set { base[metadataKey: key] = newValue.map(Self.escape) }
+        get { metadata[key] }
+        set { metadata[key] = newValue }
     }
 
     public func log(event: LogEvent) {
         var event = event
         event.message = "\(event.message.description.escapingControlCharacters)"
-        event.metadata = event.metadata?.mapValues(Self.escape)
+        let merged = metadata.merging(event.metadata ?? [:]) { _, explicit in explicit }
+        event.metadata = merged.isEmpty ? nil : merged.mapValues(Self.escape)
         base.log(event: event)
     }
 

@@ -36,5 +36,11 @@ struct EscapingLogHandlerTests {
         logger.notice("NOTICE \u{1b}]0;title\u{7}", metadata: ["message": "line\nforged", "list": .array(["\u{202e}x"])])
         // (An array renders its strings quoted, so the escape's backslash shows doubled there.)
         #expect(lines.all.withLock { $0 } == ["NOTICE \\u{1b}]0;title\\u{7} client=\\u{1b}[2Kadmin list=[\"\\\\u{202e}x\"] message=line\\u{a}forged"])
+        // Metadata set as a whole, and a line's own metadata winning over the logger's for the same key.
+        var metadata = logger.handler.metadata
+        metadata["name"] = "\u{7}bell"
+        logger.handler.metadata = metadata
+        logger.info("next", metadata: ["client": "explicit"])
+        #expect(lines.all.withLock { $0.last } == "next client=explicit name=\\u{7}bell")
     }
 }
