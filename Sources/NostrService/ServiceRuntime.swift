@@ -56,7 +56,8 @@ public final class ServiceRuntime: Service, Sendable {
         public var maximumPendingDeliveries = 1_024
         /// How long a claim on a request holds without renewal, in seconds. The runtime renews its claims every
         /// third of this while it handles them, however long its handler runs; a request whose runtime stopped
-        /// (a crash, a killed replica) is taken over this long after the last renewal.
+        /// (a crash, a killed replica) is taken over this long after the last renewal. At least 3. Replicas
+        /// sharing a store must use the same value: each judges the others' claims by its own.
         public var claimLease: Int64 = 30
         /// Copies of requests another runtime is handling that are kept, to be checked again when its claim
         /// would lapse: the runtime may have stopped (this service before a restart, or a replica), and then the
@@ -551,7 +552,7 @@ public final class ServiceRuntime: Service, Sendable {
         logger.handler.metadata = metadata
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
-        let lease = configuration.claimLease
+        let lease = max(configuration.claimLease, 3)
         // In flight from before its claim (which may take a few tries), so no checkpoint flush passes it
         // meanwhile. A request released at shutdown stays in flight, so the last flush does not pass it either.
         let handledHere = state.withLock { state in
@@ -565,7 +566,10 @@ public final class ServiceRuntime: Service, Sendable {
         }
         var released = false
         defer { if !released { state.withLock { _ = $0.inFlight[route.key.publicKey]?.removeValue(forKey: event.id) } } }
+        // Whether this copy holds one of the deferred places (kept until it is done, so a copy waiting again is
+        // not crowded out).
         var deferred = false
+        defer { if deferred { state.withLock { $0.deferred -= 1 } } }
         var claim: ClaimResult
         while true {
             guard let claimed = await claimRetrying(event, route: route, lease: lease, logger: logger) else { return nil }
@@ -573,21 +577,22 @@ public final class ServiceRuntime: Service, Sendable {
             guard case .inProgress(let holder, let leaseEnds) = claim, holder != owner else { break }
             // Another runtime holds it: a replica, or this service before a crash or restart. Checked again when
             // that claim would lapse; still unfinished then, it was interrupted and is taken over.
-            let room = state.withLock { state in
-                guard state.deferred < configuration.maximumDeferredRequests else { return false }
-                state.deferred += 1
-                return true
+            if !deferred {
+                deferred = state.withLock { state in
+                    guard state.deferred < configuration.maximumDeferredRequests else { return false }
+                    state.deferred += 1
+                    return true
+                }
+                guard deferred else { break }
+                metrics.deferred(kind: kind)
             }
-            guard room else { break }
-            if !deferred { metrics.deferred(kind: kind) }
-            deferred = true
             let waited = await slot.aside {
-                defer { state.withLock { $0.deferred -= 1 } }
                 let wait = max(leaseEnds + 1 - Timestamp.now, 1)
                 return (try? await Task.sleep(for: .seconds(wait))) != nil
             }
-            if !waited {
-                // Cut off by shutdown: still in flight, so the checkpoint stays before it.
+            if !waited || state.withLock({ $0.stopping }) {
+                // Cut off by shutdown (no new work starts during the drain): still in flight, so the checkpoint
+                // stays before it and a restart's catch-up brings it back.
                 released = true
                 return nil
             }
@@ -598,14 +603,26 @@ public final class ServiceRuntime: Service, Sendable {
             return nil
         case .finished(let replies):
             metrics.duplicate(kind: kind)
-            // A deferred copy's owner has published the replies.
-            guard !replies.isEmpty, !deferred else { return nil }
+            // Re-sent, for a deferred copy too: its owner may have recorded them and stopped before publishing.
+            guard !replies.isEmpty else { return nil }
             logger.debug("duplicate request; re-sending its replies")
             return Delivery(request: event, replies: replies, relay: relay, handler: handler, named: [], recorded: false)
         case .interrupted:
             // Taken over first, whether it is run again or answered as interrupted: of several replicas that
             // find it interrupted, only the one that takes it answers.
-            guard (try? await store.reclaim(event.id, owner: owner, now: .now, lease: lease)) == true else {
+            let taken: Bool
+            do {
+                taken = try await store.reclaim(event.id, owner: owner, now: .now, lease: lease)
+            } catch {
+                metrics.request(kind: kind, outcome: "store_error")
+                // As for a failed claim: the checkpoint stays before it, so the next start brings it back.
+                state.withLock { state in
+                    state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
+                }
+                logger.error("could not take over an interrupted request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
+                return nil
+            }
+            guard taken else {
                 metrics.duplicate(kind: kind)
                 return nil
             }
@@ -958,7 +975,7 @@ public final class ServiceRuntime: Service, Sendable {
 
     /// Renews the claims of the requests this runtime is handling, every third of the lease.
     private func renewClaimsPeriodically() async {
-        let interval = Duration.seconds(max(configuration.claimLease / 3, 1))
+        let interval = Duration.seconds(max(configuration.claimLease, 3) / 3)
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             let ids = state.withLock { $0.inFlight.values.flatMap(\.keys) }

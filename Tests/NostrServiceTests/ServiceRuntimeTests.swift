@@ -632,6 +632,33 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("a deferred copy whose holder recorded replies and stopped before publishing them re-sends them")
+    func deferredCopyResends() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            let metrics = TestMetrics()
+            let request = try client.request(kind: requestKind, content: "answered, never sent", to: key.publicKey)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "gone", now: .now, lease: 3) == .claimed)
+            let recorded = EventTemplate(kind: replyKind, content: "recorded", tags: [["p", client.publicKey.hex]]).sign(with: SecretKey.generate())
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 3 }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    try await publish(request, on: urls, through: pool)
+                    try await withDeadline(.seconds(5), "the copy to be deferred") {
+                        while counter(metrics, "switchboard_requests_deferred_total", [("kind", "5910")]) == 0 {
+                            try await Task.sleep(for: .milliseconds(10))
+                        }
+                    }
+                    // The holder records its answer, then stops before publishing it.
+                    try await store.finish(request.id, outcome: "answered", replies: [recorded], now: .now)
+                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    #expect(seen.map(\.0.id) == [recorded.id])
+                }
+            }
+            #expect(handler.total == 0)
+        }
+    }
+
     @Test("two runtimes on one store: the one handling a request renews its claim past the lease, so the other, holding a copy, never takes it over")
     func renewedWhileRunning() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
