@@ -523,9 +523,7 @@ public final class ServiceRuntime: Service, Sendable {
                     metrics.request(kind: "\(event.kind.rawValue)", outcome: "store_error")
                     // Not run without a claim. The checkpoint stays before it, so the next start's catch-up
                     // brings it back.
-                    state.withLock { state in
-                        state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
-                    }
+                    pinCheckpoint(before: event, route: route)
                     logger.error("could not claim the request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
                     return nil
                 }
@@ -534,6 +532,14 @@ public final class ServiceRuntime: Service, Sendable {
             }
         }
         return nil
+    }
+
+    /// Keeps the checkpoint before `event` for as long as this process runs: the journal failed it, so the next
+    /// start's catch-up must bring it back.
+    private func pinCheckpoint(before event: Event, route: Route) {
+        state.withLock { state in
+            state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
+        }
     }
 
     /// How a queued request's wait ended.
@@ -616,9 +622,7 @@ public final class ServiceRuntime: Service, Sendable {
             } catch {
                 metrics.request(kind: kind, outcome: "store_error")
                 // As for a failed claim: the checkpoint stays before it, so the next start brings it back.
-                state.withLock { state in
-                    state.unjournaled[route.key.publicKey] = min(state.unjournaled[route.key.publicKey] ?? event.createdAt, event.createdAt)
-                }
+                pinCheckpoint(before: event, route: route)
                 logger.error("could not take over an interrupted request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
                 return nil
             }
