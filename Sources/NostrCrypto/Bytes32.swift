@@ -39,7 +39,9 @@ public struct Bytes32: Hashable, Sendable, Comparable, CustomStringConvertible {
         try withUnsafeMutableBytes(of: &storage, body)
     }
 
-    /// Parses 64 hex characters (either case).
+    /// Parses 64 hex characters (either case). Inlinable, so that callers elsewhere decode the string type
+    /// they have without going through the generic entry point.
+    @inlinable
     public init?(hex: some StringProtocol) {
         var ok = false
         self.storage = (0, 0, 0, 0)

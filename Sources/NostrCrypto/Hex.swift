@@ -50,6 +50,7 @@ public enum Hex {
     }
 
     /// Decodes exactly `count` bytes of hex into `destination`; returns false on any mismatch.
+    @inlinable
     static func decode(_ text: some StringProtocol, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         // Native strings are contiguous UTF-8: decode from the buffer (ids, keys and signatures of every event
         // read from a relay go through here).
@@ -58,6 +59,7 @@ public enum Hex {
     }
 
     /// Decodes exactly `destination.count` bytes from hex UTF-8 code units; false on any mismatch.
+    @inlinable
     static func decode(_ utf8: some Collection<UInt8>, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         var ok = true
         var index = 0
