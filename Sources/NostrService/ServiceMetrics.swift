@@ -37,6 +37,12 @@ struct ServiceMetrics: Sendable {
         instruments.counter("switchboard_requests_dropped_total", [("reason", reason)]).increment()
     }
 
+    /// A journal write that failed (each attempt), by operation (`claim`, `finish`, `release`, ...): the
+    /// service cannot keep its exactly-once promise without its journal, so alert on any.
+    func journalError(_ operation: String) {
+        instruments.counter("switchboard_journal_errors_total", [("operation", operation)]).increment()
+    }
+
     func handlerDuration(kind: String, _ duration: Duration) {
         let (seconds, attoseconds) = duration.components
         instruments.timer("switchboard_handler_duration", [("kind", kind)])

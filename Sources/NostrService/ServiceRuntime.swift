@@ -512,26 +512,56 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
-    /// Claims `event` in the journal, trying again a few times; nil (counted, and the checkpoint pinned before
-    /// it) if the journal keeps failing.
-    private func claimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> ClaimResult? {
-        for delay in [Duration.milliseconds(200), .seconds(1), .seconds(3), .zero] {
+    /// The waits between attempts of a journal write.
+    private static let journalRetryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+
+    /// Runs a journal operation, trying again after each of ``journalRetryDelays``; nil once every attempt has
+    /// failed. Each failure is counted and logged.
+    private func retryingJournal<T: Sendable>(
+        _ operation: String, logger: Logger, _ body: () async throws -> T
+    ) async -> T? {
+        for delay in Self.journalRetryDelays + [.zero] {
             do {
-                return try await store.claim(JournalEntry(event, service: route.key.publicKey), owner: owner, now: .now, lease: lease)
+                return try await body()
             } catch {
+                metrics.journalError(operation)
                 guard delay > .zero else {
-                    metrics.request(kind: "\(event.kind.rawValue)", outcome: "store_error")
-                    // Not run without a claim. The checkpoint stays before it, so the next start's catch-up
-                    // brings it back.
-                    pinCheckpoint(before: event, route: route)
-                    logger.error("could not claim the request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
+                    logger.error("journal write failed; giving up", metadata: ["operation": "\(operation)", "error": "\(error)"])
                     return nil
                 }
-                logger.warning("could not claim the request in the journal; trying again", metadata: ["error": "\(error)"])
+                logger.warning("journal write failed; trying again", metadata: ["operation": "\(operation)", "error": "\(error)"])
                 try? await Task.sleep(for: delay)
             }
         }
         return nil
+    }
+
+    /// Claims `event` in the journal, trying again a few times; nil (counted, and the checkpoint pinned before
+    /// it) if the journal keeps failing.
+    private func claimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> ClaimResult? {
+        let entry = JournalEntry(event, service: route.key.publicKey)
+        if let claim = await retryingJournal("claim", logger: logger, { try await store.claim(entry, owner: owner, now: .now, lease: lease) }) {
+            return claim
+        }
+        metrics.request(kind: "\(event.kind.rawValue)", outcome: "store_error")
+        // Not run without a claim. The checkpoint stays before it, so the next start's catch-up brings it back.
+        pinCheckpoint(before: event, route: route)
+        logger.error("could not claim the request in the journal; not handled until a restart")
+        return nil
+    }
+
+    /// Records a request's outcome and replies, trying again a few times. Until it is recorded the claim stays
+    /// open, and renewed (the request is still in flight here), so no other runtime takes the request over
+    /// meanwhile. Recorded, a copy arriving later is answered with these replies instead of being run again.
+    private func finishRetrying(_ id: EventID, outcome: String, replies: [Event], logger: Logger) async {
+        let recorded = await retryingJournal("finish", logger: logger) {
+            try await store.finish(id, outcome: outcome, replies: replies, now: .now)
+        }
+        if recorded == nil {
+            // The claim lapses after its lease: a copy arriving after that (a replica's, or after a restart) is
+            // taken over as interrupted.
+            logger.error("could not record the answer in the journal")
+        }
     }
 
     /// Keeps the checkpoint before `event` for as long as this process runs: the journal failed it, so the next
@@ -616,14 +646,12 @@ public final class ServiceRuntime: Service, Sendable {
         case .interrupted:
             // Taken over first, whether it is run again or answered as interrupted: of several replicas that
             // find it interrupted, only the one that takes it answers.
-            let taken: Bool
-            do {
-                taken = try await store.reclaim(event.id, owner: owner, now: .now, lease: lease)
-            } catch {
+            guard let taken = await retryingJournal("reclaim", logger: logger, { try await store.reclaim(event.id, owner: owner, now: .now, lease: lease) })
+            else {
                 metrics.request(kind: kind, outcome: "store_error")
                 // As for a failed claim: the checkpoint stays before it, so the next start brings it back.
                 pinCheckpoint(before: event, route: route)
-                logger.error("could not take over an interrupted request in the journal; not handled until a restart", metadata: ["error": "\(error)"])
+                logger.error("could not take over an interrupted request in the journal; not handled until a restart")
                 return nil
             }
             guard taken else {
@@ -655,25 +683,25 @@ public final class ServiceRuntime: Service, Sendable {
                 if state.withLock({ $0.policy.refusal(event.pubkey, now: monotonicSeconds()) }) {
                     return await refuse(event, relay: relay, route: route, with: error, logger: logger)
                 }
-                try? await store.finish(event.id, outcome: "error:\(error.code)", replies: [], now: .now)
+                await finishRetrying(event.id, outcome: "error:\(error.code)", replies: [], logger: logger)
                 return nil
             case .cancelled:
                 // Cut off by shutdown before it ran: released, so it runs after the restart.
                 metrics.request(kind: kind, outcome: "cancelled")
-                try? await store.release(event.id, owner: owner)
+                _ = await retryingJournal("release", logger: logger) { try await store.release(event.id, owner: owner) }
                 released = true
                 return nil
             }
         case .drop:
             metrics.dropped("denied")
-            try? await store.finish(event.id, outcome: "dropped:denied", replies: [], now: .now)
+            await finishRetrying(event.id, outcome: "dropped:denied", replies: [], logger: logger)
             return nil
         case .refuse(let error, let reply):
             metrics.request(kind: kind, outcome: error.code.rawValue)
             if reply {
                 return await refuse(event, relay: relay, route: route, with: error, logger: logger)
             } else {
-                try? await store.finish(event.id, outcome: "error:\(error.code)", replies: [], now: .now)
+                await finishRetrying(event.id, outcome: "error:\(error.code)", replies: [], logger: logger)
             }
             return nil
         }
@@ -710,7 +738,7 @@ public final class ServiceRuntime: Service, Sendable {
             // it); otherwise the claim stays open and the request is answered as interrupted.
             metrics.request(kind: kind, outcome: "cancelled")
             if handler.isIdempotent {
-                try? await store.release(event.id, owner: owner)
+                _ = await retryingJournal("release", logger: logger) { try await store.release(event.id, owner: owner) }
                 released = true
             }
             return nil
@@ -724,11 +752,7 @@ public final class ServiceRuntime: Service, Sendable {
             events = []
         }
         metrics.request(kind: kind, outcome: events.isEmpty && !replies.isEmpty ? "internal" : outcomeName.hasPrefix("error") ? "error" : "answered")
-        do {
-            try await store.finish(event.id, outcome: outcomeName, replies: events, now: .now)
-        } catch {
-            logger.error("could not record the answer in the journal", metadata: ["error": "\(error)"])
-        }
+        await finishRetrying(event.id, outcome: outcomeName, replies: events, logger: logger)
         guard !events.isEmpty else { return nil }
         return Delivery(request: event, replies: events, relay: relay, handler: handler, named: replies.flatMap(\.relays), recorded: true)
     }
@@ -798,7 +822,7 @@ public final class ServiceRuntime: Service, Sendable {
         if let reply = route.handler.errorReply(to: request, error: error) {
             events = (try? await sign([reply], for: request, key: route.key)) ?? []
         }
-        try? await store.finish(event.id, outcome: "error:\(error.code)", replies: events, now: .now)
+        await finishRetrying(event.id, outcome: "error:\(error.code)", replies: events, logger: logger)
         guard !events.isEmpty else { return nil }
         return Delivery(request: event, replies: events, relay: relay, handler: route.handler, named: [], recorded: true)
     }
@@ -807,7 +831,9 @@ public final class ServiceRuntime: Service, Sendable {
     private func deliver(_ delivery: Delivery) async {
         let extra = await replyRelays(delivery.request, handler: delivery.handler, named: delivery.named)
         let outcome = await publish(delivery.replies, arrivedOn: delivery.relay, extra: extra)
-        if delivery.recorded { try? await store.recordDelivery(delivery.request.id, outcome) }
+        if delivery.recorded {
+            _ = await retryingJournal("record_delivery", logger: logger) { try await store.recordDelivery(delivery.request.id, outcome) }
+        }
     }
 
     func decrypt(_ event: Event, relay: RelayURL, route: Route) throws -> ServiceRequest {
@@ -971,6 +997,7 @@ public final class ServiceRuntime: Service, Sendable {
             do {
                 try await store.advanceCheckpoint(for: key, to: createdAt)
             } catch {
+                metrics.journalError("checkpoint")
                 logger.error("could not record the checkpoint", metadata: ["error": "\(error)"])
                 noteCheckpoint(key, createdAt)
             }
@@ -987,6 +1014,7 @@ public final class ServiceRuntime: Service, Sendable {
             do {
                 try await store.renew(ids, owner: owner, now: .now)
             } catch {
+                metrics.journalError("renew")
                 logger.warning("could not renew the claims of the requests in flight", metadata: ["error": "\(error)"])
             }
         }
