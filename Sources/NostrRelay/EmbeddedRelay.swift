@@ -76,7 +76,7 @@ public final class EmbeddedRelay: Service, Sendable {
         let app = Application(
             router: router,
             server: HTTPServerBuilder { responder in
-                FlushCoalescingChildChannel(
+                RelayChildChannel(
                     base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: webSocket)) { _, _, _ in
                         .upgrade([:]) { inbound, outbound, _ in
                             try await relay.serve(inbound: inbound, outbound: outbound, frameSize: frameSize)
@@ -111,7 +111,8 @@ public final class EmbeddedRelay: Service, Sendable {
         // The session belongs to this task: messages are parsed and verified here, outside any lock, and
         // the hub gets a copy whenever what the connection receives changes.
         var session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
-        let connection = hub.register(session, outbox: outbox)
+        let channel = ConnectionChannel.current
+        let connection = hub.register(session, outbox: outbox) { channel?.close(promise: nil) }
         defer { hub.remove(connection) }
         for action in session.greeting { try await execute(action, on: connection, session: &session) }
         try await withThrowingTaskGroup(of: Void.self) { group in

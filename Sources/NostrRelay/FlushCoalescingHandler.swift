@@ -42,8 +42,9 @@ final class FlushCoalescingHandler: ChannelOutboundHandler, RemovableChannelHand
 }
 
 /// A server child channel that puts a ``FlushCoalescingHandler`` next to the socket before `Base` sets the
-/// channel up, so it stays through the WebSocket upgrade.
-struct FlushCoalescingChildChannel<Base: ServerChildChannel>: ServerChildChannel {
+/// channel up, so it stays through the WebSocket upgrade, and lends the channel to the connection's task
+/// (``ConnectionChannel/current``) so the relay can close a connection whose writes are stuck.
+struct RelayChildChannel<Base: ServerChildChannel>: ServerChildChannel {
     typealias Value = Base.Value
 
     let base: Base
@@ -58,6 +59,13 @@ struct FlushCoalescingChildChannel<Base: ServerChildChannel>: ServerChildChannel
     }
 
     func handle(value: Value, logger: Logger) async {
-        await base.handle(value: value, logger: logger)
+        await ConnectionChannel.$current.withValue(value.channel) {
+            await base.handle(value: value, logger: logger)
+        }
     }
+}
+
+enum ConnectionChannel {
+    /// The channel of the connection this task serves (set by ``RelayChildChannel``).
+    @TaskLocal static var current: (any Channel)?
 }

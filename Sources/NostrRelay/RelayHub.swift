@@ -24,16 +24,19 @@ final class RelayHub: Sendable {
         let id: UInt64
         private let outbox: Outbox
         private let state: Mutex<State>
+        /// Closes the connection outright: its writer may be stuck behind a client that stopped reading.
+        private let close: @Sendable () -> Void
 
-        init(id: UInt64, session: RelaySession, outbox: Outbox) {
+        init(id: UInt64, session: RelaySession, outbox: Outbox, close: @escaping @Sendable () -> Void) {
             self.id = id
             self.outbox = outbox
             self.state = Mutex(State(session: session))
+            self.close = close
         }
 
         /// Queues a message.
         func send(_ message: RelayMessage) {
-            state.withLock { Self.enqueue(message.json, to: &$0, outbox: outbox) }
+            state.withLock { enqueue(message.json, to: &$0) }
         }
 
         /// Takes the session's new subscriptions and authentication; `opening` are subscriptions whose stored
@@ -52,11 +55,11 @@ final class RelayHub: Sendable {
                 var sent = Set<EventID>()
                 for event in stored where state.session.mayRead(event) {
                     sent.insert(event.id)
-                    Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                    enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state)
                 }
-                Self.enqueue(RelayMessage.endOfStoredEvents(subscriptionID: subscriptionID).json, to: &state, outbox: outbox)
+                enqueue(RelayMessage.endOfStoredEvents(subscriptionID: subscriptionID).json, to: &state)
                 for event in held where !sent.contains(event.id) {
-                    Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                    enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state)
                 }
             }
         }
@@ -67,7 +70,7 @@ final class RelayHub: Sendable {
             state.withLock { state in
                 state.session = session
                 state.pending[subscriptionID] = nil
-                Self.enqueue(RelayMessage.closed(subscriptionID: subscriptionID, message: message).json, to: &state, outbox: outbox)
+                enqueue(RelayMessage.closed(subscriptionID: subscriptionID, message: message).json, to: &state)
             }
         }
 
@@ -78,7 +81,7 @@ final class RelayHub: Sendable {
                     if state.pending[subscriptionID] != nil {
                         state.pending[subscriptionID]?.append(event)
                     } else {
-                        Self.enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state, outbox: outbox)
+                        enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state)
                     }
                 }
             }
@@ -87,12 +90,15 @@ final class RelayHub: Sendable {
         func finish() { outbox.finish() }
 
         /// A full outbox means the client reads slower than it is sent to: the connection is closed rather
-        /// than letting memory grow (the client reconnects and re-subscribes with `since`).
-        private static func enqueue(_ text: String, to state: inout State, outbox: Outbox) {
+        /// than letting memory grow (the client reconnects and re-subscribes with `since`). Closed at once, not
+        /// after the queued messages: the writer is waiting for the socket to drain, which a client that has
+        /// stopped reading never lets happen.
+        private func enqueue(_ text: String, to state: inout State) {
             guard !state.overflowed else { return }
             if !outbox.send(text) {
                 state.overflowed = true
                 outbox.finish()
+                close()
             }
         }
     }
@@ -106,8 +112,8 @@ final class RelayHub: Sendable {
     private let registry = Mutex(Registry())
     private let nextID = Atomic<UInt64>(1)
 
-    func register(_ session: RelaySession, outbox: Outbox) -> Connection {
-        let connection = Connection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, session: session, outbox: outbox)
+    func register(_ session: RelaySession, outbox: Outbox, close: @escaping @Sendable () -> Void) -> Connection {
+        let connection = Connection(id: nextID.wrappingAdd(1, ordering: .relaxed).oldValue, session: session, outbox: outbox, close: close)
         registry.withLock { registry in
             registry.byID[connection.id] = connection
             registry.list.append(connection)
@@ -123,6 +129,9 @@ final class RelayHub: Sendable {
         }
         if removed { connection.finish() }
     }
+
+    /// Connections registered now.
+    var count: Int { registry.withLock { $0.list.count } }
 
     /// Sends a newly accepted event to every matching subscription on every connection.
     func broadcast(_ event: Event) {
