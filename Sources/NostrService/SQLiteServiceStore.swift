@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Logging
 public import NostrCore
 public import NostrCrypto
 import NostrRelay
@@ -143,11 +144,15 @@ public final class SQLiteServiceStore: ServiceStore {
         }
     }
 
-    /// Queues `body` for the next group transaction without waiting for it (errors are dropped): for records
-    /// whose loss in a crash costs nothing but the record.
+    /// Queues `body` for the next group transaction without waiting for it: for records whose loss in a crash
+    /// costs nothing but the record. A failure is logged (nobody is waiting to be told).
     private func deferred(_ body: @escaping @Sendable (Database) throws -> Void) {
-        enqueue(DeferredWrite(body: body))
+        enqueue(DeferredWrite(body: body) { error in
+            Self.logger.error("a queued journal write failed; it is lost", metadata: ["error": "\(error)"])
+        })
     }
+
+    private static let logger = Logger(label: "switchboard.journal")
 
     /// Adds `write` to the pending group; the first write while the writer is idle starts it draining.
     private func enqueue(_ write: any GroupedWrite) {
@@ -430,9 +435,14 @@ private protocol GroupedWrite: Sendable {
 /// A write nobody waits for.
 private struct DeferredWrite: GroupedWrite {
     let body: @Sendable (Database) throws -> Void
+    let failed: @Sendable (any Error) -> Void
 
-    func run(_ db: Database) { try? body(db) }
-    func complete(failure: (any Error)?) {}
+    func run(_ db: Database) {
+        do { try body(db) } catch { failed(error) }
+    }
+    func complete(failure: (any Error)?) {
+        if let failure { failed(failure) }
+    }
 }
 
 private final class Write<T: Sendable>: GroupedWrite {

@@ -516,13 +516,22 @@ public final class ServiceRuntime: Service, Sendable {
     private static let journalRetryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
 
     /// Runs a journal operation, trying again after each of ``journalRetryDelays``; nil once every attempt has
-    /// failed. Each failure is counted and logged.
+    /// failed. Each failure is counted and logged. `body` is told whether an earlier attempt failed: a write
+    /// whose error hid its success (a connection lost after the commit) finds its own result on the next try.
+    ///
+    /// Once the calling task is cancelled (shutdown, past the grace period) each attempt runs in a task of its
+    /// own, so that the write still happens: the store's client may refuse work for a cancelled task.
     private func retryingJournal<T: Sendable>(
-        _ operation: String, logger: Logger, _ body: () async throws -> T
+        _ operation: String, logger: Logger, _ body: @escaping @Sendable (_ retried: Bool) async throws -> T
     ) async -> T? {
+        var retried = false
         for delay in Self.journalRetryDelays + [.zero] {
             do {
-                return try await body()
+                if Task.isCancelled {
+                    let attempt = retried
+                    return try await Task { try await body(attempt) }.value
+                }
+                return try await body(retried)
             } catch {
                 metrics.journalError(operation)
                 guard delay > .zero else {
@@ -530,6 +539,7 @@ public final class ServiceRuntime: Service, Sendable {
                     return nil
                 }
                 logger.warning("journal write failed; trying again", metadata: ["operation": "\(operation)", "error": "\(error)"])
+                retried = true
                 try? await Task.sleep(for: delay)
             }
         }
@@ -537,12 +547,18 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     /// Claims `event` in the journal, trying again a few times; nil (counted, and the checkpoint pinned before
-    /// it) if the journal keeps failing.
-    private func claimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> ClaimResult? {
+    /// it) if the journal keeps failing. `uncertain` when a retry found the request claimed by this runtime:
+    /// most likely the failed attempt's claim, which did land, but possibly that of an earlier copy whose answer
+    /// the journal failed to record, so it may have been answered already.
+    private func claimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> (claim: ClaimResult, uncertain: Bool)? {
         let entry = JournalEntry(event, service: route.key.publicKey)
-        if let claim = await retryingJournal("claim", logger: logger, { try await store.claim(entry, owner: owner, now: .now, lease: lease) }) {
-            return claim
+        let (store, owner) = (self.store, self.owner)
+        let claim = await retryingJournal("claim", logger: logger) { retried -> (claim: ClaimResult, uncertain: Bool) in
+            let claim = try await store.claim(entry, owner: owner, now: .now, lease: lease)
+            if retried, case .inProgress(let holder, _) = claim, holder == owner { return (.claimed, true) }
+            return (claim, false)
         }
+        if let claim { return claim }
         metrics.request(kind: "\(event.kind.rawValue)", outcome: "store_error")
         // Not run without a claim. The checkpoint stays before it, so the next start's catch-up brings it back.
         pinCheckpoint(before: event, route: route)
@@ -550,11 +566,28 @@ public final class ServiceRuntime: Service, Sendable {
         return nil
     }
 
+    /// Takes over an interrupted request; false if another runtime took it first, nil if the journal kept
+    /// failing.
+    private func reclaimRetrying(_ event: Event, route: Route, lease: Int64, logger: Logger) async -> Bool? {
+        let entry = JournalEntry(event, service: route.key.publicKey)
+        let (store, owner) = (self.store, self.owner)
+        return await retryingJournal("reclaim", logger: logger) { retried -> Bool in
+            if try await store.reclaim(entry.id, owner: owner, now: .now, lease: lease) { return true }
+            guard retried else { return false }
+            // A failed attempt may have taken it over after all: then the claim is this runtime's.
+            if case .inProgress(let holder, _) = try await store.claim(entry, owner: owner, now: .now, lease: lease), holder == owner {
+                return true
+            }
+            return false
+        }
+    }
+
     /// Records a request's outcome and replies, trying again a few times. Until it is recorded the claim stays
     /// open, and renewed (the request is still in flight here), so no other runtime takes the request over
     /// meanwhile. Recorded, a copy arriving later is answered with these replies instead of being run again.
     private func finishRetrying(_ id: EventID, outcome: String, replies: [Event], logger: Logger) async {
-        let recorded = await retryingJournal("finish", logger: logger) {
+        let store = self.store
+        let recorded = await retryingJournal("finish", logger: logger) { _ in
             try await store.finish(id, outcome: outcome, replies: replies, now: .now)
         }
         if recorded == nil {
@@ -562,6 +595,12 @@ public final class ServiceRuntime: Service, Sendable {
             // taken over as interrupted.
             logger.error("could not record the answer in the journal")
         }
+    }
+
+    /// Gives a claim up (shutdown cut the request off before it ran), so the request runs after the restart.
+    private func releaseRetrying(_ id: EventID, logger: Logger) async {
+        let (store, owner) = (self.store, self.owner)
+        _ = await retryingJournal("release", logger: logger) { _ in try await store.release(id, owner: owner) }
     }
 
     /// Keeps the checkpoint before `event` for as long as this process runs: the journal failed it, so the next
@@ -607,9 +646,11 @@ public final class ServiceRuntime: Service, Sendable {
         var deferred = false
         defer { if deferred { state.withLock { $0.deferred -= 1 } } }
         var claim: ClaimResult
+        var uncertain = false
         while true {
             guard let claimed = await claimRetrying(event, route: route, lease: lease, logger: logger) else { return nil }
-            claim = claimed
+            claim = claimed.claim
+            uncertain = claimed.uncertain
             guard case .inProgress(let holder, let leaseEnds) = claim, holder != owner else { break }
             // Another runtime holds it: a replica, or this service before a crash or restart. Checked again when
             // that claim would lapse; still unfinished then, it was interrupted and is taken over.
@@ -646,8 +687,7 @@ public final class ServiceRuntime: Service, Sendable {
         case .interrupted:
             // Taken over first, whether it is run again or answered as interrupted: of several replicas that
             // find it interrupted, only the one that takes it answers.
-            guard let taken = await retryingJournal("reclaim", logger: logger, { try await store.reclaim(event.id, owner: owner, now: .now, lease: lease) })
-            else {
+            guard let taken = await reclaimRetrying(event, route: route, lease: lease, logger: logger) else {
                 metrics.request(kind: kind, outcome: "store_error")
                 // As for a failed claim: the checkpoint stays before it, so the next start brings it back.
                 pinCheckpoint(before: event, route: route)
@@ -664,7 +704,12 @@ public final class ServiceRuntime: Service, Sendable {
                 return await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)
             }
         case .claimed:
-            break
+            if uncertain && !handler.isIdempotent {
+                // It may have run already: answered as interrupted, like a request whose process died, so
+                // nothing is signed or paid twice.
+                metrics.request(kind: kind, outcome: "interrupted")
+                return await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the journal failed while accepting this request; send it again"), logger: logger)
+            }
         }
         noteCheckpoint(route.key.publicKey, event.createdAt)
 
@@ -688,7 +733,7 @@ public final class ServiceRuntime: Service, Sendable {
             case .cancelled:
                 // Cut off by shutdown before it ran: released, so it runs after the restart.
                 metrics.request(kind: kind, outcome: "cancelled")
-                _ = await retryingJournal("release", logger: logger) { try await store.release(event.id, owner: owner) }
+                await releaseRetrying(event.id, logger: logger)
                 released = true
                 return nil
             }
@@ -738,7 +783,7 @@ public final class ServiceRuntime: Service, Sendable {
             // it); otherwise the claim stays open and the request is answered as interrupted.
             metrics.request(kind: kind, outcome: "cancelled")
             if handler.isIdempotent {
-                _ = await retryingJournal("release", logger: logger) { try await store.release(event.id, owner: owner) }
+                await releaseRetrying(event.id, logger: logger)
                 released = true
             }
             return nil
@@ -832,7 +877,8 @@ public final class ServiceRuntime: Service, Sendable {
         let extra = await replyRelays(delivery.request, handler: delivery.handler, named: delivery.named)
         let outcome = await publish(delivery.replies, arrivedOn: delivery.relay, extra: extra)
         if delivery.recorded {
-            _ = await retryingJournal("record_delivery", logger: logger) { try await store.recordDelivery(delivery.request.id, outcome) }
+            let (store, id) = (self.store, delivery.request.id)
+            _ = await retryingJournal("record_delivery", logger: logger) { _ in try await store.recordDelivery(id, outcome) }
         }
     }
 

@@ -27,10 +27,8 @@ final class StalledClient {
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else {
-            Glibc.close(fd)
-            throw TestFailure("connect() failed")
-        }
+        // On any failure from here, deinit closes the socket.
+        guard connected == 0 else { throw TestFailure("connect() failed") }
         var timeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         try write(Array("GET / HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8))
@@ -74,7 +72,18 @@ struct SlowClientTests {
             announce.yield($0)
         }
         let server = Task { try await relay.run() }
-        defer { server.cancel() }
+        do {
+            try await exerciseStalledClient(relay, announced: ready)
+        } catch {
+            server.cancel()
+            _ = await server.result
+            throw error
+        }
+        server.cancel()
+        _ = await server.result
+    }
+
+    private func exerciseStalledClient(_ relay: EmbeddedRelay, announced ready: AsyncStream<String>) async throws {
         guard let address = try await withTimeout(.seconds(10), "the relay to start", { await ready.first { _ in true } }),
             let port = address.split(separator: ":").last.flatMap({ Int($0) })
         else { throw TestFailure("the relay did not start") }
@@ -84,11 +93,11 @@ struct SlowClientTests {
         let pool = RelayPool(relays: [try RelayURL(address)], logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         try await pool.withRunning {
             try await withTimeout(.seconds(10), "both connections") { while relay.hub.count < 2 { try await Task.sleep(for: .milliseconds(20)) } }
-            // 400 events of 60 KB (24 MB) for the stalled client: more than the kernel's socket buffers and NIO
-            // hold, so its outbox fills.
+            // Events of 60 KB for the stalled client until its outbox fills (past the kernel's socket buffers and
+            // NIO's; 1,000 of them is 60 MB, more than any loopback socket buffer takes).
             let key = SecretKey.generate()
             let filler = String(repeating: "x", count: 60_000)
-            for i in 0..<400 {
+            for i in 0..<1_000 {
                 _ = await pool.publish(EventTemplate(kind: 1, content: "\(i) \(filler)").sign(with: key), timeout: .seconds(5))
                 if relay.hub.count < 2 { break }
             }

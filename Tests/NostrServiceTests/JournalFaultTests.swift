@@ -14,11 +14,16 @@ final class FaultyStore: ServiceStore {
 
     let store: SQLiteServiceStore
     private let failures = Mutex<[String: Int]>([:])
+    private let failuresAfter = Mutex<[String: Int]>([:])
 
     init(_ store: SQLiteServiceStore) { self.store = store }
 
     /// Makes the next `count` calls of `operation` (`claim`, `finish`, ...) throw.
     func fail(_ operation: String, times count: Int) { failures.withLock { $0[operation] = count } }
+
+    /// Makes the next `count` calls of `operation` do their work and then throw, as a connection lost after the
+    /// database committed would.
+    func failAfterWriting(_ operation: String, times count: Int) { failuresAfter.withLock { $0[operation] = count } }
 
     /// Calls of `operation` still set to fail.
     func remaining(_ operation: String) -> Int { failures.withLock { $0[operation] ?? 0 } }
@@ -34,7 +39,14 @@ final class FaultyStore: ServiceStore {
 
     func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult {
         try check("claim")
-        return try await store.claim(entry, owner: owner, now: now, lease: lease)
+        let result = try await store.claim(entry, owner: owner, now: now, lease: lease)
+        let fail = failuresAfter.withLock { failures -> Bool in
+            guard let left = failures["claim"], left > 0 else { return false }
+            failures["claim"] = left - 1
+            return true
+        }
+        if fail { throw InjectedFault() }
+        return result
     }
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {
         try check("reclaim")
@@ -107,6 +119,26 @@ struct JournalFaultTests {
             }
             #expect(handler.total == 1)
             #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 2)
+        }
+    }
+
+    @Test("a claim that landed although the journal reported an error is not run, in case it ran before: the request is answered as interrupted")
+    func claimLandedDespiteError() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            let metrics = TestMetrics()
+            let store = FaultyStore(try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path))
+            store.failAfterWriting("claim", times: 1)
+            let request = try client.request(kind: requestKind, content: "landed", to: key.publicKey)
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    try await publish(request, on: urls, through: pool)
+                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    #expect(try client.read(seen[0].0).hasPrefix("error interrupted:"))
+                }
+            }
+            #expect(handler.total == 0)
+            #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "claim")]) == 1)
         }
     }
 
