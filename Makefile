@@ -8,7 +8,7 @@ PYTHON       := $(VENV)/bin/python
 # dependency pins are not the interop peers'.
 LNBITS_VENV  := Interop/.venv-lnbits
 LNBITS       := lnbits==1.6.2 bitstring<4.3
-APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev pkg-config python3 python3-venv postgresql
+APT_PACKAGES := libsecp256k1-dev libsodium-dev libssl-dev libsqlite3-dev libjemalloc-dev pkg-config python3 python3-venv postgresql
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test check deps venv lnbits build build-release unit interop bench fuzz clean
