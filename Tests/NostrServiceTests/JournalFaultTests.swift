@@ -29,23 +29,22 @@ final class FaultyStore: ServiceStore {
     func remaining(_ operation: String) -> Int { failures.withLock { $0[operation] ?? 0 } }
 
     private func check(_ operation: String) throws {
-        let fail = failures.withLock { failures -> Bool in
-            guard let left = failures[operation], left > 0 else { return false }
-            failures[operation] = left - 1
+        if Self.take(operation, from: failures) { throw InjectedFault() }
+    }
+
+    /// Whether `operation` is set to fail in `counts`, using one of its failures up if so.
+    private static func take(_ operation: String, from counts: borrowing Mutex<[String: Int]>) -> Bool {
+        counts.withLock { counts in
+            guard let left = counts[operation], left > 0 else { return false }
+            counts[operation] = left - 1
             return true
         }
-        if fail { throw InjectedFault() }
     }
 
     func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult {
         try check("claim")
         let result = try await store.claim(entry, owner: owner, now: now, lease: lease)
-        let fail = failuresAfter.withLock { failures -> Bool in
-            guard let left = failures["claim"], left > 0 else { return false }
-            failures["claim"] = left - 1
-            return true
-        }
-        if fail { throw InjectedFault() }
+        if Self.take("claim", from: failuresAfter) { throw InjectedFault() }
         return result
     }
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {
