@@ -12,12 +12,14 @@ struct RelayClientStateTests {
         EventTemplate(kind: 1, content: content, createdAt: t).sign(with: author)
     }
 
-    func machine(canAuthenticate: Bool = false) -> RelayClientState {
+    /// A state machine with the back-offs' jitter fixed (`jitter`: the share of each delay waited).
+    func machine(canAuthenticate: Bool = false, jitter: @escaping @Sendable () -> Double = { 1 }) -> RelayClientState {
         var configuration = RelayClientState.Configuration()
         configuration.resumeMargin = 60
         configuration.canAuthenticate = canAuthenticate
         configuration.rateLimitDelay = 1
         configuration.rateLimitRetries = 2
+        configuration.jitter = jitter
         return RelayClientState(configuration: configuration)
     }
 
@@ -300,6 +302,40 @@ struct RelayClientStateTests {
         _ = state.unsubscribe("s")
         #expect(state.subscriptions.isEmpty)
         #expect(state.tick(monotonic: 10_000).isEmpty)
+    }
+
+    @Test("back-offs are jittered: clients refused at one moment do not all come back at one moment")
+    func backOffJitter() throws {
+        // The jitter scales the delay: with half of it, a closed subscription is asked for after 2.5 s, not 5 s,
+        // and a rate-limited publish is re-sent after 0.5 s, not 1 s.
+        var halved = machine(jitter: { 0.5 })
+        _ = halved.connected()
+        _ = halved.subscribe("s", filters: [Filter(kinds: [1])])
+        _ = halved.receive(RelayMessage.closed(subscriptionID: "s", message: "error: busy").json, now: 20, monotonic: 100)
+        #expect(halved.tick(monotonic: 102.4).isEmpty)
+        #expect(try sent(halved.tick(monotonic: 102.6)) == [.request(subscriptionID: "s", filters: [Filter(kinds: [1])])])
+        let event = note(20)
+        _ = halved.publish(event)
+        _ = halved.receive(RelayMessage.ok(eventID: event.id, accepted: false, message: "rate-limited: slow down").json, now: 20, monotonic: 200)
+        #expect(halved.tick(monotonic: 200.4).isEmpty)
+        #expect(try sent(halved.tick(monotonic: 200.6)) == [.event(event)])
+
+        // With the default jitter, 20 clients closed at the same moment come back spread over 2.5–5 s.
+        var retries: [Double] = []
+        for _ in 0..<20 {
+            var configuration = RelayClientState.Configuration()
+            configuration.closedRetryDelay = 5
+            var state = RelayClientState(configuration: configuration)
+            _ = state.connected()
+            _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+            _ = state.receive(RelayMessage.closed(subscriptionID: "s", message: "error: restarting").json, now: 20, monotonic: 0)
+            #expect(state.tick(monotonic: 2.49).isEmpty)
+            // The first tick (in steps of 10 ms) that asks again.
+            let step = try #require((250...500).first { !state.tick(monotonic: Double($0) / 100).isEmpty })
+            retries.append(Double(step) / 100)
+        }
+        #expect(retries.allSatisfy { $0 >= 2.5 && $0 <= 5 })
+        #expect(Set(retries).count > 1)
     }
 
     @Test("a subscription whose AUTH is refused is asked for again after the back-off")

@@ -21,6 +21,10 @@ struct RelayClientState {
         /// authentication...) is asked for again after this delay, doubled per attempt up to the cap (seconds).
         var closedRetryDelay: Double = 5
         var closedRetryMaximumDelay: Double = 300
+        /// The share of each back-off delay (rate limit, closed subscription) actually waited: a factor between
+        /// half and all of it by default, so that clients a relay refused at the same moment (a restart, a
+        /// limit reached) do not all come back at the same moment.
+        var jitter: @Sendable () -> Double = { Double.random(in: 0.5...1) }
         /// NIP-42: AUTH rounds per connection at most (a relay that keeps refusing, or sends a fresh challenge
         /// before every refusal, cannot make the client sign without end), and how long a round (or a refusal
         /// waiting for a challenge) may go unanswered before what waits for it is refused (seconds).
@@ -270,6 +274,7 @@ struct RelayClientState {
         var subscription = subscription
         let attempt = subscription.closedBecause == nil ? 1 : subscription.waiting.attempt + 1
         let delay = min(configuration.closedRetryMaximumDelay, configuration.closedRetryDelay * Double(1 << min(attempt - 1, 16)))
+            * configuration.jitter()
         subscription.waiting = .retry(at: monotonic + delay, attempt: attempt)
         subscription.closedBecause = text
         subscription.refusal = nil
@@ -430,7 +435,7 @@ struct RelayClientState {
     }
 
     private func backoff(_ attempt: Int) -> Double {
-        min(configuration.rateLimitMaximumDelay, configuration.rateLimitDelay * Double(1 << min(attempt - 1, 16)))
+        min(configuration.rateLimitMaximumDelay, configuration.rateLimitDelay * Double(1 << min(attempt - 1, 16))) * configuration.jitter()
     }
 }
 
