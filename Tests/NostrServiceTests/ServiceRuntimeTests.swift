@@ -619,11 +619,13 @@ struct ServiceRuntimeTests {
             let request = try client.request(kind: requestKind, content: "was running", to: key.publicKey)
             // The process before a restart claimed it a moment ago and died; no one renews its claim.
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "dead", now: .now, lease: 2) == .claimed)
-            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 2 }) { _ in
+            // A lease of 6 s: the runtime must start and claim the copy within it (5–6 s, in whole seconds), which a
+            // loaded machine running the whole suite does not always manage in 2.
+            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "dead", now: .now, lease: 6) == .claimed)
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 6 }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(request, on: urls, through: pool)
-                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= 1 }
                     #expect(try client.read(seen[0].0).hasPrefix("error interrupted:"))
                 }
             }
@@ -639,9 +641,10 @@ struct ServiceRuntimeTests {
             let metrics = TestMetrics()
             let request = try client.request(kind: requestKind, content: "answered, never sent", to: key.publicKey)
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "gone", now: .now, lease: 3) == .claimed)
+            // A lease long enough for the runtime to start and defer the copy before it lapses (as above).
+            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "gone", now: .now, lease: 6) == .claimed)
             let recorded = EventTemplate(kind: replyKind, content: "recorded", tags: [["p", client.publicKey.hex]]).sign(with: SecretKey.generate())
-            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 3 }) { _ in
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 6 }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(request, on: urls, through: pool)
                     try await withDeadline(.seconds(5), "the copy to be deferred") {
@@ -651,7 +654,7 @@ struct ServiceRuntimeTests {
                     }
                     // The holder records its answer, then stops before publishing it.
                     try await store.finish(request.id, outcome: "answered", replies: [recorded], now: .now)
-                    let seen = try await awaitReplies(replies) { $0.count >= 1 }
+                    let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= 1 }
                     #expect(seen.map(\.0.id) == [recorded.id])
                 }
             }
