@@ -185,7 +185,7 @@ func runBunker() async throws {
                     let clients = try await connected(1000)
                     let (events, keys) = try clients.signRequests(Int(rate * openSeconds), label: "open")
                     let result = try await drive(events, rate: rate, reading: clients.reader(keys: keys), pool: pool, replies: replies, service: pid)
-                    say("open loop at \(format(rate)) sign_event/s for \(Int(openSeconds)) s, 1,000 clients: p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
+                    say("open loop at \(format(rate)) sign_event/s for \(Int(openSeconds)) s, 1,000 clients: p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)  bunker CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request  relay+generator CPU \(String(format: "%.0f", result.benchCPUPerRequest)) µs/request\(result.wrong > 0 ? "  WRONG RESPONSES \(result.wrong)" : "")")
                 }
             }
         }

@@ -320,7 +320,7 @@ func runService() async throws {
                     let clients = try BenchClients(count: 1000, service: service)
                     let requests = try clients.requests(Int(rate * openSeconds), service: service, label: "open")
                     let result = try await drive(requests, rate: rate, reading: .uppercase(clients), pool: pool, replies: replies, service: process.processIdentifier)
-                    say("open loop at \(format(rate)) requests/s for \(Int(openSeconds)) s, 1,000 clients: p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)\(result.wrong > 0 ? "  WRONG REPLIES \(result.wrong)" : "")")
+                    say("open loop at \(format(rate)) requests/s for \(Int(openSeconds)) s, 1,000 clients: p50 \(result.milliseconds(50)) ms  p99 \(result.milliseconds(99)) ms  max \(result.maximum) ms  (answered \(format(result.rate))/s)  service CPU \(String(format: "%.0f", result.cpuPerRequest)) µs/request  relay+generator CPU \(String(format: "%.0f", result.benchCPUPerRequest)) µs/request\(result.wrong > 0 ? "  WRONG REPLIES \(result.wrong)" : "")")
                 }
             }
         }
