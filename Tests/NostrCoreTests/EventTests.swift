@@ -29,7 +29,8 @@ struct EventTests {
         }
         var sigBytes = event.sig.bytes
         sigBytes[63] ^= 0x80
-        let badSig = event.copy(sig: try #require(SchnorrSignature(sigBytes)))
+        let flipped = try #require(SchnorrSignature(sigBytes))
+        let badSig = event.copy(sig: flipped)
         do {
             try badSig.verify()
             Issue.record("a bad signature verified")
@@ -51,7 +52,8 @@ struct EventTests {
         // Copies that reuse the verified id with another signature, or another author, must still fail.
         var sigBytes = event.sig.bytes
         sigBytes[63] ^= 0x01
-        let forged = event.copy(sig: try #require(SchnorrSignature(sigBytes)))
+        let flipped = try #require(SchnorrSignature(sigBytes))
+        let forged = event.copy(sig: flipped)
         #expect(throws: NostrError.self) { try forged.verify() }
         let otherSigned = event.copy(pubkey: other.publicKey)
         #expect(throws: NostrError.self) { try otherSigned.verify() }

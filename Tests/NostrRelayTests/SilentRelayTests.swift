@@ -14,7 +14,7 @@ func withSilentRelay<R: Sendable>(_ body: (RelayURL) async throws -> R) async th
     let (ready, announce) = AsyncStream<Int>.makeStream()
     let app = Application(
         router: Router(),
-        server: .http1WebSocketUpgrade(configuration: .init(maxFrameSize: 1 << 20)) { _, _, _ in
+        server: .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: 1 << 20))) { _, _, _ in
             .upgrade([:]) { _, _, _ in
                 // The inbound stream is never iterated: NIO reads a few frames ahead, then stops reading.
                 try await Task.sleep(for: .seconds(120))
