@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Logging
+public import CoreMetrics
 public import NostrCore
 public import NostrCrypto
 import NostrRelay
@@ -14,7 +15,10 @@ import Synchronization
 /// Journal writes (claims, answers, delivery outcomes) are committed in groups: those that arrive while a
 /// transaction is being written go together into the next one. A claim's caller resumes once its group is
 /// committed (synchronous=FULL, so a claim is on disk before its handler runs); answers and delivery outcomes
-/// are queued in order behind it and not waited for.
+/// are queued in order behind it and not waited for. A queued write that fails is tried again after 0.2, 1 and
+/// 3 s (as the runtime does with the writes it waits for), each failure counted in
+/// `switchboard_journal_errors_total{operation}` and logged; a retry still waiting when the process ends is lost,
+/// as it would be in a crash.
 ///
 /// Under load the groups are made larger on purpose (PostgreSQL's `commit_delay` idea): after a group of at least
 /// 16 writes, the next one gathers for up to `commitDelay` (or until 256 writes wait) before it is committed. Each
@@ -35,6 +39,8 @@ public final class SQLiteServiceStore: ServiceStore {
     private let fullGroup: Int
     /// Signalled when a gathering group is full.
     private let gathered = DispatchSemaphore(value: 0)
+    /// Where failed queued writes are counted; nil: the global factory at the time of the failure.
+    private let metricsFactory: (any MetricsFactory)?
 
     private struct WriteQueue {
         var pending: [any GroupedWrite] = []
@@ -45,16 +51,23 @@ public final class SQLiteServiceStore: ServiceStore {
 
     /// Opens (creating and migrating if needed) the database at `path`.
     ///
-    /// - Parameter commitDelay: How long a group commit may wait for more writes when the store is busy (zero:
-    ///   never). It adds at most this much to a claim's latency under load, and nothing when the load is light.
-    public convenience init(path: String, commitDelay: Duration = .milliseconds(3)) throws {
-        try self.init(path: path, commitDelay: commitDelay, busyGroup: 16, fullGroup: 256)
+    /// - Parameters:
+    ///   - commitDelay: How long a group commit may wait for more writes when the store is busy (zero: never). It
+    ///     adds at most this much to a claim's latency under load, and nothing when the load is light.
+    ///   - metricsFactory: Where failures of queued writes (answers, delivery outcomes) are counted. By default the
+    ///     global swift-metrics factory as it is when a failure happens, so a store opened before the metrics
+    ///     system is bootstrapped still reports to it.
+    public convenience init(
+        path: String, commitDelay: Duration = .milliseconds(3), metricsFactory: (any MetricsFactory)? = nil
+    ) throws {
+        try self.init(path: path, commitDelay: commitDelay, busyGroup: 16, fullGroup: 256, metricsFactory: metricsFactory)
     }
 
-    init(path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int) throws {
+    init(path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int, metricsFactory: (any MetricsFactory)? = nil) throws {
         self.commitDelay = commitDelay
         self.busyGroup = busyGroup
         self.fullGroup = fullGroup
+        self.metricsFactory = metricsFactory
         pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
         reads = BatchedReads(pool)
         // Commits reach the disk before they return (SQLite's usual default, made certain here): a claim must
@@ -145,11 +158,34 @@ public final class SQLiteServiceStore: ServiceStore {
     }
 
     /// Queues `body` for the next group transaction without waiting for it: for records whose loss in a crash
-    /// costs nothing but the record. A failure is logged (nobody is waiting to be told).
-    private func deferred(_ body: @escaping @Sendable (Database) throws -> Void) {
-        enqueue(DeferredWrite(body: body) { error in
-            Self.logger.error("a queued journal write failed; it is lost", metadata: ["error": "\(error)"])
-        })
+    /// costs nothing but the record. Nobody is waiting to be told of a failure, so the store tries again itself
+    /// (``retryDelays``), counting and logging each failure.
+    private func deferred(_ operation: String, _ body: @escaping @Sendable (Database) throws -> Void) {
+        enqueue(DeferredWrite(operation: operation, body: body, attempt: 0, store: self))
+    }
+
+    /// The waits before the second, third and fourth attempts of a queued write.
+    static let retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+
+    /// A queued write failed: counted, logged, and queued again after its delay unless it has had every try.
+    fileprivate func failed(_ write: DeferredWrite, _ error: any Error) {
+        Counter(
+            label: "switchboard_journal_errors_total", dimensions: [("operation", write.operation)],
+            factory: metricsFactory ?? MetricsSystem.factory
+        ).increment()
+        guard write.attempt < Self.retryDelays.count else {
+            Self.logger.error(
+                "a queued journal write failed; giving up", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
+            return
+        }
+        let delay = Self.retryDelays[write.attempt]
+        Self.logger.warning(
+            "a queued journal write failed; trying again", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
+        let next = DeferredWrite(operation: write.operation, body: write.body, attempt: write.attempt + 1, store: self)
+        Task.detached {
+            try? await Task.sleep(for: delay)
+            self.enqueue(next)
+        }
     }
 
     private static let logger = Logger(label: "switchboard.journal")
@@ -305,7 +341,7 @@ public final class SQLiteServiceStore: ServiceStore {
     /// running twice, and it is on disk already; a crash before the answer is written costs only its re-sending
     /// (a copy of the request that comes back is answered as interrupted instead).
     public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
-        deferred { db in
+        deferred("finish") { db in
             try db.cachedStatement(sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ?")
                 .execute(arguments: [now, outcome, StoredReplies.encode(replies), Data(id.bytes32.bytes)])
         }
@@ -314,7 +350,7 @@ public final class SQLiteServiceStore: ServiceStore {
     /// Queued with the next group of journal writes and not waited for: the outcome is for the operator, and
     /// a crash before it is written loses only it.
     public func recordDelivery(_ id: EventID, _ delivery: String) async throws {
-        deferred { db in
+        deferred("record_delivery") { db in
             try db.cachedStatement(sql: "UPDATE journal SET delivery = ? WHERE id = ?")
                 .execute(arguments: [delivery, Data(id.bytes32.bytes)])
         }
@@ -432,16 +468,36 @@ private protocol GroupedWrite: Sendable {
     func complete(failure: (any Error)?)
 }
 
-/// A write nobody waits for.
-private struct DeferredWrite: GroupedWrite {
+/// A write nobody waits for: one attempt of it.
+private final class DeferredWrite: GroupedWrite {
+    let operation: String
     let body: @Sendable (Database) throws -> Void
-    let failed: @Sendable (any Error) -> Void
+    /// How many attempts came before this one.
+    let attempt: Int
+    private let store: SQLiteServiceStore
+    /// The error of the last run, if it failed (a group rolled back is run again write by write).
+    private let error = Mutex<(any Error)?>(nil)
+
+    init(operation: String, body: @escaping @Sendable (Database) throws -> Void, attempt: Int, store: SQLiteServiceStore) {
+        self.operation = operation
+        self.body = body
+        self.attempt = attempt
+        self.store = store
+    }
 
     func run(_ db: Database) {
-        do { try body(db) } catch { failed(error) }
+        let failure: (any Error)?
+        do {
+            try body(db)
+            failure = nil
+        } catch {
+            failure = error
+        }
+        error.withLock { $0 = failure }
     }
+
     func complete(failure: (any Error)?) {
-        if let failure { failed(failure) }
+        if let failure = failure ?? error.withLock({ $0 }) { store.failed(self, failure) }
     }
 }
 
