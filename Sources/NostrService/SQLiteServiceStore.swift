@@ -145,6 +145,11 @@ public final class SQLiteServiceStore: ServiceStore {
                 CREATE INDEX log_at ON log(namespace, at);
                 """)
         }
+        // v4: each claim records its holder's lease, so runtimes judge each other's claims by the holder's lease
+        // rather than their own (NULL for claims made before: judged by the caller's lease, as they were).
+        migrator.registerMigration("v4") { db in
+            try db.execute(sql: "ALTER TABLE journal ADD COLUMN lease INTEGER")
+        }
         return migrator
     }
 
@@ -280,35 +285,34 @@ public final class SQLiteServiceStore: ServiceStore {
         try await grouped { db in
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO journal (id, service, sender, kind, created_at, owner, claimed_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
+                    INSERT INTO journal (id, service, sender, kind, created_at, owner, claimed_at, lease)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING
                     """
             ).execute(
                 arguments: [
                     Data(entry.id.bytes32.bytes), Data(entry.service.bytes32.bytes), Data(entry.sender.bytes32.bytes),
-                    Int(entry.kind.rawValue), entry.createdAt, owner, now,
+                    Int(entry.kind.rawValue), entry.createdAt, owner, now, lease,
                 ])
             if db.changesCount == 1 { return .claimed }
             guard let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT owner, claimed_at, finished_at, replies FROM journal WHERE id = ?"),
+                db.cachedStatement(sql: "SELECT owner, claimed_at, lease, finished_at, replies FROM journal WHERE id = ?"),
                 arguments: [Data(entry.id.bytes32.bytes)])
             else { return .finished(replies: []) }
-            return try Self.result(
-                owner: row["owner"], claimedAt: row["claimed_at"], finishedAt: row["finished_at"], replies: row["replies"],
-                now: now, lease: lease)
+            if row["finished_at"] as Int64? != nil {
+                return .finished(replies: try (row["replies"] as String?).map(StoredReplies.decode) ?? [])
+            }
+            return ClaimResult.unfinished(owner: row["owner"], claimedAt: row["claimed_at"], lease: row["lease"] ?? lease, now: now)
         }
-    }
-
-    static func result(owner: String, claimedAt: Int64, finishedAt: Int64?, replies: String?, now: Timestamp, lease: Int64) throws -> ClaimResult {
-        if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
-        return claimedAt + lease < now ? .interrupted : .inProgress(owner: owner, leaseEnds: claimedAt + lease)
     }
 
     public func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool {
         try await grouped { db in
             try db.cachedStatement(
-                sql: "UPDATE journal SET owner = ?, claimed_at = ? WHERE id = ? AND finished_at IS NULL AND claimed_at + ? < ?"
-            ).execute(arguments: [owner, now, Data(id.bytes32.bytes), lease, now])
+                sql: """
+                    UPDATE journal SET owner = ?, claimed_at = ?, lease = ?
+                    WHERE id = ? AND finished_at IS NULL AND claimed_at + coalesce(lease, ?) < ?
+                    """
+            ).execute(arguments: [owner, now, lease, Data(id.bytes32.bytes), lease, now])
             return db.changesCount == 1
         }
     }

@@ -56,8 +56,9 @@ public final class ServiceRuntime: Service, Sendable {
         public var maximumPendingDeliveries = 1_024
         /// How long a claim on a request holds without renewal, in seconds. The runtime renews its claims every
         /// third of this while it handles them, however long its handler runs; a request whose runtime stopped
-        /// (a crash, a killed replica) is taken over this long after the last renewal. At least 3. Replicas
-        /// sharing a store must use the same value: each judges the others' claims by its own.
+        /// (a crash, a killed replica) is taken over this long after the last renewal. At least 3. The lease is
+        /// recorded with each claim, so replicas sharing a store may use different values: a claim is judged by
+        /// its holder's.
         public var claimLease: Int64 = 30
         /// Copies of requests another runtime is handling that are kept, to be checked again when its claim
         /// would lapse: the runtime may have stopped (this service before a restart, or a replica), and then the
@@ -587,7 +588,7 @@ public final class ServiceRuntime: Service, Sendable {
     /// meanwhile. Recorded, a copy arriving later is answered with these replies instead of being run again.
     private func finishRetrying(_ id: EventID, outcome: String, replies: [Event], logger: Logger) async {
         let store = self.store
-        let recorded = await retryingJournal("finish", logger: logger) { _ in
+        let recorded: Void? = await retryingJournal("finish", logger: logger) { _ in
             try await store.finish(id, outcome: outcome, replies: replies, now: .now)
         }
         if recorded == nil {

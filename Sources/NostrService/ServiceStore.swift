@@ -12,6 +12,11 @@ public enum ClaimResult: Sendable, Equatable {
     case finished(replies: [Event])
     /// It was claimed and never finished, and the lease has run out unrenewed: the runtime that held it stopped.
     case interrupted
+
+    /// An unfinished claim, judged at `now` by its holder's `lease` (seconds from its last renewal, `claimedAt`).
+    public static func unfinished(owner: String, claimedAt: Timestamp, lease: Int64, now: Timestamp) -> ClaimResult {
+        claimedAt + lease < now ? .interrupted : .inProgress(owner: owner, leaseEnds: claimedAt + lease)
+    }
 }
 
 /// A request as the journal records it.
@@ -42,11 +47,13 @@ public struct JournalEntry: Sendable, Hashable {
 /// ``SQLiteServiceStore`` keeps it in a file in the data directory. Implementations must make
 /// ``claim(_:owner:now:lease:)`` atomic, so runtimes sharing a store never both run one request.
 public protocol ServiceStore: Sendable {
-    /// Claims `entry` for `owner` unless the journal already has it.
+    /// Claims `entry` for `owner` unless the journal already has it. `lease` (seconds) is recorded with the claim:
+    /// every runtime judges a claim by its holder's lease, so replicas need not agree on one. A claim recorded
+    /// without a lease (by an older release) is judged by the caller's.
     func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult
 
-    /// Takes over an ``ClaimResult/interrupted`` request (for handlers that may run twice); false if another
-    /// runtime took it first.
+    /// Takes over an ``ClaimResult/interrupted`` request (for handlers that may run twice), recording `lease` as
+    /// the new holder's; false if another runtime took it first.
     func reclaim(_ id: EventID, owner: String, now: Timestamp, lease: Int64) async throws -> Bool
 
     /// Renews `owner`'s unfinished claims among `ids` from `now` (a claim's lease counts from its last renewal).

@@ -105,6 +105,8 @@ public final class PostgresServiceStore: ServiceStore, Service {
             "CREATE INDEX switchboard_log_namespace ON switchboard_log (namespace, seq)",
             "CREATE INDEX switchboard_log_at ON switchboard_log (namespace, at)",
         ],
+        // Each claim records its holder's lease (NULL for claims made before: judged by the caller's lease).
+        ["ALTER TABLE switchboard_journal ADD COLUMN lease BIGINT"],
     ]
 
     // MARK: ServiceStore
@@ -114,18 +116,18 @@ public final class PostgresServiceStore: ServiceStore, Service {
         let id = ByteBuffer(bytes: entry.id.bytes32.bytes)
         let inserted = try await client.query(
             """
-            INSERT INTO switchboard_journal (id, service, sender, kind, created_at, owner, claimed_at)
+            INSERT INTO switchboard_journal (id, service, sender, kind, created_at, owner, claimed_at, lease)
             VALUES (\(id), \(ByteBuffer(bytes: entry.service.bytes32.bytes)), \(ByteBuffer(bytes: entry.sender.bytes32.bytes)),
-                    \(Int32(entry.kind.rawValue)), \(entry.createdAt), \(owner), \(now))
+                    \(Int32(entry.kind.rawValue)), \(entry.createdAt), \(owner), \(now), \(lease))
             ON CONFLICT (id) DO NOTHING RETURNING 1
             """, logger: logger
         ).collect()
         if !inserted.isEmpty { return .claimed }
         let rows = try await client.query(
-            "SELECT owner, claimed_at, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
-        for try await (holder, claimedAt, finishedAt, replies) in rows.decode((String, Int64, Int64?, String?).self) {
+            "SELECT owner, claimed_at, lease, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
+        for try await (holder, claimedAt, recorded, finishedAt, replies) in rows.decode((String, Int64, Int64?, Int64?, String?).self) {
             if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
-            return claimedAt + lease < now ? .interrupted : .inProgress(owner: holder, leaseEnds: claimedAt + lease)
+            return .unfinished(owner: holder, claimedAt: claimedAt, lease: recorded ?? lease, now: now)
         }
         return .finished(replies: [])  // pruned between the two statements: it was finished long ago
     }
@@ -144,8 +146,8 @@ public final class PostgresServiceStore: ServiceStore, Service {
         try await prepared()
         let rows = try await client.query(
             """
-            UPDATE switchboard_journal SET owner = \(owner), claimed_at = \(now)
-            WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes)) AND finished_at IS NULL AND claimed_at + \(lease) < \(now)
+            UPDATE switchboard_journal SET owner = \(owner), claimed_at = \(now), lease = \(lease)
+            WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes)) AND finished_at IS NULL AND claimed_at + coalesce(lease, \(lease)) < \(now)
             RETURNING 1
             """, logger: logger
         ).collect()

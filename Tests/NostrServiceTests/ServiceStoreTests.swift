@@ -49,6 +49,27 @@ struct ServiceStoreTests {
         }
     }
 
+    @Test("a claim is judged by the lease its holder recorded, not by the lease of the runtime looking at it", arguments: StoreBackend.allCases)
+    func holdersLease(backend: StoreBackend) async throws {
+        try await withStores(backend) { stores throws in
+            let store = stores[0]
+            let request = entry()
+            // A holds it for 60 s; B, with a 10 s lease of its own, must not find it lapsed after 10 s.
+            #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
+            #expect(try await store.claim(request, owner: "b", now: 2030, lease: 10) == .inProgress(owner: "a", leaseEnds: 2060))
+            #expect(try await !store.reclaim(request.id, owner: "b", now: 2030, lease: 10))
+            // Renewed, A's 60 s count from the renewal.
+            try await store.renew([request.id], owner: "a", now: 2050)
+            #expect(try await store.claim(request, owner: "b", now: 2100, lease: 10) == .inProgress(owner: "a", leaseEnds: 2110))
+            #expect(try await store.claim(request, owner: "b", now: 2111, lease: 10) == .interrupted)
+            // B takes it over with its own 10 s lease, by which C (300 s) then judges it.
+            #expect(try await store.reclaim(request.id, owner: "b", now: 2111, lease: 10))
+            #expect(try await store.claim(request, owner: "c", now: 2115, lease: 300) == .inProgress(owner: "b", leaseEnds: 2121))
+            #expect(try await store.claim(request, owner: "c", now: 2122, lease: 300) == .interrupted)
+            #expect(try await store.reclaim(request.id, owner: "c", now: 2122, lease: 300))
+        }
+    }
+
     @Test("a renewed claim's lease counts from its renewal; only the owner's unfinished claims are renewed", arguments: StoreBackend.allCases)
     func renewed(backend: StoreBackend) async throws {
         try await withStores(backend) { stores throws in
@@ -232,7 +253,8 @@ struct ServiceStoreTests {
         }
         let upgraded = try SQLiteServiceStore(path: path)
         #expect(try await upgraded.claim(finished, owner: "b", now: 2002, lease: 60) == .finished(replies: []))
-        #expect(try await upgraded.claim(open, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
+        // Claimed before leases were recorded: judged by the caller's.
+        #expect(try await upgraded.claim(open, owner: "b", now: 2002, lease: 90) == .inProgress(owner: "a", leaseEnds: 2090))
         #expect(try await upgraded.claim(open, owner: "b", now: 3000, lease: 60) == .interrupted)
         #expect(try await upgraded.claim(entry(), owner: "b", now: 3000, lease: 60) == .claimed)
     }
