@@ -344,10 +344,10 @@ public final class SQLiteServiceStore: ServiceStore {
     /// Queued with the next group of journal writes and not waited for. The claim is what keeps a request from
     /// running twice, and it is on disk already; a crash before the answer is written costs only its re-sending
     /// (a copy of the request that comes back is answered as interrupted instead).
-    public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
+    public func finish(_ id: EventID, owner: String, outcome: String, replies: [Event], now: Timestamp) async throws {
         deferred("finish") { db in
-            try db.cachedStatement(sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ?")
-                .execute(arguments: [now, outcome, StoredReplies.encode(replies), Data(id.bytes32.bytes)])
+            try db.cachedStatement(sql: "UPDATE journal SET finished_at = ?, outcome = ?, replies = ? WHERE id = ? AND owner = ?")
+                .execute(arguments: [now, outcome, StoredReplies.encode(replies), Data(id.bytes32.bytes), owner])
         }
     }
 

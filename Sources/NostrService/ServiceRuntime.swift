@@ -58,7 +58,7 @@ public final class ServiceRuntime: Service, Sendable {
         /// third of this while it handles them, however long its handler runs; a request whose runtime stopped
         /// (a crash, a killed replica) is taken over this long after the last renewal. At least 3. The lease is
         /// recorded with each claim, so replicas sharing a store may use different values: a claim is judged by
-        /// its holder's.
+        /// its holder's. At most 86,400 (a day).
         public var claimLease: Int64 = 30
         /// Copies of requests another runtime is handling that are kept, to be checked again when its claim
         /// would lapse: the runtime may have stopped (this service before a restart, or a replica), and then the
@@ -513,6 +513,11 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
+    /// `claimLease` within its bounds (3 s to a day: other runtimes add it to timestamps).
+    static func lease(_ configuration: Configuration) -> Int64 {
+        min(max(configuration.claimLease, 3), 86_400)
+    }
+
     /// The waits between attempts of a journal write.
     private static let journalRetryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
 
@@ -587,9 +592,9 @@ public final class ServiceRuntime: Service, Sendable {
     /// open, and renewed (the request is still in flight here), so no other runtime takes the request over
     /// meanwhile. Recorded, a copy arriving later is answered with these replies instead of being run again.
     private func finishRetrying(_ id: EventID, outcome: String, replies: [Event], logger: Logger) async {
-        let store = self.store
+        let (store, owner) = (self.store, self.owner)
         let recorded: Void? = await retryingJournal("finish", logger: logger) { _ in
-            try await store.finish(id, outcome: outcome, replies: replies, now: .now)
+            try await store.finish(id, owner: owner, outcome: outcome, replies: replies, now: .now)
         }
         if recorded == nil {
             // The claim lapses after its lease: a copy arriving after that (a replica's, or after a restart) is
@@ -628,7 +633,7 @@ public final class ServiceRuntime: Service, Sendable {
         logger.handler.metadata = metadata
         let kind = "\(event.kind.rawValue)"
         let handler = route.handler
-        let lease = max(configuration.claimLease, 3)
+        let lease = Self.lease(configuration)
         // In flight from before its claim (which may take a few tries), so no checkpoint flush passes it
         // meanwhile. A request released at shutdown stays in flight, so the last flush does not pass it either.
         let handledHere = state.withLock { state in
@@ -1053,7 +1058,7 @@ public final class ServiceRuntime: Service, Sendable {
 
     /// Renews the claims of the requests this runtime is handling, every third of the lease.
     private func renewClaimsPeriodically() async {
-        let interval = Duration.seconds(max(configuration.claimLease, 3) / 3)
+        let interval = Duration.seconds(Self.lease(configuration) / 3)
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
             let ids = state.withLock { $0.inFlight.values.flatMap(\.keys) }

@@ -15,7 +15,10 @@ public enum ClaimResult: Sendable, Equatable {
 
     /// An unfinished claim, judged at `now` by its holder's `lease` (seconds from its last renewal, `claimedAt`).
     public static func unfinished(owner: String, claimedAt: Timestamp, lease: Int64, now: Timestamp) -> ClaimResult {
-        claimedAt + lease < now ? .interrupted : .inProgress(owner: owner, leaseEnds: claimedAt + lease)
+        // Saturating: the lease comes from the store, written by whichever runtime holds the claim.
+        let (sum, overflow) = claimedAt.addingReportingOverflow(lease)
+        let leaseEnds = overflow ? (lease > 0 ? Int64.max : Int64.min) : sum
+        return leaseEnds < now ? .interrupted : .inProgress(owner: owner, leaseEnds: leaseEnds)
     }
 }
 
@@ -65,10 +68,12 @@ public protocol ServiceStore: Sendable {
     /// handler that may run twice), so that the request is claimed afresh, and run, the next time it arrives.
     func release(_ id: EventID, owner: String) async throws
 
-    /// Records that a claimed request is done, with the replies to re-send for its duplicates. `outcome` is a
-    /// short machine-readable word (`answered`, `error:<code>`). It need not be durable when this returns, but
-    /// a later call on this store (a copy's ``claim(_:owner:now:lease:)``) must see it.
-    func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws
+    /// Records that `owner`'s claim on a request is done, with the replies to re-send for its duplicates.
+    /// `outcome` is a short machine-readable word (`answered`, `error:<code>`). It changes nothing once another
+    /// runtime has taken the request over (a late record must not overwrite the new holder's). It need not be
+    /// durable when this returns, but a later call on this store (a copy's ``claim(_:owner:now:lease:)``) must
+    /// see it.
+    func finish(_ id: EventID, owner: String, outcome: String, replies: [Event], now: Timestamp) async throws
 
     /// Records how publishing the replies went (`accepted by 2 of 3 relays`, say). It need not be written when
     /// this returns: a store may queue it with later writes (the SQLite store does).

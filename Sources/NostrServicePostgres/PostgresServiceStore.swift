@@ -163,12 +163,12 @@ public final class PostgresServiceStore: ServiceStore, Service {
             """, logger: logger)
     }
 
-    public func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
+    public func finish(_ id: EventID, owner: String, outcome: String, replies: [Event], now: Timestamp) async throws {
         try await prepared()
         try await client.query(
             """
             UPDATE switchboard_journal SET finished_at = \(now), outcome = \(outcome), replies = \(StoredReplies.encode(replies))
-            WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes))
+            WHERE id = \(ByteBuffer(bytes: id.bytes32.bytes)) AND owner = \(owner)
             """, logger: logger)
     }
 

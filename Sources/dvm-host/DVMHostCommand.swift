@@ -142,8 +142,8 @@ struct Serve: AsyncParsableCommand {
             guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
             guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
         }
-        guard concurrency >= 1, timeout >= 1, maxOutput >= 1, claimLease >= 3 else {
-            throw ValidationError("--concurrency, --timeout and --max-output must be positive, and --claim-lease at least 3")
+        guard concurrency >= 1, timeout >= 1, maxOutput >= 1, (3...86_400).contains(claimLease) else {
+            throw ValidationError("--concurrency, --timeout and --max-output must be positive, and --claim-lease 3 to 86400")
         }
     }
 

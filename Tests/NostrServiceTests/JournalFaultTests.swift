@@ -59,9 +59,9 @@ final class FaultyStore: ServiceStore {
         try check("release")
         try await store.release(id, owner: owner)
     }
-    func finish(_ id: EventID, outcome: String, replies: [Event], now: Timestamp) async throws {
+    func finish(_ id: EventID, owner: String, outcome: String, replies: [Event], now: Timestamp) async throws {
         try check("finish")
-        try await store.finish(id, outcome: outcome, replies: replies, now: now)
+        try await store.finish(id, owner: owner, outcome: outcome, replies: replies, now: now)
     }
     func recordDelivery(_ id: EventID, _ delivery: String) async throws {
         try check("recordDelivery")

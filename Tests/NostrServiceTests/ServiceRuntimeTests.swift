@@ -653,7 +653,7 @@ struct ServiceRuntimeTests {
                         }
                     }
                     // The holder records its answer, then stops before publishing it.
-                    try await store.finish(request.id, outcome: "answered", replies: [recorded], now: .now)
+                    try await store.finish(request.id, owner: "gone", outcome: "answered", replies: [recorded], now: .now)
                     let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= 1 }
                     #expect(seen.map(\.0.id) == [recorded.id])
                 }

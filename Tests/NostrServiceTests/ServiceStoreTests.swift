@@ -28,7 +28,10 @@ struct ServiceStoreTests {
             #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
             #expect(try await store.claim(request, owner: "b", now: 2001, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
             let replies = [reply(), reply()]
-            try await store.finish(request.id, outcome: "answered", replies: replies, now: 2002)
+            // Only the holder records the answer.
+            try await store.finish(request.id, owner: "b", outcome: "answered", replies: [], now: 2002)
+            #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
+            try await store.finish(request.id, owner: "a", outcome: "answered", replies: replies, now: 2002)
             #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
             try await store.recordDelivery(request.id, "accepted 3 of 3")
             #expect(try await store.claim(request, owner: "c", now: 9999, lease: 60) == .finished(replies: replies))
@@ -77,7 +80,7 @@ struct ServiceStoreTests {
             let mine = entry(), theirs = entry(), done = entry()
             for request in [mine, done] { #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed) }
             #expect(try await store.claim(theirs, owner: "b", now: 2000, lease: 60) == .claimed)
-            try await store.finish(done.id, outcome: "answered", replies: [], now: 2001)
+            try await store.finish(done.id, owner: "a", outcome: "answered", replies: [], now: 2001)
             try await store.renew([], owner: "a", now: 2040)
             try await store.renew([mine.id, theirs.id, done.id, entry().id], owner: "a", now: 2050)
             #expect(try await store.claim(mine, owner: "c", now: 2080, lease: 60) == .inProgress(owner: "a", leaseEnds: 2110))
@@ -105,7 +108,7 @@ struct ServiceStoreTests {
             try await store.release(request.id, owner: "a")
             #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .claimed)
             let replies = [reply()]
-            try await store.finish(request.id, outcome: "answered", replies: replies, now: 2003)
+            try await store.finish(request.id, owner: "b", outcome: "answered", replies: replies, now: 2003)
             try await store.release(request.id, owner: "b")
             #expect(try await store.claim(request, owner: "c", now: 2004, lease: 60) == .finished(replies: replies))
         }
@@ -141,8 +144,8 @@ struct ServiceStoreTests {
             #expect(try await store.checkpoint(for: service) == 500)
             let old = entry(100), oldOpen = entry(100), recent = entry(900)
             for request in [old, oldOpen, recent] { _ = try await store.claim(request, owner: "a", now: 1000, lease: 60) }
-            try await store.finish(old.id, outcome: "answered", replies: [], now: 1000)
-            try await store.finish(recent.id, outcome: "answered", replies: [], now: 1000)
+            try await store.finish(old.id, owner: "a", outcome: "answered", replies: [], now: 1000)
+            try await store.finish(recent.id, owner: "a", outcome: "answered", replies: [], now: 1000)
             #expect(try await store.pruneJournal(before: 500) == 1)
             #expect(try await store.claim(old, owner: "b", now: 1001, lease: 60) == .claimed)
             #expect(try await store.claim(oldOpen, owner: "b", now: 1001, lease: 60) == .inProgress(owner: "a", leaseEnds: 1060))
@@ -218,7 +221,7 @@ struct ServiceStoreTests {
         do {
             let store = try SQLiteServiceStore(path: path)
             #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-            try await store.finish(request.id, outcome: "answered", replies: [], now: 2001)
+            try await store.finish(request.id, owner: "a", outcome: "answered", replies: [], now: 2001)
             try await store.setValue([7], forKey: "k", in: "n")
         }
         let reopened = try SQLiteServiceStore(path: path)
@@ -306,7 +309,7 @@ struct ServiceStoreTests {
         let other = try DatabaseQueue(path: path)
         try await other.write { try $0.execute(sql: Self.refuseAnswers) }
         let replies = [reply()]
-        try await store.finish(request.id, outcome: "answered", replies: replies, now: 2001)
+        try await store.finish(request.id, owner: "a", outcome: "answered", replies: replies, now: 2001)
         try await withDeadline(.seconds(10), "the first failure") {
             while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
                 try await Task.sleep(for: .milliseconds(20))
@@ -333,7 +336,7 @@ struct ServiceStoreTests {
         let request = entry()
         #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
         try await DatabaseQueue(path: path).write { try $0.execute(sql: Self.refuseAnswers) }
-        try await store.finish(request.id, outcome: "answered", replies: [reply()], now: 2001)
+        try await store.finish(request.id, owner: "a", outcome: "answered", replies: [reply()], now: 2001)
         try await store.recordDelivery(request.id, "accepted by 1 of 1")
         // Attempts at 0, 0.2, 1.2 and 4.2 s.
         try await withDeadline(.seconds(20), "four failures") {
