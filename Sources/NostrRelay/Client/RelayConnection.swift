@@ -179,10 +179,22 @@ final class RelayConnection: Sendable {
             let opened = ContinuousClock.now
             var reason = "closed by the relay"
             do {
-                try await WebSocketClient.connect(
-                    url: url.string, configuration: client, tlsConfiguration: tls, logger: logger
-                ) { inbound, outbound, _ in
-                    try await self.session(inbound: inbound, outbound: outbound)
+                // swift-websocket closes its connections as soon as swift-service-lifecycle's graceful shutdown
+                // begins (and every new one at once after that). A service's connections must outlast it: the
+                // replies of requests still in flight go out on them during the grace period, and the pool's
+                // owner ends them (`stopsOnGracefulShutdown`). So the connection runs in a task that does not
+                // inherit the shutdown context; cancelling this one still cancels it.
+                let (url, client, logger) = (url.string, client, logger)
+                let connection = Task.detached {
+                    _ = try await WebSocketClient.connect(url: url, configuration: client, tlsConfiguration: tls, logger: logger) {
+                        inbound, outbound, _ in
+                        try await self.session(inbound: inbound, outbound: outbound)
+                    }
+                }
+                try await withTaskCancellationHandler {
+                    try await connection.value
+                } onCancel: {
+                    connection.cancel()
                 }
             } catch {
                 reason = Self.describe(error)
