@@ -187,10 +187,12 @@ class Proc:
                     f"{' (its stdout ended)' if self.eof else ''}\n{self.describe()}", pytrace=False)
 
     def stderr_text(self) -> str:
-        try:
+        # After stop() the handle is closed (flush raises ValueError); the file is still there to read.
+        with contextlib.suppress(OSError, ValueError):
             self._stderr.flush()
+        try:
             return self.stderr_path.read_text("utf-8", "replace")
-        except (OSError, ValueError):
+        except OSError:
             return "?"
 
     def describe(self, limit=4000) -> str:
@@ -301,7 +303,9 @@ class Procs:
 
     def teardown(self):
         problems = []
-        for proc in self.started:
+        # Newest first: services stop while the relays they were started on are still up, as in a real
+        # shutdown (a reply whose relay vanished first would keep a service in its grace period past STOP_TIMEOUT).
+        for proc in reversed(self.started):
             was_alive, exited = proc.stop()
             if proc.stopped_by_test or not proc.must_survive:
                 continue
@@ -314,7 +318,8 @@ class Procs:
 
 
 @pytest.fixture
-def procs(switchboard, tmp_path):
+def procs(switchboard, tmp_path, aio):
+    # Set up after `aio`, so torn down before it: processes stop while rust-nostr relays in its loop still run.
     manager = Procs(switchboard.path, tmp_path)
     yield manager
     problems = manager.teardown()
