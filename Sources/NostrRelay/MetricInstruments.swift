@@ -1,4 +1,4 @@
-public import CoreMetrics
+package import CoreMetrics
 import Synchronization
 
 /// swift-metrics instruments made once per label and dimensions, then reused. Making one through a factory
