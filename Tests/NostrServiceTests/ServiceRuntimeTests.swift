@@ -553,39 +553,18 @@ struct ServiceRuntimeTests {
         }
     }
 
-    @Test("stopping intake lets a request in flight finish and publish its reply before run() returns")
-    func gracefulShutdown() async throws {
-        try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
-            try await withReplies(urls, for: client) { pool, replies in
-                let request = try client.request(kind: requestKind, content: "sleep:800", to: key.publicKey)
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                        try await publish(request, on: urls, through: pool)
-                        try await withDeadline(.seconds(5), "the handler to start") {
-                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
-                        }
-                        runtime.stopIntake()
-                    }
-                    // run() returns by itself once the request in flight is answered.
-                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
-                    try await group.waitForAll()
-                }
-                let seen = try await awaitReplies(replies) { $0.count >= 1 }
-                #expect(try client.read(seen[0].0) == "SLEEP:800")
-                #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "x", now: .now, lease: 60)
-                    == .finished(replies: [seen[0].0]))
-            }
-        }
+    /// How a test asks the runtime to stop.
+    enum Shutdown: CaseIterable, Sendable {
+        /// ``ServiceRuntime/stopIntake()``.
+        case stopIntake
+        /// swift-service-lifecycle's graceful shutdown, as SIGTERM in a `ServiceGroup` triggers it.
+        case gracefulShutdown
     }
 
-    @Test("on graceful shutdown the relay connections stay open while a request in flight finishes and its reply goes out")
-    func gracefulShutdownKeepsConnections() async throws {
+    @Test(
+        "stopping lets a request in flight finish and publish its reply before run() returns, on connections that stay open",
+        arguments: Shutdown.allCases)
+    func shutdownFinishesInFlight(shutdown: Shutdown) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase()
             var configuration = ServiceRuntime.Configuration(relays: urls)
@@ -594,8 +573,8 @@ struct ServiceRuntimeTests {
             let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
             try await withReplies(urls, for: client) { pool, replies in
                 let request = try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey)
-                // swift-service-lifecycle's graceful shutdown, as SIGTERM in a ServiceGroup triggers it.
-                try await testGracefulShutdown { trigger in
+                // Runs the runtime, and calls `stop` once the request's handler has started.
+                let run = { @Sendable (stop: @escaping @Sendable () -> Void) async throws in
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
                             try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
@@ -603,15 +582,24 @@ struct ServiceRuntimeTests {
                             try await withDeadline(.seconds(5), "the handler to start") {
                                 while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
                             }
-                            trigger.triggerGracefulShutdown()
+                            stop()
                         }
+                        // run() returns by itself once the request in flight is answered.
                         try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
                         try await group.waitForAll()
                     }
                 }
+                switch shutdown {
+                case .stopIntake:
+                    try await run { runtime.stopIntake() }
+                case .gracefulShutdown:
+                    try await testGracefulShutdown { trigger in try await run { trigger.triggerGracefulShutdown() } }
+                }
                 let seen = try await awaitReplies(replies) { $0.count >= 1 }
                 #expect(try client.read(seen[0].0) == "SLEEP:1500")
-                // Not dropped and made again during the grace period.
+                #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "x", now: .now, lease: 60)
+                    == .finished(replies: [seen[0].0]))
+                // Not dropped and made again while the request finished.
                 #expect(runtime.relayStatus().map(\.reconnects) == [0])
             }
         }
