@@ -298,36 +298,49 @@ struct ServiceStoreTests {
 
     @Test("a queued answer the database refuses is tried again, and recorded once the database takes it; every failure is counted")
     func sqliteQueuedWriteRetried() async throws {
-        let directory = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let path = directory.appendingPathComponent("service.sqlite").path
-        let metrics = TestMetrics()
-        let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
-        let request = entry()
-        #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-        // The real database refuses the answer (a trigger, from another connection), as a full disk would.
-        let other = try DatabaseQueue(path: path)
-        try await other.write { try $0.execute(sql: Self.refuseAnswers) }
-        let replies = [reply()]
-        try await store.finish(request.id, owner: "a", outcome: "answered", replies: replies, now: 2001)
-        try await withDeadline(.seconds(10), "the first failure") {
-            while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
-                try await Task.sleep(for: .milliseconds(20))
+        try await withRefusedAnswers { store, metrics, request, other in
+            let replies = [reply()]
+            try await store.finish(request.id, owner: "a", outcome: "answered", replies: replies, now: 2001)
+            try await withDeadline(.seconds(10), "the first failure") {
+                while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
             }
-        }
-        #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
-        // The database takes writes again: a later attempt records the answer.
-        try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
-        try await withDeadline(.seconds(10), "the answer to be recorded") {
-            while try await store.claim(request, owner: "b", now: 2003, lease: 60) != .finished(replies: replies) {
-                try await Task.sleep(for: .milliseconds(50))
+            #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
+            // The database takes writes again: a later attempt records the answer.
+            try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
+            try await withDeadline(.seconds(10), "the answer to be recorded") {
+                while try await store.claim(request, owner: "b", now: 2003, lease: 60) != .finished(replies: replies) {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
             }
+            #expect((1...3).contains(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")])))
         }
-        #expect((1...3).contains(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")])))
     }
 
     @Test("a queued answer the database keeps refusing is given up after four attempts, each counted")
     func sqliteQueuedWriteGivenUp() async throws {
+        try await withRefusedAnswers { store, metrics, request, _ in
+            try await store.finish(request.id, owner: "a", outcome: "answered", replies: [reply()], now: 2001)
+            try await store.recordDelivery(request.id, "accepted by 1 of 1")
+            // Attempts at 0, 0.2, 1.2 and 4.2 s.
+            try await withDeadline(.seconds(20), "four failures") {
+                while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4 {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            try await Task.sleep(for: .seconds(4))
+            #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 4)
+            #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "record_delivery")]) == 0)
+            #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
+        }
+    }
+
+    /// A store with metrics and a request claimed by `a`, whose real database refuses every attempt to record an
+    /// answer (a trigger, added from `other`, another connection), as a full disk would.
+    func withRefusedAnswers(
+        _ body: (SQLiteServiceStore, TestMetrics, JournalEntry, _ other: DatabaseQueue) async throws -> Void
+    ) async throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("service.sqlite").path
@@ -335,26 +348,15 @@ struct ServiceStoreTests {
         let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
         let request = entry()
         #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-        try await DatabaseQueue(path: path).write { try $0.execute(sql: Self.refuseAnswers) }
-        try await store.finish(request.id, owner: "a", outcome: "answered", replies: [reply()], now: 2001)
-        try await store.recordDelivery(request.id, "accepted by 1 of 1")
-        // Attempts at 0, 0.2, 1.2 and 4.2 s.
-        try await withDeadline(.seconds(20), "four failures") {
-            while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4 {
-                try await Task.sleep(for: .milliseconds(50))
-            }
+        let other = try DatabaseQueue(path: path)
+        try await other.write {
+            try $0.execute(sql: """
+                CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
+                BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
+                """)
         }
-        try await Task.sleep(for: .seconds(4))
-        #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 4)
-        #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "record_delivery")]) == 0)
-        #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
+        try await body(store, metrics, request, other)
     }
-
-    /// A trigger that makes every attempt to record an answer fail.
-    static let refuseAnswers = """
-        CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
-        BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
-        """
 
     @Test("after a busy group the next one gathers for the commit delay, unless it fills up first")
     func sqliteGathersWhenBusy() async throws {
