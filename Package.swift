@@ -300,6 +300,8 @@ let package = Package(
             dependencies: [
                 "NostrService", "NostrServicePostgres", "NostrServiceTesting", "NostrRelay", "NostrCore", "NostrCrypto",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -7,8 +7,8 @@ public import Prometheus
 public import ServiceLifecycle
 
 /// The operator's HTTP listener for a service: `GET /metrics` (Prometheus text exposition of `registry`) and
-/// `GET /health` (200 when the runtime is subscribed and at least one relay is connected and has not closed
-/// the subscription, 503 otherwise, with each relay's state as JSON). Binds to 127.0.0.1 unless told otherwise: it is not meant for the internet.
+/// `GET /health` (200 when the runtime is ready: subscribed, and at least one relay connected that has answered
+/// the subscription with `EOSE`; 503 otherwise, with each relay's state as JSON). Binds to 127.0.0.1 unless told otherwise: it is not meant for the internet.
 public struct OperationsServer: Service {
     let host: String
     let port: Int
@@ -50,7 +50,7 @@ public struct OperationsServer: Service {
             let relays = runtime.relayStatus().map { status in
                 var url = JSONWriter()
                 url.string(status.url.string)
-                return "{\"url\":\(url.text),\"connected\":\(status.isConnected),\"subscribed\":\(status.isConnected && status.closedSubscriptions == 0),\"reconnects\":\(status.reconnects)}"
+                return "{\"url\":\(url.text),\"connected\":\(status.isConnected),\"subscribed\":\(status.isListening),\"reconnects\":\(status.reconnects)}"
             }
             let body = "{\"ready\":\(ready),\"subscribed\":\(runtime.isSubscribed),\"relays\":[\(relays.joined(separator: ","))]}\n"
             return Response(

@@ -230,12 +230,14 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     /// True once the request subscription has been sent to the relays (readiness for health checks is this
-    /// plus at least one connected relay).
+    /// plus at least one relay listening).
     public var isSubscribed: Bool { state.withLock { $0.subscribed } }
 
-    /// Ready to serve: subscribed, and at least one relay connected that has not closed the subscription
-    /// (a relay that did is asked again after a back-off).
-    public var isReady: Bool { isSubscribed && listener.status().contains { $0.isConnected && $0.closedSubscriptions == 0 } }
+    /// Ready to serve: subscribed, and at least one relay connected that has answered the subscription with
+    /// `EOSE` on this connection (``RelayStatus/isListening``). A relay that has not yet registered the
+    /// subscription would let an ephemeral request (NIP-46's, NIP-47's) pass unseen; one that closed it is
+    /// asked again after a back-off.
+    public var isReady: Bool { isSubscribed && listener.status().contains(where: \.isListening) }
 
     /// The listening connections' states (what ``isReady`` looks at).
     public func relayStatus() -> [RelayStatus] { listener.status() }

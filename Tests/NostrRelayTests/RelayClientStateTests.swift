@@ -304,6 +304,38 @@ struct RelayClientStateTests {
         #expect(state.tick(monotonic: 10_000).isEmpty)
     }
 
+    @Test("a subscription is live on a connection only once the relay has answered it there with EOSE: not before, not after a reconnect or CLOSED; new filters under its id keep it live")
+    func answeredSubscriptions() throws {
+        var state = machine()
+        let eose = RelayMessage.endOfStoredEvents(subscriptionID: "s").json
+        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+        _ = state.connected()
+        #expect(state.unansweredSubscriptions == 1, "sent, not yet registered by the relay")
+        // A stored event is not an answer: the relay may register the live subscription only at EOSE.
+        _ = state.receive(RelayMessage.event(subscriptionID: "s", event: note(5)).json, now: 10, monotonic: 0)
+        #expect(state.unansweredSubscriptions == 1)
+        _ = state.receive(eose, now: 10, monotonic: 0)
+        #expect(state.unansweredSubscriptions == 0)
+        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7])])
+        #expect(state.unansweredSubscriptions == 0, "the relay serves the old filters until it has the new ones")
+        _ = state.subscribe("t", filters: [Filter(kinds: [3])])
+        #expect(state.unansweredSubscriptions == 1)
+        _ = state.unsubscribe("t")
+        // A new connection: asked again, and unanswered until its EOSE.
+        state.disconnected()
+        _ = state.connected()
+        #expect(state.unansweredSubscriptions == 1)
+        _ = state.receive(eose, now: 11, monotonic: 0)
+        #expect(state.unansweredSubscriptions == 0)
+        // Closed by the relay, for any reason: unanswered until answered again.
+        for refusal in ["rate-limited: slow down", "error: shutting down"] {
+            _ = state.receive(RelayMessage.closed(subscriptionID: "s", message: refusal).json, now: 12, monotonic: 0)
+            #expect(state.unansweredSubscriptions == 1, "\(refusal)")
+            _ = state.receive(eose, now: 12, monotonic: 0)
+            #expect(state.unansweredSubscriptions == 0, "\(refusal)")
+        }
+    }
+
     @Test("back-offs are jittered: clients refused at one moment do not all come back at one moment")
     func backOffJitter() throws {
         // The jitter scales the delay: with half of it, a closed subscription is asked for after 2.5 s, not 5 s,

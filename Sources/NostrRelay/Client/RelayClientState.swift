@@ -60,6 +60,10 @@ struct RelayClientState {
         var refusal: String?
         /// Why the relay closed it, until it is asked for again and answered (an event or `EOSE`).
         var closedBecause: String?
+        /// The relay has answered the request on the current connection with `EOSE`: it has registered the
+        /// subscription and sends new matching events from now on. Until then an ephemeral event may pass the
+        /// relay unseen.
+        var answered = false
     }
 
     struct Publish {
@@ -143,12 +147,18 @@ struct RelayClientState {
     mutating func connected() -> [Action] {
         isConnected = true
         authentication = Authentication()
+        unanswerAll()
         return resend { _ in Waiting.none }
     }
 
     mutating func disconnected() {
         isConnected = false
         authentication = Authentication()
+        unanswerAll()
+    }
+
+    private mutating func unanswerAll() {
+        for id in subscriptions.keys { subscriptions[id]?.answered = false }
     }
 
     /// The filters that resume `subscription` after a gap: `since` moved up to what was already seen (minus
@@ -167,7 +177,10 @@ struct RelayClientState {
     // MARK: Requests from the pool
 
     mutating func subscribe(_ id: String, filters: [Filter]) -> [Action] {
-        subscriptions[id] = Subscription(filters: filters)
+        var subscription = Subscription(filters: filters)
+        // New filters under the same id replace the old ones on the relay, which go on being served meanwhile.
+        subscription.answered = subscriptions[id]?.answered ?? false
+        subscriptions[id] = subscription
         return isConnected ? [.send(ClientMessage.request(subscriptionID: id, filters: filters).json)] : []
     }
 
@@ -213,6 +226,7 @@ struct RelayClientState {
             subscription.awaitingStored = false
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
+            subscription.answered = true
             let first = !subscription.reportedEndOfStoredEvents
             subscription.reportedEndOfStoredEvents = true
             subscriptions[id] = subscription
@@ -250,6 +264,7 @@ struct RelayClientState {
 
     private mutating func receiveClosed(_ id: String, _ text: String, monotonic: Double) -> [Action] {
         guard var subscription = subscriptions[id] else { return [] }
+        subscription.answered = false
         switch MachineReadablePrefix(message: text) {
         case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
@@ -283,6 +298,9 @@ struct RelayClientState {
 
     /// Subscriptions the relay has closed and not yet accepted again.
     var closedSubscriptions: Int { subscriptions.values.count { $0.closedBecause != nil } }
+
+    /// Subscriptions the relay has not answered with `EOSE` on the current connection (closed ones included).
+    var unansweredSubscriptions: Int { subscriptions.values.count { !$0.answered } }
 
     private mutating func receiveOK(_ id: EventID, accepted: Bool, _ text: String, monotonic: Double) -> [Action] {
         if authentication.inFlight.remove(id) != nil {

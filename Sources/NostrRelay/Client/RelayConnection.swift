@@ -28,6 +28,13 @@ public struct RelayStatus: Hashable, Sendable {
     public var lastError: String?
     /// Subscriptions the relay closed (`CLOSED`) that are waiting to be asked for again or answered.
     public var closedSubscriptions = 0
+    /// Subscriptions the relay has not yet answered with `EOSE` on this connection: sent and not yet
+    /// registered there, waiting to be sent again, or closed. Events published meanwhile may not reach them.
+    public var unansweredSubscriptions = 0
+
+    /// Connected, and every subscription on the connection answered (`EOSE`): events published from now on
+    /// reach them.
+    public var isListening: Bool { isConnected && unansweredSubscriptions == 0 }
 }
 
 /// One relay: connects, keeps the connection alive, reconnects with capped exponential back-off and jitter
@@ -102,6 +109,7 @@ final class RelayConnection: Sendable {
         shared.withLock { shared in
             var status = shared.status
             status.closedSubscriptions = shared.machine.closedSubscriptions
+            status.unansweredSubscriptions = shared.machine.unansweredSubscriptions
             return status
         }
     }

@@ -1,0 +1,128 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NostrCore
+import NostrCrypto
+import NostrRelay
+import NostrServiceTesting
+import Synchronization
+import Testing
+@testable import NostrService
+
+/// A scripted relay on 127.0.0.1 that accepts every event (`OK`) and holds back its answer (`EOSE`) to every
+/// subscription until `release()`: a slow relay, whose subscriptions are not yet registered.
+final class HeldRelay: Sendable {
+    private struct State {
+        var released = false
+        var requests = 0
+    }
+
+    /// A connection's subscriptions waiting for their answer.
+    private final class Held: Sendable {
+        let ids = Mutex<[String]>([])
+    }
+
+    private let state = Mutex(State())
+
+    /// `REQ`s received so far, on every connection.
+    var requests: Int { state.withLock(\.requests) }
+
+    func release() { state.withLock { $0.released = true } }
+
+    func run<R: Sendable>(_ body: (RelayURL) async throws -> R) async throws -> R {
+        let (ready, announce) = AsyncStream<Int>.makeStream()
+        let app = Application(
+            router: Router(),
+            server: .http1WebSocketUpgrade(configuration: .init(ws: .init(maxFrameSize: 1 << 20))) { _, _, _ in
+                .upgrade([:]) { inbound, outbound, _ in try await self.serve(inbound, outbound) }
+            },
+            configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { announce.yield($0.localAddress?.port ?? 0) },
+            logger: quiet)
+        let server = Task { try await app.run() }
+        defer { server.cancel() }
+        guard let port = try await withTimeout(.seconds(10), "the held relay to start", { await ready.first { _ in true } }) else {
+            throw TestKitError("the held relay did not start")
+        }
+        return try await body(try RelayURL("ws://127.0.0.1:\(port)"))
+    }
+
+    private func serve(_ inbound: WebSocketInboundStream, _ outbound: WebSocketOutboundWriter) async throws {
+        // One writer; the reader and the release watch queue what to send.
+        let (outgoing, send) = AsyncStream<String>.makeStream()
+        let held = Held()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await text in outgoing { try await outbound.writeTextMessage(text) }
+            }
+            group.addTask {
+                while !self.state.withLock(\.released) { try await Task.sleep(for: .milliseconds(10)) }
+                for id in held.ids.withLock({ ids in defer { ids = [] }; return ids }) {
+                    send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json)
+                }
+            }
+            for try await message in inbound.messages(maxSize: 1 << 20) {
+                guard case .text(let text) = message, let parsed = try? ClientMessage(json: text) else { continue }
+                switch parsed {
+                case .event(let event):
+                    send.yield(RelayMessage.ok(eventID: event.id, accepted: true, message: "").json)
+                case .request(let id, _):
+                    let answerNow = state.withLock { state in
+                        state.requests += 1
+                        return state.released
+                    }
+                    if answerNow {
+                        send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json)
+                    } else {
+                        held.ids.withLock { $0.append(id) }
+                    }
+                default:
+                    break
+                }
+            }
+            send.finish()
+            group.cancelAll()
+        }
+    }
+}
+
+@Suite("Readiness: a service is ready once a relay has registered its subscription")
+struct ReadinessTests {
+    let key = LocalServiceKey(SecretKey.generate())
+
+    @Test("until the relay answers the request subscription with EOSE, the runtime is subscribed and connected but not ready (nor its relay listening); after it, ready")
+    func readyAfterEndOfStoredEvents() async throws {
+        let relay = HeldRelay()
+        try await relay.run { url in
+            let directory = try temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: directory) }
+            var configuration = ServiceRuntime.Configuration(relays: [url])
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await runtime.run() }
+                defer { group.cancelAll() }
+                try await withDeadline(.seconds(10), "the request subscription to reach the relay") {
+                    while !(runtime.isSubscribed && relay.requests >= 1 && runtime.relayStatus().allSatisfy(\.isConnected)) {
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+                // Long enough for a wrong verdict to show.
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(!runtime.isReady)
+                let waiting = try #require(runtime.relayStatus().first)
+                #expect(waiting.isConnected && waiting.unansweredSubscriptions == 1 && !waiting.isListening)
+                #expect(waiting.closedSubscriptions == 0)
+
+                relay.release()
+                try await withDeadline(.seconds(10), "the runtime to be ready") {
+                    while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                let answered = try #require(runtime.relayStatus().first)
+                #expect(answered.isListening && answered.unansweredSubscriptions == 0)
+            }
+        }
+    }
+}
