@@ -17,8 +17,9 @@ import Synchronization
 /// committed (synchronous=FULL, so a claim is on disk before its handler runs); answers and delivery outcomes
 /// are queued in order behind it and not waited for. A queued write that fails is tried again after 0.2, 1 and
 /// 3 s (as the runtime does with the writes it waits for), each failure counted in
-/// `switchboard_journal_errors_total{operation}` and logged; a retry still waiting when the process ends is lost,
-/// as it would be in a crash.
+/// `switchboard_journal_errors_total{operation}` and logged. ``flush()`` waits for what is queued, retries
+/// included (the runtime calls it when it stops); a retry still waiting when the process ends is lost, as it
+/// would be in a crash.
 ///
 /// Under load the groups are made larger on purpose (PostgreSQL's `commit_delay` idea): after a group of at least
 /// 16 writes, the next one gathers for up to `commitDelay` (or until 256 writes wait) before it is committed. Each
@@ -41,6 +42,18 @@ public final class SQLiteServiceStore: ServiceStore {
     private let gathered = DispatchSemaphore(value: 0)
     /// Where failed queued writes are counted; nil: the global factory at the time of the failure.
     private let metricsFactory: (any MetricsFactory)?
+
+    /// Queued writes not yet committed or given up (retries included), by sequence number, and the flushes
+    /// waiting for them.
+    private let outstanding = Mutex(Outstanding())
+
+    private struct Outstanding {
+        var writes: Set<UInt64> = []
+        var next: UInt64 = 0
+        /// Each waits for the writes numbered below its own `upTo`.
+        var flushes: [UInt64: (upTo: UInt64, continuation: CheckedContinuation<Void, Never>)] = [:]
+        var nextFlush: UInt64 = 0
+    }
 
     private struct WriteQueue {
         var pending: [any GroupedWrite] = []
@@ -166,7 +179,47 @@ public final class SQLiteServiceStore: ServiceStore {
     /// costs nothing but the record. Nobody is waiting to be told of a failure, so the store tries again itself
     /// (``retryDelays``), counting and logging each failure.
     private func deferred(_ operation: String, _ body: @escaping @Sendable (Database) throws -> Void) {
-        enqueue(DeferredWrite(operation: operation, body: body, attempt: 0, store: self))
+        let sequence = outstanding.withLock { outstanding in
+            defer { outstanding.next += 1 }
+            outstanding.writes.insert(outstanding.next)
+            return outstanding.next
+        }
+        enqueue(DeferredWrite(operation: operation, body: body, sequence: sequence, attempt: 0, store: self))
+    }
+
+    /// Returns once every write queued before the call (answers, delivery outcomes) is committed or, after its
+    /// last retry, given up; at once when cancelled. Writes that are not failing take milliseconds; one the
+    /// database keeps refusing, about 4 s.
+    public func flush() async {
+        let id = outstanding.withLock { outstanding in
+            defer { outstanding.nextFlush += 1 }
+            return outstanding.nextFlush
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let done = outstanding.withLock { outstanding in
+                    guard !Task.isCancelled, !outstanding.writes.isEmpty else { return true }
+                    outstanding.flushes[id] = (outstanding.next, continuation)
+                    return false
+                }
+                if done { continuation.resume() }
+            }
+        } onCancel: {
+            outstanding.withLock { $0.flushes.removeValue(forKey: id) }?.continuation.resume()
+        }
+    }
+
+    /// A queued write is committed or given up: the flushes waiting for nothing older resume.
+    fileprivate func settled(_ write: DeferredWrite) {
+        let resumed = outstanding.withLock { outstanding -> [CheckedContinuation<Void, Never>] in
+            outstanding.writes.remove(write.sequence)
+            guard !outstanding.flushes.isEmpty else { return [] }
+            let oldest = outstanding.writes.min() ?? outstanding.next
+            let done = outstanding.flushes.filter { $0.value.upTo <= oldest }
+            for id in done.keys { outstanding.flushes[id] = nil }
+            return done.values.map(\.continuation)
+        }
+        for continuation in resumed { continuation.resume() }
     }
 
     /// The waits before the second, third and fourth attempts of a queued write.
@@ -181,12 +234,14 @@ public final class SQLiteServiceStore: ServiceStore {
         guard write.attempt < Self.retryDelays.count else {
             Self.logger.error(
                 "a queued journal write failed; giving up", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
+            settled(write)
             return
         }
         let delay = Self.retryDelays[write.attempt]
         Self.logger.warning(
             "a queued journal write failed; trying again", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
-        let next = DeferredWrite(operation: write.operation, body: write.body, attempt: write.attempt + 1, store: self)
+        let next = DeferredWrite(
+            operation: write.operation, body: write.body, sequence: write.sequence, attempt: write.attempt + 1, store: self)
         Task.detached {
             try? await Task.sleep(for: delay)
             self.enqueue(next)
@@ -476,15 +531,21 @@ private protocol GroupedWrite: Sendable {
 private final class DeferredWrite: GroupedWrite {
     let operation: String
     let body: @Sendable (Database) throws -> Void
+    /// The write's place in the store's queue (kept by its retries), for ``SQLiteServiceStore/flush()``.
+    let sequence: UInt64
     /// How many attempts came before this one.
     let attempt: Int
     private let store: SQLiteServiceStore
     /// The error of the last run, if it failed (a group rolled back is run again write by write).
     private let error = Mutex<(any Error)?>(nil)
 
-    init(operation: String, body: @escaping @Sendable (Database) throws -> Void, attempt: Int, store: SQLiteServiceStore) {
+    init(
+        operation: String, body: @escaping @Sendable (Database) throws -> Void, sequence: UInt64, attempt: Int,
+        store: SQLiteServiceStore
+    ) {
         self.operation = operation
         self.body = body
+        self.sequence = sequence
         self.attempt = attempt
         self.store = store
     }
@@ -501,7 +562,11 @@ private final class DeferredWrite: GroupedWrite {
     }
 
     func complete(failure: (any Error)?) {
-        if let failure = failure ?? error.withLock({ $0 }) { store.failed(self, failure) }
+        if let failure = failure ?? error.withLock({ $0 }) {
+            store.failed(self, failure)
+        } else {
+            store.settled(self)
+        }
     }
 }
 

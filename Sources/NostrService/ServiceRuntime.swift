@@ -256,7 +256,7 @@ public final class ServiceRuntime: Service, Sendable {
             connections.addTask { await self.askForAnnouncementsPeriodically() }
             connections.addTask { await self.watch() }
             defer { connections.cancelAll() }
-            try await listener.withSubscription(filters) { subscription in
+            let deadline = try await listener.withSubscription(filters) { subscription in
                 let stopping = state.withLock { state in
                     state.subscription = subscription
                     state.subscribed = true
@@ -269,13 +269,14 @@ public final class ServiceRuntime: Service, Sendable {
                 logger.info("listening", metadata: [
                     "nostr.kinds": "\(handlers.keys.map(\.rawValue).sorted())", "nostr.relays": "\(configuration.relays.count)",
                 ])
-                await withGracefulShutdownHandler {
+                return await withGracefulShutdownHandler {
                     await intake(subscription)
                 } onGracefulShutdown: {
                     self.stopIntake()
                 }
             }
             await flushCheckpoints()
+            await flushJournal(until: deadline)
         }
         logger.info("stopped")
     }
@@ -390,11 +391,14 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
-    private func intake(_ subscription: RelaySubscription) async {
+    /// Takes requests until the subscription ends, then lets those in flight finish; returns the end of their
+    /// grace period.
+    private func intake(_ subscription: RelaySubscription) async -> ContinuousClock.Instant {
         let slots = AsyncSemaphore(configuration.maximumConcurrentRequests)
         // Requests waiting for their sender's turn hold no slot; they are counted here (for the shutdown).
         let waiting = AsyncSemaphore(Int(Int32.max))
         let deliveries = AsyncSemaphore(configuration.maximumPendingDeliveries)
+        var deadline = ContinuousClock.now
         await withDiscardingTaskGroup { group in
             for await item in subscription {
                 if case .endOfStoredEvents(let relay) = item { caughtUp(relay) }
@@ -417,7 +421,7 @@ public final class ServiceRuntime: Service, Sendable {
             }
             // Intake has stopped: let what is in flight finish and its replies reach the relays, within the
             // grace period.
-            let deadline = ContinuousClock.now + configuration.shutdownGracePeriod
+            deadline = ContinuousClock.now + configuration.shutdownGracePeriod
             // A request moves from waiting to a slot, or (when its sender is over its limits) from a slot to
             // waiting: both must be idle at once.
             var finished = false
@@ -434,6 +438,7 @@ public final class ServiceRuntime: Service, Sendable {
             // flight, so the last checkpoint stays before them.
             group.cancelAll()
         }
+        return deadline
     }
 
     // MARK: The pipeline
@@ -1017,6 +1022,24 @@ public final class ServiceRuntime: Service, Sendable {
             state.catchUp?.relays.remove(relay)
             if state.catchUp?.relays.isEmpty == true { state.catchUp = nil }
         }
+    }
+
+    /// Waits for the store's queued writes (answers, delivery outcomes, their retries) until the end of the
+    /// grace period, or a second from now if that is later: writes that are not failing take milliseconds.
+    private func flushJournal(until deadline: ContinuousClock.Instant) async {
+        let flushed = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await self.store.flush()
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(until: max(deadline, .now + .seconds(1)))
+                return false
+            }
+            defer { group.cancelAll() }
+            return await group.next() ?? false
+        }
+        if !flushed && !Task.isCancelled { logger.error("journal writes still queued when the grace period ended; their records are lost") }
     }
 
     private func flushCheckpoints() async {

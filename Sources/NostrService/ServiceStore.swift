@@ -113,6 +113,15 @@ public protocol ServiceStore: Sendable {
 
     /// Removes the entries of log `namespace` stamped before `time`; returns how many.
     func pruneLog(in namespace: String, before time: Timestamp) async throws -> Int
+
+    /// Returns once the writes this store queued without waiting (``finish(_:owner:outcome:replies:now:)``,
+    /// ``recordDelivery(_:_:)``) before the call are written or given up, or at once when the task is cancelled.
+    /// The runtime calls it when it stops. The default, for stores that write before returning, returns at once.
+    func flush() async
+}
+
+extension ServiceStore {
+    public func flush() async {}
 }
 
 /// One entry of a store's append-only log.

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Logging
 import Metrics
 import MetricsTestKit
@@ -601,6 +602,54 @@ struct ServiceRuntimeTests {
                     == .finished(replies: [seen[0].0]))
                 // Not dropped and made again while the request finished.
                 #expect(runtime.relayStatus().map(\.reconnects) == [0])
+            }
+        }
+    }
+
+    @Test("stopping waits for the journal's queued writes, retries included: when run() returns, the answer and its delivery are on disk")
+    func shutdownFlushesJournal() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            let path = directory.appendingPathComponent("service.sqlite").path
+            let metrics = TestMetrics()
+            let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            // Another connection to the same file: it makes the database refuse answers for a while (as a full
+            // disk would), and reads what is on disk.
+            let other = try secondConnection(path)
+            let request = try client.request(kind: requestKind, content: "sleep:300", to: key.publicKey)
+            try await withReplies(urls, for: client) { pool, replies in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                        try await other.write {
+                            try $0.execute(sql: """
+                                CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
+                                BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
+                                """)
+                        }
+                        try await publish(request, on: urls, through: pool)
+                        try await withDeadline(.seconds(5), "the handler to start") {
+                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                        }
+                        runtime.stopIntake()
+                        // The answer's first attempt fails; the database takes the next one (0.2 s later).
+                        try await withDeadline(.seconds(10), "the first failure") {
+                            while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
+                                try await Task.sleep(for: .milliseconds(10))
+                            }
+                        }
+                        try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
+                    }
+                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    let row = try await other.read { try Row.fetchOne($0, sql: "SELECT outcome, delivery FROM journal") }
+                    #expect(row?["outcome"] as String? == "answered")
+                    #expect(row?["delivery"] as String? == "accepted 1 of 1")
+                    try await group.waitForAll()
+                }
+                _ = try await awaitReplies(replies) { $0.count >= 1 }
             }
         }
     }

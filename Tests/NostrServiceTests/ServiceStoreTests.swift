@@ -307,13 +307,19 @@ struct ServiceStoreTests {
                 }
             }
             #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
-            // The database takes writes again: a later attempt records the answer.
-            try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
-            try await withDeadline(.seconds(10), "the answer to be recorded") {
-                while try await store.claim(request, owner: "b", now: 2003, lease: 60) != .finished(replies: replies) {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
+            // A flush waits for the write's retries.
+            let flushed = Mutex(false)
+            let flushing = Task {
+                await store.flush()
+                flushed.withLock { $0 = true }
             }
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(!flushed.withLock { $0 }, "the answer is not written yet")
+            // The database takes writes again: a later attempt records the answer, and the flush returns.
+            try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
+            try await withDeadline(.seconds(10), "the flush") { await flushing.value }
+            #expect(try await other.read { try Row.fetchOne($0, sql: "SELECT outcome FROM journal")?["outcome"] as String? } == "answered")
+            #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
             #expect((1...3).contains(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")])))
         }
     }
@@ -323,14 +329,16 @@ struct ServiceStoreTests {
         try await withRefusedAnswers { store, metrics, request, _ in
             try await store.finish(request.id, owner: "a", outcome: "answered", replies: [reply()], now: 2001)
             try await store.recordDelivery(request.id, "accepted by 1 of 1")
-            // Attempts at 0, 0.2, 1.2 and 4.2 s.
-            try await withDeadline(.seconds(20), "four failures") {
-                while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4 {
-                    try await Task.sleep(for: .milliseconds(50))
-                }
-            }
-            try await Task.sleep(for: .seconds(4))
+            // A cancelled flush returns at once, with the write still being retried.
+            let cancelled = Task { await store.flush() }
+            cancelled.cancel()
+            try await withDeadline(.seconds(1), "the cancelled flush") { await cancelled.value }
+            #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4)
+            // Attempts at 0, 0.2, 1.2 and 4.2 s; the flush returns when the last one is given up.
+            try await withDeadline(.seconds(20), "the flush") { await store.flush() }
             #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 4)
+            try await Task.sleep(for: .seconds(1))
+            #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 4, "no attempt after the fourth")
             #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "record_delivery")]) == 0)
             #expect(try await store.claim(request, owner: "b", now: 2002, lease: 60) == .inProgress(owner: "a", leaseEnds: 2060))
         }
@@ -348,7 +356,7 @@ struct ServiceStoreTests {
         let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
         let request = entry()
         #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
-        let other = try DatabaseQueue(path: path)
+        let other = try secondConnection(path)
         try await other.write {
             try $0.execute(sql: """
                 CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
@@ -582,4 +590,12 @@ struct RequestPolicyTests {
         }
         #expect(error.code == .tooManyRequests)
     }
+}
+
+/// Another connection to the store's SQLite file, which waits (up to 10 s) while the store writes rather than
+/// failing with "database is locked".
+func secondConnection(_ path: String) throws -> DatabaseQueue {
+    var configuration = Configuration()
+    configuration.busyMode = .timeout(10)
+    return try DatabaseQueue(path: path, configuration: configuration)
 }
