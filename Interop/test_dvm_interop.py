@@ -318,10 +318,15 @@ def test_a_job_whose_worker_was_killed_is_run_again_after_a_restart(procs, aio, 
     deadline = time.monotonic() + STEP
     while not starts.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    # Killed mid-job: its claim stays in the journal, held by a process that no longer renews it.
+    # Killed mid-job: its claim stays in the journal, held by a process that no longer renews it, and the
+    # job's files stay in the data directory.
+    killed = worker.proc.pid
     worker.kill()
     assert starts.read_text().split() == ["started"]
+    assert [p.name for p in (data / "jobs").iterdir() if p.name.startswith(f"dvm-job-{killed}-")], "the job's files"
     host(procs, data, relay_url, *args)
+    # The restarted worker removed them before it was ready.
+    assert not [p.name for p in (data / "jobs").iterdir() if p.name.startswith(f"dvm-job-{killed}-")]
 
     async def result():
         async with nostr_client(relay_url) as client:

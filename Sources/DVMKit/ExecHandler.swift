@@ -9,23 +9,62 @@ import Synchronization
 ///
 /// The command runs through `/bin/sh -c` in a session of its own, so when the job's time is up (the handler
 /// is cancelled) the whole process group gets SIGTERM and, two seconds later, SIGKILL.
+///
+/// Each job's input and output pass through files in a private directory (`dvm-job-<pid>-<UUID>`, 0700) in
+/// ``workDirectory``, removed when the job ends. A process killed mid-job leaves its directory behind:
+/// ``removeLeftovers(in:olderThan:)`` clears them when the host starts again.
 public struct ExecHandler: JobHandler {
     public let command: String
     /// The most standard output taken as a result.
     public var maximumOutput: Int
     /// How much of the end of standard error a failure's reason quotes.
     public var reasonLength = 200
+    /// Where each job's private directory is made (`dvm-host` uses `jobs` in its data directory).
+    public var workDirectory: URL
 
-    public init(command: String, maximumOutput: Int = 64 * 1024) {
+    /// - Parameter workDirectory: where jobs' directories go; the system's temporary directory by default.
+    public init(command: String, maximumOutput: Int = 64 * 1024, workDirectory: URL? = nil) {
         self.command = command
         self.maximumOutput = maximumOutput
+        self.workDirectory = workDirectory ?? FileManager.default.temporaryDirectory
+    }
+
+    static let directoryPrefix = "dvm-job-"
+
+    /// Removes the job directories in `directory` whose process has ended (left by a process killed while it ran
+    /// them; a job's own directory goes when the job ends), and any made more than `age` ago (in case a process
+    /// id was reused). `age` should exceed the longest a job may run, so that a directory another live process
+    /// works in is never taken. Returns how many were removed.
+    @discardableResult
+    public static func removeLeftovers(in directory: URL, olderThan age: Duration, now: Date = Date()) -> Int {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        var removed = 0
+        for name in names where name.hasPrefix(directoryPrefix) {
+            let url = directory.appendingPathComponent(name)
+            let made = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.modificationDate] as? Date
+            let old = made.map { now.timeIntervalSince($0) > Double(age.components.seconds) } ?? false
+            guard old || !isRunning(owner(of: name)) else { continue }
+            if (try? FileManager.default.removeItem(at: url)) != nil { removed += 1 }
+        }
+        return removed
+    }
+
+    /// The process id in a job directory's name (`dvm-job-<pid>-<UUID>`).
+    static func owner(of name: String) -> pid_t? {
+        name.dropFirst(directoryPrefix.count).split(separator: "-", maxSplits: 1).first.flatMap { pid_t($0) }
+    }
+
+    /// Whether process `pid` exists (true when unsure: a directory is kept rather than taken from a live job).
+    static func isRunning(_ pid: pid_t?) -> Bool {
+        guard let pid, pid > 0 else { return true }
+        return kill(pid, 0) == 0 || errno != ESRCH
     }
 
     public func run(_ job: Job, context: JobContext) async throws -> JobOutput {
         // The job goes in, and the output comes back, through files in a private directory: swift-subprocess
         // traps when one of its pipes is left open after another fails (an output limit, a cancellation), so
         // no pipe is used; the output's size is watched instead.
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-job-\(UUID().uuidString)")
+        let directory = workDirectory.appendingPathComponent("\(Self.directoryPrefix)\(getpid())-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(at: directory) }
         let input = directory.appendingPathComponent("job.json"), output = directory.appendingPathComponent("stdout"),

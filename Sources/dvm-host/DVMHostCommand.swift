@@ -137,7 +137,7 @@ struct Serve: AsyncParsableCommand {
         guard !kind.isEmpty else { throw ValidationError("give at least one --kind (5000–5999)") }
         for value in kind where !NIP90.isRequestKind(Kind(value)) { throw ValidationError("--kind \(value) is not a job kind (5000–5999)") }
         guard (exec == nil) != (handler == nil) else { throw ValidationError("give exactly one of --exec and --handler") }
-        _ = try jobHandler()
+        if exec == nil { _ = try compiledHandler() }
         if let priceMsats {
             guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
             guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
@@ -162,8 +162,19 @@ struct Serve: AsyncParsableCommand {
     }
 
     /// The handler `--exec` or `--handler` names.
-    func jobHandler() throws -> any JobHandler {
-        if let exec { return ExecHandler(command: exec, maximumOutput: maxOutput) }
+    func jobHandler(logger: Logger) throws -> any JobHandler {
+        guard let exec else { return try compiledHandler() }
+        // Jobs' files go in the data directory, where a worker killed mid-job leaves them behind: those are
+        // cleared now. A job of any worker here lasts at most its timeout and 2 s more (SIGKILL).
+        let jobs = directory.url.appendingPathComponent("jobs")
+        try FileManager.default.createDirectory(at: jobs, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let removed = ExecHandler.removeLeftovers(in: jobs, olderThan: .seconds(timeout + 60))
+        if removed > 0 { logger.info("removed the files of jobs cut off by an earlier stop", metadata: ["count": "\(removed)"]) }
+        return ExecHandler(command: exec, maximumOutput: maxOutput, workDirectory: jobs)
+    }
+
+    /// The compiled-in handler `--handler` names.
+    func compiledHandler() throws -> any JobHandler {
         guard let handler, let compiled = ExampleHandlers.all[handler] else {
             throw ValidationError("no handler \(handler ?? ""); compiled in: \(ExampleHandlers.all.keys.sorted().joined(separator: ", "))")
         }
@@ -212,7 +223,7 @@ struct HostDaemon: Service {
         var inputs = InputResolver.Configuration()
         inputs.allowsPrivateAddresses = command.allowPrivateURLs || self.relays.isEmpty
         let host = DVMHost(
-            key: LocalServiceKey(key), handler: try command.jobHandler(), store: store, service: service, runtime: runtime, inputs: inputs,
+            key: LocalServiceKey(key), handler: try command.jobHandler(logger: logger), store: store, service: service, runtime: runtime, inputs: inputs,
             wallet: command.priceMsats == nil ? nil : wallet, logger: logger)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await host.run() }

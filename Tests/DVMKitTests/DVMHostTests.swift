@@ -246,33 +246,62 @@ struct DVMHostTests {
         }
     }
 
-    @Test("--exec: the job as JSON on stdin, stdout as the result; a failure, a timeout and too much output become error feedback")
+    @Test("--exec: the job as JSON on stdin, stdout as the result; a failure, a timeout and too much output become error feedback; no job leaves files behind")
     func exec() async throws {
+        let work = try temporaryDirectory("dvm-exec")
+        defer { try? FileManager.default.removeItem(at: work) }
+        func exec(_ command: String, maximumOutput: Int = 64 * 1024) -> ExecHandler {
+            ExecHandler(command: command, maximumOutput: maximumOutput, workDirectory: work)
+        }
         let script = """
             python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["kind"], j["params"]["lang"], j["inputs"][0]["content"], end="")'
             """
-        try await withHosts(handler: ExecHandler(command: script)) { hosts in
+        try await withHosts(handler: exec(script)) { hosts in
             let test = hosts[0]
             let request = try test.client.request(
                 kind: 5050, inputs: [JobInput(data: "hi there", type: .text)], parameters: [JobParameter(name: "lang", values: ["es"])])
             #expect(try await test.client.run(request, timeout: .seconds(10)).content == "5050 es hi there")
         }
-        try await withHosts(handler: ExecHandler(command: "echo starting; echo 'no model loaded' >&2; exit 3")) { hosts in
+        try await withHosts(handler: exec("echo starting; echo 'no model loaded' >&2; exit 3")) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
             await #expect(throws: JobError("the command exited with status 3: no model loaded")) {
                 try await hosts[0].client.run(request, timeout: .seconds(10))
             }
         }
-        try await withHosts(handler: ExecHandler(command: "sleep 30"), service: { $0.jobTimeout = .seconds(1) }) { hosts in
+        try await withHosts(handler: exec("sleep 30"), service: { $0.jobTimeout = .seconds(1) }) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
             let started = ContinuousClock.now
             await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
             #expect(ContinuousClock.now - started < .seconds(8))
         }
-        try await withHosts(handler: ExecHandler(command: "head -c 5000 /dev/zero", maximumOutput: 1000)) { hosts in
+        try await withHosts(handler: exec("head -c 5000 /dev/zero", maximumOutput: 1000)) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
             await #expect(throws: JobError("the command wrote more than 1000 bytes")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
         }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: work.path) == [])
+    }
+
+    @Test("--exec: job directories left by a process that is gone, or older than the longest job, are removed; others are kept")
+    func execLeftovers() throws {
+        let work = try temporaryDirectory("dvm-leftovers")
+        defer { try? FileManager.default.removeItem(at: work) }
+        // A process that has ended: its id is free (until reused, which the age rule covers).
+        let ended = Process()
+        ended.executableURL = URL(fileURLWithPath: "/bin/true")
+        try ended.run()
+        ended.waitUntilExit()
+        let own = getpid()
+        let names = (
+            live: "dvm-job-\(own)-\(UUID().uuidString)", dead: "dvm-job-\(ended.processIdentifier)-\(UUID().uuidString)",
+            liveButOld: "dvm-job-\(own)-\(UUID().uuidString)", other: "not-a-job")
+        for name in [names.live, names.dead, names.liveButOld, names.other] {
+            try FileManager.default.createDirectory(at: work.appendingPathComponent(name), withIntermediateDirectories: false)
+            try Data("{}".utf8).write(to: work.appendingPathComponent(name).appendingPathComponent("job.json"))
+        }
+        try FileManager.default.setAttributes(
+            [.modificationDate: Date().addingTimeInterval(-600)], ofItemAtPath: work.appendingPathComponent(names.liveButOld).path)
+        #expect(ExecHandler.removeLeftovers(in: work, olderThan: .seconds(300)) == 2)
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: work.path)) == [names.live, names.other])
     }
 
     @Test("a customer's kind 5 deletion stops a running job on whichever of two workers runs it; it is answered with an error")
@@ -402,7 +431,13 @@ struct DVMHostTests {
             #expect(pong?.tagValues("p") == [customer.publicKey.hex])
 
             let beats = Filter(authors: [test.key], kinds: [NIP90.heartbeatKind])
-            let first = try #require(try await test.pool.fetch([beats], timeout: .seconds(3)).first)
+            // The first goes out once the host is ready (it looks every 250 ms).
+            let first = try await withTimeout(.seconds(10), "the first heartbeat") { () async throws -> Event in
+                while true {
+                    if let beat = try await test.pool.fetch([beats], timeout: .seconds(2)).first { return beat }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+            }
             #expect(Set(first.tagValues("k")) == ["5050", "5051"])
             #expect(first.tagValues("d") == ["switchboard-dvm"] && first.tags.contains(["status", "online"]))
             let expiration = try #require(first.expiration)
