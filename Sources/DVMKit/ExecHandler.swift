@@ -34,7 +34,9 @@ public struct ExecHandler: JobHandler {
     /// Removes the job directories in `directory` whose process has ended (left by a process killed while it ran
     /// them; a job's own directory goes when the job ends), and any made more than `age` ago (in case a process
     /// id was reused). `age` should exceed the longest a job may run, so that a directory another live process
-    /// works in is never taken. Returns how many were removed.
+    /// works in is never taken. Call it before this process runs a job: directories named with its own id are
+    /// taken as an earlier process's that had the same id (in a container the host is often process 1 every
+    /// time). Returns how many were removed.
     @discardableResult
     public static func removeLeftovers(in directory: URL, olderThan age: Duration, now: Date = Date()) -> Int {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
@@ -43,7 +45,8 @@ public struct ExecHandler: JobHandler {
             let url = directory.appendingPathComponent(name)
             let made = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.modificationDate] as? Date
             let old = made.map { now.timeIntervalSince($0) > Double(age.components.seconds) } ?? false
-            guard old || !isRunning(owner(of: name)) else { continue }
+            let owner = owner(of: name)
+            guard old || owner == getpid() || !isRunning(owner) else { continue }
             if (try? FileManager.default.removeItem(at: url)) != nil { removed += 1 }
         }
         return removed

@@ -233,11 +233,13 @@ public final class ServiceRuntime: Service, Sendable {
     /// plus at least one relay listening).
     public var isSubscribed: Bool { state.withLock { $0.subscribed } }
 
-    /// Ready to serve: subscribed, and at least one relay connected that has answered the subscription with
-    /// `EOSE` on this connection (``RelayStatus/isListening``). A relay that has not yet registered the
-    /// subscription would let an ephemeral request (NIP-46's, NIP-47's) pass unseen; one that closed it is
-    /// asked again after a back-off.
-    public var isReady: Bool { isSubscribed && listener.status().contains(where: \.isListening) }
+    /// Ready to serve: subscribed and not stopping, and at least one relay connected that has answered the
+    /// subscription with `EOSE` on this connection (``RelayStatus/isListening``). A relay that has not yet
+    /// registered the subscription would let an ephemeral request (NIP-46's, NIP-47's) pass unseen; one that
+    /// closed it is asked again after a back-off.
+    public var isReady: Bool {
+        state.withLock { $0.subscribed && !$0.stopping } && listener.status().contains(where: \.isListening)
+    }
 
     /// The listening connections' states (what ``isReady`` looks at).
     public func relayStatus() -> [RelayStatus] { listener.status() }

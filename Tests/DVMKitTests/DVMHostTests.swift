@@ -281,7 +281,7 @@ struct DVMHostTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: work.path) == [])
     }
 
-    @Test("--exec: job directories left by a process that is gone, or older than the longest job, are removed; others are kept")
+    @Test("--exec: job directories left by a process that is gone, by an earlier process with this one's id, or older than the longest job, are removed; others are kept")
     func execLeftovers() throws {
         let work = try temporaryDirectory("dvm-leftovers")
         defer { try? FileManager.default.removeItem(at: work) }
@@ -290,17 +290,19 @@ struct DVMHostTests {
         ended.executableURL = URL(fileURLWithPath: "/bin/true")
         try ended.run()
         ended.waitUntilExit()
-        let own = getpid()
+        // Another live process (this one's parent), and this process: an earlier one with its id left that.
+        let live = getppid()
         let names = (
-            live: "dvm-job-\(own)-\(UUID().uuidString)", dead: "dvm-job-\(ended.processIdentifier)-\(UUID().uuidString)",
-            liveButOld: "dvm-job-\(own)-\(UUID().uuidString)", other: "not-a-job")
-        for name in [names.live, names.dead, names.liveButOld, names.other] {
+            live: "dvm-job-\(live)-\(UUID().uuidString)", dead: "dvm-job-\(ended.processIdentifier)-\(UUID().uuidString)",
+            liveButOld: "dvm-job-\(live)-\(UUID().uuidString)", own: "dvm-job-\(getpid())-\(UUID().uuidString)",
+            other: "not-a-job")
+        for name in [names.live, names.dead, names.liveButOld, names.own, names.other] {
             try FileManager.default.createDirectory(at: work.appendingPathComponent(name), withIntermediateDirectories: false)
             try Data("{}".utf8).write(to: work.appendingPathComponent(name).appendingPathComponent("job.json"))
         }
         try FileManager.default.setAttributes(
             [.modificationDate: Date().addingTimeInterval(-600)], ofItemAtPath: work.appendingPathComponent(names.liveButOld).path)
-        #expect(ExecHandler.removeLeftovers(in: work, olderThan: .seconds(300)) == 2)
+        #expect(ExecHandler.removeLeftovers(in: work, olderThan: .seconds(300)) == 3)
         #expect(Set(try FileManager.default.contentsOfDirectory(atPath: work.path)) == [names.live, names.other])
     }
 

@@ -90,6 +90,7 @@ final class FaultyStore: ServiceStore {
         try await store.log(in: namespace, limit: limit, before: before)
     }
     func pruneLog(in namespace: String, before time: Timestamp) async throws -> Int { try await store.pruneLog(in: namespace, before: time) }
+    func flush() async { await store.flush() }
 }
 
 @Suite("ServiceRuntime when its journal fails", .timeLimit(.minutes(2)))

@@ -68,15 +68,17 @@ final class HeldRelay: Sendable {
                 case .event(let event):
                     send.yield(RelayMessage.ok(eventID: event.id, accepted: true, message: "").json)
                 case .request(let id, _):
-                    let answerNow = state.withLock { state in
-                        state.requests += 1
-                        return state.released
+                    // Decided under the connection's lock, which the release watch takes after it sees the
+                    // release: a request is either held before it looks, or answered here.
+                    let answerNow = held.ids.withLock { ids in
+                        let released = state.withLock { state in
+                            state.requests += 1
+                            return state.released
+                        }
+                        if !released { ids.append(id) }
+                        return released
                     }
-                    if answerNow {
-                        send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json)
-                    } else {
-                        held.ids.withLock { $0.append(id) }
-                    }
+                    if answerNow { send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json) }
                 default:
                     break
                 }
@@ -91,7 +93,7 @@ final class HeldRelay: Sendable {
 struct ReadinessTests {
     let key = LocalServiceKey(SecretKey.generate())
 
-    @Test("until the relay answers the request subscription with EOSE, the runtime is subscribed and connected but not ready (nor its relay listening); after it, ready")
+    @Test("until the relay answers the request subscription with EOSE, the runtime is subscribed and connected but not ready (nor its relay listening); after it, ready until it stops")
     func readyAfterEndOfStoredEvents() async throws {
         let relay = HeldRelay()
         try await relay.run { url in
@@ -122,6 +124,9 @@ struct ReadinessTests {
                 }
                 let answered = try #require(runtime.relayStatus().first)
                 #expect(answered.isListening && answered.unansweredSubscriptions == 0)
+                // Stopping: not ready from the moment intake stops.
+                runtime.stopIntake()
+                #expect(!runtime.isReady)
             }
         }
     }

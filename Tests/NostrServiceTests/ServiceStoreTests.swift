@@ -331,6 +331,7 @@ struct ServiceStoreTests {
             try await store.recordDelivery(request.id, "accepted by 1 of 1")
             // A cancelled flush returns at once, with the write still being retried.
             let cancelled = Task { await store.flush() }
+            try await Task.sleep(for: .milliseconds(50))
             cancelled.cancel()
             try await withDeadline(.seconds(1), "the cancelled flush") { await cancelled.value }
             #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4)
