@@ -624,12 +624,7 @@ struct ServiceRuntimeTests {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                        try await other.write {
-                            try $0.execute(sql: """
-                                CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
-                                BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
-                                """)
-                        }
+                        try await refuseAnswers(through: other)
                         try await publish(request, on: urls, through: pool)
                         try await withDeadline(.seconds(5), "the handler to start") {
                             while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }

@@ -358,12 +358,7 @@ struct ServiceStoreTests {
         let request = entry()
         #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
         let other = try secondConnection(path)
-        try await other.write {
-            try $0.execute(sql: """
-                CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
-                BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
-                """)
-        }
+        try await refuseAnswers(through: other)
         try await body(store, metrics, request, other)
     }
 
@@ -590,6 +585,17 @@ struct RequestPolicyTests {
             return
         }
         #expect(error.code == .tooManyRequests)
+    }
+}
+
+/// Makes the journal refuse every attempt to record an answer, as a full disk would (a real SQLite trigger,
+/// added through `other`, a second connection to the store's file; `DROP TRIGGER refuse_answers` ends it).
+func refuseAnswers(through other: DatabaseQueue) async throws {
+    try await other.write {
+        try $0.execute(sql: """
+            CREATE TRIGGER refuse_answers BEFORE UPDATE OF finished_at ON journal
+            BEGIN SELECT RAISE(ABORT, 'injected: the answer is refused'); END
+            """)
     }
 }
 
