@@ -95,6 +95,18 @@ func withRuntime<R: Sendable>(
     }
 }
 
+/// Waits for `runtime` to be ready, publishes `request` through `pool`, and returns once `handler` has started
+/// on it (its first execution).
+func startRequest(
+    _ request: Event, on relays: [RelayURL], through pool: RelayPool, runtime: ServiceRuntime, handler: Uppercase
+) async throws {
+    try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+    try await publish(request, on: relays, through: pool)
+    try await withDeadline(.seconds(5), "the handler to start") {
+        while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+    }
+}
+
 /// A client-side pool on `relays` that collects replies to `client`.
 func withReplies<R: Sendable>(
     _ relays: [RelayURL], for client: TestClient, _ body: (RelayPool, RelaySubscription) async throws -> R
@@ -428,11 +440,7 @@ struct ServiceRuntimeTests {
             try await withClientPool(urls) { pool in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                        try await publish(running, on: urls, through: pool)
-                        try await withDeadline(.seconds(5), "the first request to start") {
-                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
-                        }
+                        try await startRequest(running, on: urls, through: pool, runtime: runtime, handler: handler)
                         try await publish(waiting, on: urls, through: pool)
                         try await withDeadline(.seconds(5), "the second request to wait") {
                             while counter(metrics, "switchboard_requests_queued_total", [("kind", "5910")]) == 0 {
@@ -578,11 +586,7 @@ struct ServiceRuntimeTests {
                 let run = { @Sendable (stop: @escaping @Sendable () -> Void) async throws in
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
-                            try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                            try await publish(request, on: urls, through: pool)
-                            try await withDeadline(.seconds(5), "the handler to start") {
-                                while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
-                            }
+                            try await startRequest(request, on: urls, through: pool, runtime: runtime, handler: handler)
                             stop()
                         }
                         // run() returns by itself once the request in flight is answered.
@@ -623,12 +627,8 @@ struct ServiceRuntimeTests {
             try await withReplies(urls, for: client) { pool, replies in
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
                         try await refuseAnswers(through: other)
-                        try await publish(request, on: urls, through: pool)
-                        try await withDeadline(.seconds(5), "the handler to start") {
-                            while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
-                        }
+                        try await startRequest(request, on: urls, through: pool, runtime: runtime, handler: handler)
                         runtime.stopIntake()
                         // The answer's first attempt fails; the database takes the next one (0.2 s later).
                         try await withDeadline(.seconds(10), "the first failure") {
