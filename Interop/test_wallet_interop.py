@@ -296,6 +296,34 @@ def test_a_burst_past_the_limits_is_answered_in_turn(procs, aio, tmp_path):  # n
     aio.call(burst(), timeout=90)
 
 
+@pytest.mark.parametrize("relay_url", ["rust", "nostr_relay"], indirect=True)
+def test_a_printed_uri_is_served_at_once(procs, aio, tmp_path, relay_url):  # noqa: F811
+    """`connect` prints a URI only once the running `serve` listens for its wallet key (the relay has the
+    connection's info event), so an app's first request, an ephemeral event no relay keeps, sent the moment the
+    URI appears is answered: rust-nostr's NostrWalletConnect asks at once, five times over. Without a `serve`,
+    `connect` prints at once and says so, and the next `serve` serves the connection."""
+    data = tmp_path / "wallet"
+    started = time.time()
+    early = subprocess.run([wb_path(procs), "connect", "--data-dir", str(data), "--name", "early", "--relay", relay_url,
+                            "--methods", "get_balance"], capture_output=True, timeout=60, check=False)
+    assert early.returncode == 0 and b"no `wallet-bridge serve` is running" in early.stderr, early
+    assert time.time() - started < 20, "waited for a serve that is not running"
+    early_uri = next(l for l in early.stdout.decode().splitlines() if l.startswith("nostr+walletconnect://"))
+    serve(procs, data, relay_url)
+
+    async def first_request(uri: str):
+        client = nwc(uri)
+        try:
+            assert (await client.get_balance()).balance == 0
+        finally:
+            await client.client().shutdown()
+
+    aio.call(first_request(early_uri), timeout=60)
+    for i in range(5):
+        _, uri = connect(procs, data, f"app{i}", "--methods", "get_balance")
+        aio.call(first_request(uri), timeout=60)
+
+
 def test_invoices_decode_the_same_in_python_bolt11_and_switchboard(procs, tmp_path):  # noqa: F811
     """A Python-made invoice (bolt11.encode, another signing key) read by switchboard, field by field."""
     invoice = bolt11.encode(bolt11.Bolt11(

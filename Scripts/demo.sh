@@ -74,7 +74,6 @@ say "Two connections (while it runs): a tipping app with a budget of 50 sat a da
 tipper=$(grep '^nostr+walletconnect://' "$work/tipper")
 shop=$(grep '^nostr+walletconnect://' "$work/shop")
 "$wallet" ledger credit --data-dir "$work/wallet" tipper 100000
-sleep 1  # the running service picks new connections up within a quarter of a second
 
 say "The shop makes an invoice; the tipper pays it (switchboard nwc, the library's NIP-47 client)"
 invoice=$(NWC_URI=$shop "$bin" nwc make_invoice '{"amount":21000,"description":"a coffee"}')

@@ -77,6 +77,9 @@ public final class ServiceRuntime: Service, Sendable {
         /// accept (message size, values per filter). On a dedicated relay this costs nothing; on a shared one,
         /// it reads everyone's requests of those kinds.
         public var maximumKeysInFilter = 1_000
+        /// How long ``addKeys(_:)`` waits for the relays to register the new subscription before it announces
+        /// the new keys anyway.
+        public var listenTimeout: Duration = .seconds(10)
         /// On graceful shutdown, how long requests in flight may take to finish before they are cancelled.
         public var shutdownGracePeriod: Duration = .seconds(10)
         /// Whether the service publishes its relay list (NIP-65 kind 10002: the relays it reads and writes).
@@ -297,7 +300,9 @@ public final class ServiceRuntime: Service, Sendable {
     public var publicKeys: [PublicKey] { keyring.withLock(\.order) }
 
     /// Starts answering requests addressed to `keys` (one per connection, say) without a restart: the
-    /// subscription is replaced on every relay, and the new keys' announcements are published.
+    /// subscription is replaced on every relay, and once the relays have registered it (or after
+    /// ``Configuration/listenTimeout``) the new keys' announcements are published, so a client that sees them
+    /// may send its first request at once, even an ephemeral one.
     public func addKeys(_ keys: [any ServiceSigner]) async throws {
         let added = keyring.withLock { keyring in
             var added = 0
@@ -309,15 +314,38 @@ public final class ServiceRuntime: Service, Sendable {
             return added
         }
         guard added > 0 else { return }
-        try await resubscribe()
+        if try await resubscribe(), !(await waitUntilListening(timeout: configuration.listenTimeout)) {
+            logger.warning("no relay registered the subscription for the new keys in time; announcing them anyway", metadata: [
+                "relays": "\(relayStatus().map { "\($0.url.string): \($0.isConnected ? "connected" : "down")" }.joined(separator: ", "))",
+            ])
+        }
         announcementSignal.continuation.yield()
     }
 
     /// Sends the request subscription's current filters to the relays (under the same id, which replaces it).
-    private func resubscribe() async throws {
+    /// False if there is no subscription yet (``run()`` subscribes with the current keys).
+    private func resubscribe() async throws -> Bool {
         let filters = try await requestFilters()
-        guard let subscription = state.withLock({ $0.subscription }) else { return }
+        guard let subscription = state.withLock({ $0.subscription }) else { return false }
         listener.updateFilters(filters, of: subscription)
+        return true
+    }
+
+    /// Waits until the relays in `relays` (all the service listens on, by default) have registered the
+    /// request subscription's latest filters: at least one of them, and every one that is connected.
+    /// Requests sent from then on reach the service, ephemeral ones included. False after `timeout`.
+    public func waitUntilListening(on relays: Set<RelayURL>? = nil, timeout: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let statuses = relayStatus().filter { relays?.contains($0.url) ?? true }
+            if statuses.contains(where: \.isListeningToLatestFilters),
+                statuses.allSatisfy({ !$0.isConnected || $0.isListeningToLatestFilters })
+            {
+                return true
+            }
+            guard ContinuousClock.now < deadline, !Task.isCancelled else { return false }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     /// Publishes an event that answers no request (a notification): `reply.content` is encrypted from `key`

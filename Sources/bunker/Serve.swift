@@ -186,12 +186,12 @@ struct BunkerDaemon: Service {
     private func accept(_ request: PendingConnect, signer: RemoteSigner, runtime: ServiceRuntime) async -> String {
         guard let uri = try? NostrConnectURI(request.uri) else { return "failed: not a nostrconnect URI" }
         runtime.setRelays(Array(Set(runtime.relays).union(uri.relays)).sorted())
-        // Requests are ephemeral events: listen on the client's relays before telling it to send any.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while ContinuousClock.now < deadline,
-            !runtime.relayStatus().contains(where: { uri.relays.contains($0.url) && $0.isConnected })
-        {
-            try? await Task.sleep(for: .milliseconds(50))
+        // Requests are ephemeral events: the client's relays must have registered the subscription before the
+        // client is told to send any.
+        if !(await runtime.waitUntilListening(on: Set(uri.relays), timeout: .seconds(10))) {
+            logger.warning("no relay of a nostrconnect client registered the subscription in time; answering it anyway", metadata: [
+                "nostr.pubkey": "\(uri.client.hex)",
+            ])
         }
         return await signer.accept(request, through: runtime.pool)
     }

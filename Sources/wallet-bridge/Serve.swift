@@ -84,6 +84,10 @@ struct WalletDaemon: Service {
 
     private func serve(on relays: [RelayURL]) async throws {
         try command.directory.recordRelays(relays)
+        try await ServeLock.holding(in: command.directory.url) { try await serveLocked(on: relays) }
+    }
+
+    private func serveLocked(on relays: [RelayURL]) async throws {
         let stores = try await Stores.open(command.directory)
         defer { stores.close() }
         let backend: any LightningBackend

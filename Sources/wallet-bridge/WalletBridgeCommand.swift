@@ -73,7 +73,13 @@ func say(_ line: String) {
 struct Connect: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create a connection and print its nostr+walletconnect:// URI (shown once; its secret is not kept).",
-        discussion: "A running `serve` starts serving the connection within a second, without a restart.")
+        discussion: """
+            A running `serve` starts serving the connection without a restart. The URI is printed once it does: \
+            when a relay has the connection's info event (kind 13194), which `serve` publishes only after its \
+            relays have registered the subscription for the new wallet key, so an app may send its first request \
+            at once. With no `serve` running on DIR (and no --postgres, whose replicas may run elsewhere) it is \
+            printed at once, and served from the next start.
+            """)
 
     @OptionGroup var directory: DataDirectory
     @Option(help: "A name for the connection (unique among live ones).") var name: String
@@ -86,6 +92,8 @@ struct Connect: AsyncParsableCommand {
     var unlimited = false
     @Option(help: "When the budget renews: daily, weekly, monthly, yearly or never (calendar periods in UTC).") var period: String = "monthly"
     @Option(name: .customLong("expires-at"), help: "Unix time after which the connection is refused.") var expiresAt: Int64?
+    @Option(help: "Seconds to wait for a running `serve` to announce the connection before printing its URI anyway (0: do not wait).")
+    var wait = 30
 
     func run() async throws {
         let relays = try relay.isEmpty ? directory.recordedRelays() : relay.map { try RelayURL($0) }
@@ -113,8 +121,40 @@ struct Connect: AsyncParsableCommand {
             name: name, clientKey: client.publicKey, methods: granted, budget: limit, expiresAt: expiresAt, relays: relays,
             now: .now, walletKey: { try keys.walletKey($0).publicKey })
         say("connection \(connection.id) (\(connection.name))")
+        if wait > 0 {
+            if directory.postgresURL != nil || ServeLock.isHeld(in: directory.url) {
+                if !(await Self.announced(connection.walletKey, on: relays, timeout: .seconds(wait))) {
+                    warn("no relay had the connection's info event within \(wait) s: the app's first requests may go unanswered until `serve` announces it")
+                }
+            } else {
+                warn("no `wallet-bridge serve` is running on \(directory.path): the connection is served once it starts")
+            }
+        }
         say(WalletConnectURI(wallet: connection.walletKey, relays: relays, secret: client).description)
     }
+
+    /// Whether one of `relays` has (or gets, within `timeout`) an info event from `wallet`.
+    static func announced(_ wallet: PublicKey, on relays: [RelayURL], timeout: Duration) async -> Bool {
+        var logger = Logger(label: "wallet-bridge.connect")
+        logger.logLevel = .warning
+        let pool = RelayPool(relays: relays, logger: logger)
+        let found = try? await pool.withRunning {
+            try await pool.withSubscription([Filter(authors: [wallet], kinds: [NIP47.infoKind])]) { subscription in
+                let timer = Deadlines.shared.schedule(at: .now + timeout) { subscription.stop() }
+                defer { Deadlines.shared.cancel(timer) }
+                for await item in subscription {
+                    if case .event = item { return true }
+                }
+                return false
+            }
+        }
+        return found ?? false
+    }
+}
+
+/// Prints a warning on standard error.
+func warn(_ line: String) {
+    FileHandle.standardError.write(Data(("warning: " + line.escapingControlCharacters + "\n").utf8))
 }
 
 func parseMethods(_ text: String) throws -> Set<String> {

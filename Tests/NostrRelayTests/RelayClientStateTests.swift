@@ -336,6 +336,51 @@ struct RelayClientStateTests {
         }
     }
 
+    @Test("new filters under a subscription's id are registered only once the relay has answered every request sent for it (EOSE each), on this connection; a reconnect or CLOSED starts the count again")
+    func replacedFiltersConfirmed() throws {
+        var state = machine()
+        let eose = RelayMessage.endOfStoredEvents(subscriptionID: "s").json
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+        #expect(state.unconfirmedSubscriptions == 1)
+        _ = state.receive(eose, now: 10, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0 && state.unansweredSubscriptions == 0)
+        // Two replacements in flight: the first EOSE answers the first of them, not the latest.
+        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7])])
+        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7, 9])])
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
+        _ = state.receive(eose, now: 10, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 1, "one request of the subscription still unanswered")
+        _ = state.receive(eose, now: 10, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0)
+        // Sent while disconnected: the requests of a lost connection count for nothing, the one sent on the
+        // new connection is what the relay must answer.
+        _ = state.subscribe("s", filters: [Filter(kinds: [2])])
+        state.disconnected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [3])])
+        _ = state.connected()
+        #expect(state.unconfirmedSubscriptions == 1)
+        _ = state.receive(eose, now: 11, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0)
+        // Replaced while the request re-sent on a new connection is unanswered: its EOSE is not the answer.
+        state.disconnected()
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [5])])
+        _ = state.receive(eose, now: 11, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
+        _ = state.receive(eose, now: 11, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0)
+        // A replacement refused with CLOSED: the relay has dropped the subscription, so the answer to the
+        // request sent again is the one that counts.
+        _ = state.subscribe("s", filters: [Filter(kinds: [4])])
+        _ = state.receive(RelayMessage.closed(subscriptionID: "s", message: "error: too many filters").json, now: 12, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 1)
+        let again = state.tick(monotonic: 1_000)
+        #expect(again.contains { if case .send(let text) = $0 { text.hasPrefix("[\"REQ\",\"s\"") } else { false } })
+        _ = state.receive(eose, now: 13, monotonic: 1_000)
+        #expect(state.unconfirmedSubscriptions == 0)
+    }
+
     @Test("back-offs are jittered: clients refused at one moment do not all come back at one moment")
     func backOffJitter() throws {
         // The jitter scales the delay: with half of it, a closed subscription is asked for after 2.5 s, not 5 s,

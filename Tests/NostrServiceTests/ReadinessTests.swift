@@ -11,11 +11,13 @@ import Testing
 @testable import NostrService
 
 /// A scripted relay on 127.0.0.1 that accepts every event (`OK`) and holds back its answer (`EOSE`) to every
-/// subscription until `release()`: a slow relay, whose subscriptions are not yet registered.
+/// subscription request while it is held (from the start until `release()`, and again after `hold()`): a
+/// slow relay, whose subscriptions are not yet registered.
 final class HeldRelay: Sendable {
     private struct State {
         var released = false
         var requests = 0
+        var authors: [PublicKey] = []
     }
 
     /// A connection's subscriptions waiting for their answer.
@@ -28,7 +30,12 @@ final class HeldRelay: Sendable {
     /// `REQ`s received so far, on every connection.
     var requests: Int { state.withLock(\.requests) }
 
+    /// The authors of the events received so far, in order.
+    var authors: [PublicKey] { state.withLock(\.authors) }
+
     func release() { state.withLock { $0.released = true } }
+
+    func hold() { state.withLock { $0.released = false } }
 
     func run<R: Sendable>(_ body: (RelayURL) async throws -> R) async throws -> R {
         let (ready, announce) = AsyncStream<Int>.makeStream()
@@ -57,15 +64,19 @@ final class HeldRelay: Sendable {
                 for await text in outgoing { try await outbound.writeTextMessage(text) }
             }
             group.addTask {
-                while !self.state.withLock(\.released) { try await Task.sleep(for: .milliseconds(10)) }
-                for id in held.ids.withLock({ ids in defer { ids = [] }; return ids }) {
-                    send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json)
+                while true {
+                    try await Task.sleep(for: .milliseconds(10))
+                    guard self.state.withLock(\.released) else { continue }
+                    for id in held.ids.withLock({ ids in defer { ids = [] }; return ids }) {
+                        send.yield(RelayMessage.endOfStoredEvents(subscriptionID: id).json)
+                    }
                 }
             }
             for try await message in inbound.messages(maxSize: 1 << 20) {
                 guard case .text(let text) = message, let parsed = try? ClientMessage(json: text) else { continue }
                 switch parsed {
                 case .event(let event):
+                    state.withLock { $0.authors.append(event.pubkey) }
                     send.yield(RelayMessage.ok(eventID: event.id, accepted: true, message: "").json)
                 case .request(let id, _):
                     // Decided under the connection's lock, which the release watch takes after it sees the
@@ -127,6 +138,58 @@ struct ReadinessTests {
                 // Stopping: not ready from the moment intake stops.
                 runtime.stopIntake()
                 #expect(!runtime.isReady)
+            }
+        }
+    }
+
+    @Test("a key added while running is announced only once the relay has registered the subscription's new filters (so a client that sees the announcement may send an ephemeral request at once), or after the listen timeout")
+    func addedKeyAnnouncedOnceListening() async throws {
+        let relay = HeldRelay()
+        relay.release()
+        try await relay.run { url in
+            let directory = try temporaryDirectory()
+            defer { try? FileManager.default.removeItem(at: directory) }
+            var configuration = ServiceRuntime.Configuration(relays: [url])
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.listenTimeout = .seconds(2)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await runtime.run() }
+                defer { group.cancelAll() }
+                try await withDeadline(.seconds(10), "the runtime to be ready") {
+                    while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                relay.hold()
+                let requestsBefore = relay.requests
+                let added = LocalServiceKey(SecretKey.generate())
+                let adding = Task { try await runtime.addKeys([added]) }
+                try await withDeadline(.seconds(10), "the new filters to reach the relay") {
+                    while relay.requests == requestsBefore { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                // Long enough for a wrong verdict to show.
+                try await Task.sleep(for: .milliseconds(300))
+                let replacing = try #require(runtime.relayStatus().first)
+                #expect(replacing.isListening && !replacing.isListeningToLatestFilters, "the old filters are served meanwhile")
+                #expect(runtime.isReady)
+                #expect(!relay.authors.contains(added.publicKey), "announced before the relay listens for the key")
+
+                relay.release()
+                try await withDeadline(.seconds(10), "addKeys to return") { try await adding.value }
+                #expect(try #require(runtime.relayStatus().first).isListeningToLatestFilters)
+                try await withDeadline(.seconds(10), "the new key's announcement") {
+                    while !relay.authors.contains(added.publicKey) { try await Task.sleep(for: .milliseconds(20)) }
+                }
+
+                // A relay that never answers holds the announcement back for the listen timeout only.
+                relay.hold()
+                let another = LocalServiceKey(SecretKey.generate())
+                let started = ContinuousClock.now
+                try await withDeadline(.seconds(10), "addKeys to give up waiting") { try await runtime.addKeys([another]) }
+                #expect(ContinuousClock.now - started >= .seconds(2))
+                try await withDeadline(.seconds(10), "the other key's announcement") {
+                    while !relay.authors.contains(another.publicKey) { try await Task.sleep(for: .milliseconds(20)) }
+                }
             }
         }
     }

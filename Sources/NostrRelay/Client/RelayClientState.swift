@@ -64,6 +64,13 @@ struct RelayClientState {
         /// subscription and sends new matching events from now on. Until then an ephemeral event may pass the
         /// relay unseen.
         var answered = false
+        /// Requests (`REQ`) sent on the current connection that the relay has not yet answered with `EOSE`. A
+        /// relay answers the requests of one subscription in order, so at zero it has registered the latest
+        /// filters; while a replacement is in flight, the earlier ones are still served (``answered``).
+        var requestsInFlight = 0
+
+        /// The relay has registered the latest filters: it sends what they match from now on.
+        var isCurrent: Bool { answered && requestsInFlight == 0 }
     }
 
     struct Publish {
@@ -158,7 +165,10 @@ struct RelayClientState {
     }
 
     private mutating func unanswerAll() {
-        for id in subscriptions.keys { subscriptions[id]?.answered = false }
+        for id in subscriptions.keys {
+            subscriptions[id]?.answered = false
+            subscriptions[id]?.requestsInFlight = 0
+        }
     }
 
     /// The filters that resume `subscription` after a gap: `since` moved up to what was already seen (minus
@@ -180,6 +190,7 @@ struct RelayClientState {
         var subscription = Subscription(filters: filters)
         // New filters under the same id replace the old ones on the relay, which go on being served meanwhile.
         subscription.answered = subscriptions[id]?.answered ?? false
+        subscription.requestsInFlight = (subscriptions[id]?.requestsInFlight ?? 0) + (isConnected ? 1 : 0)
         subscriptions[id] = subscription
         return isConnected ? [.send(ClientMessage.request(subscriptionID: id, filters: filters).json)] : []
     }
@@ -227,6 +238,7 @@ struct RelayClientState {
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
             subscription.answered = true
+            subscription.requestsInFlight = max(0, subscription.requestsInFlight - 1)
             let first = !subscription.reportedEndOfStoredEvents
             subscription.reportedEndOfStoredEvents = true
             subscriptions[id] = subscription
@@ -264,7 +276,9 @@ struct RelayClientState {
 
     private mutating func receiveClosed(_ id: String, _ text: String, monotonic: Double) -> [Action] {
         guard var subscription = subscriptions[id] else { return [] }
+        // The relay dropped the subscription, whichever request it refused.
         subscription.answered = false
+        subscription.requestsInFlight = 0
         switch MachineReadablePrefix(message: text) {
         case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
@@ -301,6 +315,10 @@ struct RelayClientState {
 
     /// Subscriptions the relay has not answered with `EOSE` on the current connection (closed ones included).
     var unansweredSubscriptions: Int { subscriptions.values.count { !$0.answered } }
+
+    /// Subscriptions whose latest filters the relay has not yet answered with `EOSE` on the current connection
+    /// (the unanswered ones, and those whose replacement is in flight).
+    var unconfirmedSubscriptions: Int { subscriptions.values.count { !$0.isCurrent } }
 
     private mutating func receiveOK(_ id: EventID, accepted: Bool, _ text: String, monotonic: Double) -> [Action] {
         if authentication.inFlight.remove(id) != nil {
@@ -440,6 +458,7 @@ struct RelayClientState {
             subscription.waiting = waiting
             subscription.awaitingStored = true
             subscription.newestStored = nil
+            subscription.requestsInFlight += 1
             subscriptions[id] = subscription
             actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
         }

@@ -31,10 +31,17 @@ public struct RelayStatus: Hashable, Sendable {
     /// Subscriptions the relay has not yet answered with `EOSE` on this connection: sent and not yet
     /// registered there, waiting to be sent again, or closed. Events published meanwhile may not reach them.
     public var unansweredSubscriptions = 0
+    /// Subscriptions whose latest filters the relay has not yet answered with `EOSE` on this connection: the
+    /// unanswered ones, and those whose new filters (a replacement under the same id) are not yet registered.
+    public var unconfirmedSubscriptions = 0
 
     /// Connected, and every subscription on the connection answered (`EOSE`): events published from now on
-    /// reach them.
+    /// reach them (an earlier version of their filters, while a replacement is in flight).
     public var isListening: Bool { isConnected && unansweredSubscriptions == 0 }
+
+    /// Connected, and the relay has registered every subscription's latest filters: events published from
+    /// now on that match them reach them.
+    public var isListeningToLatestFilters: Bool { isConnected && unconfirmedSubscriptions == 0 }
 }
 
 /// One relay: connects, keeps the connection alive, reconnects with capped exponential back-off and jitter
@@ -110,6 +117,7 @@ final class RelayConnection: Sendable {
             var status = shared.status
             status.closedSubscriptions = shared.machine.closedSubscriptions
             status.unansweredSubscriptions = shared.machine.unansweredSubscriptions
+            status.unconfirmedSubscriptions = shared.machine.unconfirmedSubscriptions
             return status
         }
     }
