@@ -319,9 +319,17 @@ def test_a_printed_uri_is_served_at_once(procs, aio, tmp_path, relay_url):  # no
             await client.client().shutdown()
 
     aio.call(first_request(early_uri), timeout=60)
-    for i in range(5):
-        _, uri = connect(procs, data, f"app{i}", "--methods", "get_balance")
+    uris = [early_uri]
+    # The last one names a relay `serve` is not on yet: it starts listening there for the new connection.
+    elsewhere = start_rust_relay(aio).url
+    for extra in [[]] * 4 + [["--relay", elsewhere]]:
+        made = subprocess.run([wb_path(procs), "connect", "--data-dir", str(data), "--name", f"app{len(uris)}",
+                               "--methods", "get_balance", *extra], capture_output=True, timeout=60, check=False)
+        assert made.returncode == 0 and b"warning" not in made.stderr, made
+        uri = next(l for l in made.stdout.decode().splitlines() if l.startswith("nostr+walletconnect://"))
+        uris.append(uri)
         aio.call(first_request(uri), timeout=60)
+    assert elsewhere in uris[-1].replace("%3A", ":").replace("%2F", "/"), uris[-1]
 
 
 def test_invoices_decode_the_same_in_python_bolt11_and_switchboard(procs, tmp_path):  # noqa: F811

@@ -38,9 +38,11 @@ extension ServiceRuntime {
         announcementSignal.continuation.yield()
     }
 
-    /// Publishes the announcements each time the signal fires (start, timer, relay change).
+    /// Publishes the announcements each time the signal fires (start, timer, relay change), once the relays
+    /// listen (or after ``Configuration/listenTimeout``): an announcement tells clients to send requests.
     func announceWhenAsked() async {
         for await _ in announcementSignal.stream {
+            _ = await waitUntilListening(timeout: configuration.listenTimeout)
             if Task.isCancelled { return }
             let former = state.withLock { state in
                 defer { state.formerRelays = [] }
@@ -78,7 +80,7 @@ extension ServiceRuntime {
         }
         var confirmed = true
         let keyring = keyring.withLock { $0 }
-        for publicKey in keyring.order {
+        for publicKey in keyring.order where !keyring.unannounced.contains(publicKey) {
             guard let key = keyring.byKey[publicKey] else { continue }
             var templates: [EventTemplate] = []
             if configuration.announcesRelayList {

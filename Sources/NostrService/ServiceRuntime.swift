@@ -133,6 +133,9 @@ public final class ServiceRuntime: Service, Sendable {
         var byKey: [PublicKey: any ServiceSigner]
         /// In the order given; the first key is the service's own (NIP-42, untargeted requests).
         var order: [PublicKey]
+        /// Keys added while running whose requests the relays may not deliver yet: left out of announcements
+        /// until ``ServiceRuntime/addKeys(_:)`` has waited for the relays.
+        var unannounced: Set<PublicKey> = []
     }
 
     /// The keys, shared with the relay pools, which authenticate (NIP-42) as the first key and as each key a
@@ -305,21 +308,25 @@ public final class ServiceRuntime: Service, Sendable {
     /// may send its first request at once, even an ephemeral one.
     public func addKeys(_ keys: [any ServiceSigner]) async throws {
         let added = keyring.withLock { keyring in
-            var added = 0
+            var added: Set<PublicKey> = []
             for key in keys where keyring.byKey[key.publicKey] == nil {
                 keyring.byKey[key.publicKey] = key
                 keyring.order.append(key.publicKey)
-                added += 1
+                added.insert(key.publicKey)
             }
+            keyring.unannounced.formUnion(added)
             return added
         }
-        guard added > 0 else { return }
+        guard !added.isEmpty else { return }
+        defer {
+            keyring.withLock { $0.unannounced.subtract(added) }
+            announcementSignal.continuation.yield()
+        }
         if try await resubscribe(), !(await waitUntilListening(timeout: configuration.listenTimeout)) {
-            logger.warning("no relay registered the subscription for the new keys in time; announcing them anyway", metadata: [
-                "relays": "\(relayStatus().map { "\($0.url.string): \($0.isConnected ? "connected" : "down")" }.joined(separator: ", "))",
+            logger.warning("not every relay registered the subscription for the new keys in time; announcing them anyway", metadata: [
+                "nostr.relays": "\(relayStatus().map { "\($0.url.string): \($0.isListeningToLatestFilters ? "listening" : $0.isConnected ? "connected" : "down")" }.joined(separator: ", "))",
             ])
         }
-        announcementSignal.continuation.yield()
     }
 
     /// Sends the request subscription's current filters to the relays (under the same id, which replaces it).
@@ -332,15 +339,15 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     /// Waits until the relays in `relays` (all the service listens on, by default) have registered the
-    /// request subscription's latest filters: at least one of them, and every one that is connected.
-    /// Requests sent from then on reach the service, ephemeral ones included. False after `timeout`.
+    /// request subscription's latest filters: at least one of them, and every one that is connected (or still
+    /// making its first connection) and has not refused the subscription. Requests sent from then on reach the
+    /// service there, ephemeral ones included. False after `timeout`.
     public func waitUntilListening(on relays: Set<RelayURL>? = nil, timeout: Duration) async -> Bool {
         let deadline = ContinuousClock.now + timeout
         while true {
             let statuses = relayStatus().filter { relays?.contains($0.url) ?? true }
-            if statuses.contains(where: \.isListeningToLatestFilters),
-                statuses.allSatisfy({ !$0.isConnected || $0.isListeningToLatestFilters })
-            {
+            let awaited = statuses.filter { ($0.isConnected && $0.closedSubscriptions == 0) || !$0.hasAttemptedConnection }
+            if statuses.contains(where: \.isListeningToLatestFilters), awaited.allSatisfy(\.isListeningToLatestFilters) {
                 return true
             }
             guard ContinuousClock.now < deadline, !Task.isCancelled else { return false }

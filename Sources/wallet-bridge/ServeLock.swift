@@ -5,6 +5,7 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import ArgumentParser
 import Foundation
 
 /// How the other commands tell whether `serve` runs on a data directory: each `serve` holds a shared lock on
@@ -16,26 +17,28 @@ enum ServeLock {
     /// Takes the shared lock; it is held until `body` returns.
     static func holding<Result>(in directory: URL, _ body: () async throws -> Result) async throws -> Result {
         let descriptor = open(path(in: directory), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw ServeLockError("cannot open \(path(in: directory)): errno \(errno)") }
+        guard descriptor >= 0 else { throw ValidationError("cannot open \(path(in: directory)): \(String(cString: strerror(errno)))") }
         defer { close(descriptor) }
-        guard flock(descriptor, LOCK_SH) == 0 else { throw ServeLockError("cannot lock \(path(in: directory)): errno \(errno)") }
+        guard flock(descriptor, LOCK_SH) == 0 else {
+            throw ValidationError("cannot lock \(path(in: directory)): \(String(cString: strerror(errno)))")
+        }
         return try await body()
     }
 
-    /// Whether some `serve` holds the lock now.
-    static func isHeld(in directory: URL) -> Bool {
+    /// Whether some `serve` holds the lock now. The probe takes the lock exclusively for a moment, so a
+    /// probe of another command may be what holds it: it is tried a few times.
+    static func isHeld(in directory: URL) async -> Bool {
         let descriptor = open(path(in: directory), O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { return false }  // no serve has run here
         defer { close(descriptor) }
-        if flock(descriptor, LOCK_EX | LOCK_NB) == 0 {
-            flock(descriptor, LOCK_UN)
-            return false
+        for _ in 0..<5 {
+            if flock(descriptor, LOCK_EX | LOCK_NB) == 0 {
+                flock(descriptor, LOCK_UN)
+                return false
+            }
+            guard errno == EWOULDBLOCK || errno == EINTR else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
         }
-        return errno == EWOULDBLOCK
+        return true
     }
-}
-
-struct ServeLockError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

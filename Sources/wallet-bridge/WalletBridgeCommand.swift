@@ -121,29 +121,36 @@ struct Connect: AsyncParsableCommand {
             name: name, clientKey: client.publicKey, methods: granted, budget: limit, expiresAt: expiresAt, relays: relays,
             now: .now, walletKey: { try keys.walletKey($0).publicKey })
         say("connection \(connection.id) (\(connection.name))")
-        if wait > 0 {
-            if directory.postgresURL != nil || ServeLock.isHeld(in: directory.url) {
-                if !(await Self.announced(connection.walletKey, on: relays, timeout: .seconds(wait))) {
-                    warn("no relay had the connection's info event within \(wait) s: the app's first requests may go unanswered until `serve` announces it")
-                }
-            } else {
-                warn("no `wallet-bridge serve` is running on \(directory.path): the connection is served once it starts")
-            }
+        if directory.postgresURL == nil, !(await ServeLock.isHeld(in: directory.url)) {
+            warn("no `wallet-bridge serve` is running on \(directory.path): the connection is served once it starts")
+        } else if wait > 0, !(await Self.announced(connection, on: relays, timeout: .seconds(wait))) {
+            warn("no relay had the connection's info event within \(wait) s: the app's first requests may go unanswered until `serve` announces it")
         }
         say(WalletConnectURI(wallet: connection.walletKey, relays: relays, secret: client).description)
     }
 
-    /// Whether one of `relays` has (or gets, within `timeout`) an info event from `wallet`.
-    static func announced(_ wallet: PublicKey, on relays: [RelayURL], timeout: Duration) async -> Bool {
+    /// Whether one of `relays` has (or gets, within `timeout`) an info event for `connection`, which `serve`
+    /// publishes once its relays listen for the connection's requests. False at the timeout, or once every
+    /// relay has refused the subscription.
+    static func announced(_ connection: WalletConnection, on relays: [RelayURL], timeout: Duration) async -> Bool {
         var logger = Logger(label: "wallet-bridge.connect")
         logger.logLevel = .warning
         let pool = RelayPool(relays: relays, logger: logger)
+        // Not one an earlier database with the same master key left for the same wallet key.
+        let filter = Filter(authors: [connection.walletKey], kinds: [NIP47.infoKind], since: connection.createdAt - 60)
         let found = try? await pool.withRunning {
-            try await pool.withSubscription([Filter(authors: [wallet], kinds: [NIP47.infoKind])]) { subscription in
+            try await pool.withSubscription([filter]) { subscription in
                 let timer = Deadlines.shared.schedule(at: .now + timeout) { subscription.stop() }
                 defer { Deadlines.shared.cancel(timer) }
+                var refusing = Set<RelayURL>()
                 for await item in subscription {
-                    if case .event = item { return true }
+                    switch item {
+                    case .event: return true
+                    case .closed(let relay, _):
+                        refusing.insert(relay)
+                        if refusing.count == Set(relays).count { return false }
+                    case .endOfStoredEvents(let relay): refusing.remove(relay)
+                    }
                 }
                 return false
             }

@@ -336,49 +336,76 @@ struct RelayClientStateTests {
         }
     }
 
-    @Test("new filters under a subscription's id are registered only once the relay has answered every request sent for it (EOSE each), on this connection; a reconnect or CLOSED starts the count again")
+    @Test("new filters for an open subscription go out under a new id, count as registered only at that id's EOSE, and the earlier ids are closed then; a reconnect starts over under the subscription's own id")
     func replacedFiltersConfirmed() throws {
         var state = machine()
-        let eose = RelayMessage.endOfStoredEvents(subscriptionID: "s").json
+        func eose(_ id: String) -> String { RelayMessage.endOfStoredEvents(subscriptionID: id).json }
+        func sent(_ actions: [RelayClientState.Action]) -> [String] {
+            actions.compactMap { if case .send(let text) = $0 { text } else { nil } }
+        }
         _ = state.connected()
-        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
-        #expect(state.unconfirmedSubscriptions == 1)
-        _ = state.receive(eose, now: 10, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 0 && state.unansweredSubscriptions == 0)
-        // Two replacements in flight: the first EOSE answers the first of them, not the latest.
-        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7])])
-        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7, 9])])
-        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
-        _ = state.receive(eose, now: 10, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 1, "one request of the subscription still unanswered")
-        _ = state.receive(eose, now: 10, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 0)
-        // Sent while disconnected: the requests of a lost connection count for nothing, the one sent on the
-        // new connection is what the relay must answer.
-        _ = state.subscribe("s", filters: [Filter(kinds: [2])])
-        state.disconnected()
-        _ = state.subscribe("s", filters: [Filter(kinds: [3])])
-        _ = state.connected()
-        #expect(state.unconfirmedSubscriptions == 1)
-        _ = state.receive(eose, now: 11, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 0)
-        // Replaced while the request re-sent on a new connection is unanswered: its EOSE is not the answer.
-        state.disconnected()
-        _ = state.connected()
-        _ = state.subscribe("s", filters: [Filter(kinds: [5])])
-        _ = state.receive(eose, now: 11, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
-        _ = state.receive(eose, now: 11, monotonic: 0)
-        #expect(state.unconfirmedSubscriptions == 0)
-        // A replacement refused with CLOSED: the relay has dropped the subscription, so the answer to the
-        // request sent again is the one that counts.
-        _ = state.subscribe("s", filters: [Filter(kinds: [4])])
-        _ = state.receive(RelayMessage.closed(subscriptionID: "s", message: "error: too many filters").json, now: 12, monotonic: 0)
+        #expect(sent(state.subscribe("s", filters: [Filter(kinds: [1])])).first?.hasPrefix(#"["REQ","s","#) == true)
         #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 1)
-        let again = state.tick(monotonic: 1_000)
-        #expect(again.contains { if case .send(let text) = $0 { text.hasPrefix("[\"REQ\",\"s\"") } else { false } })
-        _ = state.receive(eose, now: 13, monotonic: 1_000)
+        _ = state.receive(eose("s"), now: 10, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0 && state.unansweredSubscriptions == 0)
+
+        // A replacement: a new id, the old filters served meanwhile (their events still delivered).
+        #expect(sent(state.subscribe("s", filters: [Filter(kinds: [1, 7])])).first?.hasPrefix(#"["REQ","s.1","#) == true)
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
+        let early = note(5)
+        #expect(state.receive(RelayMessage.event(subscriptionID: "s", event: early).json, now: 10, monotonic: 0) == [.deliver(subscriptionID: "s", early)])
+        // Its EOSE registers the new filters and closes the old id, whose late messages are ignored.
+        #expect(sent(state.receive(eose("s.1"), now: 10, monotonic: 0)) == [#"["CLOSE","s"]"#])
         #expect(state.unconfirmedSubscriptions == 0)
+        #expect(state.receive(RelayMessage.event(subscriptionID: "s", event: note(6)).json, now: 10, monotonic: 0).isEmpty)
+
+        // Two replacements in flight: the first one's EOSE is not the latest's.
+        _ = state.subscribe("s", filters: [Filter(kinds: [2])])
+        _ = state.subscribe("s", filters: [Filter(kinds: [3])])
+        #expect(state.receive(eose("s.2"), now: 10, monotonic: 0).isEmpty)
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 0)
+        #expect(Set(sent(state.receive(eose("s.3"), now: 10, monotonic: 0))) == [#"["CLOSE","s.1"]"#, #"["CLOSE","s.2"]"#])
+        #expect(state.unconfirmedSubscriptions == 0)
+
+        // A relay that drops the earlier request's EOSE (some cancel a request's stored events when a newer
+        // one comes): only the latest request's answer counts.
+        state.disconnected()
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [4])])
+        #expect(state.unansweredSubscriptions == 1)
+        _ = state.receive(eose("s.4"), now: 11, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0 && state.unansweredSubscriptions == 0)
+
+        // A new connection: nothing is open there; the subscription goes out under its own id again.
+        _ = state.subscribe("s", filters: [Filter(kinds: [5])])
+        state.disconnected()
+        #expect(sent(state.connected()).map { $0.prefix(11) } == [#"["REQ","s","#])
+        _ = state.receive(eose("s.5"), now: 12, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 1, "an id of the lost connection")
+        _ = state.receive(eose("s"), now: 12, monotonic: 0)
+        #expect(state.unconfirmedSubscriptions == 0)
+
+        // A replacement refused: the earlier id is closed too (the relay may refuse it for their number), and
+        // the latest is asked for again under its id.
+        _ = state.subscribe("s", filters: [Filter(kinds: [6])])
+        let refused = state.receive(RelayMessage.closed(subscriptionID: "s.6", message: "error: too many subscriptions").json, now: 13, monotonic: 0)
+        #expect(sent(refused) == [#"["CLOSE","s"]"#])
+        #expect(refused.contains(.subscriptionClosed(subscriptionID: "s", message: "error: too many subscriptions")))
+        #expect(state.unconfirmedSubscriptions == 1 && state.unansweredSubscriptions == 1)
+        #expect(sent(state.tick(monotonic: 1_000)).first?.hasPrefix(#"["REQ","s.6","#) == true)
+        _ = state.receive(eose("s.6"), now: 14, monotonic: 1_000)
+        #expect(state.unconfirmedSubscriptions == 0 && state.closedSubscriptions == 0)
+
+        // An earlier id closed by the relay before the latest is answered: nothing registered meanwhile.
+        _ = state.subscribe("s", filters: [Filter(kinds: [7])])
+        #expect(state.receive(RelayMessage.closed(subscriptionID: "s.6", message: "error: bye").json, now: 15, monotonic: 1_000).isEmpty)
+        #expect(state.unansweredSubscriptions == 1)
+        _ = state.receive(eose("s.7"), now: 15, monotonic: 1_000)
+        #expect(state.unansweredSubscriptions == 0 && state.unconfirmedSubscriptions == 0)
+
+        // Closing it closes every id still open.
+        _ = state.subscribe("s", filters: [Filter(kinds: [8])])
+        #expect(Set(sent(state.unsubscribe("s"))) == [#"["CLOSE","s.7"]"#, #"["CLOSE","s.8"]"#])
     }
 
     @Test("back-offs are jittered: clients refused at one moment do not all come back at one moment")

@@ -173,6 +173,11 @@ struct ReadinessTests {
                 #expect(replacing.isListening && !replacing.isListeningToLatestFilters, "the old filters are served meanwhile")
                 #expect(runtime.isReady)
                 #expect(!relay.authors.contains(added.publicKey), "announced before the relay listens for the key")
+                // A round meanwhile (a relay change, the timer, one whose wait for the relays ran out) leaves the
+                // key out.
+                let announcedBefore = relay.authors.count
+                _ = await runtime.announce(alsoTo: [])
+                #expect(relay.authors.count > announcedBefore && !relay.authors.contains(added.publicKey))
 
                 relay.release()
                 try await withDeadline(.seconds(10), "addKeys to return") { try await adding.value }

@@ -60,17 +60,23 @@ struct RelayClientState {
         var refusal: String?
         /// Why the relay closed it, until it is asked for again and answered (an event or `EOSE`).
         var closedBecause: String?
-        /// The relay has answered the request on the current connection with `EOSE`: it has registered the
-        /// subscription and sends new matching events from now on. Until then an ephemeral event may pass the
-        /// relay unseen.
+        /// The subscription id its latest request went out under on the current connection. New filters for a
+        /// subscription open on the relay go out under a new id (its own id, then `id.1`, `id.2`...): relays
+        /// treat a `REQ` under an open id as a replacement and may cancel the earlier request's stored events
+        /// without an `EOSE`, so an `EOSE` under a shared id could not say which filters it answers.
+        var wireID: String
+        var generation = 0
+        /// A request under ``wireID`` is open on the relay: sent on the current connection, not closed since.
+        var open = false
+        /// Earlier ids still open on the relay (their filters served until the new ones are registered), closed
+        /// once the relay answers ``wireID``.
+        var retired: [String] = []
+        /// The relay has answered one of its requests on the current connection with `EOSE`: it has
+        /// registered the subscription (perhaps an earlier version of its filters) and sends new matching
+        /// events from now on. Until then an ephemeral event may pass the relay unseen.
         var answered = false
-        /// Requests (`REQ`) sent on the current connection that the relay has not yet answered with `EOSE`. A
-        /// relay answers the requests of one subscription in order, so at zero it has registered the latest
-        /// filters; while a replacement is in flight, the earlier ones are still served (``answered``).
-        var requestsInFlight = 0
-
-        /// The relay has registered the latest filters: it sends what they match from now on.
-        var isCurrent: Bool { answered && requestsInFlight == 0 }
+        /// The relay has answered the request under ``wireID`` with `EOSE`: it has registered the latest filters.
+        var isCurrent = false
     }
 
     struct Publish {
@@ -117,6 +123,8 @@ struct RelayClientState {
     let configuration: Configuration
     private(set) var isConnected = false
     private(set) var subscriptions: [String: Subscription] = [:]
+    /// The ids requests went out under (the latest and earlier versions still open), to their subscription.
+    private var wireIDs: [String: String] = [:]
     private(set) var publishes: [EventID: Publish] = [:]
     private var authentication = Authentication()
 
@@ -164,10 +172,17 @@ struct RelayClientState {
         unanswerAll()
     }
 
+    /// Nothing is open on the relay any more: each subscription goes out again under its own id.
     private mutating func unanswerAll() {
-        for id in subscriptions.keys {
-            subscriptions[id]?.answered = false
-            subscriptions[id]?.requestsInFlight = 0
+        wireIDs = [:]
+        for (id, var subscription) in subscriptions {
+            subscription.answered = false
+            subscription.isCurrent = false
+            subscription.open = false
+            subscription.retired = []
+            subscription.wireID = id
+            subscriptions[id] = subscription
+            wireIDs[id] = id
         }
     }
 
@@ -187,17 +202,40 @@ struct RelayClientState {
     // MARK: Requests from the pool
 
     mutating func subscribe(_ id: String, filters: [Filter]) -> [Action] {
-        var subscription = Subscription(filters: filters)
-        // New filters under the same id replace the old ones on the relay, which go on being served meanwhile.
-        subscription.answered = subscriptions[id]?.answered ?? false
-        subscription.requestsInFlight = (subscriptions[id]?.requestsInFlight ?? 0) + (isConnected ? 1 : 0)
+        var subscription = Subscription(filters: filters, wireID: id)
+        if let old = subscriptions[id] {
+            // New filters replace the old ones, which the relay goes on serving until it has registered them.
+            subscription.answered = old.answered
+            subscription.retired = old.retired
+            subscription.generation = old.generation
+            subscription.wireID = old.wireID
+            if old.open {
+                subscription.retired.append(old.wireID)
+                subscription.generation += 1
+                subscription.wireID = "\(id).\(subscription.generation)"
+            }
+        }
         subscriptions[id] = subscription
-        return isConnected ? [.send(ClientMessage.request(subscriptionID: id, filters: filters).json)] : []
+        wireIDs[subscription.wireID] = id
+        guard isConnected else { return [] }
+        subscriptions[id]?.open = true
+        return [.send(ClientMessage.request(subscriptionID: subscription.wireID, filters: filters).json)]
     }
 
     mutating func unsubscribe(_ id: String) -> [Action] {
-        guard subscriptions.removeValue(forKey: id) != nil, isConnected else { return [] }
-        return [.send(ClientMessage.close(subscriptionID: id).json)]
+        guard let subscription = subscriptions.removeValue(forKey: id) else { return [] }
+        for wireID in subscription.retired + [subscription.wireID] { wireIDs[wireID] = nil }
+        guard isConnected else { return [] }
+        return (subscription.retired + (subscription.open ? [subscription.wireID] : [])).map {
+            .send(ClientMessage.close(subscriptionID: $0).json)
+        }
+    }
+
+    /// The subscription a relay's message names (by the id a request went out under), and whether that
+    /// request was an earlier version of its filters.
+    private func subscription(wireID: String) -> (id: String, retired: Bool)? {
+        guard let id = wireIDs[wireID], let subscription = subscriptions[id] else { return nil }
+        return (id, subscription.wireID != wireID)
     }
 
     mutating func publish(_ event: Event) -> [Action] {
@@ -227,10 +265,15 @@ struct RelayClientState {
             (message, eventIsValid) = (parsed, valid)
         }
         switch message {
-        case .event(let id, let event):
-            return receiveEvent(event, isValid: eventIsValid, subscriptionID: id, now: now)
-        case .endOfStoredEvents(let id):
-            guard var subscription = subscriptions[id] else { return [] }
+        case .event(let wireID, let event):
+            return receiveEvent(event, isValid: eventIsValid, wireID: wireID, now: now)
+        case .endOfStoredEvents(let wireID):
+            guard let (id, retired) = subscription(wireID: wireID), var subscription = subscriptions[id] else { return [] }
+            guard !retired else {
+                // The earlier filters are registered: the relay serves those until it has the new ones.
+                subscriptions[id]?.answered = true
+                return []
+            }
             if subscription.caughtUpAt == nil { subscription.caughtUpAt = now }
             if let stored = subscription.newestStored { subscription.newestSeen = max(subscription.newestSeen ?? stored, stored) }
             subscription.newestStored = nil
@@ -238,13 +281,15 @@ struct RelayClientState {
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
             subscription.answered = true
-            subscription.requestsInFlight = max(0, subscription.requestsInFlight - 1)
+            subscription.isCurrent = true
             let first = !subscription.reportedEndOfStoredEvents
             subscription.reportedEndOfStoredEvents = true
+            var actions = closeRetired(&subscription)
             subscriptions[id] = subscription
-            return first ? [.endOfStoredEvents(subscriptionID: id)] : []
-        case .closed(let id, let text):
-            return receiveClosed(id, text, monotonic: monotonic)
+            if first { actions.append(.endOfStoredEvents(subscriptionID: id)) }
+            return actions
+        case .closed(let wireID, let text):
+            return receiveClosed(wireID, text, monotonic: monotonic)
         case .ok(let id, let accepted, let text):
             return receiveOK(id, accepted: accepted, text, monotonic: monotonic)
         case .auth(let newChallenge):
@@ -257,10 +302,12 @@ struct RelayClientState {
         }
     }
 
-    private mutating func receiveEvent(_ event: Event, isValid: Bool, subscriptionID id: String, now: Timestamp) -> [Action] {
-        guard var subscription = subscriptions[id] else { return [] }  // closed meanwhile
+    private mutating func receiveEvent(_ event: Event, isValid: Bool, wireID: String, now: Timestamp) -> [Action] {
+        guard let (id, retired) = subscription(wireID: wireID), var subscription = subscriptions[id] else { return [] }  // closed meanwhile
         guard isValid else { return [.dropped(reason: "event \(event.id.hex) fails id or signature check")] }
         guard subscription.filters.contains(where: { $0.matches(event) }) else {
+            // Earlier filters may match what the new ones do not.
+            if retired { return [] }
             return [.dropped(reason: "event \(event.id.hex) does not match subscription \(id)")]
         }
         let seen = min(event.createdAt, now)
@@ -274,25 +321,45 @@ struct RelayClientState {
         return [.deliver(subscriptionID: id, event)]
     }
 
-    private mutating func receiveClosed(_ id: String, _ text: String, monotonic: Double) -> [Action] {
-        guard var subscription = subscriptions[id] else { return [] }
-        // The relay dropped the subscription, whichever request it refused.
+    private mutating func receiveClosed(_ wireID: String, _ text: String, monotonic: Double) -> [Action] {
+        guard let (id, retired) = subscription(wireID: wireID), var subscription = subscriptions[id] else { return [] }
+        if retired {
+            // An earlier version closed: what the relay still serves is the latest, if it has answered it.
+            subscription.retired.removeAll { $0 == wireID }
+            wireIDs[wireID] = nil
+            subscription.answered = subscription.isCurrent
+            subscriptions[id] = subscription
+            return []
+        }
         subscription.answered = false
-        subscription.requestsInFlight = 0
+        subscription.isCurrent = false
+        subscription.open = false
+        // The earlier versions go too: the relay refused the latest (perhaps for their number), which is asked
+        // for again on its own.
+        let actions = closeRetired(&subscription)
         switch MachineReadablePrefix(message: text) {
         case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
             subscription.refusal = text
             subscriptions[id] = subscription
-            return authenticateIfNeeded(monotonic: monotonic)
+            return actions + authenticateIfNeeded(monotonic: monotonic)
         case .rateLimited:
             let attempt = subscription.waiting.attempt + 1
             subscription.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
             subscriptions[id] = subscription
-            return []
+            return actions
         default:
             subscriptions[id] = Self.closed(subscription, because: text, monotonic: monotonic, configuration)
-            return [.subscriptionClosed(subscriptionID: id, message: text)]
+            return actions + [.subscriptionClosed(subscriptionID: id, message: text)]
+        }
+    }
+
+    /// Closes the earlier versions of `subscription` still open on the relay.
+    private mutating func closeRetired(_ subscription: inout Subscription) -> [Action] {
+        defer { subscription.retired = [] }
+        return subscription.retired.map { wireID in
+            wireIDs[wireID] = nil
+            return .send(ClientMessage.close(subscriptionID: wireID).json)
         }
     }
 
@@ -458,9 +525,9 @@ struct RelayClientState {
             subscription.waiting = waiting
             subscription.awaitingStored = true
             subscription.newestStored = nil
-            subscription.requestsInFlight += 1
+            subscription.open = true
             subscriptions[id] = subscription
-            actions.append(.send(ClientMessage.request(subscriptionID: id, filters: resumeFilters(subscription)).json))
+            actions.append(.send(ClientMessage.request(subscriptionID: subscription.wireID, filters: resumeFilters(subscription)).json))
         }
         for id in publishes.compactMap({ next($0.value.waiting) == nil ? nil : $0.key }).sorted() {
             guard var publish = publishes[id], let waiting = next(publish.waiting) else { continue }

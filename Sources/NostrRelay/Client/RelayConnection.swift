@@ -26,6 +26,8 @@ public struct RelayStatus: Hashable, Sendable {
     public var invalidEvents: Int
     /// Why the last connection attempt or connection ended.
     public var lastError: String?
+    /// The first connection attempt has succeeded or failed (until then, the relay is neither up nor down).
+    public var hasAttemptedConnection = false
     /// Subscriptions the relay closed (`CLOSED`) that are waiting to be asked for again or answered.
     public var closedSubscriptions = 0
     /// Subscriptions the relay has not yet answered with `EOSE` on this connection: sent and not yet
@@ -222,6 +224,7 @@ final class RelayConnection: Sendable {
                 shared.machine.disconnected()
                 shared.status.isConnected = false
                 shared.status.lastError = reason
+                shared.status.hasAttemptedConnection = true
                 return was
             }
             metrics.connected.record(0)
@@ -258,6 +261,7 @@ final class RelayConnection: Sendable {
             shared.connections += 1
             if shared.connections > 1 { shared.status.reconnects += 1 }
             shared.status.isConnected = true
+            shared.status.hasAttemptedConnection = true
             shared.status.lastError = nil
             let actions = shared.machine.connected()
             Self.sendAll(actions, &shared)
