@@ -128,6 +128,8 @@ public final class ServiceRuntime: Service, Sendable {
     let state: Mutex<RuntimeState>
     /// Wakes the announcement loop (start, timer, relay changes); coalesces.
     let announcementSignal = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    /// Serialises replacing the request subscription's filters.
+    let resubscribing = AsyncSemaphore(1)
 
     struct Keyring {
         var byKey: [PublicKey: any ServiceSigner]
@@ -318,20 +320,35 @@ public final class ServiceRuntime: Service, Sendable {
             return added
         }
         guard !added.isEmpty else { return }
+        let subscribed: Bool
+        do {
+            subscribed = try await resubscribe()
+        } catch {
+            // Not listening for them: taken out again, so that a later call adds them anew.
+            keyring.withLock { keyring in
+                for key in added { keyring.byKey[key] = nil }
+                keyring.order.removeAll(where: added.contains)
+                keyring.unannounced.subtract(added)
+            }
+            throw error
+        }
         defer {
             keyring.withLock { $0.unannounced.subtract(added) }
             announcementSignal.continuation.yield()
         }
-        if try await resubscribe(), !(await waitUntilListening(timeout: configuration.listenTimeout)) {
+        if subscribed, !(await waitUntilListening(timeout: configuration.listenTimeout)) {
             logger.warning("not every relay registered the subscription for the new keys in time; announcing them anyway", metadata: [
                 "nostr.relays": "\(relayStatus().map { "\($0.url.string): \($0.isListeningToLatestFilters ? "listening" : $0.isConnected ? "connected" : "down")" }.joined(separator: ", "))",
             ])
         }
     }
 
-    /// Sends the request subscription's current filters to the relays (under the same id, which replaces it).
-    /// False if there is no subscription yet (``run()`` subscribes with the current keys).
+    /// Sends the request subscription's current filters to the relays, replacing the old ones. False if there
+    /// is no subscription yet (``run()`` subscribes with the current keys). One at a time, so that filters
+    /// made from an older keyring never replace newer ones.
     private func resubscribe() async throws -> Bool {
+        await resubscribing.acquire()
+        defer { resubscribing.release() }
         let filters = try await requestFilters()
         guard let subscription = state.withLock({ $0.subscription }) else { return false }
         listener.updateFilters(filters, of: subscription)

@@ -5,7 +5,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import ArgumentParser
 import Foundation
 
 /// How the other commands tell whether `serve` runs on a data directory: each `serve` holds a shared lock on
@@ -17,11 +16,9 @@ enum ServeLock {
     /// Takes the shared lock; it is held until `body` returns.
     static func holding<Result>(in directory: URL, _ body: () async throws -> Result) async throws -> Result {
         let descriptor = open(path(in: directory), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else { throw ValidationError("cannot open \(path(in: directory)): \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else { throw ServeLockError(code: errno, "cannot open \(path(in: directory))") }
         defer { close(descriptor) }
-        guard flock(descriptor, LOCK_SH) == 0 else {
-            throw ValidationError("cannot lock \(path(in: directory)): \(String(cString: strerror(errno)))")
-        }
+        guard flock(descriptor, LOCK_SH) == 0 else { throw ServeLockError(code: errno, "cannot lock \(path(in: directory))") }
         return try await body()
     }
 
@@ -41,4 +38,17 @@ enum ServeLock {
         }
         return true
     }
+}
+
+/// The lock file could not be opened or locked: the system's error number and what was tried.
+struct ServeLockError: Error, CustomStringConvertible {
+    let code: Int32
+    let message: String
+
+    init(code: Int32, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    var description: String { "\(message): \(String(cString: strerror(code)))" }
 }

@@ -123,16 +123,26 @@ struct Connect: AsyncParsableCommand {
         say("connection \(connection.id) (\(connection.name))")
         if directory.postgresURL == nil, !(await ServeLock.isHeld(in: directory.url)) {
             warn("no `wallet-bridge serve` is running on \(directory.path): the connection is served once it starts")
-        } else if wait > 0, !(await Self.announced(connection, on: relays, timeout: .seconds(wait))) {
-            warn("no relay had the connection's info event within \(wait) s: the app's first requests may go unanswered until `serve` announces it")
+        } else if wait > 0 {
+            switch await Self.announcement(of: connection, on: relays, timeout: .seconds(wait)) {
+            case .seen:
+                break
+            case .timedOut:
+                warn("no relay had the connection's info event within \(wait) s: the app's first requests may go unanswered until `serve` announces it")
+            case .refused:
+                warn("every relay refused to show the connection's info event, so whether `serve` listens for it is unknown")
+            }
         }
         say(WalletConnectURI(wallet: connection.walletKey, relays: relays, secret: client).description)
     }
 
+    enum Announcement {
+        case seen, timedOut, refused
+    }
+
     /// Whether one of `relays` has (or gets, within `timeout`) an info event for `connection`, which `serve`
-    /// publishes once its relays listen for the connection's requests. False at the timeout, or once every
-    /// relay has refused the subscription.
-    static func announced(_ connection: WalletConnection, on relays: [RelayURL], timeout: Duration) async -> Bool {
+    /// publishes once its relays listen for the connection's requests.
+    static func announcement(of connection: WalletConnection, on relays: [RelayURL], timeout: Duration) async -> Announcement {
         var logger = Logger(label: "wallet-bridge.connect")
         logger.logLevel = .warning
         let pool = RelayPool(relays: relays, logger: logger)
@@ -145,17 +155,17 @@ struct Connect: AsyncParsableCommand {
                 var refusing = Set<RelayURL>()
                 for await item in subscription {
                     switch item {
-                    case .event: return true
+                    case .event: return Announcement.seen
                     case .closed(let relay, _):
                         refusing.insert(relay)
-                        if refusing.count == Set(relays).count { return false }
+                        if refusing.count == Set(relays).count { return .refused }
                     case .endOfStoredEvents(let relay): refusing.remove(relay)
                     }
                 }
-                return false
+                return .timedOut
             }
         }
-        return found ?? false
+        return found ?? .timedOut
     }
 }
 

@@ -151,7 +151,8 @@ struct ReadinessTests {
             defer { try? FileManager.default.removeItem(at: directory) }
             var configuration = ServiceRuntime.Configuration(relays: [url])
             configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.listenTimeout = .seconds(2)
+            // Longer than the held phase below takes, even on a loaded machine.
+            configuration.listenTimeout = .seconds(5)
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
             let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -163,7 +164,11 @@ struct ReadinessTests {
                 relay.hold()
                 let requestsBefore = relay.requests
                 let added = LocalServiceKey(SecretKey.generate())
-                let adding = Task { try await runtime.addKeys([added]) }
+                let finished = Mutex(false)
+                let adding = Task {
+                    try await runtime.addKeys([added])
+                    finished.withLock { $0 = true }
+                }
                 try await withDeadline(.seconds(10), "the new filters to reach the relay") {
                     while relay.requests == requestsBefore { try await Task.sleep(for: .milliseconds(20)) }
                 }
@@ -173,12 +178,16 @@ struct ReadinessTests {
                 #expect(replacing.isListening && !replacing.isListeningToLatestFilters, "the old filters are served meanwhile")
                 #expect(runtime.isReady)
                 #expect(!relay.authors.contains(added.publicKey), "announced before the relay listens for the key")
-                // A round meanwhile (a relay change, the timer, one whose wait for the relays ran out) leaves the
-                // key out.
+                // A round asked for meanwhile (a relay change, the timer) waits for the relays too.
                 let announcedBefore = relay.authors.count
+                runtime.announce()
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(relay.authors.count == announcedBefore, "an announcement round did not wait for the relays")
+                // One whose wait ran out leaves the key out.
                 _ = await runtime.announce(alsoTo: [])
                 #expect(relay.authors.count > announcedBefore && !relay.authors.contains(added.publicKey))
 
+                #expect(!finished.withLock { $0 }, "addKeys gave up waiting while the relay held the request")
                 relay.release()
                 try await withDeadline(.seconds(10), "addKeys to return") { try await adding.value }
                 #expect(try #require(runtime.relayStatus().first).isListeningToLatestFilters)
@@ -191,7 +200,7 @@ struct ReadinessTests {
                 let another = LocalServiceKey(SecretKey.generate())
                 let started = ContinuousClock.now
                 try await withDeadline(.seconds(10), "addKeys to give up waiting") { try await runtime.addKeys([another]) }
-                #expect(ContinuousClock.now - started >= .seconds(2))
+                #expect(ContinuousClock.now - started >= .seconds(5))
                 try await withDeadline(.seconds(10), "the other key's announcement") {
                     while !relay.authors.contains(another.publicKey) { try await Task.sleep(for: .milliseconds(20)) }
                 }

@@ -68,8 +68,9 @@ struct RelayClientState {
         var generation = 0
         /// A request under ``wireID`` is open on the relay: sent on the current connection, not closed since.
         var open = false
-        /// Earlier ids still open on the relay (their filters served until the new ones are registered), closed
-        /// once the relay answers ``wireID``.
+        /// The earlier id still open on the relay (its filters served until the new ones are registered),
+        /// closed once the relay answers ``wireID``. At most one: a version replaced before it was answered is
+        /// closed at once, so a subscription never holds more than two of the relay's subscription slots.
         var retired: [String] = []
         /// The relay has answered one of its requests on the current connection with `EOSE`: it has
         /// registered the subscription (perhaps an earlier version of its filters) and sends new matching
@@ -203,6 +204,7 @@ struct RelayClientState {
 
     mutating func subscribe(_ id: String, filters: [Filter]) -> [Action] {
         var subscription = Subscription(filters: filters, wireID: id)
+        var actions: [Action] = []
         if let old = subscriptions[id] {
             // New filters replace the old ones, which the relay goes on serving until it has registered them.
             subscription.answered = old.answered
@@ -210,16 +212,22 @@ struct RelayClientState {
             subscription.generation = old.generation
             subscription.wireID = old.wireID
             if old.open {
-                subscription.retired.append(old.wireID)
+                if old.isCurrent || old.retired.isEmpty {
+                    subscription.retired = [old.wireID]
+                } else {
+                    // Replaced before it was answered, while an earlier version still serves: not needed.
+                    wireIDs[old.wireID] = nil
+                    actions.append(.send(ClientMessage.close(subscriptionID: old.wireID).json))
+                }
                 subscription.generation += 1
                 subscription.wireID = "\(id).\(subscription.generation)"
             }
         }
         subscriptions[id] = subscription
         wireIDs[subscription.wireID] = id
-        guard isConnected else { return [] }
+        guard isConnected else { return actions }
         subscriptions[id]?.open = true
-        return [.send(ClientMessage.request(subscriptionID: subscription.wireID, filters: filters).json)]
+        return actions + [.send(ClientMessage.request(subscriptionID: subscription.wireID, filters: filters).json)]
     }
 
     mutating func unsubscribe(_ id: String) -> [Action] {
@@ -324,33 +332,42 @@ struct RelayClientState {
     private mutating func receiveClosed(_ wireID: String, _ text: String, monotonic: Double) -> [Action] {
         guard let (id, retired) = subscription(wireID: wireID), var subscription = subscriptions[id] else { return [] }
         if retired {
-            // An earlier version closed: what the relay still serves is the latest, if it has answered it.
+            // The earlier version closed: what the relay still serves is the latest, if it has answered it.
             subscription.retired.removeAll { $0 == wireID }
             wireIDs[wireID] = nil
             subscription.answered = subscription.isCurrent
             subscriptions[id] = subscription
             return []
         }
-        subscription.answered = false
         subscription.isCurrent = false
         subscription.open = false
-        // The earlier versions go too: the relay refused the latest (perhaps for their number), which is asked
-        // for again on its own.
-        let actions = closeRetired(&subscription)
+        // An earlier version still open goes on serving while the latest waits for authentication or a
+        // back-off; the relay's answer counts as registered only with it.
+        subscription.answered = subscription.answered && !subscription.retired.isEmpty
         switch MachineReadablePrefix(message: text) {
         case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
             subscription.refusal = text
             subscriptions[id] = subscription
-            return actions + authenticateIfNeeded(monotonic: monotonic)
+            return authenticateIfNeeded(monotonic: monotonic)
         case .rateLimited:
             let attempt = subscription.waiting.attempt + 1
             subscription.waiting = .retry(at: monotonic + backoff(attempt), attempt: attempt)
             subscriptions[id] = subscription
-            return actions
+            return []
         default:
+            guard subscription.retired.isEmpty else {
+                // Perhaps refused for the number of subscriptions: the earlier version makes way, and the
+                // latest is asked for again at once; refused again, it is reported and retried as usual.
+                subscription.answered = false
+                var actions = closeRetired(&subscription)
+                subscription.open = true
+                subscriptions[id] = subscription
+                actions.append(.send(ClientMessage.request(subscriptionID: subscription.wireID, filters: resumeFilters(subscription)).json))
+                return actions
+            }
             subscriptions[id] = Self.closed(subscription, because: text, monotonic: monotonic, configuration)
-            return actions + [.subscriptionClosed(subscriptionID: id, message: text)]
+            return [.subscriptionClosed(subscriptionID: id, message: text)]
         }
     }
 

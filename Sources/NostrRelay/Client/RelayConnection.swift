@@ -34,7 +34,7 @@ public struct RelayStatus: Hashable, Sendable {
     /// registered there, waiting to be sent again, or closed. Events published meanwhile may not reach them.
     public var unansweredSubscriptions = 0
     /// Subscriptions whose latest filters the relay has not yet answered with `EOSE` on this connection: the
-    /// unanswered ones, and those whose new filters (a replacement under the same id) are not yet registered.
+    /// unanswered ones, and those whose new filters (``RelayPool/updateFilters(_:of:)``) are not yet registered.
     public var unconfirmedSubscriptions = 0
 
     /// Connected, and every subscription on the connection answered (`EOSE`): events published from now on

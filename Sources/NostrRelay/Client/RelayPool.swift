@@ -217,8 +217,9 @@ public final class RelayPool: Service, Sendable {
         return try await body(RelaySubscription(id: id, channel: subscription.channel))
     }
 
-    /// Replaces the filters of an open subscription on every relay it spans (a new `REQ` under the same id,
-    /// which relays treat as a replacement). Events already delivered are not delivered again.
+    /// Replaces the filters of an open subscription on every relay it spans. Each relay gets the new filters
+    /// under a new subscription id and keeps serving the old ones until it answers them (`EOSE`); see
+    /// ``RelayStatus/isListeningToLatestFilters``. Events already delivered are not delivered again.
     public func updateFilters(_ filters: [Filter], of subscription: RelaySubscription) {
         let connections: [RelayConnection] = registry.withLock { registry in
             guard let shared = registry.subscriptions[subscription.id] else { return [] }
