@@ -104,19 +104,29 @@ final class HeldRelay: Sendable {
 struct ReadinessTests {
     let key = LocalServiceKey(SecretKey.generate())
 
+    /// Runs a runtime on `url` (the uppercase handler, a journal in a temporary directory) while `body` runs.
+    func withRuntime(
+        on url: RelayURL, listenTimeout: Duration = .seconds(10), _ body: @Sendable (ServiceRuntime) async throws -> Void
+    ) async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var configuration = ServiceRuntime.Configuration(relays: [url])
+        configuration.pool.reconnectDelay = .milliseconds(50)
+        configuration.listenTimeout = listenTimeout
+        let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+        let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await runtime.run() }
+            defer { group.cancelAll() }
+            try await body(runtime)
+        }
+    }
+
     @Test("until the relay answers the request subscription with EOSE, the runtime is subscribed and connected but not ready (nor its relay listening); after it, ready until it stops")
     func readyAfterEndOfStoredEvents() async throws {
         let relay = HeldRelay()
         try await relay.run { url in
-            let directory = try temporaryDirectory()
-            defer { try? FileManager.default.removeItem(at: directory) }
-            var configuration = ServiceRuntime.Configuration(relays: [url])
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await runtime.run() }
-                defer { group.cancelAll() }
+            try await withRuntime(on: url) { runtime in
                 try await withDeadline(.seconds(10), "the request subscription to reach the relay") {
                     while !(runtime.isSubscribed && relay.requests >= 1 && runtime.relayStatus().allSatisfy(\.isConnected)) {
                         try await Task.sleep(for: .milliseconds(20))
@@ -147,17 +157,8 @@ struct ReadinessTests {
         let relay = HeldRelay()
         relay.release()
         try await relay.run { url in
-            let directory = try temporaryDirectory()
-            defer { try? FileManager.default.removeItem(at: directory) }
-            var configuration = ServiceRuntime.Configuration(relays: [url])
-            configuration.pool.reconnectDelay = .milliseconds(50)
             // Longer than the held phase below takes, even on a loaded machine.
-            configuration.listenTimeout = .seconds(5)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: configuration, logger: quiet)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await runtime.run() }
-                defer { group.cancelAll() }
+            try await withRuntime(on: url, listenTimeout: .seconds(5)) { runtime in
                 try await withDeadline(.seconds(10), "the runtime to be ready") {
                     while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
                 }
