@@ -82,7 +82,10 @@ struct AnnouncementTests {
                             return list.map { Set($0.tagValues("r")) } == [b.string, c.string]
                         }
                     }
-                    #expect(try await newest(.handlerInformation, by: key.publicKey, on: c, through: pool) != nil)
+                    // Published after the relay list, in the same round.
+                    try await eventually("the handler information on \(c)") {
+                        try await newest(.handlerInformation, by: key.publicKey, on: c, through: pool) != nil
+                    }
 
                     // It listens on c now, and no longer on a.
                     try await pool.withSubscription([Filter(kinds: [replyKind], tags: ["p": [client.publicKey.hex]])]) { replies in
