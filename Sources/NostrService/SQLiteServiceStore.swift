@@ -50,9 +50,18 @@ public final class SQLiteServiceStore: ServiceStore {
     private struct Outstanding {
         var writes: Set<UInt64> = []
         var next: UInt64 = 0
+        /// No write numbered below this is outstanding. It only moves up, so finding the oldest outstanding
+        /// write costs, over the store's life, one step per write.
+        var oldest: UInt64 = 0
         /// Each waits for the writes numbered below its own `upTo`.
         var flushes: [UInt64: (upTo: UInt64, continuation: CheckedContinuation<Void, Never>)] = [:]
         var nextFlush: UInt64 = 0
+
+        /// The oldest outstanding write's number, or `next` when none is.
+        mutating func oldestOutstanding() -> UInt64 {
+            while oldest < next, !writes.contains(oldest) { oldest += 1 }
+            return oldest
+        }
     }
 
     private struct WriteQueue {
@@ -214,7 +223,7 @@ public final class SQLiteServiceStore: ServiceStore {
         let resumed = outstanding.withLock { outstanding -> [CheckedContinuation<Void, Never>] in
             outstanding.writes.remove(write.sequence)
             guard !outstanding.flushes.isEmpty else { return [] }
-            let oldest = outstanding.writes.min() ?? outstanding.next
+            let oldest = outstanding.oldestOutstanding()
             let done = outstanding.flushes.filter { $0.value.upTo <= oldest }
             for id in done.keys { outstanding.flushes[id] = nil }
             return done.values.map(\.continuation)

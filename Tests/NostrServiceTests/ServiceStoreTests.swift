@@ -315,6 +315,15 @@ struct ServiceStoreTests {
             }
             try await Task.sleep(for: .milliseconds(500))
             #expect(!flushed.withLock { $0 }, "the answer is not written yet")
+            // A later write committed meanwhile does not end the wait for the older one.
+            try await store.recordDelivery(request.id, "accepted by 1 of 1")
+            try await withDeadline(.seconds(10), "the later write") {
+                while try await other.read({ try Row.fetchOne($0, sql: "SELECT delivery FROM journal")?["delivery"] as String? }) == nil {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(!flushed.withLock { $0 }, "the answer is still not written")
             // The database takes writes again: a later attempt records the answer, and the flush returns.
             try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
             try await withDeadline(.seconds(10), "the flush") { await flushing.value }
