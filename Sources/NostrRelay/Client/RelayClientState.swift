@@ -69,9 +69,9 @@ struct RelayClientState {
         /// A request under ``wireID`` is open on the relay: sent on the current connection, not closed since.
         var open = false
         /// The earlier id still open on the relay (its filters served until the new ones are registered),
-        /// closed once the relay answers ``wireID``. At most one: a version replaced before it was answered is
+        /// closed once the relay answers ``wireID``. Only one: a version replaced before it was answered is
         /// closed at once, so a subscription never holds more than two of the relay's subscription slots.
-        var retired: [String] = []
+        var retired: String?
         /// The relay has answered one of its requests on the current connection with `EOSE`: it has
         /// registered the subscription (perhaps an earlier version of its filters) and sends new matching
         /// events from now on. Until then an ephemeral event may pass the relay unseen.
@@ -180,7 +180,7 @@ struct RelayClientState {
             subscription.answered = false
             subscription.isCurrent = false
             subscription.open = false
-            subscription.retired = []
+            subscription.retired = nil
             subscription.wireID = id
             subscriptions[id] = subscription
             wireIDs[id] = id
@@ -212,8 +212,8 @@ struct RelayClientState {
             subscription.generation = old.generation
             subscription.wireID = old.wireID
             if old.open {
-                if old.isCurrent || old.retired.isEmpty {
-                    subscription.retired = [old.wireID]
+                if old.isCurrent || old.retired == nil {
+                    subscription.retired = old.wireID
                 } else {
                     // Replaced before it was answered, while an earlier version still serves: not needed.
                     wireIDs[old.wireID] = nil
@@ -232,11 +232,10 @@ struct RelayClientState {
 
     mutating func unsubscribe(_ id: String) -> [Action] {
         guard let subscription = subscriptions.removeValue(forKey: id) else { return [] }
-        for wireID in subscription.retired + [subscription.wireID] { wireIDs[wireID] = nil }
+        let open = [subscription.retired, subscription.open ? subscription.wireID : nil].compactMap { $0 }
+        for wireID in open + [subscription.wireID] { wireIDs[wireID] = nil }
         guard isConnected else { return [] }
-        return (subscription.retired + (subscription.open ? [subscription.wireID] : [])).map {
-            .send(ClientMessage.close(subscriptionID: $0).json)
-        }
+        return open.map { .send(ClientMessage.close(subscriptionID: $0).json) }
     }
 
     /// The subscription a relay's message names (by the id a request went out under), and whether that
@@ -333,7 +332,7 @@ struct RelayClientState {
         guard let (id, retired) = subscription(wireID: wireID), var subscription = subscriptions[id] else { return [] }
         if retired {
             // The earlier version closed: what the relay still serves is the latest, if it has answered it.
-            subscription.retired.removeAll { $0 == wireID }
+            subscription.retired = nil
             wireIDs[wireID] = nil
             subscription.answered = subscription.isCurrent
             subscriptions[id] = subscription
@@ -343,7 +342,7 @@ struct RelayClientState {
         subscription.open = false
         // An earlier version still open goes on serving while the latest waits for authentication or a
         // back-off; the relay's answer counts as registered only with it.
-        subscription.answered = subscription.answered && !subscription.retired.isEmpty
+        subscription.answered = subscription.answered && subscription.retired != nil
         switch MachineReadablePrefix(message: text) {
         case .authRequired where mayAuthenticate(for: Self.keys(of: subscription)):
             subscription.waiting = .authentication
@@ -356,7 +355,7 @@ struct RelayClientState {
             subscriptions[id] = subscription
             return []
         default:
-            guard subscription.retired.isEmpty else {
+            guard subscription.retired == nil else {
                 // Perhaps refused for the number of subscriptions: the earlier version makes way, and the
                 // latest is asked for again at once; refused again, it is reported and retried as usual.
                 subscription.answered = false
@@ -371,13 +370,12 @@ struct RelayClientState {
         }
     }
 
-    /// Closes the earlier versions of `subscription` still open on the relay.
+    /// Closes the earlier version of `subscription` still open on the relay, if any.
     private mutating func closeRetired(_ subscription: inout Subscription) -> [Action] {
-        defer { subscription.retired = [] }
-        return subscription.retired.map { wireID in
-            wireIDs[wireID] = nil
-            return .send(ClientMessage.close(subscriptionID: wireID).json)
-        }
+        guard let retired = subscription.retired else { return [] }
+        subscription.retired = nil
+        wireIDs[retired] = nil
+        return [.send(ClientMessage.close(subscriptionID: retired).json)]
     }
 
     /// `subscription`, closed by the relay: reported, and asked for again after a back-off (and on the next
