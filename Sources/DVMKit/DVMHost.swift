@@ -55,15 +55,31 @@ public final class DVMHost: Sendable {
         }
     }
 
-    /// Runs until cancelled or until the runtime stops (graceful shutdown).
+    /// Runs until cancelled or until the runtime stops (graceful shutdown, after the jobs in flight finish
+    /// within its grace period); the wallet and the input relays stay connected until then.
     public func run() async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await self.runtime.run() }
-            group.addTask { try await self.resolver.run() }
-            if let payments { group.addTask { try await payments.run() } }
-            group.addTask { await self.beat() }
-            _ = try await group.next()
-            group.cancelAll()
+        // The runtime's end is the host's; a part that fails ends it too.
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await self.runtime.run()
+                return true
+            }
+            group.addTask {
+                try await self.resolver.run()
+                return false
+            }
+            if let payments {
+                group.addTask {
+                    try await payments.run()
+                    return false
+                }
+            }
+            group.addTask {
+                await self.beat()
+                return false
+            }
+            defer { group.cancelAll() }
+            while let isRuntime = try await group.next(), !isRuntime {}
         }
     }
 }

@@ -76,7 +76,7 @@ public final class DVMService: RequestHandler {
 
     /// Everything a job may take: paying, fetching its inputs, waiting for a slot, running.
     public var timeout: Duration {
-        let paying: Duration = payments.map { .seconds($0.invoiceLifetime) } ?? .zero
+        let paying: Duration = payments.map { .seconds($0.invoiceLifetime) + $0.confirmationGrace } ?? .zero
         return paying + resolver.configuration.jobTimeout + .seconds(60) + configuration.queueTimeout + configuration.jobTimeout
     }
 
@@ -130,26 +130,28 @@ public final class DVMService: RequestHandler {
         let answer = Answer(request: request, relays: job.relays)
         let started = ContinuousClock.now
 
-        var invoice: JobPayments.Invoice?
         if let price = configuration.priceMsat, let payments {
             if let bid = job.bid, bid < price {
                 count("bid_too_low")
                 throw ServiceError(.init("bid-too-low"), "the price is \(price) msat; the bid was \(bid) msat")
             }
             let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
-            await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
-            metrics.awaitingPayment.increment()
-            let paid: Bool
-            do {
-                defer { metrics.awaitingPayment.decrement() }
-                paid = try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
+            // Paid already: the job runs again (after a restart, or on another worker) and is not asked twice.
+            if !made.isPaid {
+                await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
+                metrics.awaitingPayment.increment()
+                let paid: Bool
+                do {
+                    defer { metrics.awaitingPayment.decrement() }
+                    paid = try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
+                }
+                guard paid else {
+                    count("unpaid")
+                    throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
+                }
+                metrics.paid(kind: kind)
+                try await payments.markPaid(made, for: job, store: context.store)
             }
-            guard paid else {
-                count("unpaid")
-                throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
-            }
-            metrics.paid(kind: kind)
-            invoice = made
         }
 
         let inputs: [ResolvedInput]
@@ -193,8 +195,8 @@ public final class DVMService: RequestHandler {
         }
         metrics.job(kind: kind, outcome: "success")
         metrics.duration(kind: kind, ContinuousClock.now - started)
-        let amount = invoice.map { ($0.amountMsat, $0.bolt11) }
-        return [answer.result(output, job: job, amount: amount), answer.feedback("success", amount: amount)]
+        // No `amount` tag once paid: NIP-90 clients read one as a suggestion to pay (a second time, here).
+        return [answer.result(output, job: job), answer.feedback("success")]
     }
 
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
@@ -263,9 +265,8 @@ struct Answer: Sendable {
     }
 
     /// The result (request kind + 1000): `request`, `e`, `p`, the inputs (`i`, unless encrypted) and `amount`.
-    func result(_ output: JobOutput, job: JobRequest, amount: (Int64, String)?) -> ServiceReply {
+    func result(_ output: JobOutput, job: JobRequest) -> ServiceReply {
         var tags: [Tag] = [["request", request.event.json]] + reference
-        if let (msat, bolt11) = amount { tags.append(["amount", "\(msat)", bolt11]) }
         if request.encryption == .plaintext {
             tags += job.inputs.map(\.tag)
         } else {

@@ -53,10 +53,13 @@ public final class InputResolver: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.lookup = lookup
-        self.hints = RelayPool(logger: logger)
+        // Jobs in flight may still fetch inputs while the host winds down: the host cancels ``run()`` after them.
+        var hints = RelayPool.Configuration()
+        hints.stopsOnGracefulShutdown = false
+        self.hints = RelayPool(configuration: hints, logger: logger)
     }
 
-    /// Keeps the hint relays' connections until cancelled.
+    /// Keeps the hint relays' connections until cancelled (graceful shutdown does not end it).
     public func run() async throws {
         try await hints.withRunning {
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }

@@ -16,6 +16,8 @@ public final class JobPayments: Sendable {
     public let pollInterval: Duration
     /// How long an invoice stays payable (its expiry).
     public let invoiceLifetime: Int64
+    /// How long an expired invoice's settlement is asked for again while the wallet cannot be reached.
+    public let confirmationGrace: Duration = .seconds(60)
     private let logger: Logger
     private let state = Mutex<State>(State())
 
@@ -28,13 +30,16 @@ public final class JobPayments: Sendable {
     public init(wallet: WalletConnectURI, invoiceLifetime: Int64 = 600, pollInterval: Duration = .seconds(2), logger: Logger) {
         var client = NIP47Client(uri: wallet, logger: logger)
         client.timeout = .seconds(30)
+        // Jobs in flight may still be paid while the host winds down: the host cancels ``run()`` after them.
+        client.stopsOnGracefulShutdown = false
         self.client = client
         self.invoiceLifetime = invoiceLifetime
         self.pollInterval = pollInterval
         self.logger = logger
     }
 
-    /// Holds the wallet session and listens for its notifications until cancelled.
+    /// Holds the wallet session and listens for its notifications until cancelled (graceful shutdown does not
+    /// end it).
     public func run() async throws {
         try await client.run { session in
             let waiters = state.withLock { state in
@@ -70,17 +75,29 @@ public final class JobPayments: Sendable {
         public var paymentHash: String
         public var amountMsat: Int64
         public var expiresAt: Int64
+        /// Settled: recorded once the job's payment was seen, so a job that runs again does not ask again.
+        /// Absent in invoices stored before it was recorded.
+        public var paid: Bool?
+
+        public var isPaid: Bool { paid == true }
     }
 
     static let namespace = "dvm.invoices"
 
-    /// The invoice for `job`: the one made before (unless it has expired), else a new one.
+    /// The invoice for `job`: the one made before if it is paid (recorded, or settled by the wallet's account)
+    /// or still payable, else a new one. A job that runs again (after a restart, or on another worker) thus
+    /// never asks for a second payment.
     public func invoice(for job: JobRequest, amountMsat: Int64, store: any ServiceStore) async throws -> Invoice {
         if let stored = try await store.value(job.id.hex, in: Self.namespace),
-            let invoice = try? JSONDecoder().decode(Invoice.self, from: Data(stored)), invoice.amountMsat == amountMsat,
-            invoice.expiresAt > Timestamp.now + 30
+            var invoice = try? JSONDecoder().decode(Invoice.self, from: Data(stored)), invoice.amountMsat == amountMsat
         {
-            return invoice
+            if invoice.isPaid { return invoice }
+            if try await isSettled(invoice) == true {
+                invoice.paid = true
+                try await record(invoice, for: job, store: store)
+                return invoice
+            }
+            if invoice.expiresAt > Timestamp.now + 30 { return invoice }
         }
         let session = await session()
         let result: JSONValue
@@ -90,19 +107,35 @@ public final class JobPayments: Sendable {
                 "description": .string("job \(job.id.hex.prefix(16)) (kind \(job.kind.rawValue))"),
                 "expiry": .number(String(invoiceLifetime)),
             ])
+        } catch is CancellationError {
+            throw CancellationError()
         } catch {
             logger.error("the wallet did not make an invoice", metadata: ["error": "\(error)"])
-            throw JobError("could not create an invoice; try again later")
+            throw ServiceError(.unavailable, "could not create an invoice; try again later")
         }
         guard let bolt11 = result.object?["invoice"]?.string, let hash = result.object?["payment_hash"]?.string else {
-            throw JobError("the wallet's invoice is malformed")
+            logger.error("the wallet's invoice is malformed")
+            throw ServiceError(.internal, "could not create an invoice; try again later")
         }
         let invoice = Invoice(bolt11: bolt11, paymentHash: hash, amountMsat: amountMsat, expiresAt: Timestamp.now + invoiceLifetime)
-        try await store.setValue(Array(try JSONEncoder().encode(invoice)), forKey: job.id.hex, in: Self.namespace)
+        try await record(invoice, for: job, store: store)
         return invoice
     }
 
-    /// Waits until `invoice` is paid (true) or has expired or `deadline` passes (false).
+    /// Records that `invoice`, the invoice for `job`, is paid.
+    public func markPaid(_ invoice: Invoice, for job: JobRequest, store: any ServiceStore) async throws {
+        var invoice = invoice
+        invoice.paid = true
+        try await record(invoice, for: job, store: store)
+    }
+
+    private func record(_ invoice: Invoice, for job: JobRequest, store: any ServiceStore) async throws {
+        try await store.setValue(Array(try JSONEncoder().encode(invoice)), forKey: job.id.hex, in: Self.namespace)
+    }
+
+    /// Waits until `invoice` is paid (true) or has expired or `deadline` passes (false). When the wallet cannot
+    /// be asked at the end (an outage), it is asked again for up to ``confirmationGrace``: a payment made in
+    /// time is not taken for none; still unknown then, an `unavailable` error says so.
     public func waitUntilPaid(_ invoice: Invoice, deadline: ContinuousClock.Instant) async throws -> Bool {
         let (wakeups, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         state.withLock { $0.paymentWaiters[invoice.paymentHash, default: []].append(continuation) }
@@ -113,17 +146,27 @@ public final class JobPayments: Sendable {
             continuation.finish()
         }
         var iterator = wakeups.makeAsyncIterator()
-        while ContinuousClock.now < deadline && Timestamp.now < invoice.expiresAt {
-            if try await isSettled(invoice) { return true }
-            let timer = Deadlines.shared.schedule(at: min(deadline, .now + pollInterval)) { continuation.yield() }
+        func pause(until end: ContinuousClock.Instant) async throws {
+            let timer = Deadlines.shared.schedule(at: min(end, .now + pollInterval)) { continuation.yield() }
             _ = await iterator.next()
             Deadlines.shared.cancel(timer)
             try Task.checkCancellation()
         }
-        return try await isSettled(invoice)
+        while ContinuousClock.now < deadline && Timestamp.now < invoice.expiresAt {
+            if try await isSettled(invoice) == true { return true }
+            try await pause(until: deadline)
+        }
+        let giveUp = ContinuousClock.now + confirmationGrace
+        while true {
+            if let settled = try await isSettled(invoice) { return settled }
+            guard ContinuousClock.now < giveUp else { break }
+            try await pause(until: giveUp)
+        }
+        throw ServiceError(.unavailable, "the payment could not be confirmed: the wallet did not answer")
     }
 
-    private func isSettled(_ invoice: Invoice) async throws -> Bool {
+    /// Whether the wallet's account has `invoice` settled; nil when the wallet could not say.
+    private func isSettled(_ invoice: Invoice) async throws -> Bool? {
         let session = await session()
         do {
             let result = try await session.call("lookup_invoice", ["payment_hash": .string(invoice.paymentHash)])
@@ -133,7 +176,7 @@ public final class JobPayments: Sendable {
             throw CancellationError()
         } catch {
             logger.warning("lookup_invoice failed", metadata: ["error": "\(error)"])
-            return false
+            return nil
         }
     }
 }

@@ -61,6 +61,9 @@ public struct NIP47Client: Sendable {
     public var timeout: Duration = .seconds(60)
     /// The scheme requests use (and name in their `encryption` tag).
     public var encryption: Encryption = .nip44
+    /// Whether ``run(_:)`` ends on swift-service-lifecycle's graceful shutdown. A service that still needs the
+    /// wallet while its requests in flight finish sets it to false and cancels `run` itself when done.
+    public var stopsOnGracefulShutdown = true
     let logger: Logger
 
     public enum Encryption: Sendable { case nip44, nip04 }
@@ -73,7 +76,9 @@ public struct NIP47Client: Sendable {
     /// Connects to the relays, listens for responses and notifications, and runs `body` with a session.
     public func run<Result: Sendable>(_ body: (Session) async throws -> Result) async throws -> Result {
         // Relays that show p-tagged events only to their recipient (NIP-42) get AUTH as the connection's key.
-        let pool = RelayPool(relays: uri.relays, signer: KeySigner(uri.secret), logger: logger)
+        var configuration = RelayPool.Configuration()
+        configuration.stopsOnGracefulShutdown = stopsOnGracefulShutdown
+        let pool = RelayPool(relays: uri.relays, signer: KeySigner(uri.secret), configuration: configuration, logger: logger)
         return try await pool.withRunning {
             let filter = Filter(
                 authors: [uri.wallet], kinds: [NIP47.responseKind, NIP47.notificationKind, NIP47.legacyNotificationKind],

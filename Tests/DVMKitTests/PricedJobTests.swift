@@ -6,13 +6,32 @@ import NostrCrypto
 import NostrRelay
 import NostrService
 import NostrServiceTesting
+import ServiceLifecycleTestKit
 import Testing
 import WalletKit
 
 @Suite("dvm-host priced jobs, paid through a wallet-bridge ledger")
 struct PricedJobTests {
-    @Test("payment-required with an invoice from the host's wallet; the job runs once it is paid; a low bid is refused")
-    func priced() async throws {
+    /// A wallet bridge with a ledger on one test relay: the host's connection (invoices) and a customer's
+    /// (100,000 msat to pay with).
+    struct Wallet {
+        let urls: [RelayURL]
+        let store: SQLiteWalletStore
+        let host: WalletConnectURI
+        let directory: URL
+        let payer: NIP47Client
+
+        /// Pays a `payment-required` feedback's invoice after checking it is for 21,000 msat.
+        func pay(_ feedback: DVMClient.Feedback) async throws {
+            guard feedback.status == "payment-required" else { return }
+            #expect(feedback.amountMsat == 21_000)
+            let bolt11 = try #require(feedback.bolt11)
+            #expect(try BOLT11Invoice(bolt11).amountMsat == 21_000)
+            _ = try await payer.run { try await $0.call("pay_invoice", ["invoice": .string(bolt11)]) }
+        }
+    }
+
+    func withWallet(_ body: @escaping @Sendable (Wallet) async throws -> Void) async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dvm-priced-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -33,41 +52,99 @@ struct PricedJobTests {
                 return WalletConnectURI(wallet: connection.walletKey, relays: urls, secret: secret)
             }
             let hostWallet = try await connect("dvm", methods: ["make_invoice", "lookup_invoice", "notifications"], balance: 0)
-            let customerWallet = try await connect("customer", methods: ["pay_invoice"], balance: 100_000)
+            var payer = NIP47Client(uri: try await connect("customer", methods: ["pay_invoice"], balance: 100_000))
+            payer.timeout = .seconds(20)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await bridge.run() }
                 defer { group.cancelAll() }
                 try await bridge.synchronize()
                 try await withTimeout(.seconds(10), "the wallet") { while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                try await withHosts(handler: Uppercase(), service: { $0.priceMsat = 21_000 }, wallet: hostWallet, existingRelays: urls) { hosts in
-                    let test = hosts[0]
-                    let payer = { () -> NIP47Client in
-                        var client = NIP47Client(uri: customerWallet)
-                        client.timeout = .seconds(20)
-                        return client
-                    }()
-                    let request = try test.client.request(kind: 5050, inputs: [JobInput(data: "paid work", type: .text)], bid: 50_000)
-                    let statuses = Statuses()
-                    let result = try await test.client.run(request, timeout: .seconds(30)) { feedback in
-                        statuses.add(feedback)
-                        if feedback.status == "payment-required" {
-                            #expect(feedback.amountMsat == 21_000)
-                            let bolt11 = try #require(feedback.bolt11)
-                            let invoice = try BOLT11Invoice(bolt11)
-                            #expect(invoice.amountMsat == 21_000)
-                            _ = try await payer.run { try await $0.call("pay_invoice", ["invoice": .string(bolt11)]) }
-                        }
-                    }
-                    #expect(result.content == "PAID WORK")
-                    #expect(statuses.all == ["payment-required", "processing"])
-                    let amount = try #require(result.event.tags.first { $0.name == "amount" })
-                    #expect(amount.value == "21000" && amount.fields.count == 3)
-                    let balances = try await walletStore.connections().map { ($0.name, $0.balanceMsat) }
-                    #expect(balances.contains { $0 == ("dvm", 21_000) } && balances.contains { $0 == ("customer", 79_000) })
+                try await body(Wallet(urls: urls, store: walletStore, host: hostWallet, directory: directory, payer: payer))
+            }
+        }
+    }
 
-                    let lowBid = try test.client.request(kind: 5050, inputs: [JobInput(data: "cheap", type: .text)], bid: 1_000)
-                    await #expect(throws: JobError("the price is 21000 msat; the bid was 1000 msat")) {
-                        try await test.client.run(lowBid, timeout: .seconds(10))
+    @Test("payment-required with an invoice from the host's wallet; the job runs once it is paid, and again without a second invoice; a low bid is refused")
+    func priced() async throws {
+        try await withWallet { wallet in
+            let walletStore = wallet.store
+            let hostStore = try SQLiteServiceStore(path: wallet.directory.appendingPathComponent("host.sqlite").path)
+            try await withHosts(
+                handler: Uppercase(), service: { $0.priceMsat = 21_000 }, wallet: wallet.host, stores: [hostStore], existingRelays: wallet.urls
+            ) { hosts in
+                let test = hosts[0]
+                let request = try test.client.request(kind: 5050, inputs: [JobInput(data: "paid work", type: .text)], bid: 50_000)
+                let statuses = Statuses()
+                let result = try await test.client.run(request, timeout: .seconds(30)) { feedback in
+                    statuses.add(feedback)
+                    try await wallet.pay(feedback)
+                }
+                #expect(result.content == "PAID WORK")
+                #expect(statuses.all == ["payment-required", "processing"])
+                // Paid: the result does not suggest paying again.
+                #expect(!result.event.tags.contains { $0.name == "amount" })
+                let balances = try await walletStore.connections().map { ($0.name, $0.balanceMsat) }
+                #expect(balances.contains { $0 == ("dvm", 21_000) } && balances.contains { $0 == ("customer", 79_000) })
+
+                // The job run again (a restart, another worker) finds its invoice paid: recorded, or, if the
+                // record is missing, by the wallet's account even once the invoice has expired.
+                let payments = JobPayments(wallet: wallet.host, logger: quiet)
+                let job = try JobRequest(request)
+                try await withThrowingTaskGroup(of: Void.self) { paying in
+                    paying.addTask { try await payments.run() }
+                    defer { paying.cancelAll() }
+                    let again = try await payments.invoice(for: job, amountMsat: 21_000, store: hostStore)
+                    #expect(again.isPaid)
+                    var unrecorded = again
+                    unrecorded.paid = nil
+                    unrecorded.expiresAt = .now - 1
+                    try await hostStore.setValue(Array(try JSONEncoder().encode(unrecorded)), forKey: job.id.hex, in: "dvm.invoices")
+                    let found = try await payments.invoice(for: job, amountMsat: 21_000, store: hostStore)
+                    #expect(found.isPaid && found.bolt11 == again.bolt11)
+                    // Recorded this time: no lookup needed next time.
+                    let stored = try #require(try await hostStore.value(job.id.hex, in: "dvm.invoices"))
+                    #expect(try JSONDecoder().decode(JobPayments.Invoice.self, from: Data(stored)).isPaid)
+                }
+
+                let lowBid = try test.client.request(kind: 5050, inputs: [JobInput(data: "cheap", type: .text)], bid: 1_000)
+                await #expect(throws: JobError("the price is 21000 msat; the bid was 1000 msat")) {
+                    try await test.client.run(lowBid, timeout: .seconds(10))
+                }
+            }
+        }
+    }
+
+    @Test("graceful shutdown lets a paid job in flight finish: the wallet session stays up until the runtime is done")
+    func shutdownFinishesPaidJob() async throws {
+        try await withWallet { wallet in
+            let store = try SQLiteServiceStore(path: wallet.directory.appendingPathComponent("host.sqlite").path)
+            var service = DVMService.Configuration(kinds: [5050])
+            service.priceMsat = 21_000
+            let host = DVMHost(
+                key: LocalServiceKey(.generate()), handler: Recorder(delay: .milliseconds(1500)), store: store, service: service,
+                runtime: runtimeConfiguration(wallet.urls), wallet: wallet.host, logger: quiet)
+            let pool = RelayPool(relays: wallet.urls, logger: quiet)
+            try await pool.withRunning {
+                let client = DVMClient(secret: .generate(), pool: pool)
+                let request = try client.request(kind: 5050, inputs: [JobInput(data: "in flight", type: .text)], provider: host.publicKey)
+                try await testGracefulShutdown { trigger in
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { try await withDeadline(.seconds(30), "the host to stop") { try await host.run() } }
+                        defer { group.cancelAll() }
+                        try await withTimeout(.seconds(10), "the host to be ready") {
+                            while !host.isReady { try await Task.sleep(for: .milliseconds(20)) }
+                        }
+                        let statuses = Statuses()
+                        let result = try await client.run(request, timeout: .seconds(20)) { feedback in
+                            statuses.add(feedback)
+                            try await wallet.pay(feedback)
+                            // Paid and running (1.5 s): the host is asked to stop.
+                            if feedback.status == "processing" { trigger.triggerGracefulShutdown() }
+                        }
+                        #expect(result.content == "done: in flight")
+                        #expect(statuses.all == ["payment-required", "processing"])
+                        // The host stops by itself once the job is answered.
+                        try await group.next()
                     }
                 }
             }
