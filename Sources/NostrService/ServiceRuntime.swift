@@ -731,7 +731,8 @@ public final class ServiceRuntime: Service, Sendable {
                 metrics.deferred(kind: kind)
             }
             let waited = await slot.aside {
-                let wait = max(leaseEnds + 1 - Timestamp.now, 1)
+                // Checked again when the claim lapses, or after a lease at most (a journal row can say anything).
+                let wait = min(max(leaseEnds - Timestamp.now, 0), lease) + 1
                 return (try? await Task.sleep(for: .seconds(wait))) != nil
             }
             if !waited || state.withLock({ $0.stopping }) {
@@ -834,7 +835,7 @@ public final class ServiceRuntime: Service, Sendable {
         let outcome = await run(handler, request, key: route.key, logger: logger)
         metrics.handlerDuration(kind: kind, ContinuousClock.now - started)
         var replies: [ServiceReply]
-        let outcomeName: String
+        var outcomeName: String
         switch outcome {
         case .success(let returned):
             replies = returned
@@ -846,24 +847,27 @@ public final class ServiceRuntime: Service, Sendable {
         }
         if Task.isCancelled {
             // Cut off by shutdown. A handler that may run twice gets its claim released, so the request runs
-            // again when it comes back (the catch-up after a restart brings it: the checkpoint stayed before
-            // it); otherwise the claim stays open and the request is answered as interrupted.
+            // again when it comes back; otherwise the claim stays open and the request is answered as
+            // interrupted then. Either way it stays in flight, so the final checkpoint stays before it and the
+            // catch-up after a restart brings it back.
             metrics.request(kind: kind, outcome: "cancelled")
-            if handler.isIdempotent {
-                await releaseRetrying(event.id, logger: logger)
-                released = true
-            }
+            if handler.isIdempotent { await releaseRetrying(event.id, logger: logger) }
+            released = true
             return nil
         }
-        let events: [Event]
+        var events: [Event]
+        var unsigned = false
         do {
             events = try await sign(replies, for: request, key: route.key)
         } catch {
             logger.error("could not encrypt or sign the reply", metadata: ["error": "\(error)"])
-            replies = []
-            events = []
+            unsigned = true
+            outcomeName = "error:\(ServiceError.Code.internal)"
+            // The client still gets an answer: the protocol's internal error, if that can be signed.
+            replies = handler.errorReply(to: request, error: ServiceError(.internal, "internal error")).map { [$0] } ?? []
+            events = (try? await sign(replies, for: request, key: route.key)) ?? []
         }
-        metrics.request(kind: kind, outcome: events.isEmpty && !replies.isEmpty ? "internal" : outcomeName.hasPrefix("error") ? "error" : "answered")
+        metrics.request(kind: kind, outcome: unsigned ? "internal" : outcomeName.hasPrefix("error") ? "error" : "answered")
         await finishRetrying(event.id, outcome: outcomeName, replies: events, logger: logger)
         guard !events.isEmpty else { return nil }
         return Delivery(request: event, replies: events, relay: relay, handler: handler, named: replies.flatMap(\.relays), recorded: true)
@@ -930,13 +934,13 @@ public final class ServiceRuntime: Service, Sendable {
     private func refuse(_ event: Event, relay: RelayURL, route: Route, with error: ServiceError, logger: Logger) async -> Delivery? {
         let request = (try? decrypt(event, relay: relay, route: route))
             ?? ServiceRequest(event: event, content: "", encryption: route.handler.payloadEncryption(of: event), recipient: route.key.publicKey, relay: relay)
+        let reply = route.handler.errorReply(to: request, error: error)
         var events: [Event] = []
-        if let reply = route.handler.errorReply(to: request, error: error) {
-            events = (try? await sign([reply], for: request, key: route.key)) ?? []
-        }
+        if let reply { events = (try? await sign([reply], for: request, key: route.key)) ?? [] }
         await finishRetrying(event.id, outcome: "error:\(error.code)", replies: events, logger: logger)
         guard !events.isEmpty else { return nil }
-        return Delivery(request: event, replies: events, relay: relay, handler: route.handler, named: [], recorded: true)
+        // To the relays the reply names too (a DVM request's `relays`), as a handler's replies go.
+        return Delivery(request: event, replies: events, relay: relay, handler: route.handler, named: reply?.relays ?? [], recorded: true)
     }
 
     /// Publishes a request's replies (retrying relays that do not confirm) and records the outcome.
@@ -992,8 +996,10 @@ public final class ServiceRuntime: Service, Sendable {
         }
         let timer = Deadlines.shared.schedule(at: deadline) { work.cancel() }
         let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
-        // A timer that can still be cancelled has not fired: the handler answered in time.
+        // A timer that can still be cancelled has not fired: the handler answered in time. A handler that
+        // succeeded all the same (it did not stop when cancelled) did what was asked: its answer stands.
         if Deadlines.shared.cancel(timer) { return result }
+        if case .success = result { return result }
         return .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
     }
 

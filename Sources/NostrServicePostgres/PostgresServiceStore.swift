@@ -114,22 +114,26 @@ public final class PostgresServiceStore: ServiceStore, Service {
     public func claim(_ entry: JournalEntry, owner: String, now: Timestamp, lease: Int64) async throws -> ClaimResult {
         try await prepared()
         let id = ByteBuffer(bytes: entry.id.bytes32.bytes)
-        let inserted = try await client.query(
-            """
-            INSERT INTO switchboard_journal (id, service, sender, kind, created_at, owner, claimed_at, lease)
-            VALUES (\(id), \(ByteBuffer(bytes: entry.service.bytes32.bytes)), \(ByteBuffer(bytes: entry.sender.bytes32.bytes)),
-                    \(Int32(entry.kind.rawValue)), \(entry.createdAt), \(owner), \(now), \(lease))
-            ON CONFLICT (id) DO NOTHING RETURNING 1
-            """, logger: logger
-        ).collect()
-        if !inserted.isEmpty { return .claimed }
-        let rows = try await client.query(
-            "SELECT owner, claimed_at, lease, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
-        for try await (holder, claimedAt, recorded, finishedAt, replies) in rows.decode((String, Int64, Int64?, Int64?, String?).self) {
-            if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
-            return .unfinished(owner: holder, claimedAt: claimedAt, lease: recorded ?? lease, now: now)
+        // The insert and the read are two statements: a row released (deleted) by its holder between them is
+        // claimed anew rather than taken for a finished request.
+        for _ in 0..<3 {
+            let inserted = try await client.query(
+                """
+                INSERT INTO switchboard_journal (id, service, sender, kind, created_at, owner, claimed_at, lease)
+                VALUES (\(id), \(ByteBuffer(bytes: entry.service.bytes32.bytes)), \(ByteBuffer(bytes: entry.sender.bytes32.bytes)),
+                        \(Int32(entry.kind.rawValue)), \(entry.createdAt), \(owner), \(now), \(lease))
+                ON CONFLICT (id) DO NOTHING RETURNING 1
+                """, logger: logger
+            ).collect()
+            if !inserted.isEmpty { return .claimed }
+            let rows = try await client.query(
+                "SELECT owner, claimed_at, lease, finished_at, replies FROM switchboard_journal WHERE id = \(id)", logger: logger)
+            for try await (holder, claimedAt, recorded, finishedAt, replies) in rows.decode((String, Int64, Int64?, Int64?, String?).self) {
+                if finishedAt != nil { return .finished(replies: try replies.map(StoredReplies.decode) ?? []) }
+                return .unfinished(owner: holder, claimedAt: claimedAt, lease: recorded ?? lease, now: now)
+            }
         }
-        return .finished(replies: [])  // pruned between the two statements: it was finished long ago
+        throw ServiceError(.unavailable, "the claim of \(entry.id.hex) kept changing under it")
     }
 
     public func renew(_ ids: [EventID], owner: String, now: Timestamp) async throws {

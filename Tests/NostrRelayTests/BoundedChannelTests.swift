@@ -33,16 +33,31 @@ struct BoundedChannelTests {
         for sequence in received { #expect(sequence == Array(0..<perSender)) }
     }
 
-    @Test("finishing releases waiting senders; buffered elements are still read, then nil")
+    @Test("finishing releases waiting senders, which learn their element was not added; buffered elements are still read, then nil")
     func finish() async throws {
         let channel = BoundedChannel<Int>(capacity: 1)
-        await channel.send(1)
+        #expect(await channel.send(1))
         let blocked = Task { await channel.send(2) }
         // The second send waits for room until the channel is finished.
         try await Task.sleep(for: .milliseconds(50))
         channel.finish()
-        await blocked.value
+        #expect(await blocked.value == false)
+        #expect(await channel.send(3) == false)
         #expect(await channel.next() == 1)
         #expect(await channel.next() == nil)
+    }
+
+    @Test("a send cancelled while waiting for room says its element was not added; one that got room says it was")
+    func cancelledSend() async throws {
+        let channel = BoundedChannel<Int>(capacity: 1)
+        #expect(await channel.send(1))
+        let cancelled = Task { await channel.send(2) }
+        let waiting = Task { await channel.send(3) }
+        try await Task.sleep(for: .milliseconds(50))
+        cancelled.cancel()
+        #expect(await cancelled.value == false)
+        #expect(await channel.next() == 1)
+        #expect(await waiting.value)
+        #expect(await channel.next() == 3)
     }
 }

@@ -18,7 +18,8 @@ let requestKind: Kind = 5910  // a regular (stored) kind, so relays keep request
 let replyKind: Kind = 6910
 
 /// Upper-cases the request; counts executions per request id. `sleep:N` waits N ms first, `fail` throws a
-/// ServiceError, `crash` throws another error, `hang` outlives the timeout.
+/// ServiceError, `crash` throws another error, `hang` outlives the timeout, `stubborn` outlives it without
+/// stopping when cancelled and then succeeds, `empty` answers with empty content (which NIP-44 cannot carry).
 final class Uppercase: RequestHandler {
     let executions = Mutex<[EventID: Int]>([:])
     let timeout: Duration
@@ -37,6 +38,13 @@ final class Uppercase: RequestHandler {
         case "fail": throw ServiceError(.unauthorized, "not for you")
         case "crash": throw CocoaError(.fileNoSuchFile)
         case "hang": try await Task.sleep(for: .seconds(60))
+        case "stubborn":
+            // A wait that cancellation does not end.
+            await withCheckedContinuation { continuation in
+                let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18 + 0.5
+                DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { continuation.resume() }
+            }
+        case "empty": return [request.reply(kind: replyKind, content: "")]
         default: break
         }
         return [request.reply(kind: replyKind, content: request.content.uppercased())]
@@ -423,6 +431,35 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("a request cut off at shutdown keeps the checkpoint before it, so the catch-up after a restart brings it back")
+    func cutOffKeepsCheckpoint() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase()
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.shutdownGracePeriod = .milliseconds(300)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            // Stored while the service was down, and cut off by the shutdown; a newer one is answered.
+            let cutOff = try client.request(kind: requestKind, content: "hang", to: key.publicKey, createdAt: .now - 100)
+            let newer = try client.request(kind: requestKind, content: "newer", to: key.publicKey)
+            try await withReplies(urls, for: client) { pool, replies in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await startRequest(cutOff, on: urls, through: pool, runtime: runtime, handler: handler)
+                        try await publish(newer, on: urls, through: pool)
+                        _ = try await awaitReplies(replies) { $0.contains { $0.0.tagValues("e") == [newer.id.hex] } }
+                        runtime.stopIntake()
+                    }
+                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await group.waitForAll()
+                }
+            }
+            let checkpoint = try #require(try await store.checkpoint(for: key.publicKey))
+            #expect(checkpoint <= cutOff.createdAt, "the checkpoint moved past the request cut off: \(checkpoint) > \(cutOff.createdAt)")
+        }
+    }
+
     @Test("at the end of the grace period a request still waiting its turn is released, so a restart runs it")
     func queuedReleasedAtShutdown() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
@@ -531,10 +568,10 @@ struct ServiceRuntimeTests {
         }
     }
 
-    @Test("NIP-04 requests are answered in NIP-04; handler errors, failures and timeouts get error replies")
+    @Test("NIP-04 requests are answered in NIP-04; handler errors, failures, timeouts and unsendable replies get error replies; a late success stands")
     func schemesAndErrors() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            let handler = Uppercase(timeout: .seconds(1))
             try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     let legacy = try client.request(kind: requestKind, content: "legacy", to: key.publicKey, encryption: .nip04)
@@ -542,8 +579,11 @@ struct ServiceRuntimeTests {
                     let crashing = try client.request(kind: requestKind, content: "crash", to: key.publicKey)
                     let hanging = try client.request(kind: requestKind, content: "hang", to: key.publicKey)
                     let garbage = EventTemplate(kind: requestKind, content: "not a payload", tags: [["p", key.publicKey.hex]]).sign(with: client.key)
-                    for request in [legacy, failing, crashing, hanging, garbage] { try await publish(request, on: urls, through: pool) }
-                    let seen = try await awaitReplies(replies) { $0.count >= 5 }
+                    let empty = try client.request(kind: requestKind, content: "empty", to: key.publicKey)
+                    let stubborn = try client.request(kind: requestKind, content: "stubborn", to: key.publicKey)
+                    let all = [legacy, failing, crashing, hanging, garbage, empty, stubborn]
+                    for request in all { try await publish(request, on: urls, through: pool) }
+                    let seen = try await awaitReplies(replies) { $0.count >= all.count }
                     func reply(to request: Event) throws -> Event {
                         guard let found = seen.first(where: { $0.0.tagValues("e") == [request.id.hex] }) else {
                             throw TestKitError("no reply to \(request.content)")
@@ -557,6 +597,9 @@ struct ServiceRuntimeTests {
                     #expect(try client.read(reply(to: crashing)) == "error internal: internal error")
                     #expect(try client.read(reply(to: hanging)).hasPrefix("error timeout:"))
                     #expect(try client.read(reply(to: garbage)) == "error bad-request: the content could not be decrypted")
+                    #expect(try client.read(reply(to: empty)) == "error internal: internal error")
+                    // It did what was asked after its deadline: the client is told so, not "timeout".
+                    #expect(try client.read(reply(to: stubborn)) == "STUBBORN")
                 }
             }
         }

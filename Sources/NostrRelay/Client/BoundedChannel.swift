@@ -9,7 +9,7 @@ final class BoundedChannel<Element: Sendable>: Sendable {
     private struct Producer {
         let id: UInt64
         let element: Element
-        let continuation: CheckedContinuation<Void, Never>
+        let continuation: CheckedContinuation<Bool, Never>
     }
 
     private struct State {
@@ -41,29 +41,31 @@ final class BoundedChannel<Element: Sendable>: Sendable {
         self.capacity = max(1, capacity)
     }
 
-    /// Adds `element`, waiting while the channel is full; does nothing once the channel is finished.
-    func send(_ element: Element) async {
-        let id: UInt64? = state.withLock { state in
-            if state.finished { return nil }
+    /// Adds `element`, waiting while the channel is full; false, and nothing added, once the channel is finished
+    /// or the wait is cancelled.
+    @discardableResult
+    func send(_ element: Element) async -> Bool {
+        let (added, waitingID): (Bool, UInt64?) = state.withLock { state in
+            if state.finished { return (false, nil) }
             if let consumer = state.consumer {
                 state.consumer = nil
                 consumer.resume(returning: element)
-                return nil
+                return (true, nil)
             }
             if state.count < capacity {
                 state.buffer.append(element)
-                return nil
+                return (true, nil)
             }
             state.nextID += 1
-            return state.nextID
+            return (false, state.nextID)
         }
-        guard let id else { return }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        guard let id = waitingID else { return added }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
                 // Everything is checked again: between the two locks the consumer may have emptied the buffer
                 // and started waiting, and a sender that only queued itself would then wait forever.
-                let (resumeNow, consumer) = state.withLock { state -> (Bool, CheckedContinuation<Element?, Never>?) in
-                    if state.finished || Task.isCancelled { return (true, nil) }
+                let (resumeNow, consumer) = state.withLock { state -> (Bool?, CheckedContinuation<Element?, Never>?) in
+                    if state.finished || Task.isCancelled { return (false, nil) }
                     if let consumer = state.consumer {
                         state.consumer = nil
                         return (true, consumer)
@@ -73,17 +75,17 @@ final class BoundedChannel<Element: Sendable>: Sendable {
                         return (true, nil)
                     }
                     state.producers.append(Producer(id: id, element: element, continuation: continuation))
-                    return (false, nil)
+                    return (nil, nil)
                 }
                 consumer?.resume(returning: element)
-                if resumeNow { continuation.resume() }
+                if let resumeNow { continuation.resume(returning: resumeNow) }
             }
         } onCancel: {
             let producer = state.withLock { state -> Producer? in
                 guard let index = state.producers.firstIndex(where: { $0.id == id }) else { return nil }
                 return state.producers.remove(at: index)
             }
-            producer?.continuation.resume()
+            producer?.continuation.resume(returning: false)
         }
     }
 
@@ -130,7 +132,7 @@ final class BoundedChannel<Element: Sendable>: Sendable {
             }
             return (state.producers, state.consumer)
         }
-        for producer in producers { producer.continuation.resume() }
+        for producer in producers { producer.continuation.resume(returning: false) }
         consumer?.resume(returning: nil)
     }
 
@@ -144,7 +146,7 @@ final class BoundedChannel<Element: Sendable>: Sendable {
         if !state.producers.isEmpty {
             let producer = state.producers.removeFirst()
             state.buffer.append(producer.element)
-            producer.continuation.resume()
+            producer.continuation.resume(returning: true)
         }
         return element
     }

@@ -290,7 +290,9 @@ final class PoolSubscription: Sendable {
 
     func deliver(_ event: Event, from relay: RelayURL) async {
         guard seen.withLock({ $0.insert(event.id) }) else { return }
-        await channel.send(.event(event, relay: relay))
+        // Not delivered (the sending connection was removed while the subscriber was full, say): a copy from
+        // another relay must still get through.
+        if !(await channel.send(.event(event, relay: relay))) { seen.withLock { $0.forget(event.id) } }
     }
 
     func finish() { channel.finish() }
@@ -348,6 +350,11 @@ struct RecentEventIDs {
             next = (next + 1) % capacity
         }
         return true
+    }
+
+    /// Takes `id` out, so that it counts as new again (its place in the order is kept until it is evicted).
+    mutating func forget(_ id: EventID) {
+        members.remove(id)
     }
 }
 
