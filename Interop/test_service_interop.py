@@ -214,3 +214,27 @@ def test_metrics_and_health_endpoint(procs, aio, rng, tmp_path):
         time.sleep(0.1)
     status, body = http_get(address, "/health")
     assert status == 503 and json.loads(body)["ready"] is False, body
+
+
+@pytest.mark.parametrize("daemon", ["bunker", "wallet-bridge", "dvm-host"])
+def test_a_daemon_stopped_before_it_is_ready_exits(procs, tmp_path, monkeypatch, daemon):  # noqa: F811
+    """A daemon whose only relay refuses connections never becomes ready; SIGTERM must still end it
+    (it used to keep waiting for readiness after its runtime had stopped)."""
+    import test_pool_interop
+    monkeypatch.setenv("BUNKER_PASSPHRASE", "interop passphrase")
+    monkeypatch.setitem(test_pool_interop.ENV, "BUNKER_PASSPHRASE", "interop passphrase")
+    data = tmp_path / daemon
+    extra = []
+    if daemon == "bunker":
+        procs.run("bunker", "init", "--data-dir", str(data))
+    elif daemon == "dvm-host":
+        procs.run("dvm-host", "init", "--data-dir", str(data))
+        extra = ["--kind", "5050", "--handler", "uppercase"]
+    # Port 9 (discard) on loopback: nothing listens, every connection attempt is refused.
+    proc = procs.start([procs.binary(daemon), "serve", "--data-dir", str(data), "--relay", "ws://127.0.0.1:9", *extra], daemon)
+    time.sleep(1.5)
+    assert proc.alive(), proc.describe()
+    assert not [line for line in proc.snapshot() if "ready" in line or line.startswith("bunker://")], proc.describe()
+    was_alive, exited = proc.stop()
+    proc.stopped_by_test = True
+    assert was_alive and exited, f"[seed {SEED}] {daemon} did not exit on SIGTERM before it was ready:\n{proc.describe()}"

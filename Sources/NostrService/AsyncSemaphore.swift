@@ -111,3 +111,11 @@ package final class AsyncSemaphore: Sendable {
         }
     }
 }
+
+/// Returns when the task is cancelled: for a task group's part that has done its work but must not end the
+/// group's wait for its first finished part.
+package func untilCancelled() async {
+    while !Task.isCancelled {
+        try? await Task.sleep(for: .seconds(3600))
+    }
+}

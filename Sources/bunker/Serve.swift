@@ -128,16 +128,20 @@ struct BunkerDaemon: Service {
             }
             group.addTask { await pruneAuditDaily() }
             group.addTask { await answerConnectRequests(signer: signer, runtime: runtime) }
-            while !runtime.isReady {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-            // Secrets printed by earlier starts that expired unused go; this start prints fresh ones.
-            let pruned = try await state.pruneExpiredSecrets(before: Int64(Date().timeIntervalSince1970))
-            if pruned > 0 { logger.info("expired connection secrets removed", metadata: ["count": "\(pruned)"]) }
-            for identity in identities {
-                let uri = try await mintURI(
-                    for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, lifetime: uriLifetime, state: state)
-                say(uri.description)
+            // Waits in the group, so that a runtime that fails, or is stopped, before it is ready ends the command.
+            group.addTask {
+                while !runtime.isReady {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                // Secrets printed by earlier starts that expired unused go; this start prints fresh ones.
+                let pruned = try await state.pruneExpiredSecrets(before: Int64(Date().timeIntervalSince1970))
+                if pruned > 0 { logger.info("expired connection secrets removed", metadata: ["count": "\(pruned)"]) }
+                for identity in identities {
+                    let uri = try await mintURI(
+                        for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, lifetime: uriLifetime, state: state)
+                    say(uri.description)
+                }
+                await untilCancelled()
             }
             // The runtime returns on SIGTERM/SIGINT (as does the listener): then the background loops stop too.
             _ = try await group.next()

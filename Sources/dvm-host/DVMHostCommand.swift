@@ -235,12 +235,16 @@ struct HostDaemon: Service {
                     ).run()
                 }
             }
-            while !host.isReady {
-                try await Task.sleep(for: .milliseconds(20))
+            // Waits in the group, so that a host that fails, or is stopped, before it is ready ends the command.
+            group.addTask {
+                while !host.isReady {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                let kinds = command.kind.sorted().map(String.init).joined(separator: ",")
+                let price = command.priceMsats.map { "\($0) msat" } ?? "free"
+                say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
+                await untilCancelled()
             }
-            let kinds = command.kind.sorted().map(String.init).joined(separator: ",")
-            let price = command.priceMsats.map { "\($0) msat" } ?? "free"
-            say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
             // The host returns on SIGTERM/SIGINT (as does the listener): then everything else stops too.
             _ = try await group.next()
             group.cancelAll()

@@ -120,11 +120,15 @@ struct WalletDaemon: Service {
                     ).run()
                 }
             }
-            while !bridge.isReady {
-                try await Task.sleep(for: .milliseconds(20))
+            // Waits in the group, so that a bridge that fails, or is stopped, before it is ready ends the command.
+            group.addTask {
+                while !bridge.isReady {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                let live = try await stores.wallet.connections().filter { $0.isLive(at: .now) }.count
+                say("wallet-bridge ready: service \(bridge.publicKey.hex), \(live) connection\(live == 1 ? "" : "s"), backend \(command.backend), relays \(bridge.runtime.relays.map(\.string).joined(separator: " "))")
+                await untilCancelled()
             }
-            let live = try await stores.wallet.connections().filter { $0.isLive(at: .now) }.count
-            say("wallet-bridge ready: service \(bridge.publicKey.hex), \(live) connection\(live == 1 ? "" : "s"), backend \(command.backend), relays \(bridge.runtime.relays.map(\.string).joined(separator: " "))")
             // The bridge returns on SIGTERM/SIGINT (as does the listener): then everything else stops too.
             _ = try await group.next()
             group.cancelAll()
