@@ -465,10 +465,22 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
     outsider = lnbits.wallet("outsider", sats=5_000)
     data = tmp_path / "wallet"
     monkeypatch.setitem(test_pool_interop.ENV, "INTEROP_LNBITS_KEY", bridge_wallet["adminkey"])
-    proc = procs.start(
-        [wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url, "--backend", "lnbits",
-         "--lnbits-url", lnbits.base, "--lnbits-key-env", "INTEROP_LNBITS_KEY"], "wallet-bridge")
-    proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
+    running = []
+
+    def start_bridge():
+        proc = procs.start(
+            [wb_path(procs), "serve", "--data-dir", str(data), "--relay", relay_url, "--backend", "lnbits",
+             "--lnbits-url", lnbits.base, "--lnbits-key-env", "INTEROP_LNBITS_KEY"], "wallet-bridge")
+        proc.wait_for(lambda lines: next((l for l in lines if l.startswith("wallet-bridge ready")), None), READY, "the ready line")
+        running.append(proc)
+
+    def stop_bridge():
+        proc = running.pop()
+        was_alive, exited = proc.stop()
+        proc.stopped_by_test = True
+        assert was_alive and exited, proc.describe()
+
+    start_bridge()
     _, spender_uri = connect(procs, data, "spender", "--budget", "8000000", "--period", "weekly")
     _, shop_uri = connect(procs, data, "shop", "--unlimited")
 
@@ -527,7 +539,24 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
             await shop.pay_invoice(PayInvoiceRequest(id=None, invoice=big.get("bolt11") or big["payment_request"], amount=None))
         assert "[InsufficientBalance]" in error_text(short), error_text(short)
         assert (await shop.get_balance()).balance == 14_000_000
+
+        # Paid while the bridge was down, just before the invoice expired: the restarted bridge still finds it
+        # and reports it settled, not expired.
+        brief = await shop.make_invoice(MakeInvoiceRequest(amount=1_000_000, description="brief", description_hash=None, expiry=4))
+        # In threads: this loop also runs rust-nostr's relay, which must keep serving meanwhile.
+        await asyncio.to_thread(stop_bridge)
+        status, body = lnbits.call("POST", "/api/v1/payments", {"out": True, "bolt11": brief.invoice}, key=outsider["adminkey"])
+        assert status in (200, 201), (status, body)
+        await asyncio.sleep(5)  # expired now
+        await asyncio.to_thread(start_bridge)
+        deadline = time.monotonic() + 20
+        while True:
+            looked = await shop.lookup_invoice(LookupInvoiceRequest(payment_hash=brief.payment_hash, invoice=None))
+            if looked.state == TransactionState.SETTLED or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert looked.state == TransactionState.SETTLED, looked.state
         for client in (spender, shop):
             await client.client().shutdown()
 
-    aio.call(session(), timeout=120)
+    aio.call(session(), timeout=150)

@@ -28,6 +28,9 @@ public final class LNbitsBackend: LightningBackend {
         public var requestTimeout: Duration = .seconds(30)
         /// How old a reservation must be before LNbits not knowing the payment means it never went out.
         public var unrecordedGrace: Duration = .seconds(600)
+        /// How long after its expiry an unpaid invoice is still watched: one paid just before it expired, while
+        /// LNbits or this service was unreachable, is still found and settled.
+        public var expiredInvoiceWatch: Int64 = 86_400
 
         public init() {}
     }
@@ -245,7 +248,7 @@ public final class LNbitsBackend: LightningBackend {
 
     /// Settles our unpaid invoices that LNbits' recent payments show as received.
     private func pollRecentPayments() async throws {
-        let pending = try await store.pendingInvoices(now: .now)
+        let pending = try await store.pendingInvoices(now: .now - configuration.expiredInvoiceWatch)
         guard !pending.isEmpty else { return }
         let response = try await call(.GET, "/api/v1/payments?limit=100&sortby=time&direction=desc")
         guard response.status == .ok, case .array(let payments) = response.json["_"] ?? .null else { return }
@@ -267,7 +270,7 @@ public final class LNbitsBackend: LightningBackend {
         for payment in try await store.pendingPayments() {
             _ = try await resolve(payment)
         }
-        for invoice in try await store.pendingInvoices(now: .now).suffix(200) {
+        for invoice in try await store.pendingInvoices(now: .now - configuration.expiredInvoiceWatch).suffix(200) {
             let response = try await call(.GET, "/api/v1/payments/\(invoice.paymentHash.hex)")
             guard response.status == .ok, response.json["paid"] == .bool(true) else { continue }
             if let received = try await store.settleInvoice(

@@ -72,6 +72,7 @@ public protocol WalletStore: Sendable {
     /// Payments still pending (in flight), across connections: the daemon resolves them after a restart.
     func pendingPayments() async throws -> [WalletTransaction]
 
-    /// Unpaid invoices not yet expired at `now`, across connections: a backend watches them.
+    /// Unpaid invoices not yet expired at `now`, across connections: a backend watches them (passing a `now` in
+    /// the past to keep watching those that expired since).
     func pendingInvoices(now: Timestamp) async throws -> [WalletTransaction]
 }
