@@ -177,9 +177,18 @@ public final class ServiceRuntime: Service, Sendable {
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
-        /// Until every relay has sent its stored requests (or ``Configuration/catchUpTimeout``): the relays still
-        /// to send `EOSE`, and when checkpoints move on regardless. Nil once caught up.
+        /// Until every relay has sent its stored requests: the relays still to send `EOSE`, and when checkpoints
+        /// move on regardless (``Configuration/catchUpTimeout`` after the subscription, or after the last event
+        /// one of them delivered, whichever is later: a relay still sending is slow, not silent). Nil once
+        /// caught up.
         var catchUp: (relays: Set<RelayURL>, until: ContinuousClock.Instant)?
+        /// Per relay, the connection (its ``RelayStatus/reconnects`` count) whose `EOSE` was last taken in.
+        var caughtUpOn: [RelayURL: Int] = [:]
+        /// Relays on a connection whose `EOSE` has not been taken in yet (a reconnect: the relay sends what it
+        /// stored meanwhile, newest first), each with that connection and when it was first seen or its last
+        /// event arrived, whichever is later: checkpoints wait for them, as for the first catch-up, until one
+        /// sends nothing for ``Configuration/catchUpTimeout`` (then it is given up on for that connection).
+        var resuming: [RelayURL: (connection: Int, since: ContinuousClock.Instant, givenUp: Bool)] = [:]
         /// Relays the next announcement round also goes to (ones just removed from the service's set).
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
@@ -457,7 +466,13 @@ public final class ServiceRuntime: Service, Sendable {
             for await item in subscription {
                 if case .endOfStoredEvents(let relay) = item { caughtUp(relay) }
                 guard case .event(let event, let relay) = item else { continue }
-                if state.withLock({ $0.stopping }) { break }
+                let stopping = state.withLock { state in
+                    // A relay still sending stored requests is making progress: its catch-up is not over.
+                    if state.catchUp?.relays.contains(relay) == true { state.catchUp?.until = .now + configuration.catchUpTimeout }
+                    if state.resuming[relay]?.givenUp == false { state.resuming[relay]?.since = .now }
+                    return state.stopping
+                }
+                if stopping { break }
                 guard let route = admit(event) else { continue }
                 await slots.acquire()
                 group.addTask {
@@ -1076,11 +1091,14 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
-    /// `relay` has sent the requests it stored.
+    /// `relay` has sent the requests it stored (on its current connection).
     private func caughtUp(_ relay: RelayURL) {
+        let connection = listener.status().first { $0.url == relay }?.reconnects
         state.withLock { state in
             state.catchUp?.relays.remove(relay)
             if state.catchUp?.relays.isEmpty == true { state.catchUp = nil }
+            if let connection { state.caughtUpOn[relay] = connection }
+            state.resuming[relay] = nil
         }
     }
 
@@ -1103,14 +1121,31 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     private func flushCheckpoints() async {
+        // Relays on a new connection still sending what they stored meanwhile (newest first): a checkpoint moved
+        // past their older requests before those are taken in would lose them on a restart.
+        let statuses = listener.status()
         let (pending, silent) = state.withLock { state -> ([PublicKey: Timestamp], Set<RelayURL>) in
             var silent: Set<RelayURL> = []
+            let now = ContinuousClock.now
             if let catchUp = state.catchUp {
                 // Still catching up: older stored requests may yet come.
-                guard ContinuousClock.now >= catchUp.until else { return ([:], []) }
+                guard now >= catchUp.until else { return ([:], []) }
                 silent = catchUp.relays
                 state.catchUp = nil
             }
+            let relays = Set(statuses.map(\.url))
+            state.resuming = state.resuming.filter { relays.contains($0.key) }
+            for status in statuses where status.isConnected && state.caughtUpOn[status.url] != status.reconnects
+                && state.resuming[status.url]?.connection != status.reconnects
+            {
+                state.resuming[status.url] = (status.reconnects, now, false)
+            }
+            for (relay, resuming) in state.resuming where !resuming.givenUp && now - resuming.since >= configuration.catchUpTimeout {
+                // Sent nothing for the whole timeout: checkpoints move on without it (logged once).
+                silent.insert(relay)
+                state.resuming[relay]?.givenUp = true
+            }
+            if state.resuming.values.contains(where: { !$0.givenUp }) { return ([:], silent) }
             var due: [PublicKey: Timestamp] = [:]
             for (key, newest) in state.checkpoints {
                 // Not past a request still being handled (or one that could not be journaled): kept for the

@@ -48,8 +48,11 @@ struct RelayClientStateTests {
         resumed.since = 5000 - 60
         resumed.limit = nil
         #expect(try sent(state.connected()) == [.request(subscriptionID: "s", filters: [resumed])])
-        // EOSE is reported to the subscriber once, not after every reconnect.
-        #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_001, monotonic: 0).isEmpty)
+        // EOSE is reported once per connection: after a reconnect the relay has sent what it stored meanwhile.
+        #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_001, monotonic: 0)
+            == [.endOfStoredEvents(subscriptionID: "s")])
+        // A second EOSE on the same connection is not news.
+        #expect(state.receive(RelayMessage.endOfStoredEvents(subscriptionID: "s").json, now: 10_002, monotonic: 0).isEmpty)
     }
 
     @Test("a connection lost before EOSE resumes from where the lost request started: stored events come newest first")

@@ -316,8 +316,10 @@ struct ServiceRuntimeTests {
         }
     }
 
-    @Test("a restart in the middle of a catch-up still answers the older stored requests (relays send them newest first)")
-    func restartDuringCatchUp() async throws {
+    @Test(
+        "a restart in the middle of a catch-up still answers the older stored requests (relays send them newest first), also when the catch-up outlasts its timeout while the relay keeps sending",
+        arguments: [Duration.seconds(60), .milliseconds(500)])
+    func restartDuringCatchUp(catchUpTimeout: Duration) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase()
             let now = Timestamp.now
@@ -330,6 +332,9 @@ struct ServiceRuntimeTests {
                 // One at a time, so the catch-up is still going when intake stops (after a checkpoint flush).
                 var configuration = ServiceRuntime.Configuration(relays: urls)
                 configuration.maximumConcurrentRequests = 1
+                // A short timeout: the catch-up (20 requests of 100 ms one after another) outlasts it, but the relay
+                // never stops delivering meanwhile, so it is not taken for silent.
+                configuration.catchUpTimeout = catchUpTimeout
                 let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -343,6 +348,56 @@ struct ServiceRuntimeTests {
                 #expect(handler.total < 20)
                 let checkpoint = try await store.checkpoint(for: key.publicKey)
                 #expect(checkpoint == nil || checkpoint ?? 0 <= stored[0].createdAt, "not past requests never delivered")
+                try await withRuntime(urls, handler: handler, key: key, store: store) { _ in
+                    _ = try await awaitReplies(replies) { seen in
+                        stored.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }
+                    }
+                }
+            }
+            #expect(stored.allSatisfy { handler.count($0.id) == 1 })
+        }
+    }
+
+    @Test("requests a relay stored while its connection was down are all answered once, also after a restart in the middle of their re-sending")
+    func restartDuringResume() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await withTestRelays(1) { relays in
+            let relay = relays[0]
+            let urls = relays.compactMap(\.url)
+            let handler = Uppercase()
+            let now = Timestamp.now
+            // Within the relay client's resume window (60 s before what it last saw), older than the
+            // checkpoint's margin (5 s) apart.
+            let stored = try (0..<20).map {
+                try client.request(kind: requestKind, content: "sleep:100", to: key.publicKey, createdAt: now - 50 + Timestamp($0 * 2))
+            }
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.maximumConcurrentRequests = 1
+            configuration.catchUpMargin = 5
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                    try await Task.sleep(for: .milliseconds(300))
+                    // The connection goes down; the relay takes requests meanwhile (from other connections).
+                    await relay.stop()
+                    for request in stored { _ = try await relay.store.save(request, now: .now) }
+                    try await relay.restart()
+                    // The relay re-sends them newest first, one taken in per 100 ms; stop after a checkpoint flush.
+                    try await withDeadline(.seconds(10), "a few requests handled") { while handler.total < 3 { try await Task.sleep(for: .milliseconds(20)) } }
+                    try await Task.sleep(for: .milliseconds(1_200))
+                    runtime.stopIntake()
+                }
+                try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                try await group.waitForAll()
+            }
+            #expect(handler.total < 20)
+            let checkpoint = try await store.checkpoint(for: key.publicKey)
+            #expect(checkpoint == nil || checkpoint ?? 0 <= stored[0].createdAt, "not past requests not yet taken in")
+            try await withReplies(urls, for: client) { _, replies in
                 try await withRuntime(urls, handler: handler, key: key, store: store) { _ in
                     _ = try await awaitReplies(replies) { seen in
                         stored.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }

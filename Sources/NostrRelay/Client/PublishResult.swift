@@ -39,7 +39,8 @@ public enum SubscriptionItem: Hashable, Sendable {
     /// A verified event matching the subscription, first seen on `relay` (later copies from other relays are
     /// dropped).
     case event(Event, relay: RelayURL)
-    /// `relay` has sent all the stored events it has for the subscription; what follows is live.
+    /// `relay` has sent all the stored events it has for the subscription; what follows is live. Reported once
+    /// per connection: after a reconnect the relay sends what it stored meanwhile, then this again.
     case endOfStoredEvents(relay: RelayURL)
     /// `relay` ended the subscription with `message` and will not be asked again (authentication and rate
     /// limits are handled before this is reported).

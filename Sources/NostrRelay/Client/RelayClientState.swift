@@ -55,7 +55,6 @@ struct RelayClientState {
         /// Wall clock when the relay first sent `EOSE`.
         var caughtUpAt: Timestamp?
         var waiting: Waiting = .none
-        var reportedEndOfStoredEvents = false
         /// The message of an `auth-required:` refusal, reported if authentication fails.
         var refusal: String?
         /// Why the relay closed it, until it is asked for again and answered (an event or `EOSE`).
@@ -287,13 +286,13 @@ struct RelayClientState {
             subscription.awaitingStored = false
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
+            let wasAnswered = subscription.answered
             subscription.answered = true
             subscription.isCurrent = true
-            let first = !subscription.reportedEndOfStoredEvents
-            subscription.reportedEndOfStoredEvents = true
             var actions = closeRetired(&subscription)
             subscriptions[id] = subscription
-            if first { actions.append(.endOfStoredEvents(subscriptionID: id)) }
+            // Once per connection (a replacement's or a retry's `EOSE` on an answered request is not news).
+            if !wasAnswered { actions.append(.endOfStoredEvents(subscriptionID: id)) }
             return actions
         case .closed(let wireID, let text):
             return receiveClosed(wireID, text, monotonic: monotonic)
