@@ -8,7 +8,8 @@ import Synchronization
 /// line of standard error.
 ///
 /// The command runs through `/bin/sh -c` in a session of its own, so when the job's time is up (the handler
-/// is cancelled) the whole process group gets SIGTERM and, two seconds later, SIGKILL.
+/// is cancelled) the whole process group gets SIGTERM; when the job ends, however it ends, whatever is left
+/// in the group gets SIGKILL (a child that handles SIGTERM, a process left in the background).
 ///
 /// Each job's input and output pass through files in a private directory (`dvm-job-<pid>-<UUID>`, 0700) in
 /// ``workDirectory``, removed when the job ends. A process killed mid-job leaves its directory behind:
@@ -78,10 +79,18 @@ public struct ExecHandler: JobHandler {
         options.teardownSequence = [.gracefulShutDown(toProcessGroup: true, allowedDurationToNextStep: .seconds(2))]
         let script = #"exec <"$1" >"$2" 2>"$3"; eval "$4""#
         let arguments = Arguments(["-c", script, "sh", input.path, output.path, errors.path, command])
+        // The session's id (the shell's pid): whatever the command left in it is killed when the job ends, on
+        // every path. The teardown above only follows the shell, which SIGTERM ends at once, and a child that
+        // handles SIGTERM (or one left in the background) would otherwise outlive the job.
+        let group = Mutex<pid_t?>(nil)
+        defer { if let session = group.withLock({ $0 }) { killpg(session, SIGKILL) } }
         let process = Task {
             try await Subprocess.run(
                 .path("/bin/sh"), arguments: arguments, platformOptions: options, input: .none, output: .discarded,
-                error: .discarded)
+                error: .discarded
+            ) { execution in
+                group.withLock { $0 = execution.processIdentifier.value }
+            }
         }
         let limit = maximumOutput
         let overflow = Mutex(false)

@@ -274,6 +274,31 @@ struct DVMHostTests {
             await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
             #expect(ContinuousClock.now - started < .seconds(8))
         }
+        // What the command leaves behind is killed when the job ends: a child that ignores SIGTERM (the shell
+        // itself dies of it at the timeout), and a process left in the background by a job that succeeded.
+        let pids = try temporaryDirectory("dvm-exec-pids")
+        defer { try? FileManager.default.removeItem(at: pids) }
+        func gone(_ name: String) async throws -> Bool {
+            let text = try String(contentsOf: pids.appendingPathComponent(name), encoding: .utf8)
+            let pid = try #require(pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+            for _ in 0..<40 {
+                if kill(pid, 0) != 0 && errno == ESRCH { return true }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return false
+        }
+        let stubborn = "sh -c 'trap \"\" TERM; echo $$ > \(pids.path)/stubborn; exec sleep 30'"
+        try await withHosts(handler: exec(stubborn), service: { $0.jobTimeout = .seconds(1) }) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
+        }
+        #expect(try await gone("stubborn"), "a child that ignores SIGTERM outlived its job")
+        let background = "(trap '' TERM; exec sleep 30) & echo $! > \(pids.path)/background; echo done"
+        try await withHosts(handler: exec(background)) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            #expect(try await hosts[0].client.run(request, timeout: .seconds(10)).content == "done\n")
+        }
+        #expect(try await gone("background"), "a background process outlived its job")
         try await withHosts(handler: exec("head -c 5000 /dev/zero", maximumOutput: 1000)) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
             await #expect(throws: JobError("the command wrote more than 1000 bytes")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
