@@ -126,9 +126,7 @@ public final class LNbitsBackend: LightningBackend {
         }
         switch response.status {
         case .ok, .created:
-            if response.json["status"]?.string == "success" {
-                return .paid(try await settle(payment, response.json))
-            }
+            if response.json["status"]?.string == "success" { return await settleOrLeavePending(payment, response.json) }
             return try await waitForResolution(payment, until: deadline)
         case .badRequest, .unauthorized, .forbidden, .notFound, .unprocessableEntity:
             // Refused before anything was paid.
@@ -137,9 +135,11 @@ public final class LNbitsBackend: LightningBackend {
         default:
             if response.json["status"]?.string == "failed" {
                 _ = try await store.failPayment(sequence: payment.sequence, creditsLedger: false, now: .now)
-                // LNbits' own check of the wallet's balance (HTTP 520, "Insufficient balance."): NIP-47 has a
-                // code for it.
-                if response.detail.lowercased().hasPrefix("insufficient balance") {
+                // LNbits' own check of the wallet's balance (HTTP 520, "Insufficient balance.", or "You must
+                // reserve at least (N sat) to cover potential routing fees."): NIP-47 has a code for it, which
+                // covers a fee reserve too.
+                let detail = response.detail.lowercased()
+                if detail.hasPrefix("insufficient balance") || detail.contains("reserve at least") {
                     return .refused(.insufficientBalance(balance: (try? await balance(of: connection)) ?? 0))
                 }
                 return .failed(reason: response.detail)
@@ -182,7 +182,7 @@ public final class LNbitsBackend: LightningBackend {
         if response.json["paid"] == .bool(true) || status == "success" {
             var details = response.json["details"]?.object ?? [:]
             details["preimage"] = response.json["preimage"] ?? details["preimage"]
-            return .paid(try await settle(payment, details))
+            return await settleOrLeavePending(payment, details)
         }
         if status == "failed" {
             _ = try await store.failPayment(sequence: payment.sequence, creditsLedger: false, now: .now)
@@ -194,6 +194,17 @@ public final class LNbitsBackend: LightningBackend {
     /// Whether LNbits having no record of `payment` at `now` means it never reached LNbits.
     static func neverRecorded(_ payment: WalletTransaction, now: Timestamp, grace: Duration) -> Bool {
         now - payment.createdAt >= grace.components.seconds
+    }
+
+    /// Settles a payment LNbits reports as successful; if the store cannot record it, the payment stays pending
+    /// (it went out: an error would tell the client it failed) and the next lookup settles it.
+    private func settleOrLeavePending(_ payment: WalletTransaction, _ details: [String: JSONValue]) async -> PaymentOutcome {
+        do {
+            return .paid(try await settle(payment, details))
+        } catch {
+            logger.error("LNbits paid, but the payment could not be recorded; it stays pending until a lookup settles it", metadata: ["error": "\(error)"])
+            return .pending(payment)
+        }
     }
 
     /// Settles a payment LNbits reports as successful (fee from its `fee`, negative for payments out), and the
