@@ -364,6 +364,8 @@ LNBITS_ENV = {
     "LNBITS_EXTENSIONS_MANIFESTS": "[]", "LNBITS_WASM_EXTENSIONS_MANIFESTS": "[]", "LNBITS_EXTENSIONS_DEACTIVATE_ALL": "true",
     "LNBITS_PRICE_AGGREGATOR_ENABLED": "false", "LNBITS_EXCHANGE_RATE_PROVIDERS": "[]",
     "LNBITS_RATE_LIMIT_NO": "100000", "AUTH_HTTPS_ONLY": "false",
+    # A fee reserve above the bridge's own 1 %: budgets must count LNbits' figure.
+    "LNBITS_RESERVE_FEE_PERCENT": "2.0",
 }
 
 
@@ -512,6 +514,11 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
         with pytest.raises(Exception) as refused:
             await spender.pay_invoice(PayInvoiceRequest(id=None, invoice=second.invoice, amount=None))
         assert "[QuotaExceeded]" in error_text(refused), error_text(refused)
+        # 2,950 sat fits the 3,000 left with a 1 % fee reserve, not with LNbits' 2 %: the reserve is LNbits' own.
+        third = await shop.make_invoice(MakeInvoiceRequest(amount=2_950_000, description=None, description_hash=None, expiry=None))
+        with pytest.raises(Exception) as reserved:
+            await spender.pay_invoice(PayInvoiceRequest(id=None, invoice=third.invoice, amount=None))
+        assert "[QuotaExceeded]" in error_text(reserved), error_text(reserved)
 
         # Someone else pays the shop's invoice through LNbits: the shop is notified, and its lookup says settled.
         notes = Notifications(shop_uri)

@@ -99,9 +99,25 @@ public final class LNbitsBackend: LightningBackend {
             backendReference: response.json["checking_id"]?.string))
     }
 
-    /// LNbits' own reserve for payments leaving the node: 1 %, at least 2 sat.
+    /// LNbits' default reserve for payments leaving the node: 1 %, at least 2 sat (the floor of
+    /// ``reserve(for:amountMsat:)``).
     public func feeReserve(for invoice: BOLT11Invoice, amountMsat: Int64) -> Int64 {
         max(2_000, amountMsat / 100)
+    }
+
+    /// What paying `invoice` is reserved for besides its amount: LNbits' own figure for it
+    /// (`/api/v1/payments/fee-reserve`: the routing-fee limit it gives its funding source plus any service fee
+    /// the operator set), so that the fee a payment is charged stays within what the budget counted; never
+    /// less than ``feeReserve(for:amountMsat:)``, which is used alone when LNbits cannot say.
+    func reserve(for invoice: BOLT11Invoice, amountMsat: Int64) async -> Int64 {
+        let floor = feeReserve(for: invoice, amountMsat: amountMsat)
+        guard let response = try? await call(.GET, "/api/v1/payments/fee-reserve?invoice=\(invoice.string)"), response.status == .ok,
+            let reserve = response.json["fee_reserve"]?.int64, (0...NIP47.maximumAmountMsat).contains(reserve)
+        else {
+            logger.warning("LNbits did not say what to reserve for fees; reserving 1 % (at least 2 sat)")
+            return floor
+        }
+        return max(floor, reserve)
     }
 
     public func pay(
@@ -112,7 +128,7 @@ public final class LNbitsBackend: LightningBackend {
         guard invoice.amountMsat != nil else { return .failed(reason: "LNbits pays only invoices that name an amount") }
         let reservation = PaymentReservation(
             connection: connection.id, invoice: invoice, amountMsat: amountMsat,
-            feeReserveMsat: feeReserve(for: invoice, amountMsat: amountMsat), metadata: metadata, debitsLedger: false)
+            feeReserveMsat: await reserve(for: invoice, amountMsat: amountMsat), metadata: metadata, debitsLedger: false)
         let reserved = try await store.reserve(reservation, now: .now)
         guard case .reserved(let payment) = reserved else { return .refused(reserved) }
 
