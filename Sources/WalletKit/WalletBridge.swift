@@ -81,33 +81,74 @@ public final class WalletBridge: Sendable {
     /// Subscribed on at least one relay, and every info event confirmed by a relay.
     public var isReady: Bool { runtime.isReady && runtime.isAnnounced }
 
+    /// Notifications being sent at once: each waits for its relays' `OK` (a relay that never answers costs
+    /// one its publish timeout and retries), so they go out side by side, not one after another.
+    static let concurrentNotifications = 64
+    /// Notifications waiting to be sent; beyond, the oldest are dropped (logged): clients that need the truth
+    /// look payments up.
+    static let queuedNotifications = 10_000
+
     /// Runs until cancelled or until the runtime stops (graceful shutdown).
     public func run() async throws {
+        let (events, queue) = AsyncStream<WalletEvent>.makeStream(bufferingPolicy: .bufferingNewest(Self.queuedNotifications))
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await self.runtime.run() }
-            group.addTask { try await self.backend.run { event in await self.notify(event) } }
+            group.addTask {
+                defer { queue.finish() }
+                try await self.backend.run { event in
+                    if case .dropped = queue.yield(event) {
+                        self.logger.warning("notifications are queued faster than relays take them; the oldest was dropped")
+                    }
+                }
+            }
+            group.addTask { await self.notifyAll(events) }
             group.addTask { await self.followConnections() }
             _ = try await group.next()
             group.cancelAll()
         }
     }
 
-    /// Sends a notification for `event` to its connection's client (both encryption schemes).
-    func notify(_ event: WalletEvent) async {
-        do {
-            guard let (connection, replies) = try await service.notifications(for: event) else { return }
-            switch event {
-            case .received: service.metrics.notification("payment_received")
-            case .sent: service.metrics.notification("payment_sent")
-            }
-            for reply in replies {
-                let results = try await runtime.send(reply, from: connection.walletKey)
-                if !results.values.contains(where: \.isAccepted) {
-                    logger.warning("no relay accepted a notification", metadata: ["connection": "\(connection.id)"])
+    /// Sends the notifications of `events`, at most ``concurrentNotifications`` at once.
+    private func notifyAll(_ events: AsyncStream<WalletEvent>) async {
+        let sending = AsyncSemaphore(Self.concurrentNotifications)
+        await withDiscardingTaskGroup { group in
+            for await event in events {
+                guard (try? await sending.acquireUnlessCancelled()) != nil else { break }
+                group.addTask {
+                    defer { sending.release() }
+                    await self.notify(event)
                 }
             }
+        }
+    }
+
+    /// Sends a notification for `event` to its connection's client (both encryption schemes, side by side).
+    func notify(_ event: WalletEvent) async {
+        let prepared: (WalletConnection, [ServiceReply])?
+        do {
+            prepared = try await service.notifications(for: event)
         } catch {
             logger.error("could not send a notification", metadata: ["error": "\(error)"])
+            return
+        }
+        guard let (connection, replies) = prepared else { return }
+        switch event {
+        case .received: service.metrics.notification("payment_received")
+        case .sent: service.metrics.notification("payment_sent")
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for reply in replies {
+                group.addTask {
+                    do {
+                        let results = try await self.runtime.send(reply, from: connection.walletKey)
+                        if !results.values.contains(where: \.isAccepted) {
+                            self.logger.warning("no relay accepted a notification", metadata: ["connection": "\(connection.id)"])
+                        }
+                    } catch {
+                        self.logger.error("could not send a notification", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
         }
     }
 

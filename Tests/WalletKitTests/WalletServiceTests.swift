@@ -47,15 +47,17 @@ struct TestWallet {
 }
 
 /// Runs `replicas` wallet bridges (one relay each unless `sharedRelays`) over `relayCount` test relays on a
-/// fresh store of `backend`, and stops everything however `body` ends.
+/// fresh store of `backend`, and stops everything however `body` ends. The last `downRelays` of the relays are
+/// stopped before the bridges start (they stay in the bridges' relay set, down).
 func withWallet<R: Sendable>(
-    _ backend: WalletStoreBackend = .sqlite, relays relayCount: Int = 1, replicas: Int = 1,
+    _ backend: WalletStoreBackend = .sqlite, relays relayCount: Int = 1, downRelays: Int = 0, replicas: Int = 1,
     policy: RequestPolicy.Configuration = RequestPolicy.Configuration(),
     service: WalletService.Configuration = WalletService.Configuration(),
     _ body: @escaping @Sendable (TestWallet) async throws -> R
 ) async throws -> R {
     try await withTestRelays(relayCount) { testRelays in
         let urls = testRelays.compactMap(\.url)
+        for relay in testRelays.suffix(downRelays) { await relay.stop() }
         let keys = WalletKeys(master: .generate())
         return try await withStorePairs(backend, count: replicas) { pairs in
             var bridges: [WalletBridge] = []
@@ -179,6 +181,35 @@ struct WalletServiceTests {
             #expect(counter("switchboard_wallet_invoices_total") == 1)
             #expect(counter("switchboard_wallet_notifications_total", [("type", "payment_received")]) == 1)
             #expect(counter("switchboard_wallet_notifications_total", [("type", "payment_sent")]) == 1)
+        }
+    }
+
+    @Test("with one of its relays down, notifications still go out side by side, not one relay timeout after another")
+    func notificationsPastADeadRelay() async throws {
+        // Each notification event waits for the dead relay: 3 attempts of 2 s plus 1 s and 2 s between them.
+        try await withWallet(relays: 2, downRelays: 1) { wallet in
+            let (_, payerClient) = try await wallet.connect("payer", balance: 100_000, relays: [wallet.relays[0]])
+            let (_, payeeClient) = try await wallet.connect("payee", relays: [wallet.relays[0]])
+            try await payeeClient.run { payee in
+                try await payerClient.run { session in
+                    var hashes: Set<String> = []
+                    for index in 0..<4 {
+                        let made = try #require(try await payee.call("make_invoice", ["amount": .number("\(1000 + index)")]).object)
+                        hashes.insert(try #require(made["payment_hash"]?.string))
+                        _ = try await session.call("pay_invoice", ["invoice": .string(try #require(made["invoice"]?.string))])
+                    }
+                    // One after another, the fourth would come after ~8 s × 2 kinds × 4; side by side, after ~8 s.
+                    let received = try await withDeadline(.seconds(20), "the four notifications") {
+                        var received: Set<String> = []
+                        for await note in payee.notifications where note.kind == NIP47.notificationKind {
+                            if let hash = note.transaction["payment_hash"]?.string { received.insert(hash) }
+                            if received.count == 4 { break }
+                        }
+                        return received
+                    }
+                    #expect(received == hashes)
+                }
+            }
         }
     }
 
