@@ -104,6 +104,10 @@ struct WalletDaemon: Service {
         configuration.policy.rate = command.clientRate
         configuration.policy.burst = max(1, command.clientBurst)
         configuration.policy.maximumConcurrentPerSender = max(1, command.clientConcurrency)
+        // A pay_invoice in flight at SIGTERM is answered before the bridge stops (paid, failed, or still in
+        // flight after --payment-timeout): cut off, it would get no answer at all (kind 23194 is ephemeral, so
+        // it never comes back to be answered as interrupted).
+        configuration.shutdownGracePeriod = max(configuration.shutdownGracePeriod, .seconds(max(1, command.paymentTimeout) + 5))
         var service = WalletService.Configuration()
         service.paymentWait = .seconds(max(1, command.paymentTimeout))
         service.maximumUnpaidInvoices = max(1, command.maxUnpaidInvoices)
