@@ -40,7 +40,9 @@ public final class InputResolver: Sendable {
     public let configuration: Configuration
     /// The connections to relay hints (run it alongside the service: ``run()``).
     let hints: RelayPool
-    private let hintUse = Mutex<[RelayURL: ContinuousClock.Instant]>([:])
+    /// Each hint relay connected: when it was last taken, and by how many fetches or waits it is in use (one in
+    /// use is never closed to make room).
+    private let hintUse = Mutex<[RelayURL: (lastUse: ContinuousClock.Instant, users: Int)]>([:])
     private let logger: Logger
     /// The addresses a host name resolves to (the system's resolver; tests give their own).
     private let lookup: @Sendable (String) -> [[UInt8]]
@@ -213,10 +215,11 @@ public final class InputResolver: Sendable {
         if let found = (try? await pool.fetch([filter], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
             return found
         }
-        if let hint = try await hintRelay(input.relay, pool: pool),
-            let found = (try? await hints.fetch([filter], from: [hint], timeout: configuration.eventTimeout))?.first(where: { $0.id == id })
-        {
-            return found
+        if let hint = try await hintRelay(input.relay, pool: pool) {
+            defer { releaseHint(hint) }
+            if let found = (try? await hints.fetch([filter], from: [hint], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
+                return found
+            }
         }
         throw JobError("event \(id.hex.prefix(16))… not found")
     }
@@ -226,6 +229,7 @@ public final class InputResolver: Sendable {
         let id = try EventID(hex: input.data)
         let filter = Filter(tags: ["e": [id.hex]])
         let hint = try await hintRelay(input.relay, pool: pool)
+        defer { if let hint { releaseHint(hint) } }
         let deadline = ContinuousClock.now + configuration.jobTimeout
         let found: Event? = try await withThrowingTaskGroup(of: Event?.self) { group in
             group.addTask { try await Self.firstResult(of: id, in: pool, filter: filter, relays: nil, until: deadline) }
@@ -260,7 +264,8 @@ public final class InputResolver: Sendable {
         }
     }
 
-    /// The hint relay to ask, connected on demand; nil when there is none or it is one of the service's own.
+    /// The hint relay to ask, connected on demand and held until ``releaseHint(_:)``; nil when there is none, it
+    /// is one of the service's own, or every hint relay connected is in use and there is no room for another.
     private func hintRelay(_ hint: String?, pool: RelayPool) async throws -> RelayURL? {
         guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return nil }
         do {
@@ -271,18 +276,33 @@ public final class InputResolver: Sendable {
             return nil
         }
         let now = ContinuousClock.now
-        let evicted = hintUse.withLock { use -> RelayURL? in
+        let (taken, evicted) = hintUse.withLock { use -> (Bool, RelayURL?) in
             var evicted: RelayURL?
-            if use[url] == nil, use.count >= configuration.maximumHintRelays, let oldest = use.min(by: { $0.value < $1.value })?.key {
+            if use[url] == nil, use.count >= configuration.maximumHintRelays {
+                // The least recently used hint nobody is waiting on makes room; if all are in use, none does.
+                guard let oldest = use.filter({ $0.value.users == 0 }).min(by: { $0.value.lastUse < $1.value.lastUse })?.key else {
+                    return (false, nil)
+                }
                 use[oldest] = nil
                 evicted = oldest
             }
-            use[url] = now
-            return evicted
+            use[url] = (now, (use[url]?.users ?? 0) + 1)
+            return (true, evicted)
+        }
+        guard taken else {
+            logger.debug("relay hint not used: every hint relay connected is in use", metadata: ["relay": "\(url.string)"])
+            return nil
         }
         if let evicted { hints.remove(evicted) }
         _ = hints.add(url)
         return url
+    }
+
+    /// A fetch or wait is done with hint relay `url`.
+    private func releaseHint(_ url: RelayURL) {
+        hintUse.withLock { use in
+            if let entry = use[url] { use[url] = (entry.lastUse, max(0, entry.users - 1)) }
+        }
     }
 }
 

@@ -4,6 +4,7 @@ import Logging
 import NostrCore
 import NostrCrypto
 import NostrRelay
+import NostrServiceTesting
 import Synchronization
 import Testing
 
@@ -112,5 +113,47 @@ struct InputResolverTests {
         #expect(AddressPolicy.text([0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [1]) == "2001:db8::1")
         #expect(AddressPolicy.text([UInt8](repeating: 0, count: 10) + [0xff, 0xff, 127, 0, 0, 1]) == "::ffff:127.0.0.1")
         #expect(AddressPolicy.text([1, 2, 3]) == nil)
+    }
+}
+
+@Suite("InputResolver: relay hints")
+struct InputResolverHintTests {
+    @Test("a hint relay a job is waiting on is not closed to make room for another hint")
+    func hintInUseIsKept() async throws {
+        try await withTestRelays(3) { relays in
+            let urls = relays.compactMap(\.url)
+            var configuration = InputResolver.Configuration()
+            configuration.allowsPrivateAddresses = true
+            configuration.maximumHintRelays = 1
+            configuration.jobTimeout = .seconds(15)
+            configuration.eventTimeout = .seconds(1)
+            let resolver = InputResolver(configuration: configuration, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            let pool = RelayPool(relays: [urls[0]], logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            let worker = SecretKey.generate()
+            let job = EventTemplate(kind: 5050, content: "", tags: [["i", "earlier", "text"]]).sign(with: worker)
+            let elsewhere = EventTemplate(kind: 1, content: "on the second hint", tags: []).sign(with: worker)
+            try await pool.withRunning {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await resolver.run() }
+                    defer { group.cancelAll() }
+                    let publisher = RelayPool(relays: [urls[1], urls[2]], logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+                    try await publisher.withRunning {
+                        _ = await publisher.publish(elsewhere, to: [urls[2]])
+                        // A chained job waits for the earlier job's result on its hint, the first relay of the two.
+                        let waiting = Task { try await resolver.resolve(JobInput(data: job.id.hex, type: .job, relay: urls[1].string), pool: pool) }
+                        try await Task.sleep(for: .milliseconds(500))
+                        // Another input's hint: with the only hint place in use, it is not used (before, it closed
+                        // the first hint, and the wait above sat on a closed connection until its timeout).
+                        await #expect(throws: JobError.self) {
+                            _ = try await resolver.resolve(JobInput(data: elsewhere.id.hex, type: .event, relay: urls[2].string), pool: pool)
+                        }
+                        let result = EventTemplate(kind: 6050, content: "the earlier result", tags: [["e", job.id.hex]]).sign(with: worker)
+                        _ = await publisher.publish(result, to: [urls[1]])
+                        let resolved = try await withDeadline(.seconds(5), "the chained input") { try await waiting.value }
+                        #expect(resolved.content == "the earlier result")
+                    }
+                }
+            }
+        }
     }
 }
