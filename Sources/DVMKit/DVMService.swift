@@ -150,7 +150,12 @@ public final class DVMService: RequestHandler {
                     throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
                 }
                 metrics.paid(kind: kind)
-                try await payments.markPaid(made, for: job, store: context.store)
+                // Paid either way: if the record cannot be written, a run again finds the payment by the wallet.
+                do {
+                    try await payments.markPaid(made, for: job, store: context.store)
+                } catch {
+                    context.logger.warning("could not record that the job's invoice is paid", metadata: ["error": "\(error)"])
+                }
             }
         }
 

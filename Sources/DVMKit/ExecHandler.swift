@@ -83,7 +83,6 @@ public struct ExecHandler: JobHandler {
         // every path. The teardown above only follows the shell, which SIGTERM ends at once, and a child that
         // handles SIGTERM (or one left in the background) would otherwise outlive the job.
         let group = Mutex<pid_t?>(nil)
-        defer { if let session = group.withLock({ $0 }) { killpg(session, SIGKILL) } }
         let process = Task {
             try await Subprocess.run(
                 .path("/bin/sh"), arguments: arguments, platformOptions: options, input: .none, output: .discarded,
@@ -105,6 +104,9 @@ public struct ExecHandler: JobHandler {
             }
         }
         let result = await withTaskCancellationHandler { await process.result } onCancel: { process.cancel() }
+        // At once, while the session's id is most likely still its own: once the group is empty the number is
+        // free for another process to take.
+        if let session = group.withLock({ $0 }), killpg(session, 0) == 0 { killpg(session, SIGKILL) }
         watcher.cancel()
         try Task.checkCancellation()
         let written = Self.size(of: output)

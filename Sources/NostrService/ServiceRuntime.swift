@@ -179,9 +179,9 @@ public final class ServiceRuntime: Service, Sendable {
         var subscription: RelaySubscription?
         /// Until every relay has sent its stored requests: the relays still to send `EOSE`, and when checkpoints
         /// move on regardless (``Configuration/catchUpTimeout`` after the subscription, or after the last event
-        /// one of them delivered, whichever is later: a relay still sending is slow, not silent). Nil once
-        /// caught up.
-        var catchUp: (relays: Set<RelayURL>, until: ContinuousClock.Instant)?
+        /// one of them delivered, whichever is later: a relay still sending is slow, not silent; but never
+        /// later than `limit`, ten timeouts after the subscription). Nil once caught up.
+        var catchUp: (relays: Set<RelayURL>, until: ContinuousClock.Instant, limit: ContinuousClock.Instant)?
         /// Per relay, the connection (its ``RelayStatus/reconnects`` count) whose `EOSE` was last taken in.
         var caughtUpOn: [RelayURL: Int] = [:]
         /// Relays on a connection whose `EOSE` has not been taken in yet (a reconnect: the relay sends what it
@@ -189,6 +189,8 @@ public final class ServiceRuntime: Service, Sendable {
         /// event arrived, whichever is later: checkpoints wait for them, as for the first catch-up, until one
         /// sends nothing for ``Configuration/catchUpTimeout`` (then it is given up on for that connection).
         var resuming: [RelayURL: (connection: Int, since: ContinuousClock.Instant, givenUp: Bool)] = [:]
+        /// When each entry of ``resuming`` began: the wait for one connection is bounded by ten timeouts.
+        var resumingSince: [RelayURL: ContinuousClock.Instant] = [:]
         /// Relays the next announcement round also goes to (ones just removed from the service's set).
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
@@ -279,7 +281,7 @@ public final class ServiceRuntime: Service, Sendable {
                 let stopping = state.withLock { state in
                     state.subscription = subscription
                     state.subscribed = true
-                    state.catchUp = (Set(listener.relays), .now + configuration.catchUpTimeout)
+                    state.catchUp = (Set(listener.relays), .now + configuration.catchUpTimeout, .now + configuration.catchUpTimeout * 10)
                     return state.stopping
                 }
                 // Asked to stop before there was a subscription to stop.
@@ -468,7 +470,10 @@ public final class ServiceRuntime: Service, Sendable {
                 guard case .event(let event, let relay) = item else { continue }
                 let stopping = state.withLock { state in
                     // A relay still sending stored requests is making progress: its catch-up is not over.
-                    if state.catchUp?.relays.contains(relay) == true { state.catchUp?.until = .now + configuration.catchUpTimeout }
+                    if state.catchUp?.relays.contains(relay) == true, let catchUp = state.catchUp {
+                        // Bounded: a relay that sends live events but never `EOSE` does not hold checkpoints forever.
+                        state.catchUp?.until = min(.now + configuration.catchUpTimeout, catchUp.limit)
+                    }
                     if state.resuming[relay]?.givenUp == false { state.resuming[relay]?.since = .now }
                     return state.stopping
                 }
@@ -1132,15 +1137,25 @@ public final class ServiceRuntime: Service, Sendable {
                 guard now >= catchUp.until else { return ([:], []) }
                 silent = catchUp.relays
                 state.catchUp = nil
+                // Given up on for their current connections: not waited for again below.
+                for status in statuses where silent.contains(status.url) {
+                    state.resuming[status.url] = (status.reconnects, now, true)
+                }
             }
             let relays = Set(statuses.map(\.url))
             state.resuming = state.resuming.filter { relays.contains($0.key) }
+            state.caughtUpOn = state.caughtUpOn.filter { relays.contains($0.key) }
+            state.resumingSince = state.resumingSince.filter { state.resuming[$0.key] != nil }
             for status in statuses where status.isConnected && state.caughtUpOn[status.url] != status.reconnects
                 && state.resuming[status.url]?.connection != status.reconnects
             {
                 state.resuming[status.url] = (status.reconnects, now, false)
+                state.resumingSince[status.url] = now
             }
-            for (relay, resuming) in state.resuming where !resuming.givenUp && now - resuming.since >= configuration.catchUpTimeout {
+            for (relay, resuming) in state.resuming where !resuming.givenUp
+                && (now - resuming.since >= configuration.catchUpTimeout
+                    || now - (state.resumingSince[relay] ?? now) >= configuration.catchUpTimeout * 10)
+            {
                 // Sent nothing for the whole timeout: checkpoints move on without it (logged once).
                 silent.insert(relay)
                 state.resuming[relay]?.givenUp = true

@@ -283,6 +283,9 @@ struct DVMHostTests {
             let pid = try #require(pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)))
             for _ in 0..<40 {
                 if kill(pid, 0) != 0 && errno == ESRCH { return true }
+                // Dead, and not yet reaped by whichever process adopted it (a PID 1 that does not reap orphans).
+                let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+                if let state = stat.split(separator: ")").last?.split(separator: " ").first, state == "Z" { return true }
                 try await Task.sleep(for: .milliseconds(50))
             }
             return false

@@ -339,6 +339,26 @@ struct RelayClientStateTests {
         }
     }
 
+    @Test("EOSE is reported once per connection, at the latest filters' first EOSE, also when the filters were replaced before it")
+    func endOfStoredEventsOncePerConnection() throws {
+        var state = machine()
+        func eose(_ id: String) -> String { RelayMessage.endOfStoredEvents(subscriptionID: id).json }
+        func reported(_ actions: [RelayClientState.Action]) -> Bool { actions.contains(.endOfStoredEvents(subscriptionID: "s")) }
+        _ = state.connected()
+        _ = state.subscribe("s", filters: [Filter(kinds: [1])])
+        // Replaced before the relay answered: the earlier request's EOSE is not the report; the latest one's is.
+        _ = state.subscribe("s", filters: [Filter(kinds: [1, 7])])
+        #expect(!reported(state.receive(eose("s"), now: 10, monotonic: 0)))
+        #expect(reported(state.receive(eose("s.1"), now: 10, monotonic: 0)))
+        // Once on this connection: a later replacement's EOSE is not reported again.
+        _ = state.subscribe("s", filters: [Filter(kinds: [2])])
+        #expect(!reported(state.receive(eose("s.2"), now: 11, monotonic: 0)))
+        // A new connection reports again.
+        state.disconnected()
+        _ = state.connected()
+        #expect(reported(state.receive(eose("s"), now: 12, monotonic: 0)))
+    }
+
     @Test("new filters for an open subscription go out under a new id, count as registered only at that id's EOSE, and the earlier ids are closed then; a reconnect starts over under the subscription's own id")
     func replacedFiltersConfirmed() throws {
         var state = machine()

@@ -77,6 +77,9 @@ struct RelayClientState {
         var answered = false
         /// The relay has answered the request under ``wireID`` with `EOSE`: it has registered the latest filters.
         var isCurrent = false
+        /// `EOSE` has been reported to the subscriber on the current connection (once per connection: the first
+        /// `EOSE` of the latest filters; one for an earlier version does not count).
+        var reportedOnConnection = false
     }
 
     struct Publish {
@@ -178,6 +181,7 @@ struct RelayClientState {
         for (id, var subscription) in subscriptions {
             subscription.answered = false
             subscription.isCurrent = false
+            subscription.reportedOnConnection = false
             subscription.open = false
             subscription.retired = nil
             subscription.wireID = id
@@ -207,6 +211,7 @@ struct RelayClientState {
         if let old = subscriptions[id] {
             // New filters replace the old ones, which the relay goes on serving until it has registered them.
             subscription.answered = old.answered
+            subscription.reportedOnConnection = old.reportedOnConnection
             subscription.retired = old.retired
             subscription.generation = old.generation
             subscription.wireID = old.wireID
@@ -286,13 +291,13 @@ struct RelayClientState {
             subscription.awaitingStored = false
             if case .retry = subscription.waiting { subscription.waiting = .none }
             subscription.closedBecause = nil
-            let wasAnswered = subscription.answered
             subscription.answered = true
             subscription.isCurrent = true
+            let first = !subscription.reportedOnConnection
+            subscription.reportedOnConnection = true
             var actions = closeRetired(&subscription)
             subscriptions[id] = subscription
-            // Once per connection (a replacement's or a retry's `EOSE` on an answered request is not news).
-            if !wasAnswered { actions.append(.endOfStoredEvents(subscriptionID: id)) }
+            if first { actions.append(.endOfStoredEvents(subscriptionID: id)) }
             return actions
         case .closed(let wireID, let text):
             return receiveClosed(wireID, text, monotonic: monotonic)

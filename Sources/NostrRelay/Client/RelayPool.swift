@@ -352,9 +352,11 @@ struct RecentEventIDs {
         return true
     }
 
-    /// Takes `id` out, so that it counts as new again (its place in the order is kept until it is evicted).
+    /// Takes `id` out, so that it counts as new again (rare: the order is rebuilt without it, oldest first).
     mutating func forget(_ id: EventID) {
-        members.remove(id)
+        guard members.remove(id) != nil else { return }
+        order = Array(order[next...] + order[..<next]).filter { $0 != id }
+        next = 0
     }
 }
 
