@@ -466,7 +466,9 @@ public final class ServiceRuntime: Service, Sendable {
         var deadline = ContinuousClock.now
         await withDiscardingTaskGroup { group in
             for await item in subscription {
-                if case .endOfStoredEvents(let relay) = item { caughtUp(relay) }
+                if case .endOfStoredEvents(let relay) = item {
+                    caughtUp(relay, connection: subscription.connectionOfEndOfStoredEvents(from: relay))
+                }
                 guard case .event(let event, let relay) = item else { continue }
                 let stopping = state.withLock { state in
                     // A relay still sending stored requests is making progress: its catch-up is not over.
@@ -1096,14 +1098,15 @@ public final class ServiceRuntime: Service, Sendable {
         }
     }
 
-    /// `relay` has sent the requests it stored (on its current connection).
-    private func caughtUp(_ relay: RelayURL) {
-        let connection = listener.status().first { $0.url == relay }?.reconnects
+    /// `relay` has sent the requests it stored, on `connection` (its reconnect count then): an `EOSE` read
+    /// late, from a connection since replaced, does not end the newer connection's catch-up.
+    private func caughtUp(_ relay: RelayURL, connection: Int?) {
         state.withLock { state in
             state.catchUp?.relays.remove(relay)
             if state.catchUp?.relays.isEmpty == true { state.catchUp = nil }
-            if let connection { state.caughtUpOn[relay] = connection }
-            state.resuming[relay] = nil
+            guard let connection else { return }
+            state.caughtUpOn[relay] = max(state.caughtUpOn[relay] ?? connection, connection)
+            if let resuming = state.resuming[relay], resuming.connection <= connection { state.resuming[relay] = nil }
         }
     }
 

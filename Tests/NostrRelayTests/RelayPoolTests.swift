@@ -184,6 +184,12 @@ struct RelayPoolTests {
                         let statusA = pool.status().first { $0.url == a }
                         #expect(statusA?.isConnected == true)
                         #expect(statusA?.reconnects == 1)
+                        // Each EOSE says which connection sent it: A's first and, after the restart, its second.
+                        #expect(items.endOfStoredEventsCount == 3)
+                        #expect(subscription.connectionOfEndOfStoredEvents(from: a) == 0)
+                        #expect(subscription.connectionOfEndOfStoredEvents(from: a) == 1)
+                        #expect(subscription.connectionOfEndOfStoredEvents(from: b) == 0)
+                        #expect(subscription.connectionOfEndOfStoredEvents(from: b) == nil)
                     }
                 }
             } catch {

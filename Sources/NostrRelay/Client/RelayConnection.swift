@@ -10,7 +10,8 @@ import WSClient
 /// Where a connection hands what its relay sent for the pool's subscriptions.
 protocol RelayConnectionDelegate: Sendable {
     func deliver(_ event: Event, subscriptionID: String, from relay: RelayURL) async
-    func endOfStoredEvents(subscriptionID: String, from relay: RelayURL) async
+    /// `connection`: which of the relay's connections sent it (``RelayStatus/reconnects`` then).
+    func endOfStoredEvents(subscriptionID: String, from relay: RelayURL, connection: Int) async
     func subscriptionClosed(subscriptionID: String, by relay: RelayURL, message: String) async
 }
 
@@ -373,7 +374,8 @@ final class RelayConnection: Sendable {
             case .deliver(let id, let event):
                 await delegate.deliver(event, subscriptionID: id, from: url)
             case .endOfStoredEvents(let id):
-                await delegate.endOfStoredEvents(subscriptionID: id, from: url)
+                let connection = shared.withLock { $0.status.reconnects }
+                await delegate.endOfStoredEvents(subscriptionID: id, from: url, connection: connection)
             case .subscriptionClosed(let id, let message):
                 logger.info("subscription closed by the relay", metadata: ["nostr.subscription": "\(id)", "message": "\(message)"])
                 await delegate.subscriptionClosed(subscriptionID: id, by: url, message: message)

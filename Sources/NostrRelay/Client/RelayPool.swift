@@ -214,7 +214,7 @@ public final class RelayPool: Service, Sendable {
             for connection in connections { connection.unsubscribe(id) }
             subscription.finish()
         }
-        return try await body(RelaySubscription(id: id, channel: subscription.channel))
+        return try await body(RelaySubscription(id: id, channel: subscription.channel, endOfStoredEventsConnections: subscription.endOfStoredEventsConnections))
     }
 
     /// Replaces the filters of an open subscription on every relay it spans. Each relay gets the new filters
@@ -263,8 +263,8 @@ public final class RelayPool: Service, Sendable {
             await pool?.subscription(subscriptionID)?.deliver(event, from: relay)
         }
 
-        func endOfStoredEvents(subscriptionID: String, from relay: RelayURL) async {
-            await pool?.subscription(subscriptionID)?.channel.send(.endOfStoredEvents(relay: relay))
+        func endOfStoredEvents(subscriptionID: String, from relay: RelayURL, connection: Int) async {
+            await pool?.subscription(subscriptionID)?.endOfStoredEvents(from: relay, connection: connection)
         }
 
         func subscriptionClosed(subscriptionID: String, by relay: RelayURL, message: String) async {
@@ -288,6 +288,15 @@ final class PoolSubscription: Sendable {
         self.seen = Mutex(RecentEventIDs(capacity: deduplicationCapacity))
     }
 
+    /// Which connection sent each `EOSE` still in the channel, per relay, oldest first.
+    let endOfStoredEventsConnections = EndOfStoredEventsConnections()
+
+    func endOfStoredEvents(from relay: RelayURL, connection: Int) async {
+        // Noted before it is queued, so whoever reads the item finds its connection.
+        endOfStoredEventsConnections.append(connection, for: relay)
+        if !(await channel.send(.endOfStoredEvents(relay: relay))) { endOfStoredEventsConnections.dropLast(for: relay) }
+    }
+
     func deliver(_ event: Event, from relay: RelayURL) async {
         guard seen.withLock({ $0.insert(event.id) }) else { return }
         // Not delivered (the sending connection was removed while the subscriber was full, say): a copy from
@@ -307,6 +316,13 @@ public struct RelaySubscription: AsyncSequence, Sendable {
     /// The subscription id sent to the relays.
     public let id: String
     let channel: BoundedChannel<SubscriptionItem>
+    let endOfStoredEventsConnections: EndOfStoredEventsConnections
+
+    /// Which of `relay`'s connections sent the ``SubscriptionItem/endOfStoredEvents(relay:)`` just read (its
+    /// ``RelayStatus/reconnects`` count then): call it once for each such item, in order. Nil if unknown.
+    package func connectionOfEndOfStoredEvents(from relay: RelayURL) -> Int? {
+        endOfStoredEventsConnections.removeFirst(for: relay)
+    }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let channel: BoundedChannel<SubscriptionItem>
@@ -324,6 +340,32 @@ public struct RelaySubscription: AsyncSequence, Sendable {
     /// are told to close the subscription when ``RelayPool/withSubscription(_:on:_:)`` returns.
     public func stop() {
         channel.finish()
+    }
+}
+
+/// For each relay, the connections that sent the `EOSE` items still queued, in order.
+final class EndOfStoredEventsConnections: Sendable {
+    private let queues = Mutex<[RelayURL: [Int]]>([:])
+
+    func append(_ connection: Int, for relay: RelayURL) {
+        queues.withLock { queues in
+            queues[relay, default: []].append(connection)
+            // A subscriber that never asks (most do not) keeps only the latest few (one per connection).
+            if let count = queues[relay]?.count, count > 64 { queues[relay]?.removeFirst(count - 64) }
+        }
+    }
+
+    func dropLast(for relay: RelayURL) {
+        queues.withLock { _ = $0[relay]?.popLast() }
+    }
+
+    func removeFirst(for relay: RelayURL) -> Int? {
+        queues.withLock { queues in
+            guard var queue = queues[relay], !queue.isEmpty else { return nil }
+            let first = queue.removeFirst()
+            queues[relay] = queue.isEmpty ? nil : queue
+            return first
+        }
     }
 }
 
