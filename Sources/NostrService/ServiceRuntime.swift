@@ -188,9 +188,8 @@ public final class ServiceRuntime: Service, Sendable {
         /// stored meanwhile, newest first), each with that connection and when it was first seen or its last
         /// event arrived, whichever is later: checkpoints wait for them, as for the first catch-up, until one
         /// sends nothing for ``Configuration/catchUpTimeout`` (then it is given up on for that connection).
-        var resuming: [RelayURL: (connection: Int, since: ContinuousClock.Instant, givenUp: Bool)] = [:]
-        /// When each entry of ``resuming`` began: the wait for one connection is bounded by ten timeouts.
-        var resumingSince: [RelayURL: ContinuousClock.Instant] = [:]
+        /// `began`: when that connection was first seen (the wait for one connection is bounded by ten timeouts).
+        var resuming: [RelayURL: (connection: Int, began: ContinuousClock.Instant, since: ContinuousClock.Instant, givenUp: Bool)] = [:]
         /// Relays the next announcement round also goes to (ones just removed from the service's set).
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
@@ -1142,22 +1141,19 @@ public final class ServiceRuntime: Service, Sendable {
                 state.catchUp = nil
                 // Given up on for their current connections: not waited for again below.
                 for status in statuses where silent.contains(status.url) {
-                    state.resuming[status.url] = (status.reconnects, now, true)
+                    state.resuming[status.url] = (status.reconnects, now, now, true)
                 }
             }
             let relays = Set(statuses.map(\.url))
             state.resuming = state.resuming.filter { relays.contains($0.key) }
             state.caughtUpOn = state.caughtUpOn.filter { relays.contains($0.key) }
-            state.resumingSince = state.resumingSince.filter { state.resuming[$0.key] != nil }
             for status in statuses where status.isConnected && state.caughtUpOn[status.url] != status.reconnects
                 && state.resuming[status.url]?.connection != status.reconnects
             {
-                state.resuming[status.url] = (status.reconnects, now, false)
-                state.resumingSince[status.url] = now
+                state.resuming[status.url] = (status.reconnects, now, now, false)
             }
             for (relay, resuming) in state.resuming where !resuming.givenUp
-                && (now - resuming.since >= configuration.catchUpTimeout
-                    || now - (state.resumingSince[relay] ?? now) >= configuration.catchUpTimeout * 10)
+                && (now - resuming.since >= configuration.catchUpTimeout || now - resuming.began >= configuration.catchUpTimeout * 10)
             {
                 // Sent nothing for the whole timeout: checkpoints move on without it (logged once).
                 silent.insert(relay)
