@@ -115,6 +115,21 @@ func startRequest(
     }
 }
 
+/// Runs `runtime` while `body` runs beside it; returns once `body` has asked it to stop (``ServiceRuntime/stopIntake()``
+/// or a graceful shutdown) and `run()` has returned.
+func run(_ runtime: ServiceRuntime, while body: @escaping @Sendable () async throws -> Void) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await body() }
+        try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+        try await group.waitForAll()
+    }
+}
+
+/// Waits until `handler` has run `count` requests.
+func awaitExecutions(_ handler: Uppercase, _ count: Int) async throws {
+    try await withDeadline(.seconds(10), "\(count) requests handled") { while handler.total < count { try await Task.sleep(for: .milliseconds(20)) } }
+}
+
 /// A client-side pool on `relays` that collects replies to `client`.
 func withReplies<R: Sendable>(
     _ relays: [RelayURL], for client: TestClient, _ body: (RelayPool, RelaySubscription) async throws -> R
@@ -336,14 +351,10 @@ struct ServiceRuntimeTests {
                 // never stops delivering meanwhile, so it is not taken for silent.
                 configuration.catchUpTimeout = catchUpTimeout
                 let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        try await withDeadline(.seconds(10), "a few requests handled") { while handler.total < 3 { try await Task.sleep(for: .milliseconds(20)) } }
-                        try await Task.sleep(for: .milliseconds(2_500))
-                        runtime.stopIntake()
-                    }
-                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
-                    try await group.waitForAll()
+                try await run(runtime) {
+                    try await awaitExecutions(handler, 3)
+                    try await Task.sleep(for: .milliseconds(2_500))
+                    runtime.stopIntake()
                 }
                 #expect(handler.total < 40)
                 let checkpoint = try await store.checkpoint(for: key.publicKey)
@@ -378,21 +389,17 @@ struct ServiceRuntimeTests {
             configuration.maximumConcurrentRequests = 1
             configuration.catchUpMargin = 5
             let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
-                    try await Task.sleep(for: .milliseconds(300))
-                    // The connection goes down; the relay takes requests meanwhile (from other connections).
-                    await relay.stop()
-                    for request in stored { _ = try await relay.store.save(request, now: .now) }
-                    try await relay.restart()
-                    // The relay re-sends them newest first, one taken in per 100 ms; stop after a checkpoint flush.
-                    try await withDeadline(.seconds(10), "a few requests handled") { while handler.total < 3 { try await Task.sleep(for: .milliseconds(20)) } }
-                    try await Task.sleep(for: .milliseconds(1_200))
-                    runtime.stopIntake()
-                }
-                try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
-                try await group.waitForAll()
+            try await run(runtime) {
+                try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                try await Task.sleep(for: .milliseconds(300))
+                // The connection goes down; the relay takes requests meanwhile (from other connections).
+                await relay.stop()
+                for request in stored { _ = try await relay.store.save(request, now: .now) }
+                try await relay.restart()
+                // The relay re-sends them newest first, one taken in per 100 ms; stop after a checkpoint flush.
+                try await awaitExecutions(handler, 3)
+                try await Task.sleep(for: .milliseconds(1_200))
+                runtime.stopIntake()
             }
             #expect(handler.total < 20)
             let checkpoint = try await store.checkpoint(for: key.publicKey)
@@ -499,15 +506,11 @@ struct ServiceRuntimeTests {
             let cutOff = try client.request(kind: requestKind, content: "hang", to: key.publicKey, createdAt: .now - 100)
             let newer = try client.request(kind: requestKind, content: "newer", to: key.publicKey)
             try await withReplies(urls, for: client) { pool, replies in
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        try await startRequest(cutOff, on: urls, through: pool, runtime: runtime, handler: handler)
-                        try await publish(newer, on: urls, through: pool)
-                        _ = try await awaitReplies(replies) { $0.contains { $0.0.tagValues("e") == [newer.id.hex] } }
-                        runtime.stopIntake()
-                    }
-                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
-                    try await group.waitForAll()
+                try await run(runtime) {
+                    try await startRequest(cutOff, on: urls, through: pool, runtime: runtime, handler: handler)
+                    try await publish(newer, on: urls, through: pool)
+                    _ = try await awaitReplies(replies) { $0.contains { $0.0.tagValues("e") == [newer.id.hex] } }
+                    runtime.stopIntake()
                 }
             }
             let checkpoint = try #require(try await store.checkpoint(for: key.publicKey))
