@@ -6,7 +6,9 @@ import Synchronization
 /// Relays outside the service's own set that replies must reach (a request's `relays` tag, the requester's
 /// inbox relays): connected on demand, for publishing only, at most `capacity` at a time, the least recently
 /// used closed first. They never receive the service's subscriptions, so a requester cannot make the service
-/// listen on relays of its choosing.
+/// listen on relays of its choosing; and unless the pool allows it
+/// (``RelayPool/Configuration/refusesPrivateAddresses``), none whose host is a loopback, private or link-local
+/// address is connected to, so a requester cannot point the service into its own network.
 final class ExtraRelays: Sendable {
     let pool: RelayPool
     private let capacity: Int
@@ -17,12 +19,13 @@ final class ExtraRelays: Sendable {
         self.pool = RelayPool(configuration: configuration, logger: logger)
     }
 
-    func publish(_ event: Event, to relays: [RelayURL], timeout: Duration) async -> [RelayURL: PublishResult] {
+    /// Publishes `event` to `relays`; `refused`: those not connected to for their address.
+    func publish(_ event: Event, to relays: [RelayURL], timeout: Duration) async -> (results: [RelayURL: PublishResult], refused: Set<RelayURL>) {
+        let (allowed, refused) = await checked(Array(relays.prefix(capacity)))
         let now = ContinuousClock.now
-        let (usable, evicted) = lastUse.withLock { lastUse -> ([RelayURL], [RelayURL]) in
+        let evicted = lastUse.withLock { lastUse -> [RelayURL] in
             var evicted: [RelayURL] = []
-            var usable: [RelayURL] = []
-            for relay in relays.prefix(capacity) {
+            for relay in allowed {
                 if lastUse[relay] == nil, lastUse.count >= capacity,
                     let oldest = lastUse.min(by: { $0.value < $1.value })?.key
                 {
@@ -30,16 +33,42 @@ final class ExtraRelays: Sendable {
                     evicted.append(oldest)
                 }
                 lastUse[relay] = now
-                usable.append(relay)
             }
-            return (usable, evicted)
+            return evicted
         }
         for relay in evicted { pool.remove(relay) }
-        for relay in usable { pool.add(relay) }
-        var results = await pool.publish(event, to: usable, timeout: timeout)
+        for relay in allowed { pool.add(relay) }
+        var results = await pool.publish(event, to: allowed, timeout: timeout)
+        results.merge(refused) { first, _ in first }
         for relay in relays where results[relay] == nil {
             results[relay] = .unreachable(reason: "more extra relays than the service connects to")
         }
-        return results
+        return (results, Set(refused.keys))
+    }
+
+    /// Splits `relays` into those that may be connected and those refused for their address. A relay already
+    /// connected passed when it was added (the pool checks it again whenever it reconnects); a new one is
+    /// looked up now, all at once, so that a refused one is answered at once rather than after the timeout.
+    private func checked(_ relays: [RelayURL]) async -> (allowed: [RelayURL], refused: [RelayURL: PublishResult]) {
+        guard pool.configuration.refusesPrivateAddresses else { return (relays, [:]) }
+        let known = lastUse.withLock { lastUse in Set(relays.filter { lastUse[$0] != nil }) }
+        let refused = await withTaskGroup(of: (RelayURL, String?).self) { group in
+            for relay in relays where !known.contains(relay) {
+                group.addTask {
+                    do {
+                        _ = try await AddressPolicy.checked(relay.host)
+                        return (relay, nil)
+                    } catch {
+                        return (relay, "\(error)")
+                    }
+                }
+            }
+            var refused: [RelayURL: PublishResult] = [:]
+            for await (relay, reason) in group {
+                if let reason { refused[relay] = .unreachable(reason: reason) }
+            }
+            return refused
+        }
+        return (relays.filter { refused[$0] == nil }, refused)
     }
 }

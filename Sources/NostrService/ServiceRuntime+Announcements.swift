@@ -13,22 +13,23 @@ extension ServiceRuntime {
 
     /// Moves the service to `relays` while it runs: it listens on the new ones (from its catch-up point), stops
     /// listening on those no longer listed, and announces again to the old and the new relays, so whoever
-    /// looks where the service was finds where it is now.
+    /// looks where the service was finds where it is now. The old relays stay connected for publishing until
+    /// that announcement round is done.
     public func setRelays(_ relays: [RelayURL]) {
         let new = Set(relays)
-        let old = Set(listener.relays)
+        let (old, added) = relayChanges.withLock { _ in
+            let old = Set(listener.relays)
+            for url in new.subtracting(old) {
+                listener.add(url)
+                pool.add(url)
+            }
+            for url in old.subtracting(new) { listener.remove(url) }
+            state.withLock { $0.formerRelays.formUnion(old.subtracting(new)) }
+            return (old, new.subtracting(old))
+        }
         guard new != old else { return }
-        for url in new.subtracting(old) {
-            listener.add(url)
-            pool.add(url)
-        }
-        for url in old.subtracting(new) {
-            listener.remove(url)
-            pool.remove(url)
-        }
-        state.withLock { $0.formerRelays.formUnion(old.subtracting(new)) }
         logger.info("relays changed", metadata: [
-            "added": "\(new.subtracting(old).map(\.string).sorted())", "removed": "\(old.subtracting(new).map(\.string).sorted())",
+            "added": "\(added.map(\.string).sorted())", "removed": "\(old.subtracting(new).map(\.string).sorted())",
         ])
         announcementSignal.continuation.yield()
     }
@@ -50,6 +51,13 @@ extension ServiceRuntime {
             }
             let confirmed = await announce(alsoTo: former)
             state.withLock { $0.announced = confirmed }
+            // The former relays were the operator's, so they were announced to through the service's own
+            // connections, not the checked ones for relays that requesters name; now they can go.
+            relayChanges.withLock { _ in
+                let listening = Set(listener.relays)
+                let stillFormer = state.withLock(\.formerRelays)
+                for url in former where !listening.contains(url) && !stillFormer.contains(url) { pool.remove(url) }
+            }
         }
     }
 

@@ -72,6 +72,11 @@ public final class ServiceRuntime: Service, Sendable {
         public var publishAttempts = 3
         /// Relays outside ``relays`` (named by replies) kept connected at most; the least recently used goes.
         public var maximumExtraRelays = 32
+        /// Whether those relays (a reply's ``ServiceReply/relays``, the requester's inbox relays: chosen by the
+        /// requester) may be loopback, private, link-local or reserved addresses. Off, such a relay is not
+        /// connected and its delivery is recorded as unreachable, so that a requester cannot make the service
+        /// open connections into its own host or network. On for development and for relays on a LAN.
+        public var allowsPrivateReplyRelays = false
         /// Above this many keys, the subscription asks for the request kinds without a `p` filter and picks
         /// out the requests addressed to its keys itself: a `REQ` naming thousands of keys exceeds what relays
         /// accept (message size, values per filter). On a dedicated relay this costs nothing; on a shared one,
@@ -121,6 +126,8 @@ public final class ServiceRuntime: Service, Sendable {
     /// The handlers' watches, fixed at start.
     let watches: [EventWatch]
     private let extraRelays: ExtraRelays
+    /// Held while the relay set changes, and while relays removed from it leave ``pool``.
+    let relayChanges = Mutex<Void>(())
     private let inboxRelays: InboxRelays
     let logger: Logger
     let metrics: ServiceMetrics
@@ -190,7 +197,8 @@ public final class ServiceRuntime: Service, Sendable {
         /// sends nothing for ``Configuration/catchUpTimeout`` (then it is given up on for that connection).
         /// `began`: when that connection was first seen (the wait for one connection is bounded by ten timeouts).
         var resuming: [RelayURL: (connection: Int, began: ContinuousClock.Instant, since: ContinuousClock.Instant, givenUp: Bool)] = [:]
-        /// Relays the next announcement round also goes to (ones just removed from the service's set).
+        /// Relays the next announcement round also goes to (ones just removed from the service's set; they
+        /// stay in ``ServiceRuntime/pool`` until then).
         var formerRelays: Set<RelayURL> = []
         /// Whether the last announcement round was confirmed, every event by at least one relay.
         var announced = false
@@ -238,8 +246,9 @@ public final class ServiceRuntime: Service, Sendable {
             relays: configuration.relays, authenticator: keyring, configuration: poolConfiguration("listen"), logger: logger)
         self.pool = RelayPool(
             relays: configuration.relays, authenticator: keyring, configuration: poolConfiguration("work"), logger: logger)
-        self.extraRelays = ExtraRelays(
-            capacity: configuration.maximumExtraRelays, configuration: poolConfiguration("extra"), logger: logger)
+        var extraConfiguration = poolConfiguration("extra")
+        extraConfiguration.refusesPrivateAddresses = !configuration.allowsPrivateReplyRelays
+        self.extraRelays = ExtraRelays(capacity: configuration.maximumExtraRelays, configuration: extraConfiguration, logger: logger)
         self.inboxRelays = InboxRelays(
             pool: pool, capacity: configuration.inboxCacheSize, lifetime: configuration.inboxCacheLifetime,
             maximumPerUser: configuration.maximumInboxRelays, timeout: configuration.inboxLookupTimeout)
@@ -998,7 +1007,7 @@ public final class ServiceRuntime: Service, Sendable {
             let extra = await self.replyRelays(request.event, handler: handler, named: reply.relays)
             var results: [RelayURL: PublishResult] = [:]
             for event in events {
-                results = await self.publishOnce(event, to: self.targets(arrivedOn: request.relay, extra: extra))
+                results = await self.publishOnce(event, to: self.targets(arrivedOn: request.relay, extra: extra)).results
             }
             return results
         }
@@ -1066,9 +1075,9 @@ public final class ServiceRuntime: Service, Sendable {
         var results: [RelayURL: PublishResult] = [:]
         for attempt in 0..<max(1, configuration.publishAttempts) {
             if attempt > 0 { try? await Task.sleep(for: .seconds(1 << (attempt - 1))) }
-            let round = await publishOnce(event, to: pending)
+            let (round, refused) = await publishOnce(event, to: pending)
             results.merge(round) { _, new in new }
-            pending = Set(round.filter { !$0.value.isFinal }.keys)
+            pending = Set(round.filter { !$0.value.isFinal }.keys).subtracting(refused)
             if pending.isEmpty || Task.isCancelled { break }
         }
         return results
@@ -1080,13 +1089,15 @@ public final class ServiceRuntime: Service, Sendable {
         handler.repliesToInbox ? named + (await inboxRelays.relays(of: request.pubkey)) : named
     }
 
-    private func publishOnce(_ event: Event, to targets: Set<RelayURL>) async -> [RelayURL: PublishResult] {
+    /// One attempt at every relay of `targets`; `refused`: extra relays not tried for their address (not worth
+    /// another attempt).
+    private func publishOnce(_ event: Event, to targets: Set<RelayURL>) async -> (results: [RelayURL: PublishResult], refused: Set<RelayURL>) {
         let own = Set(pool.relays)
         let extra = targets.subtracting(own)
-        if extra.isEmpty { return await pool.publish(event, to: Array(targets), timeout: configuration.publishTimeout) }
+        if extra.isEmpty { return (await pool.publish(event, to: Array(targets), timeout: configuration.publishTimeout), []) }
         async let ownResults = pool.publish(event, to: Array(targets.intersection(own)), timeout: configuration.publishTimeout)
-        let extraResults = await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
-        return await ownResults.merging(extraResults) { first, _ in first }
+        let (extraResults, refused) = await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
+        return (await ownResults.merging(extraResults) { first, _ in first }, refused)
     }
 
     // MARK: Checkpoints

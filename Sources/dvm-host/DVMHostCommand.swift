@@ -111,7 +111,7 @@ struct Serve: AsyncParsableCommand {
     var claimLease: Int64 = 30
     @Option(name: .customLong("max-age"), help: "Requests older than this many seconds are ignored; also the catch-up window after a restart.")
     var maxAge: Int64 = 3600
-    @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs and relay hints reach loopback and private addresses (development only).")
+    @Flag(name: .customLong("allow-private-urls"), help: "Let url inputs, relay hints and reply relays (a request's relays tag, the customer's inbox relays) reach loopback and private addresses (development, or relays on a LAN).")
     var allowPrivateURLs = false
     @Option(help: "Job requests per second each customer may send (sustained); more wait their turn, up to 10 s, or get an error feedback.") var clientRate: Double = 10
     @Option(help: "Job requests each customer may send in a burst.") var clientBurst: Double = 30
@@ -220,8 +220,11 @@ struct HostDaemon: Service {
         service.priceMsat = command.priceMsats
         service.concurrency = command.concurrency
         service.jobTimeout = .seconds(command.timeout)
+        // Everything a customer names (inputs, relay hints, reply relays) passes one address check.
+        let allowsPrivate = command.allowPrivateURLs || self.relays.isEmpty
+        runtime.allowsPrivateReplyRelays = allowsPrivate
         var inputs = InputResolver.Configuration()
-        inputs.allowsPrivateAddresses = command.allowPrivateURLs || self.relays.isEmpty
+        inputs.allowsPrivateAddresses = allowsPrivate
         let host = DVMHost(
             key: LocalServiceKey(key), handler: try command.jobHandler(logger: logger), store: store, service: service, runtime: runtime, inputs: inputs,
             wallet: command.priceMsats == nil ? nil : wallet, logger: logger)

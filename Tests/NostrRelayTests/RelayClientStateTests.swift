@@ -506,6 +506,25 @@ struct RelayClientHelperTests {
         for bad in ["https://a.example", "relay.example", "ws://", "wss:///path", "ws://user@host", ""] {
             #expect(throws: NostrError.self, "\(bad)") { try RelayURL(bad) }
         }
+        let hosts = ["wss://Relay.Example:7000/x?y": "relay.example", "ws://127.0.0.1": "127.0.0.1", "ws://[::1]:8080/": "::1", "wss://[fe80::1]": "fe80::1", "ws://h?q=:1": "h"]
+        for (text, host) in hosts { #expect(try RelayURL(text).host == host, "\(text)") }
+    }
+
+    @Test("private addresses: loopback, private, shared, link-local, multicast, reserved and IPv4-mapped; literal hosts are refused without a lookup of a name")
+    func addressPolicy() async throws {
+        for address in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:127.0.0.1"] {
+            let resolved = AddressPolicy.resolve(address)
+            #expect(resolved.count == 1 && AddressPolicy.isPrivate(resolved[0]), "\(address)")
+            await #expect(throws: AddressPolicy.Refusal.self, "\(address)") { try await AddressPolicy.checked(address) }
+        }
+        await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("[::1]") }
+        for address in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            #expect(try await AddressPolicy.checked(address).count == 1, "\(address)")
+        }
+        // A name is judged by everything it resolves to: one private address among public ones is enough.
+        let mixed: @Sendable (String) -> [[UInt8]] = { _ in [[93, 184, 216, 34], [10, 0, 0, 1]] }
+        await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("relay.example", lookup: mixed) }
+        await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("nothing.invalid", lookup: { _ in [] }) }
     }
 
     @Test("the deduplication window is bounded and forgets the oldest ids first")

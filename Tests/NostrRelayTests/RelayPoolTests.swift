@@ -244,6 +244,25 @@ struct RelayPoolTests {
         }
     }
 
+    @Test("a pool that refuses private addresses never connects to a loopback relay, and says why")
+    func refusesPrivateAddresses() async throws {
+        try await withEmbeddedRelay { url in
+            var configuration = RelayPool.Configuration()
+            configuration.refusesPrivateAddresses = true
+            configuration.reconnectDelay = .milliseconds(20)
+            let pool = RelayPool(relays: [url], configuration: configuration, logger: logger)
+            try await pool.withRunning {
+                try await withTimeout(.seconds(10), "a refused attempt") {
+                    while pool.status().first?.lastError == nil { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                let status = try #require(pool.status().first)
+                #expect(status.lastError?.contains("private address") == true, "\(status.lastError ?? "")")
+                #expect(!status.isConnected)
+                #expect(await pool.publish(notes(1, tag: "refused")[0], timeout: .milliseconds(300)).values.allSatisfy { !$0.isAccepted })
+            }
+        }
+    }
+
     @Test("NIP-42: the pool authenticates with its signer when a relay requires it")
     func authentication() async throws {
         try await withEmbeddedRelay(authRequired: true) { url in

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Metrics
 import MetricsTestKit
 import NostrCore
@@ -121,11 +122,13 @@ struct AnnouncementTests {
         }
     }
 
-    @Test("replies also reach the requester's NIP-65 read relays, though the service does not use them")
-    func inboxRouting() async throws {
+    @Test("replies also reach the requester's NIP-65 read relays, though the service does not use them; a loopback one only when private reply relays are allowed", arguments: [true, false])
+    func inboxRouting(allowsPrivate: Bool) async throws {
         try await withRelaysAndDirectory(2) { urls, directory in
             let (service, inbox) = (urls[0], urls[1])
-            try await withRuntime([service], handler: AnnouncingUppercase(), key: key, directory: directory) { _ in
+            try await withRuntime([service], handler: AnnouncingUppercase(), key: key, directory: directory, configure: {
+                $0.allowsPrivateReplyRelays = allowsPrivate
+            }) { _ in
                 try await withClientPool(urls) { pool in
                     let relayList = EventTemplate(kind: .relayList, tags: [
                         ["r", inbox.string, "read"], ["r", "wss://write-only.example", "write"],
@@ -133,10 +136,24 @@ struct AnnouncementTests {
                     try await publish(relayList, on: [service], through: pool)
                     let request = try client.request(kind: requestKind, content: "find me", to: key.publicKey)
                     try await publish(request, on: [service], through: pool)
-                    try await eventually("the reply on the inbox relay") {
-                        let replies = try await pool.fetch([Filter(kinds: [replyKind], tags: ["e": [request.id.hex]])], from: [inbox], timeout: .seconds(5))
-                        return try replies.first.map { try client.read($0) } == "FIND ME"
+                    @Sendable func reply(on relay: RelayURL) async throws -> String? {
+                        let replies = try await pool.fetch([Filter(kinds: [replyKind], tags: ["e": [request.id.hex]])], from: [relay], timeout: .seconds(5))
+                        return try replies.first.map { try client.read($0) }
                     }
+                    if allowsPrivate {
+                        try await eventually("the reply on the inbox relay") { try await reply(on: inbox) == "FIND ME" }
+                        return
+                    }
+                    // Refused before connecting and not retried, so at once (retries would take 3 s): the
+                    // delivery is recorded with the inbox relay among its targets, unreachable.
+                    let journal = try DatabaseQueue(path: directory.appendingPathComponent("service.sqlite").path)
+                    try await eventually("the delivery recorded", limit: .seconds(2)) {
+                        try await journal.read { try String.fetchOne($0, sql: "SELECT delivery FROM journal") } != nil
+                    }
+                    let delivery = try await journal.read { try String.fetchOne($0, sql: "SELECT delivery FROM journal") }
+                    #expect(delivery == "accepted 1 of 2")
+                    #expect(try await reply(on: service) == "FIND ME")
+                    #expect(try await reply(on: inbox) == nil)
                 }
             }
         }

@@ -496,7 +496,9 @@ struct ServiceRuntimeTests {
     @Test("a request cut off at shutdown keeps the checkpoint before it, so the catch-up after a restart brings it back")
     func cutOffKeepsCheckpoint() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            // Timing out would answer it: on a loaded machine the newer request's reply can take longer than the
+            // default 2 s, so the handler's timeout must outlast the test.
+            let handler = Uppercase(timeout: .seconds(60))
             var configuration = ServiceRuntime.Configuration(relays: urls)
             configuration.pool.reconnectDelay = .milliseconds(50)
             configuration.shutdownGracePeriod = .milliseconds(300)

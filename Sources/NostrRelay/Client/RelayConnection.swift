@@ -198,6 +198,7 @@ final class RelayConnection: Sendable {
             let opened = ContinuousClock.now
             var reason = "closed by the relay"
             do {
+                if configuration.refusesPrivateAddresses { _ = try await AddressPolicy.checked(url.host) }
                 // swift-websocket closes its connections as soon as swift-service-lifecycle's graceful shutdown
                 // begins (and every new one at once after that). A service's connections must outlast it: the
                 // replies of requests still in flight go out on them during the grace period, and the pool's

@@ -45,6 +45,12 @@ public final class RelayPool: Service, Sendable {
         /// A PEM file of certificate authorities trusted for `wss://` relays besides the system's trust roots
         /// (for relays behind a private CA).
         public var additionalTrustRootsFile: String?
+        /// Whether relays whose host is, or resolves to, a loopback, private, link-local or reserved address are
+        /// refused (checked before every connection attempt; the refusal is the relay's
+        /// ``RelayStatus/lastError``). For pools that connect to relays a requester named, which must not lead
+        /// into the host's own network. The check and the connection look the name up separately, moments
+        /// apart: a DNS answer that changes in between is not caught.
+        public var refusesPrivateAddresses = false
         /// Whether ``RelayPool/run()`` ends on swift-service-lifecycle's graceful shutdown. An owner that still
         /// needs the pool while it winds down (to publish the answers of requests in flight) sets it to false
         /// and cancels `run()` itself when done.

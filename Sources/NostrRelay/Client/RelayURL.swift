@@ -35,6 +35,16 @@ public struct RelayURL: Hashable, Sendable, Comparable, CustomStringConvertible 
         self.string = (secure ? "wss://" : "ws://") + authority + path
     }
 
+    /// The host: a name or a literal address (an IPv6 address without its brackets).
+    public var host: String {
+        let authority = string.dropFirst(isSecure ? 6 : 5).prefix { $0 != "/" && $0 != "?" }
+        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            return String(authority[authority.index(after: authority.startIndex)..<close])
+        }
+        if let colon = authority.lastIndex(of: ":") { return String(authority[..<colon]) }
+        return String(authority)
+    }
+
     public var description: String { string }
 
     public static func < (lhs: RelayURL, rhs: RelayURL) -> Bool { lhs.string < rhs.string }
