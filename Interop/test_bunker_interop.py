@@ -254,7 +254,14 @@ def test_nostrconnect_started_by_rust_nostr_client(procs, aio, tmp_path):  # noq
     data = tmp_path / "bunker"
     user_npub = bunker(procs, "init", "--data-dir", str(data))
     relay = procs.sb_relay("bunker-relay")
+    idle_uri = f"nostrconnect://{Keys.generate().public_key().to_hex()}?relay=ws%3A%2F%2F127.0.0.1%3A1&secret=x"
+    # No daemon yet: `connect` says so at once instead of waiting for an answer that cannot come.
+    idle = subprocess.run([bunker_path(procs), "connect", "--data-dir", str(data), idle_uri], capture_output=True, timeout=20, check=False)
+    assert idle.returncode != 0 and b"no `bunker serve" in idle.stderr, idle.stderr.decode()
     serve(procs, data, relay.url)
+    # One serve per data directory: a second one would answer the same clients and clear the first one's approvals.
+    second = subprocess.run([bunker_path(procs), "serve", "--data-dir", str(data), "--relay", relay.url], capture_output=True, timeout=30, check=False)
+    assert second.returncode != 0 and b"another serve is running on" in second.stderr, second.stderr.decode()
     client_relay = start_rust_relay(aio).url
     app = Keys.generate()
     secret = "interop-" + app.public_key().to_hex()[:8]

@@ -42,10 +42,14 @@ public final class Approvals: Sendable {
     public let timeout: Duration
     /// Open challenges at most (a client cannot flood the operator's page).
     public let capacity: Int
+    /// Open challenges of one client at most: kept below the runtime's per-sender concurrency, so that a client
+    /// waiting on the operator can still have its granted requests answered.
+    public let capacityPerClient: Int
 
-    public init(timeout: Duration = .seconds(300), capacity: Int = 100) {
+    public init(timeout: Duration = .seconds(300), capacity: Int = 100, capacityPerClient: Int = 4) {
         self.timeout = timeout
         self.capacity = capacity
+        self.capacityPerClient = max(1, capacityPerClient)
     }
 
     /// Where challenges are served, e.g. `http://127.0.0.1:8080` (set once the listener is up); until then,
@@ -64,7 +68,9 @@ public final class Approvals: Sendable {
             client: client, clientName: clientName, user: user, method: method, permission: permission, event: event,
             created: .now)
         let opened = pending.withLock { pending -> Bool in
-            guard pending.count < capacity else { return false }
+            guard pending.count < capacity,
+                pending.values.count(where: { $0.challenge.client == client && $0.decision == nil }) < capacityPerClient
+            else { return false }
             pending[challenge.id] = Pending(challenge: challenge)
             return true
         }
@@ -104,6 +110,16 @@ public final class Approvals: Sendable {
                 && expected.withUnsafeBytes { a in given.withUnsafeBytes { b in SecureMemory.constantTimeEqual(a, b) } }
         }
         return valid && settle(id, decision)
+    }
+
+    /// Approves, once, the open challenges of `client` for `user` that need `permission` (just granted for good).
+    func approveOthers(client: String, user: String, permission: String) {
+        let ids = pending.withLock { pending in
+            pending.values.filter {
+                $0.decision == nil && $0.challenge.client == client && $0.challenge.user == user && $0.challenge.permission == permission
+            }.map(\.challenge.id)
+        }
+        for id in ids { settle(id, .once) }
     }
 
     /// Records `decision` for challenge `id`, decided through the store by someone with the data directory.

@@ -116,10 +116,52 @@ public struct BunkerState: Sendable {
         try await store.value(secret, in: Self.secrets).map { try JSONDecoder().decode(ConnectionSecret.self, from: Data($0)) }
     }
 
-    public func markSpent(_ secret: String, record: ConnectionSecret, by client: PublicKey) async throws {
-        var spent = record
-        spent.usedBy = client.hex
-        try await store.setValue(Array(try JSONEncoder().encode(spent)), forKey: secret, in: Self.secrets)
+    /// What ``spend(_:signer:by:now:)`` found.
+    public enum Spending: Sendable, Equatable {
+        /// Unspent until now; now bound to the client.
+        case spent(ConnectionSecret)
+        /// Already spent, by this client (`byThisClient`) or another.
+        case alreadySpent(byThisClient: Bool)
+        case expired
+        /// Not a secret of this signer.
+        case unknown
+    }
+
+    /// Spends `secret` for `client` if it is `signer`'s, unspent and unexpired: one atomic update of the stored
+    /// record, so two clients racing for one secret — in this process or two sharing the store — never both get
+    /// it. The session it opens is saved after this; ``unspend(_:by:)`` gives the secret back if that fails.
+    public func spend(_ secret: String, signer: PublicKey, by client: PublicKey, now: Int64) async throws -> Spending {
+        let found = Mutex(Spending.unknown)
+        _ = try await store.updateValue(forKey: secret, in: Self.secrets) { current in
+            guard let current, var record = try? JSONDecoder().decode(ConnectionSecret.self, from: Data(current)), record.signer == signer.hex
+            else {
+                found.withLock { $0 = .unknown }
+                return current
+            }
+            if let usedBy = record.usedBy {
+                found.withLock { $0 = .alreadySpent(byThisClient: usedBy == client.hex) }
+                return current
+            }
+            if let expiresAt = record.expiresAt, now >= expiresAt {
+                found.withLock { $0 = .expired }
+                return current
+            }
+            record.usedBy = client.hex
+            found.withLock { $0 = .spent(record) }
+            return Array(try JSONEncoder().encode(record))
+        }
+        return found.withLock { $0 }
+    }
+
+    /// Makes `secret` unspent again, if `client` spent it (its session could not be saved).
+    public func unspend(_ secret: String, by client: PublicKey) async throws {
+        _ = try await store.updateValue(forKey: secret, in: Self.secrets) { current in
+            guard let current, var record = try? JSONDecoder().decode(ConnectionSecret.self, from: Data(current)),
+                record.usedBy == client.hex
+            else { return current }
+            record.usedBy = nil
+            return Array(try JSONEncoder().encode(record))
+        }
     }
 
     /// Deletes the secrets that expired unused before `time` (each `serve` start mints one per key, and

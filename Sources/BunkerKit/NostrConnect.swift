@@ -81,6 +81,18 @@ extension BunkerState {
         try await store.value(client.hex, in: Self.connects).map { try JSONDecoder().decode(PendingConnect.self, from: Data($0)) }
     }
 
+    /// Records `outcome` on the connect request of `client` if the CLI is still waiting for it (the record is
+    /// there, unanswered); false when it gave up meanwhile.
+    public func answerConnectRequest(for client: PublicKey, outcome: String) async throws -> Bool {
+        let answered = try await store.updateValue(forKey: client.hex, in: Self.connects) { current in
+            guard let current, var pending = try? JSONDecoder().decode(PendingConnect.self, from: Data(current)), pending.outcome == nil
+            else { return current }
+            pending.outcome = outcome
+            return Array(try JSONEncoder().encode(pending))
+        }
+        return answered.flatMap { try? JSONDecoder().decode(PendingConnect.self, from: Data($0)) }?.outcome == outcome
+    }
+
     /// Removes a connect request (answered and reported, or abandoned).
     public func removeConnectRequest(for client: PublicKey) async throws {
         try await store.setValue(nil, forKey: client.hex, in: Self.connects)

@@ -130,7 +130,8 @@ public struct RemoteSigner: RequestHandler {
             "permission": "\(permission)", "timeout": "\(approvals.timeout.components.seconds)s",
         ])
         await context.send(reply(NIP46.Response(id: message.id, result: "auth_url", error: url), to: request))
-        let decision = await approvals.decision(id)
+        // Waiting on a person: the runtime's handling slot is free for other clients' requests meanwhile.
+        let decision = await context.withoutHandlingSlot { await approvals.decision(id) }
         try? await state.removeApproval(id)
         if decision == .once || decision == .always {
             guard let current = try? await state.session(signer: request.recipient, client: request.sender),
@@ -143,6 +144,8 @@ public struct RemoteSigner: RequestHandler {
             } catch {
                 context.logger.error("could not record a granted permission", metadata: ["error": "\(error)"])
             }
+            // The same client's other requests waiting for this permission have it now.
+            approvals.approveOthers(client: request.sender.hex, user: user, permission: permission)
         }
         return .some(decision)
     }
@@ -151,10 +154,17 @@ public struct RemoteSigner: RequestHandler {
         Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
     }
 
-    /// An event template as the approval page shows it.
+    /// An event template as the approval page shows it: each tag and the content as JSON, so that quotes,
+    /// line breaks and control characters in them show escaped and cannot mimic the page's own lines.
     static func display(_ template: EventTemplate) -> String {
-        let tags = template.tags.map { tag in "  " + tag.fields.map { "\"\($0)\"" }.joined(separator: ", ") }
-        return "kind \(template.kind.rawValue)\ntags:\n\(tags.isEmpty ? "  (none)" : tags.joined(separator: "\n"))\ncontent:\n\(template.content)"
+        func json(_ write: (inout JSONWriter) -> Void) -> String {
+            var writer = JSONWriter()
+            write(&writer)
+            return writer.text
+        }
+        let tags = template.tags.map { tag in "  " + json { $0.stringArray(tag.fields) } }
+        let date = template.createdAt.map { "\($0)" } ?? "(now)"
+        return "kind \(template.kind.rawValue)\ncreated_at \(date)\ntags:\n\(tags.isEmpty ? "  (none)" : tags.joined(separator: "\n"))\ncontent:\n  \(json { $0.string(template.content) })"
     }
 
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
@@ -214,35 +224,47 @@ public struct RemoteSigner: RequestHandler {
 
         await connecting.acquire()
         defer { connecting.release() }
-        if let session = try await state.session(signer: signer, client: client),
-            session.expiresAt.map({ Int64(Date().timeIntervalSince1970) < $0 }) ?? true,
-            try await state.updateSession(signer: session.signer, client: session.client, { session in
-                if !requested.entries.isEmpty { session.requested = requested }
-            }) != nil
-        {
-            // Already connected (a client re-sending connect): nothing is spent again. An expired session is
-            // replaced by the one a new secret opens.
-            return NIP46.Response(id: message.id, result: "ack")
+        let now = Int64(Date().timeIntervalSince1970)
+        let current = try await state.session(signer: signer, client: client).flatMap { session in
+            session.expiresAt.map { now < $0 } ?? true ? session : nil
         }
         guard let secret else {
+            // A connected client re-sending connect without a secret: nothing to spend; what it asks for is noted.
+            if current != nil, try await state.updateSession(signer: signer.hex, client: client.hex, { session in
+                if !requested.entries.isEmpty { session.requested = requested }
+            }) != nil {
+                return NIP46.Response(id: message.id, result: "ack")
+            }
             return NIP46.Response(id: message.id, error: "unauthorized: connect needs the secret from a bunker:// URI")
         }
-        guard let record = try await state.secret(secret), record.signer == signer.hex else {
+        // A secret is spent, once, whoever sends it: a connected client with a new URI gets the session that URI
+        // was minted for, and the URI cannot be used later by anyone else.
+        switch try await state.spend(secret, signer: signer, by: client, now: now) {
+        case .unknown:
             return NIP46.Response(id: message.id, error: "unauthorized: unknown secret")
-        }
-        guard record.usedBy == nil else {
-            return NIP46.Response(id: message.id, error: "unauthorized: this secret has already been used; ask the operator for a new bunker:// URI")
-        }
-        let now = Int64(Date().timeIntervalSince1970)
-        if let expiresAt = record.expiresAt, now >= expiresAt {
+        case .expired:
             return NIP46.Response(id: message.id, error: "unauthorized: this secret has expired; ask the operator for a new bunker:// URI")
+        case .alreadySpent(let byThisClient):
+            // The same client re-sending its connect (a retry, a reload) while its session lasts.
+            if byThisClient, current != nil, try await state.updateSession(signer: signer.hex, client: client.hex, { session in
+                if !requested.entries.isEmpty { session.requested = requested }
+            }) != nil {
+                return NIP46.Response(id: message.id, result: "ack")
+            }
+            return NIP46.Response(id: message.id, error: "unauthorized: this secret has already been used; ask the operator for a new bunker:// URI")
+        case .spent(let record):
+            do {
+                try await state.save(ClientSession(
+                    signer: signer.hex, client: client.hex, permissions: record.permissions, requested: requested,
+                    name: metadata.name ?? current?.name, url: metadata.url ?? current?.url, label: record.label ?? current?.label,
+                    relays: relays().map(\.string), clientRelays: current?.clientRelays, createdAt: now, lastUsed: now,
+                    expiresAt: record.sessionLifetime.map { now + $0 }))
+            } catch {
+                try? await state.unspend(secret, by: client)
+                throw error
+            }
+            return NIP46.Response(id: message.id, result: "ack")
         }
-        try await state.save(ClientSession(
-            signer: signer.hex, client: client.hex, permissions: record.permissions, requested: requested,
-            name: metadata.name, url: metadata.url, label: record.label, relays: relays().map(\.string),
-            createdAt: now, lastUsed: now, expiresAt: record.sessionLifetime.map { now + $0 }))
-        try await state.markSpent(secret, record: record, by: client)
-        return NIP46.Response(id: message.id, result: "ack")
     }
 
     private func call(
@@ -297,7 +319,11 @@ public struct RemoteSigner: RequestHandler {
             }
             switch message.method {
             case "nip04_encrypt": return ok(try NIP04.encrypt(params[1], secretKey: identity.user, publicKey: peer))
-            case "nip04_decrypt": return ok(try NIP04.decrypt(params[1], secretKey: identity.user, publicKey: peer))
+            case "nip04_decrypt":
+                // A result is never empty (clients read an empty one as no answer); NIP-44 cannot carry one at all.
+                let plaintext = try NIP04.decrypt(params[1], secretKey: identity.user, publicKey: peer)
+                guard !plaintext.isEmpty else { throw BunkerError("the message decrypts to nothing (an empty plaintext)") }
+                return ok(plaintext)
             case "nip44_encrypt":
                 return ok(try NIP44.encrypt(params[1], conversationKey: ConversationKey(secretKey: identity.user, publicKey: peer)))
             default:

@@ -121,6 +121,9 @@ public struct RequestContext: Sendable {
     public let pool: RelayPool
     /// When the handler's time is up.
     public let deadline: ContinuousClock.Instant
+    /// Gives the request's handling slot back (counted as waiting instead), and takes one again.
+    let leaveSlot: @Sendable () async -> Void
+    let retakeSlot: @Sendable () async -> Void
     let publish: @Sendable (ServiceReply) async -> [RelayURL: PublishResult]
 
     /// Publishes an intermediate reply now (progress, a payment request) and waits for the relays' answers.
@@ -128,5 +131,22 @@ public struct RequestContext: Sendable {
     @discardableResult
     public func send(_ reply: ServiceReply) async -> [RelayURL: PublishResult] {
         await publish(reply)
+    }
+
+    /// Runs `wait` — for something outside the service: a person's approval, a payment — without holding one of
+    /// the runtime's ``ServiceRuntime/Configuration/maximumConcurrentRequests`` handling slots, so that requests
+    /// waiting on people cannot stop the service from reading others; a slot is taken again before it returns.
+    /// The request still counts for the sender's own limits, and graceful shutdown still waits for it (within
+    /// the grace period).
+    public func withoutHandlingSlot<T>(_ wait: () async throws -> T) async rethrows -> T {
+        await leaveSlot()
+        do {
+            let result = try await wait()
+            await retakeSlot()
+            return result
+        } catch {
+            await retakeSlot()
+            throw error
+        }
     }
 }

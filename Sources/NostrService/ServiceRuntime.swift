@@ -595,12 +595,21 @@ public final class ServiceRuntime: Service, Sendable {
 
         /// Runs `wait` without the slot, counted as waiting instead, and takes a slot again afterwards.
         func without<T>(_ wait: () async -> T) async -> T {
+            await leave()
+            let result = await wait()
+            await retake()
+            return result
+        }
+
+        /// Gives the slot back, counted as waiting instead (``retake()`` undoes it).
+        @Sendable func leave() async {
             await waiting.acquire()
             slots.release()
-            let result = await wait()
+        }
+
+        @Sendable func retake() async {
             await slots.acquire()
             waiting.release()
-            return result
         }
     }
 
@@ -862,7 +871,7 @@ public final class ServiceRuntime: Service, Sendable {
         }
 
         let started = ContinuousClock.now
-        let outcome = await run(handler, request, key: route.key, logger: logger)
+        let outcome = await run(handler, request, key: route.key, slot: slot, logger: logger)
         metrics.handlerDuration(kind: kind, ContinuousClock.now - started)
         var replies: [ServiceReply]
         var outcomeName: String
@@ -999,10 +1008,12 @@ public final class ServiceRuntime: Service, Sendable {
 
     /// Runs the handler with its timeout; any error that is not a ``ServiceError`` becomes an internal one.
     private func run(
-        _ handler: any RequestHandler, _ request: ServiceRequest, key: any ServiceSigner, logger: Logger
+        _ handler: any RequestHandler, _ request: ServiceRequest, key: any ServiceSigner, slot: Slot, logger: Logger
     ) async -> Result<[ServiceReply], ServiceError> {
         let deadline = ContinuousClock.now + handler.timeout
-        let context = RequestContext(logger: logger, store: store, pool: pool, deadline: deadline) { reply in
+        let context = RequestContext(
+            logger: logger, store: store, pool: pool, deadline: deadline, leaveSlot: slot.leave, retakeSlot: slot.retake
+        ) { reply in
             guard let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
             let extra = await self.replyRelays(request.event, handler: handler, named: reply.relays)
             var results: [RelayURL: PublishResult] = [:]

@@ -352,6 +352,9 @@ struct Connect: AsyncParsableCommand {
         let (_, signer) = try storedKey(key, in: directory)
         let permissions = try perms.map { $0 == "all" ? .all : try Permissions(parsing: $0) } ?? .all
         let state = try directory.openState()
+        guard await ServeLock.isHeld(in: directory.url) else {
+            throw ValidationError("no `bunker serve --data-dir \(directory.path)` is running: it is what answers the client")
+        }
         try await state.requestConnect(
             PendingConnect(uri: uri, signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970)),
             client: parsed.client)

@@ -52,21 +52,26 @@ struct Serve: AsyncParsableCommand {
         let relays = try relay.map { try RelayURL($0) }
         let sensitive = try Self.kinds(sensitiveKinds)
         let listener = try http.map(OperationsServer.listenAddress)
-        let identities = try directory.keys.unlock(passphrase: try passphrase())
-        guard !identities.isEmpty else { throw ValidationError("no keys in \(directory.path); run `bunker init` first") }
-        var policy = RequestPolicy.Configuration()
-        policy.rate = clientRate
-        policy.burst = max(1, clientBurst)
-        policy.maximumConcurrentPerSender = max(1, clientConcurrency)
-        let daemon = BunkerDaemon(
-            directory: directory, identities: identities, state: try directory.openState(), relays: relays,
-            http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
-            approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive,
-            maximumFutureSkew: maxFutureSkew > 0 ? maxFutureSkew : nil, policy: policy,
-            uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
-        let group = ServiceGroup(
-            configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
-        try await group.run()
+        let state = try directory.openState()
+        // One serve per data directory: a second would answer the same clients too, and clear the first one's
+        // pending approvals.
+        try await ServeLock.holding(in: directory.url, exclusive: true) {
+            let identities = try directory.keys.unlock(passphrase: try passphrase())
+            guard !identities.isEmpty else { throw ValidationError("no keys in \(directory.path); run `bunker init` first") }
+            var policy = RequestPolicy.Configuration()
+            policy.rate = clientRate
+            policy.burst = max(1, clientBurst)
+            policy.maximumConcurrentPerSender = max(1, clientConcurrency)
+            let daemon = BunkerDaemon(
+                directory: directory, identities: identities, state: state, relays: relays,
+                http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
+                approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive,
+                maximumFutureSkew: maxFutureSkew > 0 ? maxFutureSkew : nil, policy: policy,
+                uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
+            let group = ServiceGroup(
+                configuration: .init(services: [.init(service: daemon)], gracefulShutdownSignals: [.sigterm, .sigint], logger: Logger(label: "bunker")))
+            try await group.run()
+        }
     }
 }
 
@@ -175,10 +180,16 @@ struct BunkerDaemon: Service {
                         if now - request.createdAt > 3600 { try await state.removeConnectRequest(for: clientKey) }
                         continue
                     }
-                    var answered = request
-                    answered.outcome = await accept(request, signer: signer, runtime: runtime)
-                    try await state.requestConnect(answered, client: clientKey)
-                    logger.notice("nostrconnect", metadata: ["nostr.pubkey": "\(client)", "outcome": "\(answered.outcome ?? "")"])
+                    let outcome = await accept(request, signer: signer, runtime: runtime)
+                    if try await state.answerConnectRequest(for: clientKey, outcome: outcome) {
+                        logger.notice("nostrconnect", metadata: ["nostr.pubkey": "\(client)", "outcome": "\(outcome)"])
+                    } else if outcome == "connected" {
+                        // The operator was told it failed (the CLI stopped waiting): no session stays behind.
+                        try await state.remove(signer: request.signer, client: client)
+                        logger.warning("nostrconnect answered after `bunker connect` gave up; the session is removed", metadata: [
+                            "nostr.pubkey": "\(client)"
+                        ])
+                    }
                 }
             } catch {
                 logger.error("could not read connect requests", metadata: ["error": "\(error)"])

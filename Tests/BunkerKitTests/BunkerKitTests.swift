@@ -140,6 +140,43 @@ struct BunkerStateTests {
         #expect(try await daemon.session(signer: signer, client: client) == session)
     }
 
+    @Test("a secret is spent once even when clients race for it through two handles on one file; unspent, it can be used again; expired and unknown ones are told apart")
+    func spendOnce() async throws {
+        let directory = try temporaryDirectory("bunker-state")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("bunker.sqlite").path
+        let handles = [BunkerState(store: try SQLiteServiceStore(path: path)), BunkerState(store: try SQLiteServiceStore(path: path))]
+        let signer = SecretKey.generate().publicKey
+        let now = Int64(Date().timeIntervalSince1970)
+        for round in 0..<20 {
+            let secret = try await handles[0].mintSecret(for: signer, permissions: .all, label: nil, expiresAt: now + 60)
+            let clients = (0..<6).map { _ in SecretKey.generate().publicKey }
+            let outcomes = try await withThrowingTaskGroup(of: BunkerState.Spending.self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask { try await handles[index % 2].spend(secret, signer: signer, by: client, now: now) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let spent = outcomes.compactMap { if case .spent(let record) = $0 { return record } else { return nil } }
+            #expect(spent.count == 1, "round \(round): \(outcomes)")
+            #expect(outcomes.filter { $0 == .alreadySpent(byThisClient: false) }.count == clients.count - 1, "round \(round)")
+            let winner = try #require(spent.first?.usedBy)
+            #expect(try await handles[1].secret(secret)?.usedBy == winner)
+        }
+        let secret = try await handles[0].mintSecret(for: signer, permissions: .all, label: nil, expiresAt: now + 60)
+        let (first, second) = (SecretKey.generate().publicKey, SecretKey.generate().publicKey)
+        guard case .spent = try await handles[0].spend(secret, signer: signer, by: first, now: now) else { Issue.record("not spent"); return }
+        #expect(try await handles[0].spend(secret, signer: signer, by: first, now: now) == .alreadySpent(byThisClient: true))
+        try await handles[1].unspend(secret, by: second)  // not the one who spent it: no effect
+        #expect(try await handles[0].spend(secret, signer: signer, by: second, now: now) == .alreadySpent(byThisClient: false))
+        try await handles[1].unspend(secret, by: first)
+        guard case .spent = try await handles[0].spend(secret, signer: signer, by: second, now: now) else { Issue.record("not spent again"); return }
+        #expect(try await handles[0].spend(secret, signer: SecretKey.generate().publicKey, by: first, now: now) == .unknown)
+        #expect(try await handles[0].spend("no such secret", signer: signer, by: first, now: now) == .unknown)
+        let stale = try await handles[0].mintSecret(for: signer, permissions: .all, label: nil, expiresAt: now - 1)
+        #expect(try await handles[0].spend(stale, signer: signer, by: first, now: now) == .expired)
+    }
+
     @Test("audit records come back as written: escapes, non-ASCII, with and without a kind")
     func auditRoundTrip() async throws {
         let directory = try temporaryDirectory("bunker-state")

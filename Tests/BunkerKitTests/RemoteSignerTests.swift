@@ -54,6 +54,7 @@ struct TestBunker {
 /// authors and show `p`-tagged events only to their recipient (NIP-42).
 func withBunker<R: Sendable>(
     relays relayCount: Int = 1, approvals: Approvals? = nil, authRequired: Bool = false, otherIdentities: Int = 0,
+    configure: (inout ServiceRuntime.Configuration) -> Void = { _ in },
     _ body: @escaping @Sendable (TestBunker) async throws -> R
 ) async throws -> R {
     var relayConfiguration = EmbeddedRelay.Configuration()
@@ -70,6 +71,7 @@ func withBunker<R: Sendable>(
         var configuration = ServiceRuntime.Configuration(relays: urls)
         configuration.pool.reconnectDelay = .milliseconds(50)
         configuration.publishTimeout = .seconds(2)
+        configure(&configuration)
         let runtime = ServiceRuntime(
             keys: ([identity] + others).map { LocalServiceKey($0.signer) },
             handlers: [RemoteSigner(identities: [identity] + others, state: state, approvals: approvals, metricsFactory: metrics, relays: { urls })],
@@ -127,6 +129,25 @@ struct RemoteSignerTests {
             let second = await refusal { try await bunker.client(uri).run { try await $0.connect() } }
             #expect(second?.contains("already been used") == true)
             #expect(try await bunker.state.sessions().count == 1)
+        }
+    }
+
+    @Test("a connected client sending a new secret spends it: its session becomes the one that secret was minted for, and no other client can use it; its own spent secret still acks while connected")
+    func connectedClientSpendsNewSecret() async throws {
+        try await withBunker { bunker in
+            let app = SecretKey.generate()
+            let first = try await bunker.uri()
+            try await bunker.client(first, key: app).run { try await $0.connect() }
+            let second = try await bunker.uri(permissions: Permissions(entries: ["sign_event:7"]))
+            try await bunker.client(second, key: app).run { try await $0.connect() }
+            #expect(try await bunker.state.sessions().map(\.permissions.entries) == [["sign_event:7"]])
+            let stolen = await refusal { try await bunker.client(second).run { try await $0.connect() } }
+            #expect(stolen?.contains("already been used") == true, "\(stolen ?? "connected")")
+            // Re-sending its own first secret while connected is a retry, not a new session.
+            try await bunker.client(first, key: app).run { try await $0.connect() }
+            #expect(try await bunker.state.sessions().map(\.permissions.entries) == [["sign_event:7"]])
+            let secret = try #require(second.secret)
+            #expect(try await bunker.state.secret(secret)?.usedBy == app.publicKey.hex)
         }
     }
 
@@ -223,6 +244,11 @@ struct RemoteSignerTests {
                 #expect(missing == "bad request: nip44_encrypt takes 2 parameters")
                 let badKey = await refusal { try await signer.call("nip04_encrypt", ["zz", "text"]) }
                 #expect(badKey?.hasPrefix("bad request") == true)
+                // A NIP-04 message with nothing in it: an error, never an empty result.
+                let third = SecretKey.generate()
+                let empty = try NIP04.encrypt("", secretKey: third, publicKey: bunker.identity.user.publicKey)
+                let nothing = await refusal { try await signer.call("nip04_decrypt", [third.publicKey.hex, empty]) }
+                #expect(nothing?.hasPrefix("bad request: the message decrypts to nothing") == true, "\(nothing ?? "an empty result")")
                 // Dated far ahead (a replaceable event that would override every later version): refused;
                 // a few minutes ahead (a skewed clock) or in the past: signed.
                 let ahead = await refusal { try await signer.sign(EventTemplate(kind: 10_000, createdAt: Timestamp.now + 86_400 * 365)) }
@@ -237,7 +263,7 @@ struct RemoteSignerTests {
             }
             #expect(count("sign_event", "ok") == 3)
             #expect(count("other", "error") == 1)
-            #expect(count("nip44_encrypt", "error") == 1 && count("nip04_encrypt", "error") == 1)
+            #expect(count("nip44_encrypt", "error") == 1 && count("nip04_encrypt", "error") == 1 && count("nip04_decrypt", "error") == 1)
         }
     }
 
@@ -469,6 +495,56 @@ struct RemoteSignerTests {
                 while try await !bunker.state.pendingApprovals().isEmpty { try await Task.sleep(for: .milliseconds(20)) }
             }
         }
+    }
+
+    @Test("requests waiting for the operator hold no handling slot (two slots, four challenges, another client answered); a client's fifth open challenge is refused at once; approving one for good approves its siblings")
+    func challengesHoldNoSlot() async throws {
+        let approvals = Approvals(timeout: .seconds(30))
+        try await withBunker(approvals: approvals, configure: { $0.maximumConcurrentRequests = 2 }) { bunker in
+            var waiting = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            waiting.timeout = .seconds(30)
+            try await waiting.run { signer in
+                try await signer.connect()
+                try await withThrowingTaskGroup(of: String?.self) { group in
+                    for index in 0..<4 {
+                        group.addTask { await refusal { try await signer.sign(EventTemplate(kind: 7, content: "\(index)")) } }
+                    }
+                    let pending = try await withDeadline(.seconds(10), "four open challenges") { () async throws -> [PendingApproval] in
+                        while true {
+                            let pending = try await bunker.state.pendingApprovals()
+                            if pending.count == 4 { return pending }
+                            try await Task.sleep(for: .milliseconds(20))
+                        }
+                    }
+                    let fifth = await refusal { try await signer.sign(EventTemplate(kind: 7, content: "4")) }
+                    #expect(fifth == "unauthorized: sign_event:7 is not granted to this client")
+                    let pong = try await bunker.client(try await bunker.uri()).run { other in
+                        try await other.connect()
+                        return try await other.ping()
+                    }
+                    #expect(pong == "pong")
+                    #expect(try await bunker.state.decideApproval(pending[0].id, .always))
+                    var results: [String?] = []
+                    for try await result in group { results.append(result) }
+                    #expect(results == [nil, nil, nil, nil])
+                }
+            }
+            let decisions = try await bunker.state.auditRecords(limit: 20).map(\.record.decision).filter { $0.hasPrefix("approved") }.sorted()
+            #expect(decisions == ["approved-always", "approved-once", "approved-once", "approved-once"])
+        }
+    }
+
+    @Test("the approval page shows tags and content as JSON: quotes and line breaks cannot fake lines of the page")
+    func displayEscapes() {
+        let template = EventTemplate(kind: 1, content: "hello\ncontent:\nGM", tags: [["t", "x\"\ncontent:\nGM"]], createdAt: 1_700_000_000)
+        #expect(RemoteSigner.display(template) == #"""
+            kind 1
+            created_at 1700000000
+            tags:
+              ["t","x\"\ncontent:\nGM"]
+            content:
+              "hello\ncontent:\nGM"
+            """#)
     }
 
     @Test("an encryption challenge names its peer; approved after the client was revoked, it is still refused")

@@ -24,3 +24,28 @@ struct PrivateFileTests {
         #expect((try FileManager.default.attributesOfItem(atPath: database)[.posixPermissions] as? NSNumber)?.intValue == 0o600)
     }
 }
+
+@Suite("The serve lock on a data directory")
+struct ServeLockTests {
+    @Test("shared holders coexist and are seen; an exclusive one is refused while another holds it, and taken once it is gone")
+    func locks() async throws {
+        let directory = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        #expect(await !ServeLock.isHeld(in: directory))
+        try await ServeLock.holding(in: directory) {
+            try await ServeLock.holding(in: directory) {
+                #expect(await ServeLock.isHeld(in: directory))
+            }
+            await #expect(throws: ServeLockError.self) { try await ServeLock.holding(in: directory, exclusive: true) {} }
+        }
+        try await ServeLock.holding(in: directory, exclusive: true) {
+            #expect(await ServeLock.isHeld(in: directory))
+            do {
+                try await ServeLock.holding(in: directory, exclusive: true) { Issue.record("a second exclusive holder") }
+            } catch let error as ServeLockError {
+                #expect(error.message.hasPrefix("another serve is running on"), "\(error)")
+            }
+        }
+        #expect(await !ServeLock.isHeld(in: directory))
+    }
+}
