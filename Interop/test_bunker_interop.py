@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import timedelta
@@ -338,7 +339,7 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
     """A kind outside the grant: the client gets an auth_url; the test, as the operator's browser, opens the page
     and approves always; the signed event arrives, the grant now includes the kind, and the audit log says how it
     was decided."""
-    def on_the_page(_, err_path):
+    def on_the_page(data, err_path):
         deadline = time.monotonic() + 30
         url = None
         while url is None and time.monotonic() < deadline:
@@ -346,13 +347,27 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
             url = found and found.group(1)
             time.sleep(0.1)
         assert url, f"no auth challenge: {err_path.read_text()}"
-        with urllib.request.urlopen(url, timeout=10) as page:
+        # The client has the URL too: without the operator's sign-in the page asks for it and shows nothing.
+        try:
+            urllib.request.urlopen(url, timeout=10)
+            raise AssertionError("the page opened without signing in")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401 and b'name="token"' in refused.read()
+        # The operator signs in with the token from the data directory (0600), as a browser would.
+        token_file = data / "approval.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        login = url.rsplit("/", 1)[0] + "/login"
+        form = urllib.parse.urlencode({"token": token_file.read_text().strip(), "next": url.rsplit("/", 1)[1]}).encode()
+        with urllib.request.urlopen(urllib.request.Request(login, data=form), timeout=10) as signed_in:
+            cookie = signed_in.headers["Set-Cookie"].split(";")[0]
+        assert cookie.startswith("bunker_operator="), cookie
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=10) as page:
             html = page.read().decode()
             assert page.headers["X-Frame-Options"] == "DENY"
         assert "sign_event:7" in html and "web app" in html, html
         token = re.search(r'name="token" value="([0-9a-f]+)"', html).group(1)
         form = urllib.parse.urlencode({"token": token, "decision": "always"}).encode()
-        with urllib.request.urlopen(urllib.request.Request(url, data=form), timeout=10) as done:
+        with urllib.request.urlopen(urllib.request.Request(url, data=form, headers={"Cookie": cookie}), timeout=10) as done:
             assert done.status == 200
 
     data = sign_outside_the_grant(procs, tmp_path, "web app", on_the_page)

@@ -7,10 +7,11 @@ import Synchronization
 /// Auth challenges: a request outside a client's grant waits while a person decides on a page of the bunker's
 /// HTTP listener — approve once, approve always (the permission is granted), or deny.
 ///
-/// Each challenge has an unguessable id (its URL, which the client is sent) and a second secret that only its
-/// page carries: deciding needs both, so a client that knows the URL cannot approve its own request from
-/// another origin. The page may not be framed. Whoever can read the page can decide, so the listener stays on
-/// 127.0.0.1 or behind the operator's own authentication.
+/// The client is sent a challenge's URL (an unguessable id), so knowing it must not be enough to decide: the
+/// pages show and take decisions only for the operator, signed in with the operator token (a cookie, HttpOnly,
+/// SameSite=Strict, set by `POST /auth/login`), and each decision must also carry the form token that only its
+/// page carries, so another origin's page cannot post one through the operator's browser. The page may not be
+/// framed.
 public final class Approvals: Sendable {
     public enum Decision: String, Sendable {
         case once, always, deny
@@ -45,11 +46,34 @@ public final class Approvals: Sendable {
     /// Open challenges of one client at most: kept below the runtime's per-sender concurrency, so that a client
     /// waiting on the operator can still have its granted requests answered.
     public let capacityPerClient: Int
+    /// What the operator signs in to the pages with (the bunker keeps it in its data directory).
+    private let operatorToken: [UInt8]
+    static let cookieName = "bunker_operator"
 
-    public init(timeout: Duration = .seconds(300), capacity: Int = 100, capacityPerClient: Int = 4) {
+    /// - Parameter operatorToken: The secret the operator signs in to the pages with: at least 32 characters
+    ///   (``newOperatorToken()`` makes one).
+    public init(timeout: Duration = .seconds(300), capacity: Int = 100, capacityPerClient: Int = 4, operatorToken: String) {
         self.timeout = timeout
         self.capacity = capacity
         self.capacityPerClient = max(1, capacityPerClient)
+        precondition(operatorToken.utf8.count >= 32, "an operator token has at least 32 characters")
+        self.operatorToken = Array(operatorToken.utf8)
+    }
+
+    /// A fresh operator token: 32 random bytes, hex.
+    public static func newOperatorToken() -> String {
+        Hex.encode(SecureMemory.randomBytes(32))
+    }
+
+    /// Whether `given` is the operator token (compared in constant time).
+    func isOperatorToken(_ given: String?) -> Bool {
+        guard let given else { return false }
+        return Self.equal(operatorToken, Array(given.utf8))
+    }
+
+    static func equal(_ expected: [UInt8], _ given: [UInt8]) -> Bool {
+        expected.count == given.count
+            && expected.withUnsafeBytes { a in given.withUnsafeBytes { b in SecureMemory.constantTimeEqual(a, b) } }
     }
 
     /// Where challenges are served, e.g. `http://127.0.0.1:8080` (set once the listener is up); until then,
@@ -105,9 +129,7 @@ public final class Approvals: Sendable {
     func decide(_ id: String, formToken: String, _ decision: Decision) -> Bool {
         let valid = pending.withLock { pending in
             guard let entry = pending[id], entry.decision == nil else { return false }
-            let expected = Array(entry.challenge.formToken.utf8), given = Array(formToken.utf8)
-            return expected.count == given.count
-                && expected.withUnsafeBytes { a in given.withUnsafeBytes { b in SecureMemory.constantTimeEqual(a, b) } }
+            return Self.equal(Array(entry.challenge.formToken.utf8), Array(formToken.utf8))
         }
         return valid && settle(id, decision)
     }
@@ -151,10 +173,32 @@ public final class Approvals: Sendable {
 
     // MARK: The pages
 
-    /// Adds `GET /auth/:id` (the page) and `POST /auth/:id` (the decision) to `router`.
+    /// Adds `GET /auth/:id` (the page), `POST /auth/:id` (the decision) and `POST /auth/login` (the operator's
+    /// sign-in) to `router`.
     public func addRoutes<Context: RequestContext>(to router: Router<Context>) {
+        router.post("/auth/login") { [self] request, _ -> Response in
+            guard self.acceptsOrigin(of: request) else { return Self.misdirected }
+            let body = try await request.body.collect(upTo: 4096)
+            guard let form = try? URLEncodedFormDecoder().decode(LoginForm.self, from: String(buffer: body)) else {
+                return Self.page(.badRequest, "Bad request", "<p>The form was not understood.</p>")
+            }
+            // Back to the request's page, and nowhere else.
+            let next = form.next.flatMap { $0.count == 32 && $0.allSatisfy(\.isHexDigit) ? "/auth/\($0)" : nil }
+            guard self.isOperatorToken(form.token) else {
+                return Self.page(.forbidden, "Not signed in", "<p>That is not the operator token.</p>" + Self.login(next: form.next))
+            }
+            var response = Self.page(.ok, "Signed in", next.map { "<p><a href=\"\(Self.escape($0))\">Continue to the request</a></p>" } ?? "<p>You can open approval links now.</p>", refresh: next)
+            let secure = self.baseURL?.lowercased().hasPrefix("https://") == true
+            response.setCookie(Cookie(
+                name: Self.cookieName, value: String(decoding: self.operatorToken, as: UTF8.self), maxAge: 30 * 86_400, path: "/auth",
+                secure: secure, httpOnly: true, sameSite: .strict))
+            return response
+        }
         router.get("/auth/:id") { [self] request, context -> Response in
             guard self.acceptsOrigin(of: request) else { return Self.misdirected }
+            guard self.isOperatorToken(request.cookies[Self.cookieName]?.value) else {
+                return Self.page(.unauthorized, "Sign in", Self.login(next: context.parameters.get("id")))
+            }
             guard let id = context.parameters.get("id"), let challenge = self.challenge(id) else {
                 return Self.page(.notFound, "Nothing to approve", "<p>This request was already decided, or it expired.</p>")
             }
@@ -162,6 +206,9 @@ public final class Approvals: Sendable {
         }
         router.post("/auth/:id") { [self] request, context -> Response in
             guard self.acceptsOrigin(of: request) else { return Self.misdirected }
+            guard self.isOperatorToken(request.cookies[Self.cookieName]?.value) else {
+                return Self.page(.unauthorized, "Sign in", Self.login(next: context.parameters.get("id")))
+            }
             let body = try await request.body.collect(upTo: 4096)
             guard let id = context.parameters.get("id"),
                 let form = try? URLEncodedFormDecoder().decode(DecisionForm.self, from: String(buffer: body)),
@@ -218,6 +265,26 @@ public final class Approvals: Sendable {
         var decision: String
     }
 
+    /// The sign-in form's fields: the operator token, and the request to go back to.
+    struct LoginForm: Decodable {
+        var token: String
+        var next: String?
+    }
+
+    static func login(next: String?) -> String {
+        let back = next.map { "<input type=\"hidden\" name=\"next\" value=\"\(escape($0))\">" } ?? ""
+        return """
+            <p>Only the bunker's operator decides here. Sign in with the operator token: the file
+            <code>approval.token</code> in the bunker's data directory, on its server. (Or decide there, in a
+            terminal: <code>bunker approvals</code>.)</p>
+            <form method="post" action="/auth/login">
+            <input type="password" name="token" autocomplete="current-password" size="70">
+            \(back)
+            <button>Sign in</button>
+            </form>
+            """
+    }
+
     static func form(_ challenge: Challenge) -> String {
         var rows = [
             ("Client", challenge.clientName.map { "\($0) (\(challenge.client))" } ?? challenge.client),
@@ -240,10 +307,12 @@ public final class Approvals: Sendable {
             """
     }
 
-    static func page(_ status: HTTPResponse.Status, _ title: String, _ body: String) -> Response {
+    /// A page; `refresh`: a same-origin path the browser moves on to at once.
+    static func page(_ status: HTTPResponse.Status, _ title: String, _ body: String, refresh: String? = nil) -> Response {
+        let moveOn = refresh.map { "<meta http-equiv=\"refresh\" content=\"0; url=\(escape($0))\">" } ?? ""
         let html = """
             <!doctype html>
-            <html><head><meta charset="utf-8"><title>bunker: \(escape(title))</title>
+            <html><head><meta charset="utf-8">\(moveOn)<title>bunker: \(escape(title))</title>
             <style>body{font-family:sans-serif;max-width:48em;margin:2em auto}th{text-align:left;padding-right:1em;vertical-align:top}pre{white-space:pre-wrap;word-break:break-all}button{margin:1em .5em 0 0;padding:.5em 1em}</style>
             </head><body><h1>\(escape(title))</h1>
             \(body)

@@ -41,6 +41,25 @@ struct DataDirectory: ParsableArguments {
         return BunkerState(store: try SQLiteServiceStore(path: database))
     }
 
+    /// The approval pages' operator token, DIR/approval.token (0600), made on first use: whoever signs in
+    /// with it decides auth challenges in a browser, as whoever can open the data directory can with `bunker
+    /// approve`.
+    func approvalToken() throws -> String {
+        let path = url.appendingPathComponent("approval.token").path
+        if !FileManager.default.fileExists(atPath: path) {
+            do {
+                try PrivateFile.create(atPath: path, contents: Array((Approvals.newOperatorToken() + "\n").utf8))
+            } catch where FileManager.default.fileExists(atPath: path) {
+                // Made meanwhile by another process: that one counts.
+            }
+        }
+        let token = try String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard token.count >= 32, token.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+            throw ValidationError("\(path) must hold at least 32 letters and digits (delete it and a new one is made)")
+        }
+        return token
+    }
+
     /// The relays `serve` uses, as it recorded them (for URIs minted by other commands).
     func recordedRelays() throws -> [RelayURL] {
         let file = url.appendingPathComponent("relays.json")

@@ -53,6 +53,7 @@ struct Serve: AsyncParsableCommand {
         let sensitive = try Self.kinds(sensitiveKinds)
         let listener = try http.map(OperationsServer.listenAddress)
         let state = try directory.openState()
+        let operatorToken = try listener.map { _ in try directory.approvalToken() }
         // One serve per data directory: a second would answer the same clients too, and clear the first one's
         // pending approvals.
         try await ServeLock.holding(in: directory.url, exclusive: true) {
@@ -64,7 +65,8 @@ struct Serve: AsyncParsableCommand {
             policy.maximumConcurrentPerSender = max(1, clientConcurrency)
             let daemon = BunkerDaemon(
                 directory: directory, identities: identities, state: state, relays: relays,
-                http: listener, approvals: listener.map { _ in Approvals(timeout: .seconds(max(1, approvalTimeout))) },
+                http: listener,
+                approvals: operatorToken.map { Approvals(timeout: .seconds(max(1, approvalTimeout)), operatorToken: $0) },
                 approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive,
                 maximumFutureSkew: maxFutureSkew > 0 ? maxFutureSkew : nil, policy: policy,
                 uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
@@ -126,6 +128,9 @@ struct BunkerDaemon: Service {
                         onListening: { host, port in
                             approvals?.baseURL = approvalURL ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)"
                             say("http \(host):\(port)")
+                            if approvals != nil {
+                                say("approval pages: sign in with the token in \(directory.url.appendingPathComponent("approval.token").path)")
+                            }
                         },
                         routes: { router in approvals?.addRoutes(to: router) }
                     ).run()

@@ -406,7 +406,7 @@ struct RemoteSignerTests {
 
     @Test("an auth challenge's decision: approve once, approve always (then granted), deny, and a forged form refused")
     func approvals() async throws {
-        let approvals = Approvals(timeout: .seconds(20))
+        let approvals = Approvals(timeout: .seconds(20), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             let challenges = AsyncStream<String>.makeStream()
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
@@ -427,6 +427,21 @@ struct RemoteSignerTests {
                         #expect(page.body.contains(client.key.publicKey.hex))
                         let token = try #require(page.body.firstMatch(of: /name="token" value="([0-9a-f]+)"/)?.1)
                         if forgeFirst {
+                            // Knowing the URL (as the client does) is not enough: the page and a decision need the
+                            // operator's sign-in, even with the page's form token.
+                            let anonymous = try await HTTP.get(url, asOperator: false)
+                            #expect(anonymous.status == 401 && anonymous.body.contains("/auth/login") && !anonymous.body.contains(token))
+                            #expect(try await HTTP.post(url, form: "token=\(token)&decision=always", asOperator: false).status == 401)
+                            let wrongCookie = try await HTTP.post(url, form: "token=\(token)&decision=always", headers: ["Cookie": "\(Approvals.cookieName)=\(String(repeating: "f", count: 64))"], asOperator: false)
+                            #expect(wrongCookie.status == 401)
+                            // Signing in: a wrong token is refused; the right one sets the cookie and leads back.
+                            let id = String(url.split(separator: "/").last ?? "")
+                            let login = String(url.dropLast(id.count)) + "login"
+                            #expect(try await HTTP.post(login, form: "token=\(String(repeating: "f", count: 64))&next=\(id)", asOperator: false).status == 403)
+                            let signedIn = try await HTTP.post(login, form: "token=\(operatorToken)&next=\(id)", asOperator: false)
+                            #expect(signedIn.status == 200 && signedIn.body.contains("url=/auth/\(id)"))
+                            let cookie = try #require(signedIn.setCookie)
+                            #expect(cookie.hasPrefix("\(Approvals.cookieName)=\(operatorToken)") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/auth"), "\(cookie)")
                             #expect(try await HTTP.post(url, form: "token=\(String(repeating: "0", count: token.count))&decision=always").status == 403)
                             // A client's web page that rebound its domain to 127.0.0.1 (DNS rebinding) reaches the
                             // listener under its own name, and a cross-site form carries its origin: both refused.
@@ -462,7 +477,7 @@ struct RemoteSignerTests {
 
     @Test("an auth challenge decided from the store (bunker approvals / approve / deny): listed with its event, decided by id prefix, then gone")
     func approvalsFromTheCLI() async throws {
-        let approvals = Approvals(timeout: .seconds(20))
+        let approvals = Approvals(timeout: .seconds(20), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
             client.timeout = .seconds(20)
@@ -499,7 +514,7 @@ struct RemoteSignerTests {
 
     @Test("requests waiting for the operator hold no handling slot (two slots, four challenges, another client answered); a client's fifth open challenge is refused at once; approving one for good approves its siblings")
     func challengesHoldNoSlot() async throws {
-        let approvals = Approvals(timeout: .seconds(30))
+        let approvals = Approvals(timeout: .seconds(30), operatorToken: operatorToken)
         try await withBunker(approvals: approvals, configure: { $0.maximumConcurrentRequests = 2 }) { bunker in
             var waiting = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
             waiting.timeout = .seconds(30)
@@ -549,7 +564,7 @@ struct RemoteSignerTests {
 
     @Test("an encryption challenge names its peer; approved after the client was revoked, it is still refused")
     func approvalAfterRevocation() async throws {
-        let approvals = Approvals(timeout: .seconds(20))
+        let approvals = Approvals(timeout: .seconds(20), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
             client.timeout = .seconds(20)
@@ -576,7 +591,7 @@ struct RemoteSignerTests {
 
     @Test("an auth challenge nobody decides expires with an error; the page then says so")
     func approvalExpires() async throws {
-        let approvals = Approvals(timeout: .seconds(1))
+        let approvals = Approvals(timeout: .seconds(1), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             let seen = Mutex<[String]>([])
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
@@ -596,21 +611,35 @@ struct RemoteSignerTests {
 import FoundationNetworking
 #endif
 
-/// The test's HTTP client for the approval pages (what a person's browser does).
+/// The operator token the tests' approval pages take.
+let operatorToken = String(repeating: "0123456789abcdef", count: 4)
+
+/// The test's HTTP client for the approval pages (what a person's browser does): signed in as the operator
+/// (the cookie `POST /auth/login` sets) unless told otherwise; it keeps no cookies of its own.
 enum HTTP {
     struct Reply {
         var status: Int
         var body: String
+        var setCookie: String?
     }
 
-    static func get(_ url: String, headers: [String: String] = [:]) async throws -> Reply {
+    static let session: URLSession = {
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.httpShouldSetCookies = false
+        configuration.httpCookieAcceptPolicy = .never
+        return URLSession(configuration: configuration)
+    }()
+
+    static func get(_ url: String, headers: [String: String] = [:], asOperator: Bool = true) async throws -> Reply {
         var request = URLRequest(url: try #require(URL(string: url)))
+        if asOperator { request.setValue("\(Approvals.cookieName)=\(operatorToken)", forHTTPHeaderField: "Cookie") }
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         return try await send(request)
     }
 
-    static func post(_ url: String, form: String, headers: [String: String] = [:]) async throws -> Reply {
+    static func post(_ url: String, form: String, headers: [String: String] = [:], asOperator: Bool = true) async throws -> Reply {
         var request = URLRequest(url: try #require(URL(string: url)))
+        if asOperator { request.setValue("\(Approvals.cookieName)=\(operatorToken)", forHTTPHeaderField: "Cookie") }
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         request.httpMethod = "POST"
         request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")
@@ -619,7 +648,10 @@ enum HTTP {
     }
 
     private static func send(_ request: URLRequest) async throws -> Reply {
-        let (data, response) = try await URLSession.shared.data(for: request)
-        return Reply(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: String(decoding: data, as: UTF8.self))
+        let (data, response) = try await session.data(for: request)
+        let http = response as? HTTPURLResponse
+        return Reply(
+            status: http?.statusCode ?? 0, body: String(decoding: data, as: UTF8.self),
+            setCookie: http?.value(forHTTPHeaderField: "Set-Cookie"))
     }
 }
