@@ -216,6 +216,39 @@ def test_permissions_revocation_and_restart(procs, aio, tmp_path):  # noqa: F811
     aio.call(revoked(), timeout=60)
 
 
+def test_a_client_on_relays_the_bunker_left_is_answered_there_and_switches(procs, tmp_path):  # noqa: F811
+    """The operator moves the bunker to another relay. A client still on the relay its bunker:// URI named is
+    answered there (else it could never learn of the move); `switch_relays` tells it the new list (null while
+    nothing changed), and on the new relay it keeps its session. The client is the library's (`switchboard
+    nip46`), which sends `connect` with its spent secret first each time: that is a retry, answered `ack`."""
+    data = tmp_path / "bunker"
+    bunker(procs, "init", "--data-dir", str(data))
+    old = procs.sb_relay("old-relay")
+    proc, _ = serve(procs, data, old.url)
+    uri = bunker(procs, "uri", "--data-dir", str(data), "--label", "mover")
+    nip46 = [procs.sb, "nip46", "--key-file", str(tmp_path / "client.key"), "--timeout", "20"]
+
+    def call(uri, *args) -> str:
+        result = subprocess.run([*nip46, uri, *args], capture_output=True, timeout=60, check=False, env=test_pool_interop.ENV)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode().strip()
+
+    user = call(uri, "get_public_key")
+    assert call(uri, "switch_relays") == "null"
+    was_alive, exited = proc.stop()
+    proc.stopped_by_test = True
+    assert was_alive and exited, proc.describe()
+
+    new = procs.sb_relay("new-relay")
+    serve(procs, data, new.url)
+    assert call(uri, "get_public_key") == user
+    assert json.loads(call(uri, "switch_relays")) == [new.url]
+    moved = uri.replace(urllib.parse.quote(old.url, safe=""), urllib.parse.quote(new.url, safe=""))
+    assert moved != uri, uri
+    assert call(moved, "get_public_key") == user
+    assert call(moved, "switch_relays") == "null"
+
+
 def test_a_client_of_two_user_keys_is_granted_per_key_and_revoked_from_both(procs, aio, tmp_path):  # noqa: F811
     """One app connected to two of the bunker's user keys: `grant` asks which (--key), `revoke` ends both."""
     data = tmp_path / "bunker"

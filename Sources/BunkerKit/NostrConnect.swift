@@ -98,6 +98,14 @@ extension BunkerState {
         try await store.setValue(nil, forKey: client.hex, in: Self.connects)
     }
 
+    /// The relays sessions were last given (a bunker:// URI's, or `switch_relays`' answer) that are not in
+    /// `current`: clients still use them until they ask `switch_relays`, so a bunker whose relays were replaced
+    /// listens there too.
+    public func formerSessionRelays(besides current: [RelayURL]) async throws -> [RelayURL] {
+        let now = Set(current)
+        return Array(Set(try await sessions().flatMap(\.relays).compactMap { try? RelayURL($0) }).subtracting(now)).sorted()
+    }
+
     /// The relays nostrconnect clients asked to be served on (the daemon listens there too).
     public func clientRelays() async throws -> [RelayURL] {
         Array(Set(try await sessions().flatMap { $0.clientRelays ?? [] }.compactMap { try? RelayURL($0) })).sorted()

@@ -108,8 +108,16 @@ struct BunkerDaemon: Service {
         let signer = RemoteSigner(
             identities: identities, state: state, approvals: approvals, sensitiveKinds: sensitiveKinds,
             maximumFutureSkew: maximumFutureSkew, relays: { relays })
-        // nostrconnect clients are served on their own relays as well.
-        var configuration = ServiceRuntime.Configuration(relays: Array(Set(relays).union(try await state.clientRelays())).sorted())
+        // nostrconnect clients are served on their own relays as well, and clients given relays the bunker no longer
+        // uses are served there until they ask `switch_relays` (then they move; those relays go at a later
+        // restart). Not in development mode: the embedded relay's address changes with every start.
+        let former = self.relays.isEmpty ? [] : try await state.formerSessionRelays(besides: relays)
+        if !former.isEmpty {
+            logger.notice("also listening on relays clients were given before, until they switch", metadata: [
+                "relays": "\(former.map(\.string))"
+            ])
+        }
+        var configuration = ServiceRuntime.Configuration(relays: Array(Set(relays).union(try await state.clientRelays()).union(former)).sorted())
         configuration.policy = policy
         let runtime = ServiceRuntime(
             keys: identities.map { LocalServiceKey($0.signer) }, handlers: [signer], store: state.store,
