@@ -393,7 +393,7 @@ def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
         form = urllib.parse.urlencode({"token": token_file.read_text().strip(), "next": url.rsplit("/", 1)[1]}).encode()
         with urllib.request.urlopen(urllib.request.Request(login, data=form), timeout=10) as signed_in:
             cookie = signed_in.headers["Set-Cookie"].split(";")[0]
-        assert cookie.startswith("bunker_operator="), cookie
+        assert cookie.startswith("bunker_operator=") and token_file.read_text().strip() not in cookie, cookie
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=10) as page:
             html = page.read().decode()
             assert page.headers["X-Frame-Options"] == "DENY"

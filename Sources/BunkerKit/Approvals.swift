@@ -8,10 +8,10 @@ import Synchronization
 /// HTTP listener — approve once, approve always (the permission is granted), or deny.
 ///
 /// The client is sent a challenge's URL (an unguessable id), so knowing it must not be enough to decide: the
-/// pages show and take decisions only for the operator, signed in with the operator token (a cookie, HttpOnly,
-/// SameSite=Strict, set by `POST /auth/login`), and each decision must also carry the form token that only its
-/// page carries, so another origin's page cannot post one through the operator's browser. The page may not be
-/// framed.
+/// pages show and take decisions only for the operator, signed in with the operator token (`POST /auth/login`
+/// starts a sign-in session: a random id in an HttpOnly, SameSite=Lax cookie, kept in memory, so it ends with
+/// the process), and each decision must also carry the form token that only its page carries, so another
+/// origin's page cannot post one through the operator's browser. The page may not be framed.
 public final class Approvals: Sendable {
     public enum Decision: String, Sendable {
         case once, always, deny
@@ -49,6 +49,10 @@ public final class Approvals: Sendable {
     /// What the operator signs in to the pages with (the bunker keeps it in its data directory).
     private let operatorToken: [UInt8]
     static let cookieName = "bunker_operator"
+    /// Sign-in sessions (their cookie's value) and when each ends; never more than ``maximumSessions``.
+    private let sessions = Mutex<[String: ContinuousClock.Instant]>([:])
+    static let sessionLifetime: Duration = .seconds(30 * 86_400)
+    static let maximumSessions = 64
 
     /// - Parameter operatorToken: The secret the operator signs in to the pages with: at least 32 characters
     ///   (``newOperatorToken()`` makes one).
@@ -63,6 +67,37 @@ public final class Approvals: Sendable {
     /// A fresh operator token: 32 random bytes, hex.
     public static func newOperatorToken() -> String {
         Hex.encode(SecureMemory.randomBytes(32))
+    }
+
+    /// Starts a sign-in session and returns its id (the cookie's value).
+    func signIn() -> String {
+        let id = Hex.encode(SecureMemory.randomBytes(32))
+        let now = ContinuousClock.now
+        sessions.withLock { sessions in
+            sessions = sessions.filter { $0.value > now }
+            if sessions.count >= Self.maximumSessions, let oldest = sessions.min(by: { $0.value < $1.value })?.key {
+                sessions[oldest] = nil
+            }
+            sessions[id] = now + Self.sessionLifetime
+        }
+        return id
+    }
+
+    /// Whether `request` carries the cookie of a sign-in session that has not ended.
+    func isSignedIn(_ request: Request) -> Bool {
+        guard let given = request.cookies[Self.cookieName]?.value else { return false }
+        let now = ContinuousClock.now
+        // Each id is compared in constant time (they are few), so a guess learns nothing from the timing.
+        return sessions.withLock { sessions in
+            sessions.contains { Self.equal(Array($0.key.utf8), Array(given.utf8)) && $0.value > now }
+        }
+    }
+
+    /// The path the sign-in cookie is sent for: the pages' own, under the base URL's path (a reverse proxy's
+    /// prefix, say).
+    var cookiePath: String {
+        let prefix = baseURL.flatMap { URL(string: $0)?.path } ?? ""
+        return (prefix.hasSuffix("/") ? String(prefix.dropLast()) : prefix) + "/auth"
     }
 
     /// Whether `given` is the operator token (compared in constant time).
@@ -182,21 +217,23 @@ public final class Approvals: Sendable {
             guard let form = try? URLEncodedFormDecoder().decode(LoginForm.self, from: String(buffer: body)) else {
                 return Self.page(.badRequest, "Bad request", "<p>The form was not understood.</p>")
             }
-            // Back to the request's page, and nowhere else.
-            let next = form.next.flatMap { $0.count == 32 && $0.allSatisfy(\.isHexDigit) ? "/auth/\($0)" : nil }
+            // Back to the request's page (a path relative to this one, so a proxy's prefix stays), and nowhere else.
+            let next = form.next.flatMap { $0.count == 32 && $0.allSatisfy({ $0.isASCII && $0.isHexDigit }) ? $0 : nil }
             guard self.isOperatorToken(form.token) else {
                 return Self.page(.forbidden, "Not signed in", "<p>That is not the operator token.</p>" + Self.login(next: form.next))
             }
             var response = Self.page(.ok, "Signed in", next.map { "<p><a href=\"\(Self.escape($0))\">Continue to the request</a></p>" } ?? "<p>You can open approval links now.</p>", refresh: next)
+            // Lax, not Strict: a client's web page opens the approval link from its own site, and the operator should
+            // find themselves signed in there; a cross-site form post still carries no cookie (and no form token).
             let secure = self.baseURL?.lowercased().hasPrefix("https://") == true
             response.setCookie(Cookie(
-                name: Self.cookieName, value: String(decoding: self.operatorToken, as: UTF8.self), maxAge: 30 * 86_400, path: "/auth",
-                secure: secure, httpOnly: true, sameSite: .strict))
+                name: Self.cookieName, value: self.signIn(), maxAge: Int(Self.sessionLifetime.components.seconds), path: self.cookiePath,
+                secure: secure, httpOnly: true, sameSite: .lax))
             return response
         }
         router.get("/auth/:id") { [self] request, context -> Response in
             guard self.acceptsOrigin(of: request) else { return Self.misdirected }
-            guard self.isOperatorToken(request.cookies[Self.cookieName]?.value) else {
+            guard self.isSignedIn(request) else {
                 return Self.page(.unauthorized, "Sign in", Self.login(next: context.parameters.get("id")))
             }
             guard let id = context.parameters.get("id"), let challenge = self.challenge(id) else {
@@ -206,7 +243,7 @@ public final class Approvals: Sendable {
         }
         router.post("/auth/:id") { [self] request, context -> Response in
             guard self.acceptsOrigin(of: request) else { return Self.misdirected }
-            guard self.isOperatorToken(request.cookies[Self.cookieName]?.value) else {
+            guard self.isSignedIn(request) else {
                 return Self.page(.unauthorized, "Sign in", Self.login(next: context.parameters.get("id")))
             }
             let body = try await request.body.collect(upTo: 4096)
@@ -277,7 +314,7 @@ public final class Approvals: Sendable {
             <p>Only the bunker's operator decides here. Sign in with the operator token: the file
             <code>approval.token</code> in the bunker's data directory, on its server. (Or decide there, in a
             terminal: <code>bunker approvals</code>.)</p>
-            <form method="post" action="/auth/login">
+            <form method="post" action="login">
             <input type="password" name="token" autocomplete="current-password" size="70">
             \(back)
             <button>Sign in</button>

@@ -93,6 +93,17 @@ extension BunkerState {
         return answered.flatMap { try? JSONDecoder().decode(PendingConnect.self, from: Data($0)) }?.outcome == outcome
     }
 
+    /// Gives up on the connect request of `client` unless the daemon answered it meanwhile: atomically, it is
+    /// removed if unanswered; the answer is returned if there is one (the record stays, to be removed after).
+    public func abandonConnectRequest(for client: PublicKey) async throws -> String? {
+        let kept = try await store.updateValue(forKey: client.hex, in: Self.connects) { current in
+            guard let current, let pending = try? JSONDecoder().decode(PendingConnect.self, from: Data(current)), pending.outcome != nil
+            else { return nil }
+            return current
+        }
+        return kept.flatMap { try? JSONDecoder().decode(PendingConnect.self, from: Data($0)) }?.outcome
+    }
+
     /// Removes a connect request (answered and reported, or abandoned).
     public func removeConnectRequest(for client: PublicKey) async throws {
         try await store.setValue(nil, forKey: client.hex, in: Self.connects)
@@ -101,9 +112,12 @@ extension BunkerState {
     /// The relays sessions were last given (a bunker:// URI's, or `switch_relays`' answer) that are not in
     /// `current`: clients still use them until they ask `switch_relays`, so a bunker whose relays were replaced
     /// listens there too.
-    public func formerSessionRelays(besides current: [RelayURL]) async throws -> [RelayURL] {
-        let now = Set(current)
-        return Array(Set(try await sessions().flatMap(\.relays).compactMap { try? RelayURL($0) }).subtracting(now)).sorted()
+    /// Sessions that have expired, and the `ignored` relays (development relays, gone with their process), do
+    /// not count.
+    public func formerSessionRelays(besides current: [RelayURL], ignoring ignored: Set<RelayURL> = []) async throws -> [RelayURL] {
+        let time = Int64(Date().timeIntervalSince1970)
+        let live = try await sessions().filter { session in session.expiresAt.map { time < $0 } ?? true }
+        return Set(live.flatMap(\.relays).compactMap { try? RelayURL($0) }).subtracting(current).subtracting(ignored).sorted()
     }
 
     /// The relays nostrconnect clients asked to be served on (the daemon listens there too).

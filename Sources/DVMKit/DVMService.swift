@@ -143,7 +143,10 @@ public final class DVMService: RequestHandler {
                 let paid: Bool
                 do {
                     defer { metrics.awaitingPayment.decrement() }
-                    paid = try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
+                    // Waiting on the customer: the runtime's handling slot is free for other requests meanwhile.
+                    paid = try await context.withoutHandlingSlot {
+                        try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
+                    }
                 }
                 guard paid else {
                     count("unpaid")

@@ -20,9 +20,16 @@ public enum ServeLock {
         let descriptor = open(path(in: directory), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw ServeLockError(code: errno, "cannot open \(path(in: directory))") }
         defer { close(descriptor) }
+        // Another command's `isHeld` probe holds the lock for a moment: an exclusive taker tries a few times.
+        var busy = 0
         while flock(descriptor, exclusive ? LOCK_EX | LOCK_NB : LOCK_SH) != 0 {
             if errno == EINTR { continue }
             if exclusive && errno == EWOULDBLOCK {
+                busy += 1
+                if busy < 10 {
+                    try await Task.sleep(for: .milliseconds(20))
+                    continue
+                }
                 throw ServeLockError(code: errno, "another serve is running on \(directory.path) (it holds \(path(in: directory)))")
             }
             throw ServeLockError(code: errno, "cannot lock \(path(in: directory))")

@@ -69,6 +69,23 @@ struct DataDirectory: ParsableArguments {
         return try JSONDecoder().decode([String].self, from: data).map { try RelayURL($0) }
     }
 
+    /// The embedded relays development-mode runs used (each start gets a new port), so that a later `serve` on real
+    /// relays does not take them for relays its clients still use.
+    func developmentRelays() -> Set<RelayURL> {
+        Set(developmentRelayNames().compactMap { try? RelayURL($0) })
+    }
+
+    func recordDevelopmentRelay(_ relay: RelayURL) throws {
+        // The last 100 are plenty: sessions given older ones are long gone or have moved.
+        let names = Array((developmentRelayNames() + [relay.string]).suffix(100))
+        try JSONEncoder().encode(names).write(to: url.appendingPathComponent("development-relays.json"), options: .atomic)
+    }
+
+    private func developmentRelayNames() -> [String] {
+        guard let data = try? Data(contentsOf: url.appendingPathComponent("development-relays.json")) else { return [] }
+        return (try? JSONDecoder().decode([String].self, from: data)) ?? []
+    }
+
     func recordRelays(_ relays: [RelayURL]) throws {
         try JSONEncoder().encode(relays.map(\.string)).write(to: url.appendingPathComponent("relays.json"), options: .atomic)
     }
@@ -378,17 +395,21 @@ struct Connect: AsyncParsableCommand {
             PendingConnect(uri: uri, signer: signer.hex, permissions: permissions, label: label, createdAt: Int64(Date().timeIntervalSince1970)),
             client: parsed.client)
         let deadline = ContinuousClock.now + .seconds(max(1, timeout))
-        while ContinuousClock.now < deadline {
-            if let outcome = try await state.connectRequest(for: parsed.client)?.outcome {
-                try await state.removeConnectRequest(for: parsed.client)
-                guard outcome == "connected" else { throw ValidationError(outcome) }
-                say("connected \(parsed.client.hex)\(parsed.name.map { " (\($0))" } ?? "") on \(parsed.relays.map(\.string).joined(separator: " "))")
-                return
+        var outcome: String?
+        while outcome == nil {
+            if ContinuousClock.now >= deadline {
+                // Atomically: an answer that lands now is taken, else the daemon finds the request gone and
+                // removes the session it may have made.
+                outcome = try await state.abandonConnectRequest(for: parsed.client)
+                if outcome == nil { throw ValidationError("no answer within \(timeout) s: is `bunker serve --data-dir \(directory.path)` running?") }
+                break
             }
-            try await Task.sleep(for: .milliseconds(100))
+            outcome = try await state.connectRequest(for: parsed.client)?.outcome
+            if outcome == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
         try await state.removeConnectRequest(for: parsed.client)
-        throw ValidationError("no answer within \(timeout) s: is `bunker serve --data-dir \(directory.path)` running?")
+        guard outcome == "connected" else { throw ValidationError(outcome ?? "no answer") }
+        say("connected \(parsed.client.hex)\(parsed.name.map { " (\($0))" } ?? "") on \(parsed.relays.map(\.string).joined(separator: " "))")
     }
 }
 

@@ -66,7 +66,10 @@ struct Serve: AsyncParsableCommand {
             let daemon = BunkerDaemon(
                 directory: directory, identities: identities, state: state, relays: relays,
                 http: listener,
-                approvals: operatorToken.map { Approvals(timeout: .seconds(max(1, approvalTimeout)), operatorToken: $0) },
+                approvals: operatorToken.map {
+                    // Below the client's concurrency, so a client waiting on the operator still gets its granted requests answered.
+                    Approvals(timeout: .seconds(max(1, approvalTimeout)), capacityPerClient: min(4, clientConcurrency - 1), operatorToken: $0)
+                },
                 approvalURL: approvalURL, auditDays: max(1, auditDays), sensitiveKinds: sensitive,
                 maximumFutureSkew: maxFutureSkew > 0 ? maxFutureSkew : nil, policy: policy,
                 uriLifetime: max(0, uriValidFor), registry: registry, logger: Logger(label: "bunker"))
@@ -99,6 +102,7 @@ struct BunkerDaemon: Service {
         guard relays.isEmpty else { return try await serve(on: relays) }
         try await EmbeddedRelay.withLoopbackRelay(logger: Logger(label: "bunker.relay")) { url in
             say("development mode: embedded relay on \(url.string) (pass --relay for real relays)")
+            try directory.recordDevelopmentRelay(url)
             try await serve(on: [url])
         }
     }
@@ -110,8 +114,9 @@ struct BunkerDaemon: Service {
             maximumFutureSkew: maximumFutureSkew, relays: { relays })
         // nostrconnect clients are served on their own relays as well, and clients given relays the bunker no longer
         // uses are served there until they ask `switch_relays` (then they move; those relays go at a later
-        // restart). Not in development mode: the embedded relay's address changes with every start.
-        let former = self.relays.isEmpty ? [] : try await state.formerSessionRelays(besides: relays)
+        // restart). Not in development mode, and not the embedded relays of earlier development runs: their
+        // addresses change with every start.
+        let former = self.relays.isEmpty ? [] : try await state.formerSessionRelays(besides: relays, ignoring: directory.developmentRelays())
         if !former.isEmpty {
             logger.notice("also listening on relays clients were given before, until they switch", metadata: [
                 "relays": "\(former.map(\.string))"

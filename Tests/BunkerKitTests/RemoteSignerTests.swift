@@ -87,6 +87,7 @@ func withBunker<R: Sendable>(
                         port: 0, registry: PrometheusCollectorRegistry(), runtime: runtime, logger: quiet,
                         onListening: { host, port in
                             approvals.baseURL = "http://\(host):\(port)"
+                            HTTP.operatorSessions.withLock { $0[port] = approvals.signIn() }
                             ready.yield()
                         },
                         routes: { approvals.addRoutes(to: $0) }
@@ -430,7 +431,7 @@ struct RemoteSignerTests {
                             // Knowing the URL (as the client does) is not enough: the page and a decision need the
                             // operator's sign-in, even with the page's form token.
                             let anonymous = try await HTTP.get(url, asOperator: false)
-                            #expect(anonymous.status == 401 && anonymous.body.contains("/auth/login") && !anonymous.body.contains(token))
+                            #expect(anonymous.status == 401 && anonymous.body.contains(#"action="login""#) && !anonymous.body.contains(token))
                             #expect(try await HTTP.post(url, form: "token=\(token)&decision=always", asOperator: false).status == 401)
                             let wrongCookie = try await HTTP.post(url, form: "token=\(token)&decision=always", headers: ["Cookie": "\(Approvals.cookieName)=\(String(repeating: "f", count: 64))"], asOperator: false)
                             #expect(wrongCookie.status == 401)
@@ -439,9 +440,14 @@ struct RemoteSignerTests {
                             let login = String(url.dropLast(id.count)) + "login"
                             #expect(try await HTTP.post(login, form: "token=\(String(repeating: "f", count: 64))&next=\(id)", asOperator: false).status == 403)
                             let signedIn = try await HTTP.post(login, form: "token=\(operatorToken)&next=\(id)", asOperator: false)
-                            #expect(signedIn.status == 200 && signedIn.body.contains("url=/auth/\(id)"))
+                            #expect(signedIn.status == 200 && signedIn.body.contains("url=\(id)"))
+                            // The cookie is a session of its own, not the token (cookies reach every port of a host).
                             let cookie = try #require(signedIn.setCookie)
-                            #expect(cookie.hasPrefix("\(Approvals.cookieName)=\(operatorToken)") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/auth"), "\(cookie)")
+                            #expect(cookie.hasPrefix("\(Approvals.cookieName)=") && !cookie.contains(operatorToken), "\(cookie)")
+                            #expect(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/auth"), "\(cookie)")
+                            let session = String(cookie.dropFirst(Approvals.cookieName.count + 1).prefix { $0 != ";" })
+                            let withSession = try await HTTP.get(url, headers: ["Cookie": "\(Approvals.cookieName)=\(session)"], asOperator: false)
+                            #expect(withSession.status == 200 && withSession.body.contains(token))
                             #expect(try await HTTP.post(url, form: "token=\(String(repeating: "0", count: token.count))&decision=always").status == 403)
                             // A client's web page that rebound its domain to 127.0.0.1 (DNS rebinding) reaches the
                             // listener under its own name, and a cross-site form carries its origin: both refused.
@@ -615,8 +621,12 @@ import FoundationNetworking
 let operatorToken = String(repeating: "0123456789abcdef", count: 4)
 
 /// The test's HTTP client for the approval pages (what a person's browser does): signed in as the operator
-/// (the cookie `POST /auth/login` sets) unless told otherwise; it keeps no cookies of its own.
+/// (with a session of the bunker on the URL's port, as `POST /auth/login` makes) unless told otherwise; it keeps
+/// no cookies of its own.
 enum HTTP {
+    /// Each test bunker's operator session, by its listener's port.
+    static let operatorSessions = Mutex<[Int: String]>([:])
+
     struct Reply {
         var status: Int
         var body: String
@@ -632,14 +642,18 @@ enum HTTP {
 
     static func get(_ url: String, headers: [String: String] = [:], asOperator: Bool = true) async throws -> Reply {
         var request = URLRequest(url: try #require(URL(string: url)))
-        if asOperator { request.setValue("\(Approvals.cookieName)=\(operatorToken)", forHTTPHeaderField: "Cookie") }
+        if asOperator, let port = URL(string: url)?.port, let session = operatorSessions.withLock({ $0[port] }) {
+            request.setValue("\(Approvals.cookieName)=\(session)", forHTTPHeaderField: "Cookie")
+        }
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         return try await send(request)
     }
 
     static func post(_ url: String, form: String, headers: [String: String] = [:], asOperator: Bool = true) async throws -> Reply {
         var request = URLRequest(url: try #require(URL(string: url)))
-        if asOperator { request.setValue("\(Approvals.cookieName)=\(operatorToken)", forHTTPHeaderField: "Cookie") }
+        if asOperator, let port = URL(string: url)?.port, let session = operatorSessions.withLock({ $0[port] }) {
+            request.setValue("\(Approvals.cookieName)=\(session)", forHTTPHeaderField: "Cookie")
+        }
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
         request.httpMethod = "POST"
         request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")

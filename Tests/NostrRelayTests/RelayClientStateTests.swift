@@ -1,3 +1,4 @@
+import Foundation
 import NostrCore
 import NostrCrypto
 import Testing
@@ -503,28 +504,43 @@ struct RelayClientHelperTests {
         #expect(try RelayURL(" ws://127.0.0.1:7000 ").string == "ws://127.0.0.1:7000")
         #expect(try RelayURL("ws://host:80/path/x").string == "ws://host/path/x")
         #expect(try RelayURL("wss://a.example").isSecure)
-        for bad in ["https://a.example", "relay.example", "ws://", "wss:///path", "ws://user@host", ""] {
+        // Also refused: what the WebSocket client would read another host from than an address check does (it
+        // takes the host up to the first colon), so that no check can be passed by one host and connect to another.
+        for bad in [
+            "https://a.example", "relay.example", "ws://", "wss:///path", "ws://user@host", "", "ws://0:1::1:9999", "ws://db:1::1:9999",
+            "ws://[::1]:8080", "wss://[fe80::1]", "ws://host:port", "ws://host:0", "ws://host:70000", "ws://:80", "ws://host:１２",
+        ] {
             #expect(throws: NostrError.self, "\(bad)") { try RelayURL(bad) }
         }
-        let hosts = ["wss://Relay.Example:7000/x?y": "relay.example", "ws://127.0.0.1": "127.0.0.1", "ws://[::1]:8080/": "::1", "wss://[fe80::1]": "fe80::1", "ws://h?q=:1": "h"]
+        let hosts = ["wss://Relay.Example:7000/x?y": "relay.example", "ws://127.0.0.1": "127.0.0.1", "ws://h?q=:1": "h", "ws://h:1/a:b": "h"]
         for (text, host) in hosts { #expect(try RelayURL(text).host == host, "\(text)") }
     }
 
     @Test("private addresses: loopback, private, shared, link-local, multicast, reserved and IPv4-mapped; literal hosts are refused without a lookup of a name")
     func addressPolicy() async throws {
-        for address in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:127.0.0.1"] {
+        for address in [
+            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1", "198.18.0.1",
+            "192.0.0.1", "192.0.2.1", "203.0.113.5", "::1", "::", "fe80::1", "fd00::1", "ff02::1", "::ffff:127.0.0.1", "::10.0.0.1",
+            "64:ff9b::a00:1", "64:ff9b:1::7f00:1", "2002:a00:1::", "2001::1", "2001:db8::1",
+        ] {
             let resolved = AddressPolicy.resolve(address)
             #expect(resolved.count == 1 && AddressPolicy.isPrivate(resolved[0]), "\(address)")
             await #expect(throws: AddressPolicy.Refusal.self, "\(address)") { try await AddressPolicy.checked(address) }
         }
         await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("[::1]") }
-        for address in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for address in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"] {
             #expect(try await AddressPolicy.checked(address).count == 1, "\(address)")
         }
         // A name is judged by everything it resolves to: one private address among public ones is enough.
         let mixed: @Sendable (String) -> [[UInt8]] = { _ in [[93, 184, 216, 34], [10, 0, 0, 1]] }
         await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("relay.example", lookup: mixed) }
         await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("nothing.invalid", lookup: { _ in [] }) }
+        // A resolver that does not answer: refused after the timeout, not waited for.
+        let started = ContinuousClock.now
+        await #expect(throws: AddressPolicy.Refusal.self) {
+            try await AddressPolicy.checked("slow.example", timeout: .milliseconds(200), lookup: { _ in Thread.sleep(forTimeInterval: 3); return [[1, 1, 1, 1]] })
+        }
+        #expect(ContinuousClock.now - started < .seconds(2))
     }
 
     @Test("the deduplication window is bounded and forgets the oldest ids first")

@@ -9,14 +9,27 @@ package enum AddressPolicy {
         package let description: String
     }
 
-    /// Looks `host` up (off the calling thread) and returns its addresses; throws ``Refusal`` if it does not
-    /// resolve or any address it resolves to is private (``isPrivate(_:)``). `host` may be a literal address,
-    /// an IPv6 one in brackets or not.
+    /// The threads lookups block on (the system's resolver has no asynchronous interface): a pool of their own, so
+    /// that names whose servers do not answer hold up other lookups only, not NIO's file I/O.
+    private static let lookups: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        return pool
+    }()
+
+    /// Looks `host` up (off the calling thread, for at most `timeout`) and returns its addresses; throws
+    /// ``Refusal`` if it does not resolve in time or any address it resolves to is private (``isPrivate(_:)``).
+    /// `host` may be a literal address, an IPv6 one in brackets or not.
     package static func checked(
-        _ host: String, lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
+        _ host: String, timeout: Duration = .seconds(5), lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
     ) async throws -> [[UInt8]] {
         let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        let addresses = try await NIOThreadPool.singleton.runIfActive { lookup(trimmed) }
+        // A lookup that hangs keeps its thread until the resolver gives up; the caller does not wait for it.
+        let answer = OneShot<[[UInt8]]>()
+        let timer = Deadlines.shared.schedule(at: .now + timeout) { answer.expire() }
+        defer { Deadlines.shared.cancel(timer) }
+        lookups.submit { state in answer.fulfil(state == .active ? lookup(trimmed) : []) }
+        guard let addresses = await answer.wait() else { throw Refusal(description: "the host did not resolve within \(timeout)") }
         guard !addresses.isEmpty else { throw Refusal(description: "the host does not resolve") }
         if addresses.contains(where: isPrivate) {
             throw Refusal(description: "the host is a private address (loopback, private, link-local or reserved)")
@@ -67,20 +80,32 @@ package enum AddressPolicy {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// Loopback, private, shared, link-local, multicast, unspecified and reserved ranges (IPv4, IPv6 and
-    /// IPv4-mapped IPv6).
+    /// Loopback, private, shared, link-local, multicast, unspecified, benchmarking, documentation and reserved
+    /// ranges (IPv4 and IPv6), and IPv6 addresses that carry an IPv4 one (IPv4-mapped and -compatible, NAT64,
+    /// 6to4) by the IPv4 address they carry; Teredo counts as private (its IPv4 address is obscured).
     package static func isPrivate(_ address: [UInt8]) -> Bool {
         if address.count == 4 {
-            let (a, b) = (address[0], address[1])
+            let (a, b, c) = (address[0], address[1], address[2])
             return a == 0 || a == 10 || a == 127 || a >= 224
                 || (a == 100 && (64...127).contains(b)) || (a == 169 && b == 254)
                 || (a == 172 && (16...31).contains(b)) || (a == 192 && b == 168)
+                || (a == 192 && b == 0 && (c == 0 || c == 2)) || (a == 198 && (b == 18 || b == 19))
+                || (a == 198 && b == 51 && c == 100) || (a == 203 && b == 0 && c == 113)
         }
         guard address.count == 16 else { return true }
-        if address[0..<10].allSatisfy({ $0 == 0 }) && address[10] == 0xff && address[11] == 0xff {
+        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, and :: and ::1 with it).
+        if address[0..<10].allSatisfy({ $0 == 0 }) && (address[10..<12].allSatisfy { $0 == 0xff } || address[10..<12].allSatisfy { $0 == 0 }) {
+            return address[10] == 0 ? true : isPrivate(Array(address[12..<16]))
+        }
+        // 64:ff9b::/96 and 64:ff9b:1::/48 (NAT64) translate to the IPv4 address in the last four bytes.
+        if address[0] == 0x00 && address[1] == 0x64 && address[2] == 0xff && address[3] == 0x9b {
             return isPrivate(Array(address[12..<16]))
         }
-        if address[0..<15].allSatisfy({ $0 == 0 }) { return true }  // :: and ::1
+        // 2002::/16 (6to4) carries its IPv4 address in bytes 2–5; 2001::/32 is Teredo; 2001:db8::/32 documentation.
+        if address[0] == 0x20 && address[1] == 0x02 { return isPrivate(Array(address[2..<6])) }
+        if address[0] == 0x20 && address[1] == 0x01 && ((address[2] == 0 && address[3] == 0) || (address[2] == 0x0d && address[3] == 0xb8)) {
+            return true
+        }
         return address[0] & 0xfe == 0xfc || (address[0] == 0xfe && address[1] & 0xc0 == 0x80) || address[0] == 0xff
     }
 }

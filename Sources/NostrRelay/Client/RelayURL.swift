@@ -28,6 +28,15 @@ public struct RelayURL: Hashable, Sendable, Comparable, CustomStringConvertible 
             throw NostrError(.invalidShape, "a relay URL needs a host: \(text.prefix(100))")
         }
         if let fragment = path.firstIndex(of: "#") { path = String(path[..<fragment]) }
+        // A host name or IPv4 address and at most one port: the WebSocket client reads the host up to the first
+        // `:`, so anything else (an IPv6 literal, a second colon) would connect somewhere other than ``host``
+        // says — and ``host`` is what address checks look at.
+        let parts = authority.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count <= 2, !parts[0].isEmpty, !authority.contains("["), !authority.contains("]"),
+            parts.count == 1 || (parts[1].allSatisfy(\.isASCII) && UInt16(parts[1]).map { $0 > 0 } == true)
+        else {
+            throw NostrError(.invalidShape, "a relay URL needs a host name or IPv4 address and at most a port: \(text.prefix(100))")
+        }
         let defaultPort = secure ? ":443" : ":80"
         if authority.hasSuffix(defaultPort) { authority.removeLast(defaultPort.count) }
         if path == "/" { path = "" }
@@ -35,14 +44,9 @@ public struct RelayURL: Hashable, Sendable, Comparable, CustomStringConvertible 
         self.string = (secure ? "wss://" : "ws://") + authority + path
     }
 
-    /// The host: a name or a literal address (an IPv6 address without its brackets).
+    /// The host: a name or an IPv4 address (where the WebSocket client connects).
     public var host: String {
-        let authority = string.dropFirst(isSecure ? 6 : 5).prefix { $0 != "/" && $0 != "?" }
-        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
-            return String(authority[authority.index(after: authority.startIndex)..<close])
-        }
-        if let colon = authority.lastIndex(of: ":") { return String(authority[..<colon]) }
-        return String(authority)
+        String(string.dropFirst(isSecure ? 6 : 5).prefix { $0 != ":" && $0 != "/" && $0 != "?" })
     }
 
     public var description: String { string }
