@@ -25,8 +25,9 @@ public final class EmbeddedRelay: Service, Sendable {
         public var port = 0
         /// Limits and access rules. `relayURL` is filled in once the port is known.
         public var policy = RelayPolicy(relayURL: "")
-        /// Outgoing messages a connection may have queued before it is closed as too slow.
+        /// Outgoing messages, and their bytes, a connection may have queued before it is closed as too slow.
         public var outboxCapacity = 10_000
+        public var outboxByteCapacity = 64 << 20
         public var information = RelayInformation()
 
         public init() {}
@@ -107,7 +108,7 @@ public final class EmbeddedRelay: Service, Sendable {
     }
 
     func serve(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, frameSize: Int) async throws {
-        let outbox = Outbox(capacity: configuration.outboxCapacity)
+        let outbox = Outbox(capacity: configuration.outboxCapacity, byteCapacity: configuration.outboxByteCapacity)
         // The session belongs to this task: messages are parsed and verified here, outside any lock, and
         // the hub gets a copy whenever what the connection receives changes.
         var session = RelaySession(policy: policy, challenge: Self.newChallenge(), now: monotonicSeconds())
@@ -167,7 +168,7 @@ public final class EmbeddedRelay: Service, Sendable {
                 // One REQ gets at most `maximumLimit` stored events in all (newest first), whatever its number of
                 // filters, so a reply always fits the connection's outbox.
                 let stored = try await store.query(filters, now: .now).prefix(configuration.policy.maximumLimit)
-                connection.finishQuery(subscriptionID, stored: Array(stored))
+                connection.finishQuery(subscriptionID, stored: Array(stored), maximumBytes: configuration.policy.maximumReplyBytes)
             } catch {
                 logger.error("query failed", metadata: ["error": "\(error)"])
                 session.dropSubscription(subscriptionID)

@@ -8,28 +8,37 @@ import Synchronization
 final class Outbox: Sendable {
     private struct State {
         var queue: [String] = []
+        /// UTF-8 bytes of `queue`.
+        var bytes = 0
         var writer: CheckedContinuation<[String], Never>?
         var finished = false
     }
 
     private let state = Mutex(State())
-    /// Messages it holds at most; a message sent to a full outbox is refused.
+    /// Messages it holds at most, and their bytes at most (one message alone is always taken); a message sent to
+    /// a full outbox is refused.
     let capacity: Int
+    let byteCapacity: Int
 
-    init(capacity: Int = .max) {
+    init(capacity: Int = .max, byteCapacity: Int = .max) {
         self.capacity = max(1, capacity)
+        self.byteCapacity = max(1, byteCapacity)
     }
 
     /// Queues `text`; false (and nothing queued) if the outbox is full or finished.
     @discardableResult
     func send(_ text: String) -> Bool {
         let (accepted, writer) = state.withLock { state -> (Bool, CheckedContinuation<[String], Never>?) in
-            guard !state.finished, state.queue.count < capacity else { return (false, nil) }
+            let size = text.utf8.count
+            guard !state.finished, state.queue.count < capacity, state.queue.isEmpty || state.bytes + size <= byteCapacity else {
+                return (false, nil)
+            }
             if let writer = state.writer {
                 state.writer = nil
                 return (true, writer)
             }
             state.queue.append(text)
+            state.bytes += size
             return (true, nil)
         }
         writer?.resume(returning: [text])
@@ -71,7 +80,10 @@ final class Outbox: Sendable {
 
     private static func takeQueued(_ state: inout State) -> [String]? {
         guard !state.queue.isEmpty else { return nil }
-        defer { state.queue = [] }
+        defer {
+            state.queue = []
+            state.bytes = 0
+        }
         return state.queue
     }
 }

@@ -48,14 +48,19 @@ final class RelayHub: Sendable {
             }
         }
 
-        /// Queues a subscription's stored events and `EOSE`, then what arrived live meanwhile.
-        func finishQuery(_ subscriptionID: String, stored: [Event]) {
+        /// Queues a subscription's stored events (newest first, up to `maximumBytes` of messages: a client pages
+        /// back with `until` for more) and `EOSE`, then what arrived live meanwhile.
+        func finishQuery(_ subscriptionID: String, stored: [Event], maximumBytes: Int = .max) {
             state.withLock { state in
                 let held = state.pending.removeValue(forKey: subscriptionID) ?? []
                 var sent = Set<EventID>()
+                var bytes = 0
                 for event in stored where state.session.mayRead(event) {
+                    let text = RelayMessage.event(subscriptionID: subscriptionID, event: event).json
+                    bytes += text.utf8.count
+                    if bytes > maximumBytes && !sent.isEmpty { break }
                     sent.insert(event.id)
-                    enqueue(RelayMessage.event(subscriptionID: subscriptionID, event: event).json, to: &state)
+                    enqueue(text, to: &state)
                 }
                 enqueue(RelayMessage.endOfStoredEvents(subscriptionID: subscriptionID).json, to: &state)
                 for event in held where !sent.contains(event.id) {

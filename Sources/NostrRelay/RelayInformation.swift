@@ -21,6 +21,7 @@ public struct RelayInformation: Sendable {
             "max_filters": .number(String(policy.maximumFilters)),
             "max_limit": .number(String(policy.maximumLimit)),
             "max_subid_length": .number(String(policy.maximumSubscriptionIDLength)),
+            "max_event_tags": .number(String(policy.maximumEventTags)),
             "auth_required": .bool(policy.authRequired),
             "restricted_writes": .bool(policy.authRequired),
             "payment_required": .bool(false),

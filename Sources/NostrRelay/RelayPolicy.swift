@@ -13,6 +13,15 @@ public struct RelayPolicy: Hashable, Sendable {
     public var maximumLimit = 5_000
     /// Longest subscription id.
     public var maximumSubscriptionIDLength = 64
+    /// Most tags on an event (each is a row to store and a comparison for every live filter).
+    public var maximumEventTags = 2_000
+    /// Most values in one list of a filter (`ids`, `authors`, `kinds`, each `#x`).
+    public var maximumFilterValues = 1_000
+    /// Most keys one connection may authenticate as (NIP-42).
+    public var maximumAuthenticatedKeys = 16
+    /// Most bytes of stored events one REQ is answered with (the newest first; `EOSE` follows, and a client pages
+    /// back with `until`), so that a few large events cannot make one reply gigabytes.
+    public var maximumReplyBytes = 16 << 20
     /// Messages per second a connection may send, sustained.
     public var messagesPerSecond: Double = 100
     /// Messages a connection may send in a burst above the sustained rate.

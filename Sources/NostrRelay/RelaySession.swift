@@ -170,14 +170,38 @@ public struct RelaySession: Sendable {
         if event.createdAt > clock + policy.maximumFutureSkew {
             return reject(.invalid, "created_at is too far in the future")
         }
+        if event.kind.rawValue == 22_242 {
+            // NIP-42: authentication events go in AUTH messages and are never published or broadcast.
+            return reject(.invalid, "kind 22242 events are sent with AUTH, not published")
+        }
+        if event.tags.count > policy.maximumEventTags {
+            return reject(.restricted, "at most \(policy.maximumEventTags) tags per event")
+        }
+        // SQLite would cut a value at a NUL byte, so that "a\0b" would match, replace or delete "a".
+        if event.tags.contains(where: { $0.fields.contains { $0.utf8.contains(0) } }) {
+            return reject(.invalid, "tag values may not contain NUL")
+        }
         return [.store(event)]
     }
 
     private mutating func openSubscription(_ id: String, _ filters: [Filter], counting: Bool) -> [Action] {
+        let most = policy.maximumFilterValues
+        if filters.contains(where: { filter in
+            (filter.ids?.count ?? 0) > most || (filter.authors?.count ?? 0) > most || (filter.kinds?.count ?? 0) > most
+                || filter.tags.values.contains { $0.count > most }
+        }) {
+            return [.send(.closed(subscriptionID: id, message: MachineReadablePrefix.restricted.message("at most \(most) values per filter list")))]
+        }
         if policy.authRequired {
+            // COUNT cannot leave out what this connection may not read (NIP-42 read rule), so it is not served.
+            if counting {
+                return [.send(.closed(
+                    subscriptionID: id, message: MachineReadablePrefix.restricted.message("COUNT is not served when authentication is required")))]
+            }
+            let keys = Set(authenticated.map(\.hex))
             for filter in filters {
                 let wanted = filter.tags["p"] ?? []
-                if let missing = wanted.first(where: { hex in !authenticated.contains { $0.hex == hex } }) {
+                if let missing = wanted.first(where: { !keys.contains($0) }) {
                     return [.send(.closed(
                         subscriptionID: id,
                         message: MachineReadablePrefix.authRequired.message("authenticate as \(missing.prefix(64)) to read its events")))]
@@ -203,6 +227,11 @@ public struct RelaySession: Sendable {
     private mutating func authenticate(_ event: Event, clock: Timestamp) -> [Action] {
         do {
             let key = try ClientAuthentication.validate(event, challenge: challenge, relayURL: policy.relayURL, now: clock)
+            guard authenticated.contains(key) || authenticated.count < policy.maximumAuthenticatedKeys else {
+                return [.send(.ok(
+                    eventID: event.id, accepted: false,
+                    message: MachineReadablePrefix.restricted.message("at most \(policy.maximumAuthenticatedKeys) keys per connection")))]
+            }
             authenticated.insert(key)
             return [.send(.ok(eventID: event.id, accepted: true, message: ""))]
         } catch let error as NostrError {

@@ -45,6 +45,18 @@ struct OutboxTests {
         #expect(await outbox.takeAll() == [])
     }
 
+    @Test("the byte budget: one message alone always fits, more are refused past the budget, taking frees it")
+    func byteCapacity() async {
+        let outbox = Outbox(byteCapacity: 10)
+        #expect(outbox.send(String(repeating: "x", count: 25)))
+        #expect(!outbox.send("y"))
+        #expect(await outbox.takeAll() == [String(repeating: "x", count: 25)])
+        #expect(outbox.send("12345"))
+        #expect(outbox.send("é678"))  // 10 bytes of UTF-8 in all
+        #expect(!outbox.send("z"))
+        #expect(await outbox.takeAll() == ["12345", "é678"])
+    }
+
     @Test("a waiting writer is woken by a message, by finish, and by cancellation")
     func wakeups() async throws {
         let outbox = Outbox()

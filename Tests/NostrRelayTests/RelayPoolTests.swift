@@ -244,6 +244,27 @@ struct RelayPoolTests {
         }
     }
 
+    @Test("the relay answers a REQ with at most maximumReplyBytes of stored events, newest first, then EOSE; older ones by paging with until")
+    func replyByteBudget() async throws {
+        var configuration = EmbeddedRelay.Configuration()
+        configuration.policy.maximumReplyBytes = 3_000
+        try await withTestRelays(1, configuration: configuration) { relays in
+            let url = try #require(relays[0].url)
+            let pool = RelayPool(relays: [url], logger: logger)
+            try await pool.withRunning {
+                let events = (0..<10).map { index in
+                    EventTemplate(kind: 1, content: String(repeating: "x", count: 1_000), tags: [["t", "budget"]], createdAt: Timestamp.now - 100 + Timestamp(index)).sign(with: author)
+                }
+                for event in events { #expect(await pool.publish(event, timeout: .seconds(5))[url]?.isAccepted == true) }
+                let first = try await pool.fetch([Filter(tags: ["t": ["budget"]])], timeout: .seconds(5))
+                // Each message is ~1.4 KB: two fit in 3,000 bytes, and they are the newest.
+                #expect(first.map(\.id) == events.suffix(2).reversed().map(\.id))
+                let older = try await pool.fetch([Filter(tags: ["t": ["budget"]], until: events[7].createdAt - 1)], timeout: .seconds(5))
+                #expect(older.map(\.id) == events[5...6].reversed().map(\.id))
+            }
+        }
+    }
+
     @Test("a pool that refuses private addresses never connects to a loopback relay, and says why")
     func refusesPrivateAddresses() async throws {
         try await withEmbeddedRelay { url in

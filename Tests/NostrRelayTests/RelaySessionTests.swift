@@ -95,6 +95,48 @@ struct RelaySessionTests {
         #expect(m3.hasPrefix("invalid:"))
     }
 
+    @Test("events with too many tags, a NUL in a tag, or of kind 22242 are refused; filters with too many values are CLOSED")
+    func eventAndFilterLimits() {
+        var s = session { $0.maximumEventTags = 3; $0.maximumFilterValues = 2 }
+        let tagged = note(alice, tags: [["t", "a"], ["t", "b"], ["t", "c"], ["t", "d"]])
+        #expect(okMessage(s.receive(ClientMessage.event(tagged).json, clock: 1000, monotonic: 1))?.1.hasPrefix("restricted:") == true)
+        #expect(okMessage(s.receive(ClientMessage.event(note(alice, tags: [["d", "a\u{0}b"]])).json, clock: 1000, monotonic: 1))?.1 == "invalid: tag values may not contain NUL")
+        let auth = ClientAuthentication.makeEvent(relay: url, challenge: "challenge-1", secretKey: alice, createdAt: 1000)
+        #expect(okMessage(s.receive(ClientMessage.event(auth).json, clock: 1000, monotonic: 1))?.1.hasPrefix("invalid: kind 22242") == true)
+        if case .store = s.receive(ClientMessage.event(note(alice, tags: [["t", "a"], ["t", "b"], ["t", "c"]])).json, clock: 1000, monotonic: 1).first {
+        } else {
+            Issue.record("an event with as many tags as allowed was not stored")
+        }
+        for filter in [#"{"kinds":[1,2,3]}"#, ##"{"#t":["a","b","c"]}"##, #"{"authors":["\#(alice.publicKey.hex)","\#(bob.publicKey.hex)","\#(SecretKey.generate().publicKey.hex)"]}"#] {
+            guard case .send(.closed("f", let message))? = s.receive("[\"REQ\",\"f\",\(filter)]", clock: 1000, monotonic: 1).first else {
+                Issue.record("no CLOSED for \(filter)")
+                continue
+            }
+            #expect(message == "restricted: at most 2 values per filter list")
+        }
+        #expect(s.receive(#"["REQ","g",{"kinds":[1,2]}]"#, clock: 1000, monotonic: 1).count == 1)
+    }
+
+    @Test("auth required: COUNT is not served (it could not leave out what the connection may not read); a connection authenticates as at most so many keys")
+    func authLimits() {
+        var s = session(auth: true) { $0.maximumAuthenticatedKeys = 2 }
+        guard case .send(.closed("c", let message))? = s.receive(#"["COUNT","c",{"kinds":[1059]}]"#, clock: 1000, monotonic: 1).first else {
+            Issue.record("COUNT served under auth-required")
+            return
+        }
+        #expect(message.hasPrefix("restricted:"))
+        let keys = (0..<3).map { _ in SecretKey.generate() }
+        let answers = keys.map { key in
+            okMessage(s.receive(ClientMessage.auth(ClientAuthentication.makeEvent(relay: url, challenge: "challenge-1", secretKey: key, createdAt: 1000)).json, clock: 1000, monotonic: 1))
+        }
+        #expect(answers.map { $0?.0 } == [true, true, false])
+        #expect(answers[2]?.1 == "restricted: at most 2 keys per connection")
+        #expect(s.authenticated == Set(keys.prefix(2).map(\.publicKey)))
+        // Authenticating again as a key it has is fine.
+        let again = ClientAuthentication.makeEvent(relay: url, challenge: "challenge-1", secretKey: keys[0], createdAt: 1001)
+        #expect(okMessage(s.receive(ClientMessage.auth(again).json, clock: 1000, monotonic: 1))?.0 == true)
+    }
+
     @Test("oversized messages and floods are refused")
     func sizeAndRate() {
         var s = session { $0.maximumMessageLength = 100; $0.messagesPerSecond = 1; $0.messageBurst = 3 }
