@@ -470,23 +470,25 @@ struct ServiceRuntimeTests {
     @Test("a request that waits for its sender's slot longer than the policy allows gets a too-many-requests reply")
     func waitedTooLong() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            // The first request runs 5 s, so that the second arrives while it runs even on a loaded machine (with
+            // 1.5 s, a fresh clone's test run once read the second only after the first was done).
+            let handler = Uppercase(timeout: .seconds(10))
             try await withRuntime(urls, handler: handler, key: key, directory: directory, configure: {
                 $0.policy.maximumConcurrentPerSender = 1
                 $0.policy.maximumQueueWait = 0.3
             }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
-                    try await publish(try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey), on: urls, through: pool)
+                    try await publish(try client.request(kind: requestKind, content: "sleep:5000", to: key.publicKey), on: urls, through: pool)
                     try await withDeadline(.seconds(5), "the first request to start") {
                         while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
                     }
                     let waiting = try client.request(kind: requestKind, content: "second", to: key.publicKey)
                     try await publish(waiting, on: urls, through: pool)
-                    let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                    let seen = try await awaitReplies(replies, limit: .seconds(20)) { $0.count >= 2 }
                     // Either may arrive first on a loaded machine (the second request can reach the service late).
                     let texts = try seen.map { try client.read($0.0) }
                     #expect(texts.filter { $0.hasPrefix("error too-many-requests") }.count == 1, "\(texts)")
-                    #expect(texts.filter { $0 == "SLEEP:1500" }.count == 1, "\(texts)")
+                    #expect(texts.filter { $0 == "SLEEP:5000" }.count == 1, "\(texts)")
                     #expect(handler.count(waiting.id) == 0)
                 }
             }
