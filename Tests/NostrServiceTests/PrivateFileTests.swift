@@ -41,7 +41,7 @@ struct ServeLockTests {
         try await ServeLock.holding(in: directory, exclusive: true) {
             #expect(await ServeLock.isHeld(in: directory))
             do {
-                try await ServeLock.holding(in: directory, exclusive: true) { Issue.record("a second exclusive holder") }
+                _ = try await ServeLock.holding(in: directory, exclusive: true) { Issue.record("a second exclusive holder") }
             } catch let error as ServeLockError {
                 #expect(error.message.hasPrefix("another serve is running on"), "\(error)")
             }

@@ -744,7 +744,7 @@ struct ServiceRuntimeTests {
                         try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
                     }
                     try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
-                    let row = try await other.read { try Row.fetchOne($0, sql: "SELECT outcome, delivery FROM journal") }
+                    let row = try other.read { try Row.fetchOne($0, sql: "SELECT outcome, delivery FROM journal") }
                     #expect(row?["outcome"] as String? == "answered")
                     #expect(row?["delivery"] as String? == "accepted 1 of 1")
                     try await group.waitForAll()
