@@ -121,9 +121,8 @@ public struct RequestContext: Sendable {
     public let pool: RelayPool
     /// When the handler's time is up.
     public let deadline: ContinuousClock.Instant
-    /// Gives the request's handling slot back (counted as waiting instead), and takes one again.
-    let leaveSlot: @Sendable () async -> Void
-    let retakeSlot: @Sendable () async -> Void
+    /// The request's handling slot (given back while it waits on something outside the service).
+    let slot: ServiceRuntime.Slot
     let publish: @Sendable (ServiceReply) async -> [RelayURL: PublishResult]
 
     /// Publishes an intermediate reply now (progress, a payment request) and waits for the relays' answers.
@@ -139,13 +138,13 @@ public struct RequestContext: Sendable {
     /// The request still counts for the sender's own limits, and graceful shutdown still waits for it (within
     /// the grace period).
     public func withoutHandlingSlot<T>(_ wait: () async throws -> T) async rethrows -> T {
-        await leaveSlot()
+        await slot.leave()
         do {
             let result = try await wait()
-            await retakeSlot()
+            await slot.retake()
             return result
         } catch {
-            await retakeSlot()
+            await slot.retake()
             throw error
         }
     }

@@ -602,12 +602,12 @@ public final class ServiceRuntime: Service, Sendable {
         }
 
         /// Gives the slot back, counted as waiting instead (``retake()`` undoes it).
-        @Sendable func leave() async {
+        func leave() async {
             await waiting.acquire()
             slots.release()
         }
 
-        @Sendable func retake() async {
+        func retake() async {
             await slots.acquire()
             waiting.release()
         }
@@ -1012,7 +1012,7 @@ public final class ServiceRuntime: Service, Sendable {
     ) async -> Result<[ServiceReply], ServiceError> {
         let deadline = ContinuousClock.now + handler.timeout
         let context = RequestContext(
-            logger: logger, store: store, pool: pool, deadline: deadline, leaveSlot: slot.leave, retakeSlot: slot.retake
+            logger: logger, store: store, pool: pool, deadline: deadline, slot: slot
         ) { reply in
             guard let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
             let extra = await self.replyRelays(request.event, handler: handler, named: reply.relays)
