@@ -6,7 +6,6 @@ import NostrCrypto
 public import NostrRelay
 import NIOCore
 import NIOPosix
-import Synchronization
 
 /// Turns a request's inputs into content: `text` as is, `url` fetched over HTTP(S), `event` fetched from the
 /// service's relays and the input's relay hint, `job` awaited (the result of that job, by anyone).
@@ -38,11 +37,8 @@ public final class InputResolver: Sendable {
     }
 
     public let configuration: Configuration
-    /// The connections to relay hints (run it alongside the service: ``run()``).
-    let hints: RelayPool
-    /// Each hint relay connected: when it was last taken, and by how many fetches or waits it is in use (one in
-    /// use is never closed to make room).
-    private let hintUse = Mutex<[RelayURL: (lastUse: ContinuousClock.Instant, users: Int)]>([:])
+    /// The connections to relay hints (run alongside the service: ``run()``).
+    let hints: OnDemandRelays
     private let logger: Logger
     /// The addresses a host name resolves to (the system's resolver; tests give their own).
     private let lookup: @Sendable (String) -> [[UInt8]]
@@ -59,12 +55,12 @@ public final class InputResolver: Sendable {
         var hints = RelayPool.Configuration()
         hints.stopsOnGracefulShutdown = false
         hints.refusesPrivateAddresses = !configuration.allowsPrivateAddresses
-        self.hints = RelayPool(configuration: hints, logger: logger)
+        self.hints = OnDemandRelays(capacity: configuration.maximumHintRelays, configuration: hints, logger: logger, lookup: lookup)
     }
 
     /// Keeps the hint relays' connections until cancelled (graceful shutdown does not end it).
     public func run() async throws {
-        try await hints.withRunning {
+        try await hints.pool.withRunning {
             while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
         }
     }
@@ -216,9 +212,10 @@ public final class InputResolver: Sendable {
         if let found = (try? await pool.fetch([filter], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
             return found
         }
-        if let hint = try await hintRelay(input.relay, pool: pool) {
-            defer { releaseHint(hint) }
-            if let found = (try? await hints.fetch([filter], from: [hint], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
+        let lease = await takeHint(input.relay, pool: pool)
+        defer { hints.release(lease) }
+        if let hint = lease.taken.first {
+            if let found = (try? await hints.pool.fetch([filter], from: [hint], timeout: configuration.eventTimeout))?.first(where: { $0.id == id }) {
                 return found
             }
         }
@@ -229,13 +226,14 @@ public final class InputResolver: Sendable {
     func jobResult(_ input: JobInput, pool: RelayPool) async throws -> Event {
         let id = try EventID(hex: input.data)
         let filter = Filter(tags: ["e": [id.hex]])
-        let hint = try await hintRelay(input.relay, pool: pool)
-        defer { if let hint { releaseHint(hint) } }
+        let lease = await takeHint(input.relay, pool: pool)
+        defer { hints.release(lease) }
+        let hint = lease.taken.first
         let deadline = ContinuousClock.now + configuration.jobTimeout
         let found: Event? = try await withThrowingTaskGroup(of: Event?.self) { group in
             group.addTask { try await Self.firstResult(of: id, in: pool, filter: filter, relays: nil, until: deadline) }
             if let hint {
-                group.addTask { try await Self.firstResult(of: id, in: self.hints, filter: filter, relays: [hint], until: deadline) }
+                group.addTask { try await Self.firstResult(of: id, in: self.hints.pool, filter: filter, relays: [hint], until: deadline) }
             }
             defer { group.cancelAll() }
             for try await result in group {
@@ -265,44 +263,17 @@ public final class InputResolver: Sendable {
         }
     }
 
-    /// The hint relay to ask, connected on demand and held until ``releaseHint(_:)``; nil when there is none, it
-    /// is one of the service's own, or every hint relay connected is in use and there is no room for another.
-    private func hintRelay(_ hint: String?, pool: RelayPool) async throws -> RelayURL? {
-        guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return nil }
-        // Checked here to refuse at once; the hint pool checks again on every connection attempt.
-        do {
-            if !configuration.allowsPrivateAddresses { _ = try await checkedAddresses(url.host) }
-        } catch {
-            logger.debug("relay hint not used", metadata: ["relay": "\(url.string)", "reason": "\(error)"])
-            return nil
-        }
-        let now = ContinuousClock.now
-        let (taken, evicted) = hintUse.withLock { use -> (Bool, RelayURL?) in
-            var evicted: RelayURL?
-            if use[url] == nil, use.count >= configuration.maximumHintRelays {
-                // The least recently used hint nobody is waiting on makes room; if all are in use, none does.
-                guard let oldest = use.filter({ $0.value.users == 0 }).min(by: { $0.value.lastUse < $1.value.lastUse })?.key else {
-                    return (false, nil)
-                }
-                use[oldest] = nil
-                evicted = oldest
-            }
-            use[url] = (now, (use[url]?.users ?? 0) + 1)
-            return (true, evicted)
-        }
-        guard taken else {
+    /// Takes the hint relay to ask, held until the lease is released; nothing to ask when there is no hint, it
+    /// is one of the service's own, its address is refused, or every hint relay connected is in use and there
+    /// is no room for another.
+    private func takeHint(_ hint: String?, pool: RelayPool) async -> OnDemandRelays.Lease {
+        guard let hint, let url = try? RelayURL(hint), !pool.relays.contains(url) else { return OnDemandRelays.Lease() }
+        let lease = await hints.take([url])
+        if let reason = lease.refused[url] {
+            logger.debug("relay hint not used", metadata: ["relay": "\(url.string)", "reason": "\(reason)"])
+        } else if !lease.full.isEmpty {
             logger.debug("relay hint not used: every hint relay connected is in use", metadata: ["relay": "\(url.string)"])
-            return nil
         }
-        if let evicted { hints.remove(evicted) }
-        _ = hints.add(url)
-        return url
-    }
-
-    /// A fetch or wait is done with hint relay `url`.
-    private func releaseHint(_ url: RelayURL) {
-        hintUse.withLock { use in
-            if let entry = use[url] { use[url] = (entry.lastUse, max(0, entry.users - 1)) }
-        }
+        return lease
     }
 }

@@ -125,7 +125,10 @@ public final class ServiceRuntime: Service, Sendable {
     let handlerList: [any RequestHandler]
     /// The handlers' watches, fixed at start.
     let watches: [EventWatch]
-    private let extraRelays: ExtraRelays
+    /// Relays outside the service's own set that replies must reach (a request's `relays` tag, the requester's
+    /// inbox relays), for publishing only: they never receive the service's subscriptions, so a requester
+    /// cannot make the service listen on relays of its choosing.
+    private let extraRelays: OnDemandRelays
     /// Held while the relay set changes, and while relays removed from it leave ``pool``.
     let relayChanges = Mutex<Void>(())
     private let inboxRelays: InboxRelays
@@ -248,7 +251,7 @@ public final class ServiceRuntime: Service, Sendable {
             relays: configuration.relays, authenticator: keyring, configuration: poolConfiguration("work"), logger: logger)
         var extraConfiguration = poolConfiguration("extra")
         extraConfiguration.refusesPrivateAddresses = !configuration.allowsPrivateReplyRelays
-        self.extraRelays = ExtraRelays(capacity: configuration.maximumExtraRelays, configuration: extraConfiguration, logger: logger)
+        self.extraRelays = OnDemandRelays(capacity: configuration.maximumExtraRelays, configuration: extraConfiguration, logger: logger)
         self.inboxRelays = InboxRelays(
             pool: pool, capacity: configuration.inboxCacheSize, lifetime: configuration.inboxCacheLifetime,
             maximumPerUser: configuration.maximumInboxRelays, timeout: configuration.inboxLookupTimeout)
@@ -1107,7 +1110,14 @@ public final class ServiceRuntime: Service, Sendable {
         let extra = targets.subtracting(own)
         if extra.isEmpty { return (await pool.publish(event, to: Array(targets), timeout: configuration.publishTimeout), []) }
         async let ownResults = pool.publish(event, to: Array(targets.intersection(own)), timeout: configuration.publishTimeout)
-        let (extraResults, refused) = await extraRelays.publish(event, to: Array(extra), timeout: configuration.publishTimeout)
+        let (extraResults, refused) = await extraRelays.withRelays(Array(extra)) { lease in
+            var results = await extraRelays.pool.publish(event, to: lease.taken, timeout: configuration.publishTimeout)
+            for (relay, reason) in lease.refused { results[relay] = .unreachable(reason: reason) }
+            for relay in lease.full {
+                results[relay] = .unreachable(reason: "more extra relays than the service connects to, all in use")
+            }
+            return (results, Set(lease.refused.keys))
+        }
         return (await ownResults.merging(extraResults) { first, _ in first }, refused)
     }
 
