@@ -34,11 +34,24 @@ public struct Filter: Hashable, Sendable, CustomStringConvertible {
         if let until, event.createdAt > until { return false }
         for (name, values) in tags {
             let hit = event.tags.contains { tag in
-                tag.fields.count >= 2 && tag.fields[0] == name && values.contains(tag.fields[1])
+                tag.fields.count >= 2 && Self.sameBytes(tag.fields[0], name) && Self.contains(values, exactly: tag.fields[1])
             }
             if !hit { return false }
         }
         return true
+    }
+
+    /// Tag names and values compare as bytes, as relays' databases compare them: `String`'s `==` would also
+    /// take a canonically equivalent spelling (é composed or decomposed) for the same value.
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        a.utf8.elementsEqual(b.utf8)
+    }
+
+    /// Whether `values` holds `value` byte for byte. A set keeps one spelling per canonical equivalence class,
+    /// so the member its hash finds is the only candidate.
+    static func contains(_ values: Set<String>, exactly value: String) -> Bool {
+        guard let index = values.firstIndex(of: value) else { return false }
+        return sameBytes(values[index], value)
     }
 
     /// Reads a filter object. Unknown members are refused (a relay that ignored one would match more than

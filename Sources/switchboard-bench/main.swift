@@ -193,6 +193,13 @@ case "relay":
         print("relay benchmark failed: \(error)")
         exit(1)
     }
+case "store":
+    do {
+        try await runStore()
+    } catch {
+        print("store benchmark failed: \(error)")
+        exit(1)
+    }
 case "service":
     do {
         try await runService()
@@ -222,6 +229,6 @@ case "dvm":
         exit(1)
     }
 default:
-    print("usage: switchboard-bench crypto | relay | service | bunker | wallet | dvm")
+    print("usage: switchboard-bench crypto | relay | store | service | bunker | wallet | dvm")
     exit(64)
 }

@@ -26,6 +26,16 @@ struct MessageTests {
         #expect(Filter(limit: 0).matches(e))
     }
 
+    @Test("tag values match byte for byte, not by Unicode canonical equivalence (as relays' databases compare)")
+    func tagValuesAreBytes() {
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        #expect(composed == decomposed, "Swift's String == takes them as equal")
+        let e = EventTemplate(kind: 1, content: "", tags: [["t", composed]], createdAt: 1000).sign(with: Self.key)
+        #expect(Filter(tags: ["t": [composed]]).matches(e))
+        #expect(!Filter(tags: ["t": [decomposed]]).matches(e))
+        #expect(!Filter(tags: ["t": [decomposed, "other"]]).matches(e))
+    }
+
     @Test("filters parse strictly and round-trip")
     func filterCodec() throws {
         let f = try Filter(jsonValue: JSON.parse("{\"kinds\":[1,2],\"#p\":[\"abc\"],\"since\":5,\"limit\":10,\"authors\":[\"\(Self.key.publicKey.hex)\"]}"))

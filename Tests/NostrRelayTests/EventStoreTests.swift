@@ -145,6 +145,91 @@ struct EventStoreTests {
         #expect(kept.first?.createdAt == 24)
         #expect(!kept.contains { $0.createdAt == 0 })
     }
+
+    @Test("the byte bound evicts the oldest regular events; replaceable and addressable ones only when no regular one is left")
+    func byteCapacity() async throws {
+        let big = String(repeating: "x", count: 4_000)
+        let store = MemoryEventStore(byteCapacity: 100_000)
+        let profile = event(alice, kind: 0, at: 0, content: "{}")
+        let article = event(alice, kind: 30023, at: 1, tags: [["d", "a"]], content: big)
+        _ = try await store.save(profile, now: 100)
+        _ = try await store.save(article, now: 100)
+        for i in 2..<60 { _ = try await store.save(event(bob, at: Timestamp(i), content: big), now: 100) }
+        let kept = try await store.query([Filter()], now: 100)
+        #expect(kept.count < 25, "about 4 KB each within 100 KB")
+        #expect(kept.first?.createdAt == 59)
+        #expect(kept.contains(profile) && kept.contains(article))
+        // Only replaceable ones left past the bound: they go too, oldest first.
+        let small = MemoryEventStore(byteCapacity: 20_000)
+        for i in 0..<10 {
+            _ = try await small.save(event(alice, kind: 30023, at: Timestamp(i), tags: [["d", "\(i)"]], content: big), now: 100)
+        }
+        let left = try await small.query([Filter()], now: 100)
+        #expect(!left.isEmpty && left.count < 5)
+        #expect(left.first?.createdAt == 9)
+        #expect(!left.contains { $0.createdAt == 0 })
+    }
+
+    @Test("deletion records are bounded, the oldest forgotten first")
+    func deletionCapacity() async throws {
+        let store = MemoryEventStore(deletionCapacity: 100)
+        let targets = (0..<150).map { event(alice, at: Timestamp(1_000 + $0), content: "\($0)") }
+        for (i, target) in targets.enumerated() {
+            _ = try await store.save(event(alice, kind: 5, at: Timestamp(i), tags: [["e", target.id.hex]]), now: 2_000)
+        }
+        #expect(try await store.save(targets[149], now: 2_000) == .deleted, "the newest record is kept")
+        #expect(try await store.save(targets[0], now: 2_000) == .stored, "the oldest record was forgotten")
+    }
+
+    @Test("queries over thousands of events, out of order with many ties, answer as a scan of every event does")
+    func indexedQueriesAgreeWithScan() async throws {
+        var rng = SystemRandomNumberGenerator()
+        let keys = (0..<4).map { _ in SecretKey.generate() }
+        let store = MemoryEventStore()
+        var all: [Event] = []
+        for i in 0..<3_000 {
+            var tags: [Tag] = []
+            for name in ["p", "t"] where Bool.random(using: &rng) { tags.append([name, ["a", "b", "c"].randomElement(using: &rng) ?? "a"]) }
+            let key = keys[Int.random(in: 0..<keys.count, using: &rng)]
+            let kind = Kind([1, 7, 1111][Int.random(in: 0..<3, using: &rng)])
+            let e = EventTemplate(kind: kind, content: "\(i)", tags: tags, createdAt: Timestamp.random(in: 0..<300, using: &rng)).sign(with: key)
+            #expect(try await store.save(e, now: 1_000) == .stored)
+            all.append(e)
+        }
+        for _ in 0..<300 {
+            var filter = Filter()
+            if Int.random(in: 0..<3, using: &rng) == 0 { filter.authors = [keys[Int.random(in: 0..<keys.count, using: &rng)].publicKey] }
+            if Bool.random(using: &rng) { filter.kinds = Set([1, 7, 1111].filter { _ in Bool.random(using: &rng) }.map { Kind($0) }) }
+            if Int.random(in: 0..<8, using: &rng) == 0 { filter.ids = Set(all.shuffled(using: &rng).prefix(20).map(\.id)) }
+            if Bool.random(using: &rng) { filter.tags["p"] = Set(["a", "b", "c"].filter { _ in Bool.random(using: &rng) }) }
+            if Bool.random(using: &rng) { filter.since = Timestamp.random(in: 0..<300, using: &rng) }
+            if Bool.random(using: &rng) { filter.until = Timestamp.random(in: 0..<300, using: &rng) }
+            if Int.random(in: 0..<4, using: &rng) != 0 { filter.limit = Int.random(in: 0..<400, using: &rng) }
+            let scanned = all.filter(filter.matches).sorted(by: Event.queryOrder).prefix(filter.limit ?? Int.max).map(\.id)
+            #expect(try await store.query([filter], now: 1_000).map(\.id) == scanned, "\(filter)")
+        }
+    }
+}
+
+@Suite("EventOrder")
+struct EventOrderTests {
+    @Test("insertions and removals out of order keep it sorted across chunk splits; descending reads honour until and since")
+    func sortedAcrossChunks() throws {
+        let key = SecretKey.generate()
+        var order = EventOrder()
+        var events = (0..<3_000).map { EventTemplate(kind: 1, content: "\($0)", createdAt: Timestamp($0 % 700)).sign(with: key) }
+        events.shuffle()
+        for e in events { order.insert(EventOrder.Key(e)) }
+        for e in events.prefix(1_000) { order.remove(EventOrder.Key(e)) }
+        let left = Array(events.dropFirst(1_000)).sorted(by: Event.queryOrder)
+        #expect(order.chunks.count > 2)
+        #expect(Array(order.descending(from: nil, to: nil)).map(\.id) == left.map(\.id))
+        #expect(Array(order.ascending()).map(\.id) == left.reversed().map(\.id))
+        for (until, since) in [(Timestamp(350), Timestamp(100)), (0, 0), (699, 699), (10_000, 690), (5, 6)] {
+            let expected = left.filter { $0.createdAt <= until && $0.createdAt >= since }.map(\.id)
+            #expect(Array(order.descending(from: until, to: since)).map(\.id) == expected, "\(until) \(since)")
+        }
+    }
 }
 
 @Suite("SQLiteEventStore")
