@@ -130,13 +130,14 @@ public final class DVMService: RequestHandler {
         let answer = Answer(request: request, relays: job.relays)
         let started = ContinuousClock.now
 
-        if let price = configuration.priceMsat, let payments {
+        // Paid already (the job runs again after a restart, or on another worker, perhaps at another price):
+        // it is not asked to pay twice.
+        if let price = configuration.priceMsat, let payments, try await payments.paidInvoice(for: job, store: context.store) == nil {
             if let bid = job.bid, bid < price {
                 count("bid_too_low")
                 throw ServiceError(.init("bid-too-low"), "the price is \(price) msat; the bid was \(bid) msat")
             }
             let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
-            // Paid already: the job runs again (after a restart, or on another worker) and is not asked twice.
             if !made.isPaid {
                 await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
                 metrics.awaitingPayment.increment()

@@ -78,27 +78,24 @@ public final class JobPayments: Sendable {
         /// Settled: recorded once the job's payment was seen, so a job that runs again does not ask again.
         /// Absent in invoices stored before it was recorded.
         public var paid: Bool?
+        /// Invoices this one replaced (expiring, or at an earlier price), newest first: a customer who pays one
+        /// of them late has still paid.
+        public var earlier: [Invoice]?
 
         public var isPaid: Bool { paid == true }
     }
 
     static let namespace = "dvm.invoices"
+    /// How many replaced invoices a job's record remembers.
+    static let earlierKept = 4
 
-    /// The invoice for `job`: the one made before if it is paid (recorded, or settled by the wallet's account)
-    /// or still payable, else a new one. A job that runs again (after a restart, or on another worker) thus
-    /// never asks for a second payment.
+    /// The invoice for `job`: one made before if it is paid (``paidInvoice(for:store:)``, whatever the price
+    /// now), else the one made before if it is for `amountMsat` and payable for more than 30 s, else a new
+    /// one. A job that runs again (after a restart, or on another worker) thus never asks for a second payment.
     public func invoice(for job: JobRequest, amountMsat: Int64, store: any ServiceStore) async throws -> Invoice {
-        if let stored = try await store.value(job.id.hex, in: Self.namespace),
-            var invoice = try? JSONDecoder().decode(Invoice.self, from: Data(stored)), invoice.amountMsat == amountMsat
-        {
-            if invoice.isPaid { return invoice }
-            if try await isSettled(invoice) == true {
-                invoice.paid = true
-                try await record(invoice, for: job, store: store)
-                return invoice
-            }
-            if invoice.expiresAt > Timestamp.now + 30 { return invoice }
-        }
+        if let paid = try await paidInvoice(for: job, store: store) { return paid }
+        let stored = try await storedInvoice(for: job, store: store)
+        if let stored, stored.amountMsat == amountMsat, stored.expiresAt > Timestamp.now + 30 { return stored }
         let session = await session()
         let result: JSONValue
         do {
@@ -117,9 +114,36 @@ public final class JobPayments: Sendable {
             logger.error("the wallet's invoice is malformed")
             throw ServiceError(.internal, "could not create an invoice; try again later")
         }
-        let invoice = Invoice(bolt11: bolt11, paymentHash: hash, amountMsat: amountMsat, expiresAt: Timestamp.now + invoiceLifetime)
+        var invoice = Invoice(bolt11: bolt11, paymentHash: hash, amountMsat: amountMsat, expiresAt: Timestamp.now + invoiceLifetime)
+        if var replaced = stored {
+            let older = replaced.earlier ?? []
+            replaced.earlier = nil
+            invoice.earlier = Array(([replaced] + older).prefix(Self.earlierKept))
+        }
         try await record(invoice, for: job, store: store)
         return invoice
+    }
+
+    /// The invoice `job` was paid with, if any: recorded as paid, or — for a record not updated (a crash, a
+    /// payment after the wait) — settled by the wallet's account, the current invoice or one it replaced. A
+    /// payment found that way is recorded.
+    public func paidInvoice(for job: JobRequest, store: any ServiceStore) async throws -> Invoice? {
+        guard let stored = try await storedInvoice(for: job, store: store) else { return nil }
+        if stored.isPaid { return stored }
+        var current = stored
+        current.earlier = nil
+        for candidate in [current] + (stored.earlier ?? []) where try await isSettled(candidate) == true {
+            var paid = candidate
+            paid.paid = true
+            try await record(paid, for: job, store: store)
+            return paid
+        }
+        return nil
+    }
+
+    private func storedInvoice(for job: JobRequest, store: any ServiceStore) async throws -> Invoice? {
+        guard let stored = try await store.value(job.id.hex, in: Self.namespace) else { return nil }
+        return try? JSONDecoder().decode(Invoice.self, from: Data(stored))
     }
 
     /// Records that `invoice`, the invoice for `job`, is paid.

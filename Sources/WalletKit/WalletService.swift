@@ -220,19 +220,33 @@ public struct WalletService: RequestHandler {
             case (nil, let asked?): amount = asked
             case (nil, nil): throw NIP47Error(.other, "the invoice names no amount; give \"amount\" in msat")
             }
-            // A retry by a client that lost the first answer gets that answer, even once the invoice has expired.
+            // A retry by a client that lost the first answer gets that answer, even once the invoice has expired;
+            // one still in flight is never called failed (the user would pay again elsewhere).
             if let earlier = try await store.transaction(connection: connection.id, paymentHash: invoice.paymentHash),
-                earlier.direction == .outgoing, earlier.state == .settled
+                earlier.direction == .outgoing
             {
-                metrics.payment("already_paid")
-                return Self.paid(earlier)
+                switch earlier.state {
+                case .settled:
+                    metrics.payment("already_paid")
+                    return Self.paid(earlier)
+                case .pending, .accepted:
+                    metrics.payment("already_paid")
+                    throw Self.error(for: .alreadyPaid(earlier))
+                case .expired, .failed:
+                    break
+                }
             }
             guard invoice.expiresAt > now else {
                 metrics.payment("expired_invoice")
                 throw NIP47Error(.paymentFailed, "the invoice has expired")
             }
             let deadline = min(context.deadline - .seconds(10), ContinuousClock.now + configuration.paymentWait)
-            let outcome = try await backend.pay(invoice, amountMsat: amount, metadata: params.metadata, for: connection, deadline: deadline)
+            // The network may take its time: the wait holds none of the runtime's handling slots (the sender's
+            // own concurrency limit still counts it), so slow payments cannot stop the bridge reading requests.
+            let backend = self.backend
+            let outcome = try await context.withoutHandlingSlot {
+                try await backend.pay(invoice, amountMsat: amount, metadata: params.metadata, for: connection, deadline: deadline)
+            }
             switch outcome {
             case .paid(let payment):
                 metrics.payment("paid")

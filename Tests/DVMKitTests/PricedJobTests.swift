@@ -104,6 +104,23 @@ struct PricedJobTests {
                     // Recorded this time: no lookup needed next time.
                     let stored = try #require(try await hostStore.value(job.id.hex, in: "dvm.invoices"))
                     #expect(try JSONDecoder().decode(JobPayments.Invoice.self, from: Data(stored)).isPaid)
+                    // At another price now (a restart with a new --price-msats): still paid, no new invoice.
+                    let repriced = try await payments.invoice(for: job, amountMsat: 30_000, store: hostStore)
+                    #expect(repriced.isPaid && repriced.bolt11 == again.bolt11)
+
+                    // An invoice replaced as it was about to expire, then paid late: the job is paid.
+                    let other = try JobRequest(try test.client.request(kind: 5050, inputs: [JobInput(data: "late", type: .text)], bid: 50_000))
+                    var expiring = try await payments.invoice(for: other, amountMsat: 21_000, store: hostStore)
+                    #expect(!expiring.isPaid)
+                    expiring.expiresAt = .now + 10
+                    try await hostStore.setValue(Array(try JSONEncoder().encode(expiring)), forKey: other.id.hex, in: "dvm.invoices")
+                    let replacement = try await payments.invoice(for: other, amountMsat: 21_000, store: hostStore)
+                    #expect(replacement.bolt11 != expiring.bolt11 && replacement.earlier?.first?.bolt11 == expiring.bolt11)
+                    #expect(try await payments.paidInvoice(for: other, store: hostStore) == nil)
+                    _ = try await wallet.payer.run { try await $0.call("pay_invoice", ["invoice": .string(expiring.bolt11)]) }
+                    let late = try #require(try await payments.paidInvoice(for: other, store: hostStore))
+                    #expect(late.isPaid && late.bolt11 == expiring.bolt11)
+                    #expect(try await payments.invoice(for: other, amountMsat: 21_000, store: hostStore).isPaid)
                 }
 
                 let lowBid = try test.client.request(kind: 5050, inputs: [JobInput(data: "cheap", type: .text)], bid: 1_000)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Logging
 import MetricsTestKit
 import NostrCore
@@ -52,7 +53,8 @@ struct TestWallet {
 func withWallet<R: Sendable>(
     _ backend: WalletStoreBackend = .sqlite, relays relayCount: Int = 1, downRelays: Int = 0, replicas: Int = 1,
     policy: RequestPolicy.Configuration = RequestPolicy.Configuration(),
-    service: WalletService.Configuration = WalletService.Configuration(),
+    service: WalletService.Configuration = WalletService.Configuration(), maximumConcurrentRequests: Int = 64,
+    backend wrap: @escaping @Sendable (LedgerBackend) -> any LightningBackend = { $0 },
     _ body: @escaping @Sendable (TestWallet) async throws -> R
 ) async throws -> R {
     try await withTestRelays(relayCount) { testRelays in
@@ -69,8 +71,9 @@ func withWallet<R: Sendable>(
                 configuration.publishTimeout = .seconds(2)
                 configuration.policy = policy
                 configuration.metricsFactory = metrics
+                configuration.maximumConcurrentRequests = maximumConcurrentRequests
                 bridges.append(try await WalletBridge(
-                    keys: keys, store: wallet, backend: LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey()), serviceStore: journal,
+                    keys: keys, store: wallet, backend: wrap(LedgerBackend(store: wallet, nodeKey: try keys.ledgerNodeKey())), serviceStore: journal,
                     configuration: configuration, service: service, pollInterval: .milliseconds(50), logger: quiet))
             }
             let wallet = TestWallet(bridges: bridges, keys: keys, relays: urls, metrics: metrics)
@@ -229,6 +232,65 @@ struct WalletServiceTests {
                     while Timestamp.now <= expiresAt { try await Task.sleep(for: .milliseconds(200)) }
                     #expect(try await session.call("pay_invoice", ["invoice": .string(brief)]) == first)
                     #expect(try await session.call("get_balance").object?["balance"]?.int64 == 9_000)
+                }
+            }
+        }
+    }
+
+    @Test("a payment still in flight when its invoice expires is answered as in flight, never PAYMENT_FAILED, and not paid again")
+    func inFlightPastExpiry() async throws {
+        try await withWallet { wallet in
+            let (payer, payerClient) = try await wallet.connect("payer", balance: 10_000)
+            let (_, payeeClient) = try await wallet.connect("payee")
+            try await payeeClient.run { payee in
+                try await payerClient.run { session in
+                    let brief = try #require(
+                        try await payee.call("make_invoice", ["amount": .number("1000"), "expiry": .number("2")]).object?["invoice"]?.string)
+                    // The payment as a backend leaves it while the network has not settled it (LNbits, a slow route).
+                    let reservation = PaymentReservation(
+                        connection: payer.id, invoice: try BOLT11Invoice(brief), amountMsat: 1_000, feeReserveMsat: 0, metadata: nil,
+                        debitsLedger: true)
+                    guard case .reserved = try await wallet.store.reserve(reservation, now: .now) else {
+                        Issue.record("the payment was not reserved")
+                        return
+                    }
+                    let expiresAt = try BOLT11Invoice(brief).expiresAt
+                    while Timestamp.now <= expiresAt { try await Task.sleep(for: .milliseconds(200)) }
+                    await expectError(.other, containing: "already paying") {
+                        try await session.call("pay_invoice", ["invoice": .string(brief)])
+                    }
+                    #expect(try await session.call("get_balance").object?["balance"]?.int64 == 9_000)
+                }
+            }
+        }
+    }
+
+    @Test("payments waiting on the network hold no handling slot: with 2 slots and 3 payments stuck, another connection is answered")
+    func slowPaymentsHoldNoSlot() async throws {
+        let gate = PaymentGate()
+        try await withWallet(maximumConcurrentRequests: 2, backend: { GatedBackend(ledger: $0, gate: gate) }) { wallet in
+            let (_, payerClient) = try await wallet.connect("payer", balance: 10_000)
+            let (payee, _) = try await wallet.connect("payee")
+            let (_, otherClient) = try await wallet.connect("other", balance: 5)
+            var invoices: [String] = []
+            for _ in 0..<3 { invoices.append(try await wallet.invoice(payee, msat: 100)) }
+            let toPay = invoices
+            try await payerClient.run { session in
+                try await otherClient.run { other in
+                    async let paid = withThrowingTaskGroup(of: JSONValue.self) { group in
+                        for invoice in toPay { group.addTask { try await session.call("pay_invoice", ["invoice": .string(invoice)]) } }
+                        return try await group.reduce(into: []) { $0.append($1) }
+                    }
+                    try await withDeadline(.seconds(10), "the three payments to reach the network") {
+                        while gate.waiting < 3 { try await Task.sleep(for: .milliseconds(20)) }
+                    }
+                    let balance = try await withDeadline(.seconds(5), "get_balance while the payments wait") {
+                        try await other.call("get_balance")
+                    }
+                    #expect(balance.object?["balance"]?.int64 == 5)
+                    gate.open()
+                    let results = try await paid
+                    #expect(results.count == 3 && results.allSatisfy { $0.object?["preimage"]?.string?.count == 64 })
                 }
             }
         }
@@ -544,4 +606,38 @@ struct WalletServiceTests {
             #expect(try await wallet.ledger.balance(of: payee) == Int64(count) * 1_000)
         }
     }
+}
+
+/// Holds payments until opened, counting those waiting.
+final class PaymentGate: Sendable {
+    private let state = Mutex((waiting: 0, open: false))
+    var waiting: Int { state.withLock { $0.waiting } }
+    func open() { state.withLock { $0.open = true } }
+
+    func pass() async throws {
+        state.withLock { $0.waiting += 1 }
+        while !state.withLock({ $0.open }) { try await Task.sleep(for: .milliseconds(20)) }
+    }
+}
+
+/// The ledger, with payments held at `gate` first: a slow Lightning network.
+struct GatedBackend: LightningBackend {
+    let ledger: LedgerBackend
+    let gate: PaymentGate
+
+    func nodeInfo() async throws -> NodeInfo { try await ledger.nodeInfo() }
+    var optionalMethods: Set<String> { ledger.optionalMethods }
+    var usesLedgerAccounts: Bool { ledger.usesLedgerAccounts }
+    func balance(of connection: WalletConnection) async throws -> Int64 { try await ledger.balance(of: connection) }
+    func makeInvoice(_ request: InvoiceRequest, for connection: WalletConnection, now: Timestamp) async throws -> WalletTransaction {
+        try await ledger.makeInvoice(request, for: connection, now: now)
+    }
+    func feeReserve(for invoice: BOLT11Invoice, amountMsat: Int64) -> Int64 { ledger.feeReserve(for: invoice, amountMsat: amountMsat) }
+    func pay(
+        _ invoice: BOLT11Invoice, amountMsat: Int64, metadata: String?, for connection: WalletConnection, deadline: ContinuousClock.Instant
+    ) async throws -> PaymentOutcome {
+        try await gate.pass()
+        return try await ledger.pay(invoice, amountMsat: amountMsat, metadata: metadata, for: connection, deadline: deadline)
+    }
+    func run(events: @escaping @Sendable (WalletEvent) async -> Void) async throws { try await ledger.run(events: events) }
 }
