@@ -29,8 +29,8 @@ public final class DVMHost: Sendable {
         self.service = DVMService(
             handler: handler, configuration: service, resolver: resolver, payments: payments, metricsFactory: runtime.metricsFactory)
         var runtime = runtime
-        // Job results wait their turn behind slow jobs: the intake takes more requests than run at once, so
-        // jobs waiting for a payment or a slot do not stop others from being read.
+        // Jobs waiting for a payment, an input or a worker hold no handling slot; the running ones do, so the
+        // intake takes more requests than run at once for the short steps around them (decrypt, reply).
         runtime.maximumConcurrentRequests = max(runtime.maximumConcurrentRequests, 4 * service.concurrency)
         self.runtime = ServiceRuntime(keys: [key], handlers: [self.service, DVMPing()], store: store, configuration: runtime, logger: logger)
         self.logger = logger

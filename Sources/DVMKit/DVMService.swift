@@ -163,9 +163,13 @@ public final class DVMService: RequestHandler {
             }
         }
 
+        // Fetching inputs (a chained job's result can take minutes) and waiting for a worker hold none of the
+        // runtime's handling slots: jobs waiting on others cannot stop the host reading requests, pings and
+        // cancellations. The sender's own concurrency limit still counts them.
         let inputs: [ResolvedInput]
         do {
-            inputs = try await resolver.resolve(job, pool: context.pool)
+            let resolver = self.resolver
+            inputs = try await context.withoutHandlingSlot { try await resolver.resolve(job, pool: context.pool) }
         } catch let error as JobError {
             count("input_failed")
             throw ServiceError(.badRequest, error.reason)
@@ -174,7 +178,10 @@ public final class DVMService: RequestHandler {
         metrics.queued.increment()
         do {
             defer { metrics.queued.decrement() }
-            try await withDeadline(.now + configuration.queueTimeout) { try await self.slots.acquireUnlessCancelled() }
+            let (slots, queueTimeout) = (self.slots, configuration.queueTimeout)
+            try await context.withoutHandlingSlot {
+                try await withDeadline(.now + queueTimeout) { try await slots.acquireUnlessCancelled() }
+            }
         } catch is DeadlineExceeded {
             count("queue_timeout")
             throw ServiceError(.timeout, "no free worker within \(configuration.queueTimeout.components.seconds) s")

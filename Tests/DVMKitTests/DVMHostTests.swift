@@ -357,10 +357,10 @@ struct DVMHostTests {
         }
     }
 
-    @Test("a cancellation gets through while the intake is full and no request is being read")
+    @Test("a cancellation gets through while jobs queue for the only worker")
     func cancelUnderFullIntake() async throws {
         let recorder = Recorder(delay: .seconds(30))
-        // One job runs at once and four are taken in (4 × concurrency): the rest wait unread.
+        // One job runs at once; the others queue for it (holding no handling slot, so they are all read).
         try await withHosts(
             handler: recorder, service: { $0.concurrency = 1; $0.jobTimeout = .seconds(60) }, runtime: { $0.maximumConcurrentRequests = 1 }
         ) { hosts in
@@ -372,13 +372,28 @@ struct DVMHostTests {
                     for index in 0..<5 {
                         _ = await client.pool.publish(try client.request(kind: 5050, inputs: [JobInput(data: "filler \(index)", type: .text)]))
                     }
-                    // Three fillers queue for the one slot and the fourth takes the last intake place; the fifth
-                    // (and anything behind it on the request connections) is not read until a place frees.
                     try await Task.sleep(for: .milliseconds(500))
                     await client.cancel(first)
                 }
             }
             #expect(recorder.runs[first.id] == 1)
+        }
+    }
+
+    @Test("jobs waiting for a chained input hold no handling slot: with 4 slots and 5 such jobs waiting, another job is run")
+    func waitingInputsHoldNoSlot() async throws {
+        // The host takes in at least 4 × its concurrency: 4 here.
+        try await withHosts(handler: Uppercase(), service: { $0.concurrency = 1 }, runtime: { $0.maximumConcurrentRequests = 1 }) { hosts in
+            let client = hosts[0].client
+            for _ in 0..<5 {
+                let parent = EventTemplate(kind: 5050, content: "never answered").sign(with: .generate())
+                _ = await client.pool.publish(try client.request(kind: 5050, inputs: [JobInput(data: parent.id.hex, type: .job)]))
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            let plain = try client.request(kind: 5050, inputs: [JobInput(data: "still read", type: .text)])
+            // The waiting jobs give up after 10 s (the inputs' job timeout): the answer must come well before.
+            let result = try await client.run(plain, timeout: .seconds(6))
+            #expect(result.content == "STILL READ")
         }
     }
 
