@@ -283,14 +283,17 @@ struct Answer: Sendable {
     /// The result (request kind + 1000): `request`, `e`, `p`, the inputs (`i`, unless encrypted) and `amount`.
     func result(_ output: JobOutput, job: JobRequest) -> ServiceReply {
         var tags: [Tag] = [["request", request.event.json]] + reference
+        // NIP-44 has no encoding of an empty text: an empty result of an encrypted job goes out empty, with no
+        // `encrypted` tag (there is nothing to hide, and the inputs stay out as for any encrypted job).
+        let encryption: PayloadEncryption = request.encryption == .nip44 && output.content.isEmpty ? .plaintext : request.encryption
         if request.encryption == .plaintext {
             tags += job.inputs.map(\.tag)
-        } else {
+        } else if encryption != .plaintext {
             tags.append(["encrypted"])
         }
         tags += output.tags
         return ServiceReply(
-            kind: NIP90.resultKind(of: job.kind), content: output.content, tags: tags, encryption: request.encryption, relays: relays)
+            kind: NIP90.resultKind(of: job.kind), content: output.content, tags: tags, encryption: encryption, relays: relays)
     }
 }
 

@@ -175,6 +175,27 @@ struct DVMHostTests {
         }
     }
 
+    @Test("an encrypted job with an empty result gets it (NIP-44 cannot encrypt nothing), not an internal error", arguments: [PayloadEncryption.nip44, .nip04])
+    func emptyEncryptedResult(_ scheme: PayloadEncryption) async throws {
+        try await withHosts(handler: EmptyOutput()) { hosts in
+            let test = hosts[0]
+            let request = try test.client.request(
+                kind: 5050, inputs: [JobInput(data: "secret words", type: .text)], provider: test.key, encryption: scheme)
+            let result = try await test.client.run(request, timeout: .seconds(10))
+            #expect(result.content == "")
+            #expect(!result.event.tags.contains { $0.name == "i" })
+            // The `success` feedback follows the result.
+            let statuses = try await withTimeout(.seconds(5), "the last feedback") { () async throws -> [String] in
+                while true {
+                    let statuses = try await test.answers(to: request).filter { $0.kind == 7000 }.map { try test.client.decode(feedback: $0).status }
+                    if statuses.contains("success") || statuses.contains("error") { return statuses }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            #expect(statuses.contains("success") && !statuses.contains("error"))
+        }
+    }
+
     @Test("requests p-tagged to another provider are ignored; untargeted ones are taken")
     func targeting() async throws {
         let recorder = Recorder()
@@ -568,4 +589,9 @@ struct DVMHostTests {
             }
         }
     }
+}
+
+/// A handler whose result is empty.
+struct EmptyOutput: JobHandler {
+    func run(_ job: Job, context: JobContext) async throws -> JobOutput { JobOutput("") }
 }
