@@ -43,7 +43,7 @@ from nostr_sdk import (
 )
 
 from conftest import SEED
-from test_pool_interop import Procs, aio, procs, start_rust_relay  # noqa: F401  (fixtures)
+from test_pool_interop import ENV, Procs, aio, procs, start_rust_relay  # noqa: F401  (fixtures)
 from test_relay_interop import hexid, new_keys, nostr_client, publish
 from test_wallet_interop import connect as wallet_connect, nwc, serve as wallet_serve, wait_for_info, wb
 
@@ -358,8 +358,13 @@ def test_priced_job_paid_through_wallet_bridge(procs, aio, rng, tmp_path, relay_
     _, customer_uri = wallet_connect(procs, wallet, "customer", "--methods", "pay_invoice,get_balance", "--budget", "100000")
     wb(procs, "ledger", "credit", "--data-dir", str(wallet), "customer", "100000")
     aio.call(wait_for_info(relay_url, customer_uri), STEP)
-    _, host_hex = host(procs, tmp_path / "dvm", relay_url, "--kind", "5050", "--handler", "uppercase",
-                       "--price-msats", "21000", "--wallet", host_uri)
+    # The wallet's secret in the environment, where `ps` does not show it.
+    ENV["DVM_HOST_WALLET"] = host_uri
+    try:
+        _, host_hex = host(procs, tmp_path / "dvm", relay_url, "--kind", "5050", "--handler", "uppercase",
+                           "--price-msats", "21000")
+    finally:
+        del ENV["DVM_HOST_WALLET"]
     keys = new_keys(rng)
     payer = nwc(customer_uri)
     invoices = []

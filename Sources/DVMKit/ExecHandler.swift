@@ -23,6 +23,11 @@ public struct ExecHandler: JobHandler {
     /// Where each job's private directory is made (`dvm-host` uses `jobs` in its data directory).
     public var workDirectory: URL
 
+    /// Environment variables the command does not get, although it otherwise runs in the host's environment:
+    /// the host's own secrets (its key's passphrase, its database, its wallet), so that a handler cannot unlock
+    /// the host's key or spend from its wallet.
+    public var withheldEnvironment: Set<String> = ["DVM_HOST_PASSPHRASE", "DVM_HOST_POSTGRES", "DVM_HOST_WALLET"]
+
     /// - Parameter workDirectory: where jobs' directories go; the system's temporary directory by default.
     public init(command: String, maximumOutput: Int = 64 * 1024, workDirectory: URL? = nil) {
         self.command = command
@@ -83,10 +88,12 @@ public struct ExecHandler: JobHandler {
         // every path. The teardown above only follows the shell, which SIGTERM ends at once, and a child that
         // handles SIGTERM (or one left in the background) would otherwise outlive the job.
         let group = Mutex<pid_t?>(nil)
+        let environment = Environment.inherit.updating(
+            Dictionary(uniqueKeysWithValues: withheldEnvironment.compactMap { name in Environment.Key(rawValue: name).map { ($0, String?.none) } }))
         let process = Task {
             try await Subprocess.run(
-                .path("/bin/sh"), arguments: arguments, platformOptions: options, input: .none, output: .discarded,
-                error: .discarded
+                .path("/bin/sh"), arguments: arguments, environment: environment, platformOptions: options, input: .none,
+                output: .discarded, error: .discarded
             ) { execution in
                 group.withLock { $0 = execution.processIdentifier.value }
             }

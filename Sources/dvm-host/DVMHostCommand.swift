@@ -84,7 +84,7 @@ struct Serve: AsyncParsableCommand {
             `error` feedback. --handler runs a Swift handler compiled in (`dvm-host handlers` lists them).
 
             With --price-msats, each job first gets a `payment-required` feedback with an invoice made by the \
-            NIP-47 wallet of --wallet, and runs once it is paid.
+            NIP-47 wallet of DVM_HOST_WALLET (or --wallet), and runs once it is paid.
             """)
 
     @OptionGroup var directory: DataDirectory
@@ -94,8 +94,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A compiled-in Swift handler (see `dvm-host handlers`).") var handler: String?
     @Option(help: "The name in the NIP-89 announcement.") var name = "Switchboard DVM"
     @Option(help: "The about text in the NIP-89 announcement.") var about = ""
-    @Option(name: .customLong("price-msats"), help: "The price of a job in msat (needs --wallet).") var priceMsats: Int64?
-    @Option(help: "The NIP-47 wallet that makes invoices: nostr+walletconnect://… (with make_invoice and lookup_invoice).")
+    @Option(name: .customLong("price-msats"), help: "The price of a job in msat (needs DVM_HOST_WALLET or --wallet).") var priceMsats: Int64?
+    @Option(help: """
+        The NIP-47 wallet that makes invoices: nostr+walletconnect://… (with make_invoice and lookup_invoice). \
+        Better in the environment variable DVM_HOST_WALLET: its secret would be visible to every local user in \
+        the process list.
+        """)
     var wallet: String?
     @Option(help: "Jobs run at once.") var concurrency = 4
     @Option(help: "Seconds one job may run.") var timeout = 60
@@ -131,6 +135,9 @@ struct Serve: AsyncParsableCommand {
         return key
     }
 
+    /// The wallet: `--wallet`, else `DVM_HOST_WALLET`.
+    var walletText: String? { wallet ?? ProcessInfo.processInfo.environment["DVM_HOST_WALLET"] }
+
     func validate() throws {
         for text in allow + deny { _ = try Self.customer(text) }
         guard (0...256).contains(minPow) else { throw ValidationError("--min-pow is 0–256 bits") }
@@ -140,7 +147,7 @@ struct Serve: AsyncParsableCommand {
         if exec == nil { _ = try compiledHandler() }
         if let priceMsats {
             guard priceMsats > 0 else { throw ValidationError("--price-msats must be positive") }
-            guard wallet != nil else { throw ValidationError("--price-msats needs --wallet nostr+walletconnect://…") }
+            guard walletText != nil else { throw ValidationError("--price-msats needs DVM_HOST_WALLET or --wallet nostr+walletconnect://…") }
         }
         guard concurrency >= 1, timeout >= 1, maxOutput >= 1, (3...86_400).contains(claimLease) else {
             throw ValidationError("--concurrency, --timeout and --max-output must be positive, and --claim-lease 3 to 86400")
@@ -151,7 +158,7 @@ struct Serve: AsyncParsableCommand {
         let registry = OperationsServer.bootstrapObservability(logLevel: logLevel)
         let relays = try relay.map { try RelayURL($0) }
         let listener = try http.map(OperationsServer.listenAddress)
-        let walletURI = try wallet.map { try WalletConnectURI($0) }
+        let walletURI = try walletText.map { try WalletConnectURI($0) }
         try directory.create()
         let key = try directory.keyFile.loadOrCreate()
         let logger = Logger(label: "dvm-host")

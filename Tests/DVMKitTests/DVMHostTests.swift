@@ -283,6 +283,14 @@ struct DVMHostTests {
                 kind: 5050, inputs: [JobInput(data: "hi there", type: .text)], parameters: [JobParameter(name: "lang", values: ["es"])])
             #expect(try await test.client.run(request, timeout: .seconds(10)).content == "5050 es hi there")
         }
+        // The host's secrets are not in the command's environment; the rest of it is.
+        setenv("DVM_HOST_PASSPHRASE", "the host's passphrase", 1)
+        defer { unsetenv("DVM_HOST_PASSPHRASE") }
+        try await withHosts(handler: exec(#"printf '%s|%s' "${DVM_HOST_PASSPHRASE-withheld}" "$HOME""#)) { hosts in
+            let request = try hosts[0].client.request(kind: 5050, inputs: [])
+            let home = ProcessInfo.processInfo.environment["HOME"] ?? ""
+            #expect(try await hosts[0].client.run(request, timeout: .seconds(10)).content == "withheld|\(home)")
+        }
         try await withHosts(handler: exec("echo starting; echo 'no model loaded' >&2; exit 3")) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
             await #expect(throws: JobError("the command exited with status 3: no model loaded")) {
