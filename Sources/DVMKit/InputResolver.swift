@@ -193,9 +193,14 @@ public final class InputResolver: Sendable {
     /// of preference) and, if there is one, the first of the other address family. Throws if it does not
     /// resolve, or — unless private addresses are allowed — if any address it resolves to is private.
     func checkedAddresses(_ host: String) async throws -> [String] {
-        let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        let lookup = self.lookup
-        let addresses = try await NIOThreadPool.singleton.runIfActive { lookup(trimmed) }
+        // On the address policy's own threads, for at most 5 s: a name whose servers do not answer neither
+        // outlasts the fetch's time limit nor holds up other lookups.
+        let addresses: [[UInt8]]
+        do {
+            addresses = try await AddressPolicy.addresses(of: host, lookup: lookup)
+        } catch let refusal as AddressPolicy.Refusal {
+            throw JobError(refusal.description)
+        }
         guard let first = addresses.first else { throw JobError("the host does not resolve") }
         if !configuration.allowsPrivateAddresses && addresses.contains(where: AddressPolicy.isPrivate) {
             throw JobError("the host is a private address (not fetched)")

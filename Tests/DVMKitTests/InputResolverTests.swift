@@ -1,3 +1,4 @@
+import Foundation
 @testable import DVMKit
 import Hummingbird
 import Logging
@@ -105,6 +106,25 @@ struct InputResolverTests {
         } catch let error as JobError {
             #expect("\(error)".contains("private address"))
         }
+    }
+
+    @Test("a name whose lookup hangs fails the input after the lookup's 5 s, not after the system resolver gives up")
+    func hangingLookup() async throws {
+        let resolver = InputResolver(configuration: InputResolver.Configuration(), logger: Logger(label: "test.inputs")) { host in
+            usleep(12_000_000)
+            return [[93, 184, 215, 14]]
+        }
+        let pool = RelayPool(logger: Logger(label: "test.pool"))
+        let request = try JobRequest(
+            EventTemplate(kind: 5050, content: "", tags: [["i", "http://slow.switchboard.invalid/", "url"]]).sign(with: SecretKey.generate()))
+        let started = ContinuousClock.now
+        do {
+            _ = try await resolver.resolve(request, pool: pool)
+            Issue.record("a name that never resolved was fetched")
+        } catch let error as JobError {
+            #expect("\(error)".contains("did not resolve within"), "\(error)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(10))
     }
 
     @Test("addresses as text: IPv4, IPv6 (no brackets), IPv4-mapped")

@@ -23,6 +23,19 @@ package enum AddressPolicy {
     package static func checked(
         _ host: String, timeout: Duration = .seconds(5), lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
     ) async throws -> [[UInt8]] {
+        let addresses = try await addresses(of: host, timeout: timeout, lookup: lookup)
+        if addresses.contains(where: isPrivate) {
+            throw Refusal(description: "the host is a private address (loopback, private, link-local or reserved)")
+        }
+        return addresses
+    }
+
+    /// Looks `host` up (off the calling thread, for at most `timeout`) and returns its addresses, in the
+    /// resolver's order; throws ``Refusal`` if it does not resolve in time or at all. `host` may be a literal
+    /// address, an IPv6 one in brackets or not.
+    package static func addresses(
+        of host: String, timeout: Duration = .seconds(5), lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
+    ) async throws -> [[UInt8]] {
         let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         // A lookup that hangs keeps its thread until the resolver gives up; the caller does not wait for it.
         let answer = OneShot<[[UInt8]]>()
@@ -31,9 +44,6 @@ package enum AddressPolicy {
         lookups.submit { state in answer.fulfil(state == .active ? lookup(trimmed) : []) }
         guard let addresses = await answer.wait() else { throw Refusal(description: "the host did not resolve within \(timeout)") }
         guard !addresses.isEmpty else { throw Refusal(description: "the host does not resolve") }
-        if addresses.contains(where: isPrivate) {
-            throw Refusal(description: "the host is a private address (loopback, private, link-local or reserved)")
-        }
         return addresses
     }
 
