@@ -85,7 +85,10 @@ public struct WalletService: RequestHandler {
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
         let method = NIP47.Request.method(in: request.content) ?? ""
         let wire: NIP47Error
-        if let code = NIP47.ErrorCode(rawValue: error.code.rawValue) {
+        if error.code == .badRequest, request.content.isEmpty, let unsupported = Self.unsupportedEncryption(of: request.event) {
+            // Not decrypted, and the tag names a scheme this service does not speak: that is the error to give.
+            wire = unsupported
+        } else if let code = NIP47.ErrorCode(rawValue: error.code.rawValue) {
             wire = NIP47Error(code, error.message)
         } else {
             switch error.code {
@@ -106,11 +109,18 @@ public struct WalletService: RequestHandler {
     /// The request's `encryption` tag names the scheme (absent means nip04); the reply uses the scheme the
     /// content actually came in, which the runtime detected.
     private func checkEncryptionTag(_ request: ServiceRequest) throws {
-        guard let tag = request.event.tagValues("encryption").first else { return }
+        if let unsupported = Self.unsupportedEncryption(of: request.event) { throw unsupported }
+    }
+
+    /// The error for a request whose `encryption` tag names no scheme this service speaks; nil when it names
+    /// one, or has none (NIP-04 then).
+    static func unsupportedEncryption(of event: Event) -> NIP47Error? {
+        guard let tag = event.tagValues("encryption").first else { return nil }
         let schemes = tag.split(separator: " ").map(String.init)
         guard schemes.contains(where: { $0 == "nip44_v2" || $0 == "nip04" }) else {
-            throw NIP47Error(.unsupportedEncryption, "supported encryption: nip44_v2 nip04")
+            return NIP47Error(.unsupportedEncryption, "supported encryption: nip44_v2 nip04")
         }
+        return nil
     }
 
     private func connection(for request: ServiceRequest) async throws -> WalletConnection {

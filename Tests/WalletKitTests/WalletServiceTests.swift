@@ -466,6 +466,11 @@ struct WalletServiceTests {
                 event = EventTemplate(kind: event.kind, content: event.content, tags: [["p", payer.walletKey.hex], ["encryption", "nip44_v3"]])
                     .sign(with: client.uri.secret)
                 await expectError(.unsupportedEncryption) { try await session.send(event, method: "get_balance") }
+                // The same in a payload the service cannot decrypt (a scheme it does not know at all).
+                let unknown = "A" + Data((0..<96).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+                event = EventTemplate(kind: event.kind, content: unknown, tags: [["p", payer.walletKey.hex], ["encryption", "nip44_v3"]])
+                    .sign(with: client.uri.secret)
+                await expectError(.unsupportedEncryption) { try await session.send(event, method: "get_balance") }
             }
             try await restricted.run { (session) async throws -> Void in
                 #expect(try await session.call("get_balance").object?["balance"] != nil)
