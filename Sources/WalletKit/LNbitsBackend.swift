@@ -259,12 +259,13 @@ public final class LNbitsBackend: LightningBackend {
 
     private func watch() async {
         var lastLookups = ContinuousClock.now - configuration.lookupInterval
+        var olderTurn = 0
         while !Task.isCancelled {
             do {
                 try await pollRecentPayments()
                 if ContinuousClock.now - lastLookups >= configuration.lookupInterval {
                     lastLookups = .now
-                    try await lookUpPending()
+                    try await lookUpPending(olderTurn: &olderTurn)
                 }
             } catch {
                 logger.warning("could not poll LNbits", metadata: ["error": "\(error)"])
@@ -292,12 +293,14 @@ public final class LNbitsBackend: LightningBackend {
         }
     }
 
-    /// Looks up each payment in flight and (bounded) each unpaid invoice.
-    private func lookUpPending() async throws {
+    /// Looks up each payment in flight, and unpaid invoices: a bounded number per round (``lookupBatch(of:turn:)``).
+    private func lookUpPending(olderTurn: inout Int) async throws {
         for payment in try await store.pendingPayments() {
             _ = try await resolve(payment)
         }
-        for invoice in try await store.pendingInvoices(now: .now - configuration.expiredInvoiceWatch).suffix(200) {
+        let (batch, next) = Self.lookupBatch(of: try await store.pendingInvoices(now: .now - configuration.expiredInvoiceWatch), turn: olderTurn)
+        olderTurn = next
+        for invoice in batch {
             let response = try await call(.GET, "/api/v1/payments/\(invoice.paymentHash.hex)")
             guard response.status == .ok, response.json["paid"] == .bool(true) else { continue }
             if let received = try await store.settleInvoice(
@@ -306,6 +309,19 @@ public final class LNbitsBackend: LightningBackend {
                 events.continuation.yield(.received(received))
             }
         }
+    }
+
+    /// The unpaid invoices (`pending`, oldest first) to look up this round: the newest 100, and 100 of the
+    /// older ones in turn from `turn`, so that an invoice paid long after it was made is found however many
+    /// newer ones there are (LNbits' recent payments, polled more often, list payments by creation time).
+    /// Returns the next round's `turn`.
+    static func lookupBatch(of pending: [WalletTransaction], turn: Int, size: Int = 100) -> (batch: [WalletTransaction], turn: Int) {
+        let newest = pending.suffix(size)
+        let older = Array(pending.dropLast(size))
+        guard !older.isEmpty else { return (Array(newest), 0) }
+        let start = turn % older.count
+        let taken = (0..<min(size, older.count)).map { older[(start + $0) % older.count] }
+        return (taken + newest, (start + taken.count) % older.count)
     }
 
     // MARK: HTTP
