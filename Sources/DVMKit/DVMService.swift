@@ -36,6 +36,11 @@ public final class DVMService: RequestHandler {
         public var queueTimeout: Duration = .seconds(600)
         /// How often the heartbeat (kind 11998) goes out while the host is subscribed; it expires after two.
         public var heartbeatInterval: Duration = .seconds(300)
+        /// The largest result event published, in bytes of JSON. Relays refuse larger events (strfry's default
+        /// limit is 64 KiB), and a result no relay takes would be lost while the `success` feedback got through.
+        /// A result over it goes without its copies of the request and inputs; still over it, the job is answered
+        /// with an `error` feedback saying so.
+        public var maximumResultBytes = 64 * 1024
 
         public init(kinds: Set<Kind>) {
             self.kinds = kinds
@@ -209,10 +214,20 @@ public final class DVMService: RequestHandler {
         } catch is CancellationError {
             throw ServiceError(.unavailable, "the service is shutting down")
         }
+        // No `amount` tag once paid: NIP-90 clients read one as a suggestion to pay (a second time, here).
+        var result = answer.result(output, job: job)
+        if Answer.estimatedSize(of: result) > configuration.maximumResultBytes {
+            result = answer.result(output, job: job, echoes: false)
+            let size = Answer.estimatedSize(of: result)
+            guard size <= configuration.maximumResultBytes else {
+                count("result_too_large")
+                throw ServiceError(
+                    .init("job-failed"), "the result (about \(size) bytes) is larger than relays accept (\(configuration.maximumResultBytes))")
+            }
+        }
         metrics.job(kind: kind, outcome: "success")
         metrics.duration(kind: kind, ContinuousClock.now - started)
-        // No `amount` tag once paid: NIP-90 clients read one as a suggestion to pay (a second time, here).
-        return [answer.result(output, job: job), answer.feedback("success")]
+        return [result, answer.feedback("success")]
     }
 
     public func errorReply(to request: ServiceRequest, error: ServiceError) -> ServiceReply? {
@@ -258,6 +273,24 @@ struct Answer: Sendable {
     let request: ServiceRequest
     let relays: [RelayURL]
 
+    /// About how many bytes `reply` takes as a signed event's JSON: its tags as written, its content as
+    /// encrypted (base64 of NIP-44's padded payload, or NIP-04's ciphertext and IV), and the fixed fields.
+    static func estimatedSize(of reply: ServiceReply) -> Int {
+        var writer = JSONWriter()
+        writer.tags(reply.tags)
+        let text = reply.content.utf8.count
+        let content: Int
+        switch reply.encryption {
+        case .plaintext:
+            var escaped = JSONWriter()
+            escaped.value(.string(reply.content))
+            content = escaped.text.utf8.count
+        case .nip44: content = (1 + 32 + NIP44.paddedLength(max(1, text)) + 2 + 32 + 2) / 3 * 4
+        case .nip04: content = (text + 16 + 2) / 3 * 4 + 28
+        }
+        return writer.text.utf8.count + content + 400
+    }
+
     private var reference: [Tag] {
         [["e", request.event.id.hex, request.relay.string], ["p", request.sender.hex]]
     }
@@ -281,13 +314,15 @@ struct Answer: Sendable {
     }
 
     /// The result (request kind + 1000): `request`, `e`, `p`, the inputs (`i`, unless encrypted) and `amount`.
-    func result(_ output: JobOutput, job: JobRequest) -> ServiceReply {
-        var tags: [Tag] = [["request", request.event.json]] + reference
+    /// The result event. `echoes`: with the request (a `request` tag) and, for a plain request, its inputs
+    /// (`i` tags), as NIP-90 suggests; without them when the result would be too large.
+    func result(_ output: JobOutput, job: JobRequest, echoes: Bool = true) -> ServiceReply {
+        var tags: [Tag] = (echoes ? [["request", request.event.json]] : []) + reference
         // NIP-44 has no encoding of an empty text: an empty result of an encrypted job goes out empty, with no
         // `encrypted` tag (there is nothing to hide, and the inputs stay out as for any encrypted job).
         let encryption: PayloadEncryption = request.encryption == .nip44 && output.content.isEmpty ? .plaintext : request.encryption
         if request.encryption == .plaintext {
-            tags += job.inputs.map(\.tag)
+            if echoes { tags += job.inputs.map(\.tag) }
         } else if encryption != .plaintext {
             tags.append(["encrypted"])
         }

@@ -196,6 +196,31 @@ struct DVMHostTests {
         }
     }
 
+    @Test("a result too large for relays goes without its copies of the request and inputs; one too large even then is an error, not a lost result")
+    func resultSize() async throws {
+        try await withHosts(handler: Sized()) { hosts in
+            let client = hosts[0].client
+            func request(input: Int, output: Int) throws -> Event {
+                try client.request(
+                    kind: 5050, inputs: [JobInput(data: String(repeating: "i", count: input), type: .text)],
+                    parameters: [JobParameter(name: "size", values: ["\(output)"])])
+            }
+            let small = try await client.run(try request(input: 10, output: 10), timeout: .seconds(10))
+            #expect(small.content.count == 10 && small.event.tags.contains { $0.name == "request" } && small.event.tags.contains { $0.name == "i" })
+            let large = try await client.run(try request(input: 20_000, output: 40_000), timeout: .seconds(10))
+            #expect(large.content.count == 40_000)
+            #expect(!large.event.tags.contains { $0.name == "request" || $0.name == "i" })
+            #expect(large.event.tags.contains { $0.name == "e" } && large.event.tags.contains { $0.name == "p" })
+            #expect(large.event.json.utf8.count <= 64 * 1024)
+            do {
+                _ = try await client.run(try request(input: 10, output: 70_000), timeout: .seconds(10))
+                Issue.record("a result larger than relays accept was sent")
+            } catch let error as JobError {
+                #expect(error.reason.contains("larger than relays accept"), "\(error)")
+            }
+        }
+    }
+
     @Test("requests p-tagged to another provider are ignored; untargeted ones are taken")
     func targeting() async throws {
         let recorder = Recorder()
@@ -602,4 +627,12 @@ struct DVMHostTests {
 /// A handler whose result is empty.
 struct EmptyOutput: JobHandler {
     func run(_ job: Job, context: JobContext) async throws -> JobOutput { JobOutput("") }
+}
+
+/// A handler whose result is as many bytes as its `size` parameter says.
+struct Sized: JobHandler {
+    func run(_ job: Job, context: JobContext) async throws -> JobOutput {
+        let size = job.parameters.first { $0.name == "size" }?.values.first.flatMap { Int($0) } ?? 0
+        return JobOutput(String(repeating: "o", count: size))
+    }
 }
