@@ -8,7 +8,8 @@ import NIOCore
 import NIOPosix
 
 /// Turns a request's inputs into content: `text` as is, `url` fetched over HTTP(S), `event` fetched from the
-/// service's relays and the input's relay hint, `job` awaited (the result of that job, by anyone).
+/// service's relays and the input's relay hint, `job` awaited (that job's result, by a provider it was
+/// addressed to, or by anyone if it was addressed to no one).
 ///
 /// A requester chooses the URLs and relay hints, so fetching is bounded: size and time caps, at most
 /// ``Configuration/maximumHintRelays`` hint relays connected at a time, and — unless
@@ -235,10 +236,13 @@ public final class InputResolver: Sendable {
         defer { hints.release(lease) }
         let hint = lease.taken.first
         let deadline = ContinuousClock.now + configuration.jobTimeout
+        let lookup = configuration.eventTimeout
         let found: Event? = try await withThrowingTaskGroup(of: Event?.self) { group in
-            group.addTask { try await Self.firstResult(of: id, in: pool, filter: filter, relays: nil, until: deadline) }
+            group.addTask { try await Self.firstResult(of: id, in: pool, filter: filter, relays: nil, until: deadline, lookup: lookup) }
             if let hint {
-                group.addTask { try await Self.firstResult(of: id, in: self.hints.pool, filter: filter, relays: [hint], until: deadline) }
+                group.addTask {
+                    try await Self.firstResult(of: id, in: self.hints.pool, filter: filter, relays: [hint], until: deadline, lookup: lookup)
+                }
             }
             defer { group.cancelAll() }
             for try await result in group {
@@ -250,22 +254,49 @@ public final class InputResolver: Sendable {
         return found
     }
 
+    /// The first result of job `id` on `relays` of `pool` (all when nil) that ``answers(_:job:request:)`` the
+    /// job: anyone can publish an event that `e`-tags it. The job's request is read from a candidate's
+    /// `request` tag, else looked up on the same relays (for at most `lookup`) once a candidate arrives, since a
+    /// chained job may be waiting before the job it chains on was even published.
     private static func firstResult(
-        of id: EventID, in pool: RelayPool, filter: Filter, relays: [RelayURL]?, until deadline: ContinuousClock.Instant
+        of id: EventID, in pool: RelayPool, filter: Filter, relays: [RelayURL]?, until deadline: ContinuousClock.Instant,
+        lookup: Duration
     ) async throws -> Event? {
-        try await pool.withSubscription([filter], on: relays) { subscription in
+        var request: Event?
+        return try await pool.withSubscription([filter], on: relays) { subscription in
             let timer = Deadlines.shared.schedule(at: deadline) { subscription.stop() }
             defer { Deadlines.shared.cancel(timer) }
             for await item in subscription {
                 if Task.isCancelled { return nil }
-                if case .event(let event, _) = item, (6_000..<7_000).contains(event.kind.rawValue),
+                guard case .event(let event, _) = item, (6_000..<7_000).contains(event.kind.rawValue),
                     event.tags.contains(where: { $0.name == "e" && $0.value == id.hex })
-                {
+                else { continue }
+                if request == nil, let fetched = try? await pool.fetch([Filter(ids: [id])], from: relays, timeout: lookup) {
+                    request = fetched.first { $0.id == id }
+                }
+                if answers(event, job: id, request: embeddedRequest(of: event, job: id) ?? request) {
                     return event
                 }
             }
             return nil
         }
+    }
+
+    /// Whether `result` answers job `id` as the job's `request` allows: of the request's kind + 1000 and, when
+    /// the request names providers (`p` tags), by one of them. Without the request, nothing answers it.
+    static func answers(_ result: Event, job id: EventID, request: Event?) -> Bool {
+        guard let request, request.id == id, result.kind.rawValue == request.kind.rawValue + 1_000 else { return false }
+        let providers = request.tagValues("p")
+        return providers.isEmpty || providers.contains(result.pubkey.hex)
+    }
+
+    /// The job's request as `result`'s `request` tag carries it, if its content hashes to the job's id (so
+    /// it is the request, whoever copied it; its signature is not needed for that).
+    static func embeddedRequest(of result: Event, job id: EventID) -> Event? {
+        guard let text = result.firstTagValue("request"), let request = try? Event(json: text),
+            Event.computeID(pubkey: request.pubkey, createdAt: request.createdAt, kind: request.kind, tags: request.tags, content: request.content) == id
+        else { return nil }
+        return request
     }
 
     /// Takes the hint relay to ask, held until the lease is released; nothing to ask when there is no hint, it

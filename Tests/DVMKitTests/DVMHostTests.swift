@@ -254,7 +254,8 @@ struct DVMHostTests {
 
     @Test("event and job inputs: a note is fetched, and a chained job waits for the first job's result")
     func eventAndChainedInputs() async throws {
-        try await withHosts(handler: Uppercase()) { hosts in
+        let hostKey = SecretKey.generate()
+        try await withHosts(key: hostKey, handler: Uppercase()) { hosts in
             let test = hosts[0]
             let note = EventTemplate(kind: 1, content: "a note to shout").sign(with: SecretKey.generate())
             _ = await test.pool.publish(note)
@@ -262,9 +263,18 @@ struct DVMHostTests {
             #expect(try await test.client.run(fromNote, timeout: .seconds(10)).content == "A NOTE TO SHOUT")
 
             // The second job is published first: it waits for the first one's result.
-            let first = try test.client.request(kind: 5050, inputs: [JobInput(data: "chain me", type: .text)])
+            let first = try test.client.request(kind: 5050, inputs: [JobInput(data: "chain me", type: .text)], provider: test.key)
             let second = try test.client.request(kind: 5050, inputs: [JobInput(data: first.id.hex, type: .job, relay: test.relays[0].string)])
             async let chained = test.client.run(second, timeout: .seconds(15))
+            try await Task.sleep(for: .milliseconds(300))
+            // Results anyone can publish: by someone the first job was not addressed to (with a true copy of its
+            // request), and of another kind. Neither is taken.
+            let stranger = SecretKey.generate()
+            let forged = EventTemplate(kind: 6050, content: "FORGED", tags: [["request", first.json], ["e", first.id.hex], ["p", first.pubkey.hex]])
+                .sign(with: stranger)
+            let wrongKind = EventTemplate(kind: 6051, content: "WRONG KIND", tags: [["e", first.id.hex]]).sign(with: hostKey)
+            _ = await test.pool.publish(forged)
+            _ = await test.pool.publish(wrongKind)
             try await Task.sleep(for: .milliseconds(300))
             _ = try await test.client.run(first, timeout: .seconds(10))
             #expect(try await chained.content == "CHAIN ME")

@@ -167,7 +167,7 @@ struct InputResolverHintTests {
                         await #expect(throws: JobError.self) {
                             _ = try await resolver.resolve(JobInput(data: elsewhere.id.hex, type: .event, relay: urls[2].string), pool: pool)
                         }
-                        let result = EventTemplate(kind: 6050, content: "the earlier result", tags: [["e", job.id.hex]]).sign(with: worker)
+                        let result = EventTemplate(kind: 6050, content: "the earlier result", tags: [["request", job.json], ["e", job.id.hex]]).sign(with: worker)
                         _ = await publisher.publish(result, to: [urls[1]])
                         let resolved = try await withDeadline(.seconds(5), "the chained input") { try await waiting.value }
                         #expect(resolved.content == "the earlier result")
