@@ -491,6 +491,10 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
         await wait_for_info(relay_url, shop_uri)
         spender, shop = nwc(spender_uri), nwc(shop_uri)
         assert (await spender.get_balance()).balance == 10_000_000
+        # Before this bridge made an invoice: what LNbits cannot tell is left out, never made up.
+        early = await shop.get_info()
+        assert early.block_height is None and early.block_hash is None, str(early)
+        assert early.pubkey is None or len(early.pubkey) == 66, str(early)
 
         made = await shop.make_invoice(MakeInvoiceRequest(amount=5_000_000, description="lnbits coffee", description_hash=None, expiry=None))
         decoded = bolt11.decode(made.invoice)

@@ -64,12 +64,27 @@ public final class LNbitsBackend: LightningBackend {
     public var usesLedgerAccounts: Bool { false }
 
     /// LNbits does not describe the node to a wallet key: the pubkey and network are those of the invoices
-    /// it has made (empty and mainnet before the first).
+    /// it has made (this process's, else the wallet's latest incoming payment), left out before there is one;
+    /// block height and hash are not known.
     public func nodeInfo() async throws -> NodeInfo {
-        let known = payee.withLock { $0 }
-        return NodeInfo(
-            alias: "LNbits", color: "#673ab7", pubkey: known?.pubkey ?? "", network: known?.network ?? .mainnet, blockHeight: 0,
-            blockHash: String(repeating: "0", count: 64))
+        var known = payee.withLock { $0 }
+        if known == nil, let found = try? await payeeOfRecentInvoices() {
+            payee.withLock { $0 = found }
+            known = found
+        }
+        return NodeInfo(alias: "LNbits", color: "#673ab7", pubkey: known?.pubkey, network: known?.network, blockHeight: nil, blockHash: nil)
+    }
+
+    /// The payee and network of the wallet's latest incoming payment with an invoice (one LNbits made).
+    private func payeeOfRecentInvoices() async throws -> (pubkey: String, network: BOLT11Invoice.Network)? {
+        let response = try await call(.GET, "/api/v1/payments?limit=20&sortby=time&direction=desc")
+        guard response.status == .ok, case .array(let payments) = response.json["_"] ?? .null else { return nil }
+        for case .object(let payment) in payments where (payment["amount"]?.int64 ?? 0) > 0 {
+            if let text = payment["bolt11"]?.string, let invoice = try? BOLT11Invoice(text) {
+                return (Hex.encode(invoice.payee), invoice.network)
+            }
+        }
+        return nil
     }
 
     public func balance(of connection: WalletConnection) async throws -> Int64 {

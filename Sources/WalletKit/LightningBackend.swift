@@ -36,17 +36,19 @@ public protocol LightningBackend: Sendable {
     func run(events: @escaping @Sendable (WalletEvent) async -> Void) async throws
 }
 
-/// The node, for `get_info`.
+/// The node, for `get_info`. What a backend cannot tell is nil, and left out of the answer rather than made up.
 public struct NodeInfo: Sendable, Hashable {
     public var alias: String
     public var color: String
     /// Compressed public key, hex.
-    public var pubkey: String
-    public var network: BOLT11Invoice.Network
-    public var blockHeight: Int64
-    public var blockHash: String
+    public var pubkey: String?
+    public var network: BOLT11Invoice.Network?
+    public var blockHeight: Int64?
+    public var blockHash: String?
 
-    public init(alias: String, color: String, pubkey: String, network: BOLT11Invoice.Network, blockHeight: Int64, blockHash: String) {
+    public init(
+        alias: String, color: String, pubkey: String?, network: BOLT11Invoice.Network?, blockHeight: Int64?, blockHash: String?
+    ) {
         self.alias = alias
         self.color = color
         self.pubkey = pubkey

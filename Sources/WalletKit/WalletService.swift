@@ -42,6 +42,8 @@ public struct WalletService: RequestHandler {
     let configuration: Configuration
     /// When each ended connection's info event was withdrawn in this process (see ``announcements(_:)``).
     private let withdrawals = Withdrawals()
+    /// make_invoice, one at a time per connection.
+    private let invoicing = KeyedSerializer()
 
     public init(store: any WalletStore, backend: any LightningBackend, configuration: Configuration = Configuration()) {
         self.store = store
@@ -139,12 +141,16 @@ public struct WalletService: RequestHandler {
         case "get_info":
             let info = try await backend.nodeInfo()
             let granted = supportedMethods.filter { NIP47.alwaysGranted.contains($0) || connection.methods.contains($0) }
-            return .object([
-                "alias": .string(info.alias), "color": .string(info.color), "pubkey": .string(info.pubkey),
-                "network": .string(info.network.name), "block_height": .int(info.blockHeight), "block_hash": .string(info.blockHash),
+            var result: [String: JSONValue] = [
+                "alias": .string(info.alias), "color": .string(info.color),
                 "methods": .array(granted.map(JSONValue.string)),
                 "notifications": .array(connection.receivesNotifications ? NIP47.notificationTypes.map(JSONValue.string) : []),
-            ])
+            ]
+            if let pubkey = info.pubkey { result["pubkey"] = .string(pubkey) }
+            if let network = info.network { result["network"] = .string(network.name) }
+            if let height = info.blockHeight { result["block_height"] = .int(height) }
+            if let hash = info.blockHash { result["block_hash"] = .string(hash) }
+            return .object(result)
         case "get_balance":
             return .object(["balance": .int(try await backend.balance(of: connection))])
         case "get_budget":
@@ -168,15 +174,20 @@ public struct WalletService: RequestHandler {
                 throw NIP47Error(.other, "expiry may be at most \(configuration.maximumInvoiceExpiry) seconds")
             }
             guard let amount else { throw NIP47Error(.other, "make_invoice needs a positive \"amount\" in msat") }
-            let unpaid = try await store.unpaidInvoiceCount(connection: connection.id, since: now - configuration.maximumInvoiceExpiry, now: now)
-            guard unpaid < configuration.maximumUnpaidInvoices else {
-                throw NIP47Error(
-                    .rateLimited,
-                    "this connection has \(unpaid) unpaid invoices (at most \(configuration.maximumUnpaidInvoices)); wait until some are paid or expire")
+            let request = InvoiceRequest(
+                amountMsat: amount, description: description, descriptionHash: descriptionHash, expiry: expiry, metadata: params.metadata)
+            // One make_invoice per connection at a time in this process: concurrent requests cannot all pass the
+            // count before any invoice is recorded. (Replicas on one PostgreSQL can still each make one.)
+            let (store, backend, configuration) = (self.store, self.backend, self.configuration)
+            let invoice = try await invoicing.run(connection.id) {
+                let unpaid = try await store.unpaidInvoiceCount(connection: connection.id, since: now - configuration.maximumInvoiceExpiry, now: now)
+                guard unpaid < configuration.maximumUnpaidInvoices else {
+                    throw NIP47Error(
+                        .rateLimited,
+                        "this connection has \(unpaid) unpaid invoices (at most \(configuration.maximumUnpaidInvoices)); wait until some are paid or expire")
+                }
+                return try await backend.makeInvoice(request, for: connection, now: now)
             }
-            let invoice = try await backend.makeInvoice(
-                InvoiceRequest(amountMsat: amount, description: description, descriptionHash: descriptionHash, expiry: expiry, metadata: params.metadata),
-                for: connection, now: now)
             metrics.invoiceMade()
             return NIP47.transactionJSON(invoice, now: now)
         case "lookup_invoice":

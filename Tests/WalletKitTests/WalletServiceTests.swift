@@ -342,6 +342,24 @@ struct WalletServiceTests {
                 try await payer.run { paying in _ = try await paying.call("pay_invoice", ["invoice": .string(invoices[0])]) }
                 _ = try await session.call("make_invoice", ["amount": .number("1000")])
             }
+            // Concurrent requests from a fresh connection: exactly the cap is made, the rest refused.
+            let (_, burst) = try await wallet.connect("burst")
+            try await burst.run { session in
+                let outcomes = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for _ in 0..<8 {
+                        group.addTask {
+                            do {
+                                _ = try await session.call("make_invoice", ["amount": .number("1000")])
+                                return true
+                            } catch let error as NIP47Error where error.code == .rateLimited {
+                                return false
+                            }
+                        }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                #expect(outcomes.filter { $0 }.count == 3, "\(outcomes)")
+            }
         }
     }
 
