@@ -41,6 +41,9 @@ public final class DVMService: RequestHandler {
         /// A result over it goes without its copies of the request and inputs; still over it, the job is answered
         /// with an `error` feedback saying so.
         public var maximumResultBytes = 64 * 1024
+        /// Jobs fetching their inputs or, inputs fetched, waiting for a worker, at once (from all customers).
+        /// Others wait before fetching theirs, so what queued jobs hold in memory is bounded.
+        public var maximumPreparingJobs = 64
 
         public init(kinds: Set<Kind>) {
             self.kinds = kinds
@@ -53,6 +56,8 @@ public final class DVMService: RequestHandler {
     let resolver: InputResolver
     let payments: JobPayments?
     let slots: AsyncSemaphore
+    /// Places for jobs between their payment and a worker (``Configuration/maximumPreparingJobs``).
+    let preparing: AsyncSemaphore
     let metrics: DVMMetrics
 
     public init(
@@ -66,6 +71,7 @@ public final class DVMService: RequestHandler {
         self.resolver = resolver
         self.payments = payments
         self.slots = AsyncSemaphore(max(1, configuration.concurrency))
+        self.preparing = AsyncSemaphore(max(1, configuration.maximumPreparingJobs))
         self.metrics = DVMMetrics(factory: metricsFactory)
     }
 
@@ -170,11 +176,19 @@ public final class DVMService: RequestHandler {
 
         // Fetching inputs (a chained job's result can take minutes) and waiting for a worker hold none of the
         // runtime's handling slots: jobs waiting on others cannot stop the host reading requests, pings and
-        // cancellations. The sender's own concurrency limit still counts them.
+        // cancellations. The sender's own concurrency limit still counts them, and at most
+        // `maximumPreparingJobs` (from all senders) hold fetched inputs at once; the others wait before fetching.
+        let preparing = self.preparing
+        var isPreparing = false
+        defer { if isPreparing { preparing.release() } }
         let inputs: [ResolvedInput]
         do {
             let resolver = self.resolver
-            inputs = try await context.withoutHandlingSlot { try await resolver.resolve(job, pool: context.pool) }
+            inputs = try await context.withoutHandlingSlot {
+                try await preparing.acquireUnlessCancelled()
+                isPreparing = true
+                return try await resolver.resolve(job, pool: context.pool)
+            }
         } catch let error as JobError {
             count("input_failed")
             throw ServiceError(.badRequest, error.reason)
@@ -194,6 +208,8 @@ public final class DVMService: RequestHandler {
             throw ServiceError(.unavailable, "the service is shutting down")
         }
         defer { slots.release() }
+        preparing.release()
+        isPreparing = false
 
         await context.send(answer.feedback("processing"))
         metrics.running.increment()

@@ -24,8 +24,9 @@ public struct ExecHandler: JobHandler {
     public var workDirectory: URL
 
     /// Environment variables the command does not get, although it otherwise runs in the host's environment:
-    /// the host's own secrets (its key's passphrase, its database, its wallet), so that a handler cannot unlock
-    /// the host's key or spend from its wallet.
+    /// the host's own secrets (its key's passphrase, its database, its wallet), so that they do not reach a
+    /// command by inheritance (its logs, its children). A command running as the host's user can still read
+    /// them from the host's `/proc` entries: run commands you do not trust as another user.
     public var withheldEnvironment: Set<String> = ["DVM_HOST_PASSPHRASE", "DVM_HOST_POSTGRES", "DVM_HOST_WALLET"]
 
     /// - Parameter workDirectory: where jobs' directories go; the system's temporary directory by default.

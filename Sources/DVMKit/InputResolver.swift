@@ -38,6 +38,12 @@ public final class InputResolver: Sendable {
     }
 
     public let configuration: Configuration
+    /// The threads URL inputs' names are looked up on.
+    private static let urlLookups: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        return pool
+    }()
     /// The connections to relay hints (run alongside the service: ``run()``).
     let hints: OnDemandRelays
     private let logger: Logger
@@ -194,11 +200,11 @@ public final class InputResolver: Sendable {
     /// of preference) and, if there is one, the first of the other address family. Throws if it does not
     /// resolve, or — unless private addresses are allowed — if any address it resolves to is private.
     func checkedAddresses(_ host: String) async throws -> [String] {
-        // On the address policy's own threads, for at most 5 s: a name whose servers do not answer neither
-        // outlasts the fetch's time limit nor holds up other lookups.
+        // On threads of their own, for at most 5 s: a URL whose name's servers do not answer neither outlasts
+        // the fetch's time limit nor holds up the relay address checks (or NIO's file I/O).
         let addresses: [[UInt8]]
         do {
-            addresses = try await AddressPolicy.addresses(of: host, lookup: lookup)
+            addresses = try await AddressPolicy.addresses(of: host, on: Self.urlLookups, lookup: lookup)
         } catch let refusal as AddressPolicy.Refusal {
             throw JobError(refusal.description)
         }
@@ -263,6 +269,7 @@ public final class InputResolver: Sendable {
         lookup: Duration
     ) async throws -> Event? {
         var request: Event?
+        var lastLookup: ContinuousClock.Instant?
         return try await pool.withSubscription([filter], on: relays) { subscription in
             let timer = Deadlines.shared.schedule(at: deadline) { subscription.stop() }
             defer { Deadlines.shared.cancel(timer) }
@@ -271,12 +278,17 @@ public final class InputResolver: Sendable {
                 guard case .event(let event, _) = item, (6_000..<7_000).contains(event.kind.rawValue),
                     event.tags.contains(where: { $0.name == "e" && $0.value == id.hex })
                 else { continue }
-                if request == nil, let fetched = try? await pool.fetch([Filter(ids: [id])], from: relays, timeout: lookup) {
-                    request = fetched.first { $0.id == id }
+                if let embedded = embeddedRequest(of: event, job: id) {
+                    if answers(event, job: id, request: embedded) { return event }
+                    continue
                 }
-                if answers(event, job: id, request: embeddedRequest(of: event, job: id) ?? request) {
-                    return event
+                // Looked up at most once per `lookup`: a stream of results nobody asked for cannot hold the wait
+                // in lookups.
+                if request == nil, lastLookup.map({ ContinuousClock.now - $0 >= lookup }) ?? true {
+                    lastLookup = .now
+                    request = (try? await pool.fetch([Filter(ids: [id])], from: relays, timeout: lookup))?.first { $0.id == id }
                 }
+                if answers(event, job: id, request: request) { return event }
             }
             return nil
         }

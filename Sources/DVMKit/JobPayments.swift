@@ -161,13 +161,29 @@ public final class JobPayments: Sendable {
     /// be asked at the end (an outage), it is asked again for up to ``confirmationGrace``: a payment made in
     /// time is not taken for none; still unknown then, an `unavailable` error says so.
     public func waitUntilPaid(_ invoice: Invoice, deadline: ContinuousClock.Instant) async throws -> Bool {
+        // The invoices it replaced count too while they can still be paid: a customer may pay the one they got.
+        let payable = [invoice] + (invoice.earlier ?? []).filter { $0.expiresAt > Timestamp.now }
         let (wakeups, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        state.withLock { $0.paymentWaiters[invoice.paymentHash, default: []].append(continuation) }
+        state.withLock { state in
+            for candidate in payable { state.paymentWaiters[candidate.paymentHash, default: []].append(continuation) }
+        }
         defer {
             state.withLock { state in
-                state.paymentWaiters[invoice.paymentHash] = nil
+                for candidate in payable { state.paymentWaiters[candidate.paymentHash] = nil }
             }
             continuation.finish()
+        }
+        /// Whether one of them is settled; nil when the wallet could not say for one that is not.
+        func anySettled() async throws -> Bool? {
+            var unknown = false
+            for candidate in payable {
+                switch try await self.isSettled(candidate) {
+                case true?: return true
+                case nil: unknown = true
+                case false?: continue
+                }
+            }
+            return unknown ? nil : false
         }
         var iterator = wakeups.makeAsyncIterator()
         func pause(until end: ContinuousClock.Instant) async throws {
@@ -177,12 +193,12 @@ public final class JobPayments: Sendable {
             try Task.checkCancellation()
         }
         while ContinuousClock.now < deadline && Timestamp.now < invoice.expiresAt {
-            if try await isSettled(invoice) == true { return true }
+            if try await anySettled() == true { return true }
             try await pause(until: deadline)
         }
         let giveUp = ContinuousClock.now + confirmationGrace
         while true {
-            if let settled = try await isSettled(invoice) { return settled }
+            if let settled = try await anySettled() { return settled }
             guard ContinuousClock.now < giveUp else { break }
             try await pause(until: giveUp)
         }

@@ -48,7 +48,8 @@ public struct Filter: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Whether `values` holds `value` byte for byte. A set keeps one spelling per canonical equivalence class,
-    /// so the member its hash finds is the only candidate.
+    /// so the member its hash finds is the only candidate — and a filter that lists two spellings of one text
+    /// (é composed and decomposed) keeps only one of them, matching events with that one only.
     static func contains(_ values: Set<String>, exactly value: String) -> Bool {
         guard let index = values.firstIndex(of: value) else { return false }
         return sameBytes(values[index], value)

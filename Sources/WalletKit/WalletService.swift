@@ -251,7 +251,7 @@ public struct WalletService: RequestHandler {
                     metrics.payment("already_paid")
                     return Self.paid(earlier)
                 case .pending, .accepted:
-                    metrics.payment("already_paid")
+                    metrics.payment("in_flight")
                     throw Self.error(for: .alreadyPaid(earlier))
                 case .expired, .failed:
                     break

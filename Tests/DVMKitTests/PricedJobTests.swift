@@ -117,7 +117,11 @@ struct PricedJobTests {
                     let replacement = try await payments.invoice(for: other, amountMsat: 21_000, store: hostStore)
                     #expect(replacement.bolt11 != expiring.bolt11 && replacement.earlier?.first?.bolt11 == expiring.bolt11)
                     #expect(try await payments.paidInvoice(for: other, store: hostStore) == nil)
+                    // A job waiting on the new invoice sees the old one paid.
+                    async let waited = payments.waitUntilPaid(replacement, deadline: .now + .seconds(15))
+                    try await Task.sleep(for: .milliseconds(300))
                     _ = try await wallet.payer.run { try await $0.call("pay_invoice", ["invoice": .string(expiring.bolt11)]) }
+                    #expect(try await waited)
                     let late = try #require(try await payments.paidInvoice(for: other, store: hostStore))
                     #expect(late.isPaid && late.bolt11 == expiring.bolt11)
                     #expect(try await payments.invoice(for: other, amountMsat: 21_000, store: hostStore).isPaid)

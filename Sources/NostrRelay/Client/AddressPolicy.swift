@@ -30,18 +30,21 @@ package enum AddressPolicy {
         return addresses
     }
 
-    /// Looks `host` up (off the calling thread, for at most `timeout`) and returns its addresses, in the
-    /// resolver's order; throws ``Refusal`` if it does not resolve in time or at all. `host` may be a literal
-    /// address, an IPv6 one in brackets or not.
+    /// Looks `host` up (on `pool`, the policy's own threads by default, for at most `timeout`) and returns its
+    /// addresses, in the resolver's order; throws ``Refusal`` if it does not resolve in time or at all. `host`
+    /// may be a literal address, an IPv6 one in brackets or not.
     package static func addresses(
-        of host: String, timeout: Duration = .seconds(5), lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
+        of host: String, timeout: Duration = .seconds(5), on pool: NIOThreadPool? = nil,
+        lookup: @escaping @Sendable (String) -> [[UInt8]] = resolve
     ) async throws -> [[UInt8]] {
         let trimmed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         // A lookup that hangs keeps its thread until the resolver gives up; the caller does not wait for it.
         let answer = OneShot<[[UInt8]]>()
         let timer = Deadlines.shared.schedule(at: .now + timeout) { answer.expire() }
         defer { Deadlines.shared.cancel(timer) }
-        lookups.submit { state in answer.fulfil(state == .active ? lookup(trimmed) : []) }
+        // A lookup still queued when its caller gave up is skipped: a backlog behind names that hang drains
+        // without asking the resolver again.
+        (pool ?? lookups).submit { state in answer.fulfil(state == .active && !answer.isExpired ? lookup(trimmed) : []) }
         guard let addresses = await answer.wait() else { throw Refusal(description: "the host did not resolve within \(timeout)") }
         guard !addresses.isEmpty else { throw Refusal(description: "the host does not resolve") }
         return addresses

@@ -471,6 +471,9 @@ final class OneShot<Value: Sendable>: Sendable {
         }
     }
 
+    /// Whether the wait ended without a value: nobody needs one any more.
+    var isExpired: Bool { state.withLock { $0.cancelled && $0.value == nil } }
+
     /// Ends the wait without a value (a timeout or cancellation), unless a value came first.
     func expire() {
         let continuation = state.withLock { state -> CheckedContinuation<Value?, Never>? in
