@@ -41,6 +41,9 @@ public final class DVMService: RequestHandler {
         /// A result over it goes without its copies of the request and inputs; still over it, the job is answered
         /// with an `error` feedback saying so.
         public var maximumResultBytes = 64 * 1024
+        /// Priced jobs waiting for their payment at once (from all customers); the next is answered with an
+        /// `error` feedback saying to try again later.
+        public var maximumAwaitingPayment = 1_000
         /// Jobs fetching their inputs or, inputs fetched, waiting for a worker, at once (from all customers).
         /// Others wait before fetching theirs, so what queued jobs hold in memory is bounded.
         public var maximumPreparingJobs = 64
@@ -58,6 +61,8 @@ public final class DVMService: RequestHandler {
     let slots: AsyncSemaphore
     /// Places for jobs between their payment and a worker (``Configuration/maximumPreparingJobs``).
     let preparing: AsyncSemaphore
+    /// Jobs waiting for payment now (``Configuration/maximumAwaitingPayment``).
+    let awaiting = Mutex(0)
     let metrics: DVMMetrics
 
     public init(
@@ -148,6 +153,18 @@ public final class DVMService: RequestHandler {
                 count("bid_too_low")
                 throw ServiceError(.init("bid-too-low"), "the price is \(price) msat; the bid was \(bid) msat")
             }
+            // A place among the jobs waiting for payment (they hold no handling slot), taken before an invoice
+            // is made: past the bound the customer is told to come back, rather than waits piling up.
+            let bound = configuration.maximumAwaitingPayment
+            guard awaiting.withLock({ count in
+                guard count < bound else { return false }
+                count += 1
+                return true
+            }) else {
+                count("busy")
+                throw ServiceError(.unavailable, "too many jobs are waiting for payment; try again later")
+            }
+            defer { awaiting.withLock { $0 -= 1 } }
             let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
             if !made.isPaid {
                 await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))

@@ -7,6 +7,7 @@ import NostrRelay
 import NostrService
 import NostrServiceTesting
 import ServiceLifecycleTestKit
+import Synchronization
 import Testing
 import WalletKit
 
@@ -131,6 +132,33 @@ struct PricedJobTests {
                 await #expect(throws: JobError("the price is 21000 msat; the bid was 1000 msat")) {
                     try await test.client.run(lowBid, timeout: .seconds(10))
                 }
+            }
+        }
+    }
+
+    @Test("at most maximumAwaitingPayment jobs wait for payment at once; the next is told to try later, and paying frees the place")
+    func awaitingPaymentBound() async throws {
+        try await withWallet { wallet in
+            let hostStore = try SQLiteServiceStore(path: wallet.directory.appendingPathComponent("host.sqlite").path)
+            try await withHosts(
+                handler: Uppercase(), service: { $0.priceMsat = 21_000; $0.maximumAwaitingPayment = 1 }, wallet: wallet.host, stores: [hostStore],
+                existingRelays: wallet.urls
+            ) { hosts in
+                let client = hosts[0].client
+                let asked = Mutex<DVMClient.Feedback?>(nil)
+                let first = try client.request(kind: 5050, inputs: [JobInput(data: "first", type: .text)], bid: 50_000)
+                async let firstResult = client.run(first, timeout: .seconds(30)) { feedback in
+                    if feedback.status == "payment-required" { asked.withLock { $0 = feedback } }
+                }
+                try await withTimeout(.seconds(10), "the first invoice") {
+                    while asked.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(50)) }
+                }
+                let second = try client.request(kind: 5050, inputs: [JobInput(data: "second", type: .text)], bid: 50_000)
+                await #expect(throws: JobError("too many jobs are waiting for payment; try again later")) {
+                    try await client.run(second, timeout: .seconds(10))
+                }
+                try await wallet.pay(try #require(asked.withLock { $0 }))
+                #expect(try await firstResult.content == "FIRST")
             }
         }
     }
