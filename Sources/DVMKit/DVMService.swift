@@ -165,29 +165,27 @@ public final class DVMService: RequestHandler {
                 throw ServiceError(.unavailable, "too many jobs are waiting for payment; try again later")
             }
             defer { awaiting.withLock { $0 -= 1 } }
-            let made = try await payments.invoice(for: job, amountMsat: price, store: context.store)
-            if !made.isPaid {
-                await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
-                metrics.awaitingPayment.increment()
-                let paid: Bool
-                do {
-                    defer { metrics.awaitingPayment.decrement() }
-                    // Waiting on the customer: the runtime's handling slot is free for other requests meanwhile.
-                    paid = try await context.withoutHandlingSlot {
-                        try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
-                    }
+            let made = try await payments.unpaidInvoice(for: job, amountMsat: price, store: context.store)
+            await context.send(answer.feedback("payment-required", amount: (price, made.bolt11)))
+            metrics.awaitingPayment.increment()
+            let paid: Bool
+            do {
+                defer { metrics.awaitingPayment.decrement() }
+                // Waiting on the customer: the runtime's handling slot is free for other requests meanwhile.
+                paid = try await context.withoutHandlingSlot {
+                    try await payments.waitUntilPaid(made, deadline: .now + .seconds(payments.invoiceLifetime))
                 }
-                guard paid else {
-                    count("unpaid")
-                    throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
-                }
-                metrics.paid(kind: kind)
-                // Paid either way: if the record cannot be written, a run again finds the payment by the wallet.
-                do {
-                    try await payments.markPaid(made, for: job, store: context.store)
-                } catch {
-                    context.logger.warning("could not record that the job's invoice is paid", metadata: ["error": "\(error)"])
-                }
+            }
+            guard paid else {
+                count("unpaid")
+                throw ServiceError(.init("payment-required"), "the invoice was not paid in time")
+            }
+            metrics.paid(kind: kind)
+            // Paid either way: if the record cannot be written, a run again finds the payment by the wallet.
+            do {
+                try await payments.markPaid(made, for: job, store: context.store)
+            } catch {
+                context.logger.warning("could not record that the job's invoice is paid", metadata: ["error": "\(error)"])
             }
         }
 

@@ -94,6 +94,12 @@ public final class JobPayments: Sendable {
     /// one. A job that runs again (after a restart, or on another worker) thus never asks for a second payment.
     public func invoice(for job: JobRequest, amountMsat: Int64, store: any ServiceStore) async throws -> Invoice {
         if let paid = try await paidInvoice(for: job, store: store) { return paid }
+        return try await unpaidInvoice(for: job, amountMsat: amountMsat, store: store)
+    }
+
+    /// ``invoice(for:amountMsat:store:)`` for a caller that found no payment with ``paidInvoice(for:store:)``
+    /// just before: the stored invoice if it is for `amountMsat` and payable for more than 30 s, else a new one.
+    func unpaidInvoice(for job: JobRequest, amountMsat: Int64, store: any ServiceStore) async throws -> Invoice {
         let stored = try await storedInvoice(for: job, store: store)
         if let stored, stored.amountMsat == amountMsat, stored.expiresAt > Timestamp.now + 30 { return stored }
         let session = await session()
