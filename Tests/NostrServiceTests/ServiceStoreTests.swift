@@ -378,7 +378,7 @@ struct ServiceStoreTests {
         // Here a single write is a busy group and four are a full one. The delay is long and the line between
         // "at once" and "waited" is half of it, so a machine busy with the other tests does not blur the two.
         let store = try SQLiteServiceStore(
-            path: directory.appendingPathComponent("service.sqlite").path, commitDelay: .seconds(8), busyGroup: 1, fullGroup: 4)
+            path: directory.appendingPathComponent("service.sqlite").path, commitDelay: .seconds(12), busyGroup: 1, fullGroup: 4)
         func timed(_ count: Int) async throws -> Duration {
             let started = ContinuousClock.now
             try await withThrowingTaskGroup(of: ClaimResult.self) { group in
@@ -388,11 +388,11 @@ struct ServiceStoreTests {
             return ContinuousClock.now - started
         }
         // The store is idle: committed at once.
-        #expect(try await timed(1) < .seconds(4))
-        // The group before was busy: a lone claim waits for the next group to gather (8 s).
-        #expect(try await timed(1) > .seconds(4))
+        #expect(try await timed(1) < .seconds(6))
+        // The group before was busy: a lone claim waits for the next group to gather (12 s).
+        #expect(try await timed(1) > .seconds(6))
         // Four claims fill the gathering group: committed without waiting out the delay.
-        #expect(try await timed(4) < .seconds(4))
+        #expect(try await timed(4) < .seconds(6))
     }
 
     @Test("batched SQLite reads each see the latest commit while other reads keep the batches going, and many at once are all answered")
