@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a command with a throw-away PostgreSQL cluster: a new data directory in /tmp, listening on 127.0.0.1 on a
 # free port (and a Unix socket inside that directory), trust authentication, fsync off. The command sees its
-# address in SWITCHBOARD_TEST_POSTGRES (postgres://switchboard@127.0.0.1:PORT/postgres). The cluster is stopped
+# address in SWITCHBOARD_TEST_POSTGRES (postgres://switchboard@127.0.0.1:PORT/postgres?sslmode=disable: the cluster
+# has no TLS, and asking for it would make every client load the system's CA bundle first). The cluster is stopped
 # and deleted when the command ends, whether it passed or not.
 #
 # Usage: Scripts/with-postgres.sh COMMAND [ARGUMENT]...
@@ -36,5 +37,5 @@ trap stop EXIT
     || { cat "$directory/server.log" >&2; exit 1; }
 
 echo "with-postgres: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
-export SWITCHBOARD_TEST_POSTGRES="postgres://switchboard@127.0.0.1:$port/postgres"
+export SWITCHBOARD_TEST_POSTGRES="postgres://switchboard@127.0.0.1:$port/postgres?sslmode=disable"
 "$@"
