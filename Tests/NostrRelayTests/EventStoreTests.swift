@@ -197,6 +197,9 @@ struct EventStoreTests {
             all.append(e)
         }
         for _ in 0..<300 {
+            // Each scan below is a few milliseconds of work without a suspension; yielding between them keeps this
+            // test from holding one of the few threads the other tests' tasks run on.
+            await Task.yield()
             var filter = Filter()
             if Int.random(in: 0..<3, using: &rng) == 0 { filter.authors = [keys[Int.random(in: 0..<keys.count, using: &rng)].publicKey] }
             if Bool.random(using: &rng) { filter.kinds = Set([1, 7, 1111].filter { _ in Bool.random(using: &rng) }.map { Kind($0) }) }

@@ -12,7 +12,11 @@ struct OutboxTests {
             await withTaskGroup(of: Void.self, returning: [[Int]].self) { group in
                 for sender in 0..<senders {
                     group.addTask {
-                        for i in 0..<perSender { outbox.send("\(sender) \(i)") }
+                        for i in 0..<perSender {
+                            // A sender yields now and then, as one with real work between its messages would.
+                            if i % 1_000 == 0 { await Task.yield() }
+                            outbox.send("\(sender) \(i)")
+                        }
                     }
                 }
                 var received = [[Int]](repeating: [], count: senders)
