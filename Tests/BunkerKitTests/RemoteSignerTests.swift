@@ -512,7 +512,7 @@ struct RemoteSignerTests {
                 #expect(try await sign(deciding: .always) == nil)
                 #expect(try await bunker.state.sessions().first?.permissions.entries == ["sign_event:7"])
             }
-            try await withDeadline(.seconds(5), "the challenges to leave the store") {
+            try await withDeadline(.seconds(20), "the challenges to leave the store") {
                 while try await !bunker.state.pendingApprovals().isEmpty { try await Task.sleep(for: .milliseconds(20)) }
             }
         }

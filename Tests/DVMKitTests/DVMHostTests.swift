@@ -137,7 +137,7 @@ struct DVMHostTests {
             #expect(statuses.all == ["processing"])
             // Both relays have the result, and the success feedback follows it.
             for relay in test.relays {
-                let stored = try await withTimeout(.seconds(5), "the success feedback on \(relay)") {
+                let stored = try await withTimeout(.seconds(20), "the success feedback on \(relay)") {
                     while true {
                         let stored = try await test.pool.fetch([Filter(kinds: [6050, 7000], tags: ["e": [request.id.hex]])], from: [relay], timeout: .seconds(3))
                         if stored.contains(where: { $0.kind == 7000 && $0.firstTagValue("status") == "success" }) { return stored }
@@ -185,7 +185,7 @@ struct DVMHostTests {
             #expect(result.content == "")
             #expect(!result.event.tags.contains { $0.name == "i" })
             // The `success` feedback follows the result.
-            let statuses = try await withTimeout(.seconds(5), "the last feedback") { () async throws -> [String] in
+            let statuses = try await withTimeout(.seconds(20), "the last feedback") { () async throws -> [String] in
                 while true {
                     let statuses = try await test.answers(to: request).filter { $0.kind == 7000 }.map { try test.client.decode(feedback: $0).status }
                     if statuses.contains("success") || statuses.contains("error") { return statuses }
@@ -332,11 +332,10 @@ struct DVMHostTests {
                 try await hosts[0].client.run(request, timeout: .seconds(10))
             }
         }
-        try await withHosts(handler: exec("sleep 30"), service: { $0.jobTimeout = .seconds(1) }) { hosts in
+        // The command would sleep ten minutes; the client gives up after one: the error comes from the timeout.
+        try await withHosts(handler: exec("sleep 600"), service: { $0.jobTimeout = .seconds(1) }) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
-            let started = ContinuousClock.now
-            await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
-            #expect(ContinuousClock.now - started < .seconds(8))
+            await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(60)) }
         }
         // What the command leaves behind is killed when the job ends: a child that ignores SIGTERM (the shell
         // itself dies of it at the timeout), and a process left in the background by a job that succeeded.
@@ -403,19 +402,18 @@ struct DVMHostTests {
         let directory = try temporaryDirectory("dvm-cancel")
         defer { try? FileManager.default.removeItem(at: directory) }
         let shared = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-        let recorder = Recorder(delay: .seconds(30))
-        try await withHosts(hosts: 2, handler: recorder, service: { $0.jobTimeout = .seconds(60) }, stores: [shared]) { hosts in
+        // The job would run ten minutes; the client gives up after one: the error comes from the cancellation.
+        let recorder = Recorder(delay: .seconds(600))
+        try await withHosts(hosts: 2, handler: recorder, service: { $0.jobTimeout = .seconds(900) }, stores: [shared]) { hosts in
             let client = hosts[0].client
             let request = try client.request(kind: 5050, inputs: [JobInput(data: "long", type: .text)])
             let statuses = Statuses()
-            let started = ContinuousClock.now
             await #expect(throws: JobError("the customer cancelled the job (kind 5)")) {
-                try await client.run(request, timeout: .seconds(20)) { feedback in
+                try await client.run(request, timeout: .seconds(60)) { feedback in
                     statuses.add(feedback)
                     if feedback.status == "processing" { await client.cancel(request) }
                 }
             }
-            #expect(ContinuousClock.now - started < .seconds(15))
             #expect(statuses.all == ["processing", "error"])
             #expect(recorder.runs[request.id] == 1)
         }

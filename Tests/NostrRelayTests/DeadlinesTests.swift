@@ -11,8 +11,9 @@ struct DeadlinesTests {
         func time(of id: Int) -> ContinuousClock.Instant? { log.withLock { $0.first { $0.id == id }?.at } }
     }
 
-    /// Polls `condition` every 10 ms for at most `seconds`.
-    func eventually(within seconds: Double = 5, _ condition: () -> Bool) async -> Bool {
+    /// Polls `condition` every 10 ms for at most `seconds` (long: under a loaded test run the timer task may wait
+    /// seconds for a thread; what these tests check is that it fires, and not early).
+    func eventually(within seconds: Double = 30, _ condition: () -> Bool) async -> Bool {
         let end = ContinuousClock.now + .seconds(seconds)
         while ContinuousClock.now < end {
             if condition() { return true }

@@ -1,6 +1,7 @@
 import Foundation
 import NostrCore
 import NostrCrypto
+import Synchronization
 import Testing
 import WSClient
 @testable import NostrRelay
@@ -535,12 +536,19 @@ struct RelayClientHelperTests {
         let mixed: @Sendable (String) -> [[UInt8]] = { _ in [[93, 184, 216, 34], [10, 0, 0, 1]] }
         await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("relay.example", lookup: mixed) }
         await #expect(throws: AddressPolicy.Refusal.self) { try await AddressPolicy.checked("nothing.invalid", lookup: { _ in [] }) }
-        // A resolver that does not answer: refused after the timeout, not waited for.
-        let started = ContinuousClock.now
+        // A resolver that does not answer: refused after the timeout, while the lookup still hangs (it answers
+        // only once the refusal is in, or after a minute if the refusal never comes).
+        let refused = DispatchSemaphore(value: 0)
+        let answered = Mutex(false)
         await #expect(throws: AddressPolicy.Refusal.self) {
-            try await AddressPolicy.checked("slow.example", timeout: .milliseconds(200), lookup: { _ in Thread.sleep(forTimeInterval: 3); return [[1, 1, 1, 1]] })
+            try await AddressPolicy.checked("slow.example", timeout: .milliseconds(200)) { _ in
+                _ = refused.wait(timeout: .now() + 60)
+                answered.withLock { $0 = true }
+                return [[1, 1, 1, 1]]
+            }
         }
-        #expect(ContinuousClock.now - started < .seconds(2))
+        #expect(!answered.withLock { $0 }, "the refusal waited for the lookup")
+        refused.signal()
     }
 
     @Test("the deduplication window is bounded and forgets the oldest ids first")

@@ -110,7 +110,7 @@ func startRequest(
 ) async throws {
     try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
     try await publish(request, on: relays, through: pool)
-    try await withDeadline(.seconds(5), "the handler to start") {
+    try await withDeadline(.seconds(20), "the handler to start") {
         while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
     }
 }
@@ -143,7 +143,7 @@ func withReplies<R: Sendable>(
 
 /// Reads `subscription` until `done` holds for the replies seen (by relay), or fails after `limit`.
 func awaitReplies(
-    _ subscription: RelaySubscription, limit: Duration = .seconds(10),
+    _ subscription: RelaySubscription, limit: Duration = .seconds(30),
     until done: @escaping @Sendable ([(Event, RelayURL)]) -> Bool
 ) async throws -> [(Event, RelayURL)] {
     let box = Mutex<[(Event, RelayURL)]>([])
@@ -235,7 +235,7 @@ struct ServiceRuntimeTests {
                         let requests = try (0..<6).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
                         for request in requests { try await publish(request, on: [good], through: pool) }
                         // Were slots held until the silent relay gave up, six requests would take ~27 s.
-                        let seen = try await awaitReplies(replies, limit: .seconds(5)) { $0.count >= requests.count }
+                        let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= requests.count }
                         #expect(Set(try seen.map { try client.read($0.0) }) == Set((0..<6).map { "R\($0)" }))
                     }
                 }
@@ -479,7 +479,7 @@ struct ServiceRuntimeTests {
             }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(try client.request(kind: requestKind, content: "sleep:5000", to: key.publicKey), on: urls, through: pool)
-                    try await withDeadline(.seconds(5), "the first request to start") {
+                    try await withDeadline(.seconds(20), "the first request to start") {
                         while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
                     }
                     let waiting = try client.request(kind: requestKind, content: "second", to: key.publicKey)
@@ -525,7 +525,9 @@ struct ServiceRuntimeTests {
     @Test("at the end of the grace period a request still waiting its turn is released, so a restart runs it")
     func queuedReleasedAtShutdown() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            // The hanging request must still be running at the shutdown: with the default 2 s timeout a loaded
+            // machine answered it first, and the waiting one ran.
+            let handler = Uppercase(timeout: .seconds(60))
             let metrics = TestMetrics()
             var configuration = ServiceRuntime.Configuration(relays: urls)
             configuration.pool.reconnectDelay = .milliseconds(50)
@@ -541,14 +543,14 @@ struct ServiceRuntimeTests {
                     group.addTask {
                         try await startRequest(running, on: urls, through: pool, runtime: runtime, handler: handler)
                         try await publish(waiting, on: urls, through: pool)
-                        try await withDeadline(.seconds(5), "the second request to wait") {
+                        try await withDeadline(.seconds(20), "the second request to wait") {
                             while counter(metrics, "switchboard_requests_queued_total", [("kind", "5910")]) == 0 {
                                 try await Task.sleep(for: .milliseconds(10))
                             }
                         }
                         runtime.stopIntake()
                     }
-                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await withDeadline(.seconds(60), "run() to return") { try await runtime.run() }
                     try await group.waitForAll()
                 }
             }
@@ -791,13 +793,13 @@ struct ServiceRuntimeTests {
             let request = try client.request(kind: requestKind, content: "was running", to: key.publicKey)
             // The process before a restart claimed it a moment ago and died; no one renews its claim.
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            // A lease of 12 s: the runtime must start and see the copy within it (11–12 s, in whole seconds), which a
-            // loaded machine running the whole suite after a fresh build did not always manage in 6.
-            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "dead", now: .now, lease: 12) == .claimed)
-            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 12 }) { _ in
+            // A lease of 20 s: the runtime must start and see the copy within it (19–20 s, in whole seconds), which a
+            // loaded machine running the whole suite did not always manage in 6.
+            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "dead", now: .now, lease: 20) == .claimed)
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 20 }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(request, on: urls, through: pool)
-                    let seen = try await awaitReplies(replies, limit: .seconds(30)) { $0.count >= 1 }
+                    let seen = try await awaitReplies(replies, limit: .seconds(60)) { $0.count >= 1 }
                     #expect(try client.read(seen[0].0).hasPrefix("error interrupted:"))
                 }
             }
@@ -814,19 +816,19 @@ struct ServiceRuntimeTests {
             let request = try client.request(kind: requestKind, content: "answered, never sent", to: key.publicKey)
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
             // A lease long enough for the runtime to start and defer the copy before it lapses (as above).
-            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "gone", now: .now, lease: 6) == .claimed)
+            #expect(try await store.claim(JournalEntry(request, service: key.publicKey), owner: "gone", now: .now, lease: 20) == .claimed)
             let recorded = EventTemplate(kind: replyKind, content: "recorded", tags: [["p", client.publicKey.hex]]).sign(with: SecretKey.generate())
-            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 6 }) { _ in
+            try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics, configure: { $0.claimLease = 20 }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(request, on: urls, through: pool)
-                    try await withDeadline(.seconds(5), "the copy to be deferred") {
+                    try await withDeadline(.seconds(15), "the copy to be deferred") {
                         while counter(metrics, "switchboard_requests_deferred_total", [("kind", "5910")]) == 0 {
                             try await Task.sleep(for: .milliseconds(10))
                         }
                     }
                     // The holder records its answer, then stops before publishing it.
                     try await store.finish(request.id, owner: "gone", outcome: "answered", replies: [recorded], now: .now)
-                    let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= 1 }
+                    let seen = try await awaitReplies(replies, limit: .seconds(60)) { $0.count >= 1 }
                     #expect(seen.map(\.0.id) == [recorded.id])
                 }
             }
@@ -838,18 +840,18 @@ struct ServiceRuntimeTests {
     func renewedWhileRunning() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
             let path = directory.appendingPathComponent("service.sqlite").path
-            let handlers = [Uppercase(timeout: .seconds(10)), Uppercase(timeout: .seconds(10))]
+            let handlers = [Uppercase(timeout: .seconds(30)), Uppercase(timeout: .seconds(30))]
             let metrics = [TestMetrics(), TestMetrics()]
-            let request = try client.request(kind: requestKind, content: "sleep:4500", to: key.publicKey)
-            let configure: (inout ServiceRuntime.Configuration) -> Void = { $0.claimLease = 3 }
+            let request = try client.request(kind: requestKind, content: "sleep:9000", to: key.publicKey)
+            let configure: (inout ServiceRuntime.Configuration) -> Void = { $0.claimLease = 5 }
             try await withRuntime(urls, handler: handlers[0], key: key, store: try SQLiteServiceStore(path: path), metrics: metrics[0], configure: configure) { _ in
                 try await withRuntime(urls, handler: handlers[1], key: key, store: try SQLiteServiceStore(path: path), metrics: metrics[1], configure: configure) { _ in
                     try await withReplies(urls, for: client) { pool, replies in
                         try await publish(request, on: urls, through: pool)
-                        // Without renewals the copy's holder would find the claim lapsed after ~3 s and answer
-                        // it as interrupted before the handler's answer at 4.5 s.
-                        let seen = try await awaitReplies(replies) { $0.count >= 1 }
-                        #expect(try client.read(seen[0].0) == "SLEEP:4500")
+                        // Without renewals the copy's holder would find the claim lapsed after ~5 s and answer
+                        // it as interrupted before the handler's answer at 9 s.
+                        let seen = try await awaitReplies(replies, limit: .seconds(60)) { $0.count >= 1 }
+                        #expect(try client.read(seen[0].0) == "SLEEP:9000")
                     }
                 }
             }

@@ -284,7 +284,7 @@ struct WalletServiceTests {
                     try await withDeadline(.seconds(10), "the three payments to reach the network") {
                         while gate.waiting < 3 { try await Task.sleep(for: .milliseconds(20)) }
                     }
-                    let balance = try await withDeadline(.seconds(5), "get_balance while the payments wait") {
+                    let balance = try await withDeadline(.seconds(20), "get_balance while the payments wait") {
                         try await other.call("get_balance")
                     }
                     #expect(balance.object?["balance"]?.int64 == 5)
