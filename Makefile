@@ -2,6 +2,9 @@
 # Debian machine (run as root, or with sudo available).
 
 SWIFT        ?= swift
+# At most 16 tests at a time: all ~280 at once kept the two task threads (one per core) so busy in the first
+# seconds that timers fired seconds late, and tests with time limits failed on a loaded machine.
+SWIFT_TEST   := env SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=16 $(SWIFT) test
 VENV         := Interop/.venv
 PYTHON       := $(VENV)/bin/python
 # LNbits (a real Lightning wallet server, FakeWallet funding) in a virtual environment of its own: its
@@ -20,10 +23,8 @@ demo: deps build
 test: deps venv lnbits build
 	Scripts/with-postgres.sh $(MAKE) --no-print-directory check
 
-# At most 16 tests at a time: all ~280 at once kept the two task threads (one per core) so busy in the first
-# seconds that timers fired seconds late and tests with time limits failed on a loaded machine.
 check:
-	SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=16 $(SWIFT) test
+	$(SWIFT_TEST)
 	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard LNBITS_PYTHON=$(CURDIR)/$(LNBITS_VENV)/bin/python $(PYTHON) -m pytest -q Interop
 
 # System packages: installed only when one is missing.
@@ -54,7 +55,7 @@ build-release:
 	$(SWIFT) build -c release
 
 unit: deps
-	Scripts/with-postgres.sh $(SWIFT) test
+	Scripts/with-postgres.sh $(SWIFT_TEST)
 
 interop: deps venv lnbits build
 	SWITCHBOARD_BIN=$(CURDIR)/.build/debug/switchboard LNBITS_PYTHON=$(CURDIR)/$(LNBITS_VENV)/bin/python $(PYTHON) -m pytest -q Interop
