@@ -74,6 +74,32 @@ final class Paced: RequestHandler {
     var total: Int { counts.withLock { $0.total } }
 }
 
+/// Holds each request (and its handling slot) for five minutes; records the deletions addressed to `service`
+/// that it watches.
+final class Holding: RequestHandler {
+    let service: PublicKey
+    private let seen = Mutex((started: 0, observed: Set<EventID>()))
+    var kinds: Set<Kind> { [requestKind] }
+    var timeout: Duration { .seconds(300) }
+
+    init(watching service: PublicKey) {
+        self.service = service
+    }
+
+    var watches: [EventWatch] {
+        [EventWatch(filter: Filter(kinds: [5], tags: ["p": [service.hex]])) { event, _ in self.seen.withLock { _ = $0.observed.insert(event.id) } }]
+    }
+
+    func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
+        seen.withLock { $0.started += 1 }
+        try await Task.sleep(for: .seconds(300))
+        return []
+    }
+
+    var started: Int { seen.withLock { $0.started } }
+    func observed(_ id: EventID) -> Bool { seen.withLock { $0.observed.contains(id) } }
+}
+
 let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
 
 /// A runtime for `handler` over `relays` with `store` (by default an SQLite file in `directory`), running while
@@ -559,6 +585,35 @@ struct ServiceRuntimeTests {
             #expect(try await store.claim(JournalEntry(waiting, service: key.publicKey), owner: "next", now: .now, lease: 60) == .claimed)
             let stillOpen = try await store.claim(JournalEntry(running, service: key.publicKey), owner: "next", now: .now, lease: 60)
             #expect({ if case .inProgress = stillOpen { true } else { false } }(), "\(stillOpen)")
+        }
+    }
+
+    @Test("a watched event (a cancellation, say) arrives while the intake is full and its connections are not read")
+    func watchedThroughFullIntake() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Holding(watching: key.publicKey)
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, configure: {
+                $0.maximumConcurrentRequests = 1
+                $0.pool.subscriptionBufferSize = 2
+                $0.shutdownGracePeriod = .milliseconds(300)
+            }) { _ in
+                try await withClientPool(urls) { pool in
+                    // The first request holds the only slot; the next ones fill the intake's buffer, and the
+                    // rest wait unread on the listener's connection.
+                    for i in 0..<40 {
+                        try await publish(try client.request(kind: requestKind, content: "r\(i)", to: key.publicKey), on: urls, through: pool)
+                    }
+                    try await withDeadline(.seconds(20), "the first request to start") {
+                        while handler.started == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    let deletion = EventTemplate(kind: 5, tags: [["p", key.publicKey.hex], ["k", "\(requestKind.rawValue)"]]).sign(with: client.key)
+                    try await publish(deletion, on: urls, through: pool)
+                    try await withDeadline(.seconds(20), "the deletion to be observed") {
+                        while !handler.observed(deletion.id) { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    #expect(handler.started == 1, "the intake was not full")
+                }
+            }
         }
     }
 
