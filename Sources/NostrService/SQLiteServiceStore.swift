@@ -85,11 +85,16 @@ public final class SQLiteServiceStore: ServiceStore {
         try self.init(path: path, commitDelay: commitDelay, busyGroup: 16, fullGroup: 256, metricsFactory: metricsFactory)
     }
 
-    init(path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int, metricsFactory: (any MetricsFactory)? = nil) throws {
+    /// - Parameter retryDelays: The waits before each further attempt of a queued write that failed.
+    init(
+        path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int, metricsFactory: (any MetricsFactory)? = nil,
+        retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+    ) throws {
         self.commitDelay = commitDelay
         self.busyGroup = busyGroup
         self.fullGroup = fullGroup
         self.metricsFactory = metricsFactory
+        self.retryDelays = retryDelays
         pool = try openMigratedDatabase(path: path, label: "switchboard.service", migrator: Self.migrator)
         reads = BatchedReads(pool)
         // Commits reach the disk before they return (SQLite's usual default, made certain here): a claim must
@@ -231,8 +236,9 @@ public final class SQLiteServiceStore: ServiceStore {
         for continuation in resumed { continuation.resume() }
     }
 
-    /// The waits before the second, third and fourth attempts of a queued write.
-    static let retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+    /// The waits before the second, third, ... attempts of a queued write (by default three more attempts, after
+    /// 0.2, 1 and 3 s).
+    let retryDelays: [Duration]
 
     /// A queued write failed: counted, logged, and queued again after its delay unless it has had every try.
     fileprivate func failed(_ write: DeferredWrite, _ error: any Error) {
@@ -240,13 +246,13 @@ public final class SQLiteServiceStore: ServiceStore {
             label: "switchboard_journal_errors_total", dimensions: [("operation", write.operation)],
             factory: metricsFactory ?? MetricsSystem.factory
         ).increment()
-        guard write.attempt < Self.retryDelays.count else {
+        guard write.attempt < retryDelays.count else {
             Self.logger.error(
                 "a queued journal write failed; giving up", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
             settled(write)
             return
         }
-        let delay = Self.retryDelays[write.attempt]
+        let delay = retryDelays[write.attempt]
         Self.logger.warning(
             "a queued journal write failed; trying again", metadata: ["operation": "\(write.operation)", "error": "\(error)"])
         let next = DeferredWrite(

@@ -44,7 +44,7 @@ struct TestBunker {
 
     func client(_ uri: BunkerURI, key: SecretKey = .generate()) -> NIP46Client {
         var client = NIP46Client(uri: uri, key: key)
-        client.timeout = .seconds(10)
+        client.timeout = .seconds(30)
         return client
     }
 }
@@ -93,10 +93,10 @@ func withBunker<R: Sendable>(
                         routes: { approvals.addRoutes(to: $0) }
                     ).run()
                 }
-                _ = try await withDeadline(.seconds(10), "the HTTP listener") { await listening.first { _ in true } }
+                _ = try await withDeadline(.seconds(30), "the HTTP listener") { await listening.first { _ in true } }
             }
             defer { group.cancelAll() }
-            try await withDeadline(.seconds(10), "the bunker to be ready") {
+            try await withDeadline(.seconds(30), "the bunker to be ready") {
                 while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
             }
             return try await body(bunker)
@@ -349,7 +349,7 @@ struct RemoteSignerTests {
                         }
                         // The same request event again, through the other relay (a replay, or a second relay).
                         _ = await pool.publish(event, to: [bunker.relays[1]])
-                        let copy = try await withDeadline(.seconds(10), "the reply to the copy") { () -> NIP46.Response? in
+                        let copy = try await withDeadline(.seconds(30), "the reply to the copy") { () -> NIP46.Response? in
                             for await case .event(let reply, _) in secondRelay {
                                 let response = try NIP46.Response(json: NIP44.decrypt(reply.content, conversationKey: conversation))
                                 if response.id == request.id { return response }
@@ -407,11 +407,11 @@ struct RemoteSignerTests {
 
     @Test("an auth challenge's decision: approve once, approve always (then granted), deny, and a forged form refused")
     func approvals() async throws {
-        let approvals = Approvals(timeout: .seconds(20), operatorToken: operatorToken)
+        let approvals = Approvals(timeout: .seconds(60), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             let challenges = AsyncStream<String>.makeStream()
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
-            client.timeout = .seconds(20)
+            client.timeout = .seconds(60)
             client.onAuthChallenge = { challenges.continuation.yield($0) }
             try await client.run { signer in
                 try await signer.connect()
@@ -483,16 +483,16 @@ struct RemoteSignerTests {
 
     @Test("an auth challenge decided from the store (bunker approvals / approve / deny): listed with its event, decided by id prefix, then gone")
     func approvalsFromTheCLI() async throws {
-        let approvals = Approvals(timeout: .seconds(20), operatorToken: operatorToken)
+        let approvals = Approvals(timeout: .seconds(60), operatorToken: operatorToken)
         try await withBunker(approvals: approvals) { bunker in
             var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
-            client.timeout = .seconds(20)
+            client.timeout = .seconds(60)
             try await client.run { signer in
                 try await signer.connect()
                 func sign(deciding decision: Approvals.Decision) async throws -> String? {
                     try await withThrowingTaskGroup(of: String?.self) { group in
                         group.addTask { await refusal { try await signer.sign(EventTemplate(kind: 7, content: "+", tags: [["e", "0"]])) } }
-                        let pending = try await withDeadline(.seconds(10), "the challenge in the store") { () async throws -> PendingApproval in
+                        let pending = try await withDeadline(.seconds(30), "the challenge in the store") { () async throws -> PendingApproval in
                             while true {
                                 if let first = try await bunker.state.pendingApprovals().first { return first }
                                 try await Task.sleep(for: .milliseconds(20))
@@ -530,7 +530,7 @@ struct RemoteSignerTests {
                     for index in 0..<4 {
                         group.addTask { await refusal { try await signer.sign(EventTemplate(kind: 7, content: "\(index)")) } }
                     }
-                    let pending = try await withDeadline(.seconds(10), "four open challenges") { () async throws -> [PendingApproval] in
+                    let pending = try await withDeadline(.seconds(30), "four open challenges") { () async throws -> [PendingApproval] in
                         while true {
                             let pending = try await bunker.state.pendingApprovals()
                             if pending.count == 4 { return pending }
@@ -579,7 +579,7 @@ struct RemoteSignerTests {
                 try await signer.connect()
                 return try await withThrowingTaskGroup(of: String.self) { group in
                     group.addTask { try await signer.call("nip44_encrypt", [peer.hex, "secret"]) }
-                    let pending = try await withDeadline(.seconds(10), "the challenge in the store") { () async throws -> PendingApproval in
+                    let pending = try await withDeadline(.seconds(30), "the challenge in the store") { () async throws -> PendingApproval in
                         while true {
                             if let first = try await bunker.state.pendingApprovals().first { return first }
                             try await Task.sleep(for: .milliseconds(20))

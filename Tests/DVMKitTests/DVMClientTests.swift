@@ -74,7 +74,7 @@ struct DVMClientTests {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         // Once the request is on the relay: a stranger's error and result, then the provider's result.
-                        try await withDeadline(.seconds(10), "the request on the relay") {
+                        try await withDeadline(.seconds(30), "the request on the relay") {
                             while try await pool.fetch([Filter(ids: [request.id])], timeout: .seconds(2)).isEmpty {
                                 try await Task.sleep(for: .milliseconds(20))
                             }

@@ -99,7 +99,7 @@ func withHosts<R: Sendable>(
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for host in started { group.addTask { try await host.run() } }
                 defer { group.cancelAll() }
-                try await withTimeout(.seconds(10), "the hosts to be ready") {
+                try await withTimeout(.seconds(30), "the hosts to be ready") {
                     while !started.allSatisfy(\.isReady) { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 let client = DVMClient(secret: .generate(), pool: pool)
@@ -255,7 +255,10 @@ struct DVMHostTests {
     @Test("event and job inputs: a note is fetched, and a chained job waits for the first job's result")
     func eventAndChainedInputs() async throws {
         let hostKey = SecretKey.generate()
-        try await withHosts(key: hostKey, handler: Uppercase()) { hosts in
+        // The chained job's input wait covers the first job's whole run.
+        var inputs = privateInputs()
+        inputs.jobTimeout = .seconds(40)
+        try await withHosts(key: hostKey, handler: Uppercase(), inputs: inputs) { hosts in
             let test = hosts[0]
             let note = EventTemplate(kind: 1, content: "a note to shout").sign(with: SecretKey.generate())
             _ = await test.pool.publish(note)
@@ -265,7 +268,7 @@ struct DVMHostTests {
             // The second job is published first: it waits for the first one's result.
             let first = try test.client.request(kind: 5050, inputs: [JobInput(data: "chain me", type: .text)], provider: test.key)
             let second = try test.client.request(kind: 5050, inputs: [JobInput(data: first.id.hex, type: .job, relay: test.relays[0].string)])
-            async let chained = test.client.run(second, timeout: .seconds(15))
+            async let chained = test.client.run(second, timeout: .seconds(60))
             try await Task.sleep(for: .milliseconds(300))
             // Results anyone can publish: by someone the first job was not addressed to (with a true copy of its
             // request), and of another kind. Neither is taken.
@@ -276,11 +279,11 @@ struct DVMHostTests {
             _ = await test.pool.publish(forged)
             _ = await test.pool.publish(wrongKind)
             try await Task.sleep(for: .milliseconds(300))
-            _ = try await test.client.run(first, timeout: .seconds(10))
+            _ = try await test.client.run(first, timeout: .seconds(30))
             #expect(try await chained.content == "CHAIN ME")
 
             let missing = try test.client.request(kind: 5050, inputs: [JobInput(data: String(repeating: "0", count: 64), type: .event)])
-            await #expect(throws: JobError.self) { try await test.client.run(missing, timeout: .seconds(15)) }
+            await #expect(throws: JobError.self) { try await test.client.run(missing, timeout: .seconds(60)) }
         }
     }
 
@@ -353,10 +356,11 @@ struct DVMHostTests {
             }
             return false
         }
+        // 3 s: time for the shells to start and write the pid file on a loaded machine.
         let stubborn = "sh -c 'trap \"\" TERM; echo $$ > \(pids.path)/stubborn; exec sleep 30'"
-        try await withHosts(handler: exec(stubborn), service: { $0.jobTimeout = .seconds(1) }) { hosts in
+        try await withHosts(handler: exec(stubborn), service: { $0.jobTimeout = .seconds(3) }) { hosts in
             let request = try hosts[0].client.request(kind: 5050, inputs: [])
-            await #expect(throws: JobError("the job took longer than 1 s")) { try await hosts[0].client.run(request, timeout: .seconds(10)) }
+            await #expect(throws: JobError("the job took longer than 3 s")) { try await hosts[0].client.run(request, timeout: .seconds(30)) }
         }
         #expect(try await gone("stubborn"), "a child that ignores SIGTERM outlived its job")
         let background = "(trap '' TERM; exec sleep 30) & echo $! > \(pids.path)/background; echo done"
@@ -444,8 +448,12 @@ struct DVMHostTests {
 
     @Test("jobs waiting for a chained input hold no handling slot: with 4 slots and 5 such jobs waiting, another job is run")
     func waitingInputsHoldNoSlot() async throws {
-        // The host takes in at least 4 × its concurrency: 4 here.
-        try await withHosts(handler: Uppercase(), service: { $0.concurrency = 1 }, runtime: { $0.maximumConcurrentRequests = 1 }) { hosts in
+        // The host takes in at least 4 × its concurrency: 4 here. The waiting inputs give up after 2 minutes.
+        var inputs = privateInputs()
+        inputs.jobTimeout = .seconds(120)
+        try await withHosts(
+            handler: Uppercase(), service: { $0.concurrency = 1 }, runtime: { $0.maximumConcurrentRequests = 1 }, inputs: inputs
+        ) { hosts in
             let client = hosts[0].client
             for _ in 0..<5 {
                 let parent = EventTemplate(kind: 5050, content: "never answered").sign(with: .generate())
@@ -453,8 +461,8 @@ struct DVMHostTests {
             }
             try await Task.sleep(for: .milliseconds(500))
             let plain = try client.request(kind: 5050, inputs: [JobInput(data: "still read", type: .text)])
-            // The waiting jobs give up after 10 s (the inputs' job timeout): the answer must come well before.
-            let result = try await client.run(plain, timeout: .seconds(6))
+            // The answer must come well before the waiting jobs give up.
+            let result = try await client.run(plain, timeout: .seconds(60))
             #expect(result.content == "STILL READ")
         }
     }
@@ -476,7 +484,7 @@ struct DVMHostTests {
             let early = try client.request(kind: 5050, inputs: [JobInput(data: "never", type: .text)])
             let published = await client.cancel(early, to: [hosts[0].relays[0]])
             #expect(published[hosts[0].relays[0]]?.isAccepted == true)
-            try await withTimeout(.seconds(10), "the host to see the deletion") {
+            try await withTimeout(.seconds(30), "the host to see the deletion") {
                 while !hosts[0].host.service.cancellations.cancelledEarly(early.id, by: client.secret.publicKey) {
                     try await Task.sleep(for: .milliseconds(20))
                 }
@@ -488,14 +496,15 @@ struct DVMHostTests {
 
     @Test("jobs run concurrently up to the limit, and every one is answered")
     func concurrency() async throws {
-        let recorder = Recorder(delay: .milliseconds(300))
-        try await withHosts(handler: recorder, service: { $0.concurrency = 3 }) { hosts in
+        // Jobs of 2 s, so that three overlap even when they start seconds apart on a loaded machine.
+        let recorder = Recorder(delay: .seconds(2))
+        try await withHosts(handler: recorder, service: { $0.concurrency = 3; $0.jobTimeout = .seconds(30) }) { hosts in
             let test = hosts[0]
             try await withThrowingTaskGroup(of: String.self) { group in
                 for index in 0..<9 {
                     group.addTask {
                         let request = try test.client.request(kind: 5050, inputs: [JobInput(data: "\(index)", type: .text)])
-                        return try await test.client.run(request, timeout: .seconds(20)).content
+                        return try await test.client.run(request, timeout: .seconds(60)).content
                     }
                 }
                 var contents: Set<String> = []
@@ -529,7 +538,7 @@ struct DVMHostTests {
             let answers = Filter(authors: [test.key], kinds: [NIP90.feedbackKind], tags: ["e": [ping.id.hex]])
             let pong = try await test.pool.withSubscription([answers]) { subscription in
                 #expect(await test.pool.publish(ping, timeout: .seconds(5)).values.allSatisfy(\.isAccepted))
-                return try await withTimeout(.seconds(10), "the pong") { () async throws -> Event? in
+                return try await withTimeout(.seconds(30), "the pong") { () async throws -> Event? in
                     for await item in subscription { if case .event(let event, _) = item { return event } }
                     return nil
                 }
@@ -539,7 +548,7 @@ struct DVMHostTests {
 
             let beats = Filter(authors: [test.key], kinds: [NIP90.heartbeatKind])
             // The first goes out once the host is ready (it looks every 250 ms).
-            let first = try await withTimeout(.seconds(10), "the first heartbeat") { () async throws -> Event in
+            let first = try await withTimeout(.seconds(30), "the first heartbeat") { () async throws -> Event in
                 while true {
                     if let beat = try await test.pool.fetch([beats], timeout: .seconds(2)).first { return beat }
                     try await Task.sleep(for: .milliseconds(100))
@@ -550,7 +559,7 @@ struct DVMHostTests {
             let expiration = try #require(first.expiration)
             #expect(expiration > first.createdAt && expiration <= first.createdAt + 120)
             // It beats again: a newer one replaces it.
-            try await withTimeout(.seconds(10), "the next heartbeat") {
+            try await withTimeout(.seconds(30), "the next heartbeat") {
                 while try await test.pool.fetch([beats], timeout: .seconds(2)).first.map({ $0.createdAt > first.createdAt }) != true {
                     try await Task.sleep(for: .milliseconds(200))
                 }
@@ -588,7 +597,7 @@ struct DVMHostTests {
             }
             // Up again: each is run once.
             try await withHosts(key: key, handler: recorder, stores: [try SQLiteServiceStore(path: path)], existingRelays: urls) { hosts in
-                try await withTimeout(.seconds(10), "the results") {
+                try await withTimeout(.seconds(30), "the results") {
                     while true {
                         let results = try await hosts[0].pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.publicKey.hex]])], timeout: .seconds(2))
                         if results.count == 3 { return }
@@ -616,7 +625,7 @@ struct DVMHostTests {
                         requests.append(try test.client.request(kind: 5050, inputs: [JobInput(data: "job \(index)", type: .text)], provider: test.key))
                     }
                     for request in requests { _ = await test.pool.publish(request) }
-                    let results = try await withTimeout(.seconds(60), "300 results") {
+                    let results = try await withTimeout(.seconds(180), "300 results") {
                         while true {
                             let results = try await test.pool.fetch([Filter(kinds: [6050], tags: ["p": [customer.hex]])], timeout: .seconds(3))
                             if results.count >= 300 { return results }

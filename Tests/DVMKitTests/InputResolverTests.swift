@@ -165,7 +165,9 @@ struct InputResolverHintTests {
                         _ = await publisher.publish(elsewhere, to: [urls[2]])
                         // A chained job waits for the earlier job's result on its hint, the first relay of the two.
                         let waiting = Task { try await resolver.resolve(JobInput(data: job.id.hex, type: .job, relay: urls[1].string), pool: pool) }
-                        try await Task.sleep(for: .milliseconds(500))
+                        try await withDeadline(.seconds(20), "the wait to take the hint place") {
+                            while !resolver.hints.pool.relays.contains(urls[1]) { try await Task.sleep(for: .milliseconds(20)) }
+                        }
                         // Another input's hint: with the only hint place in use, it is not used (before, it closed
                         // the first hint, and the wait above sat on a closed connection until its timeout).
                         await #expect(throws: JobError.self) {

@@ -59,7 +59,7 @@ struct PricedJobTests {
                 group.addTask { try await bridge.run() }
                 defer { group.cancelAll() }
                 try await bridge.synchronize()
-                try await withTimeout(.seconds(10), "the wallet") { while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                try await withTimeout(.seconds(30), "the wallet") { while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) } }
                 try await body(Wallet(urls: urls, store: walletStore, host: hostWallet, directory: directory, payer: payer))
             }
         }
@@ -119,7 +119,7 @@ struct PricedJobTests {
                     #expect(replacement.bolt11 != expiring.bolt11 && replacement.earlier?.first?.bolt11 == expiring.bolt11)
                     #expect(try await payments.paidInvoice(for: other, store: hostStore) == nil)
                     // A job waiting on the new invoice sees the old one paid.
-                    async let waited = payments.waitUntilPaid(replacement, deadline: .now + .seconds(15))
+                    async let waited = payments.waitUntilPaid(replacement, deadline: .now + .seconds(60))
                     try await Task.sleep(for: .milliseconds(300))
                     _ = try await wallet.payer.run { try await $0.call("pay_invoice", ["invoice": .string(expiring.bolt11)]) }
                     #expect(try await waited)
@@ -150,7 +150,7 @@ struct PricedJobTests {
                 async let firstResult = client.run(first, timeout: .seconds(30)) { feedback in
                     if feedback.status == "payment-required" { asked.withLock { $0 = feedback } }
                 }
-                try await withTimeout(.seconds(10), "the first invoice") {
+                try await withTimeout(.seconds(30), "the first invoice") {
                     while asked.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(50)) }
                 }
                 let second = try client.request(kind: 5050, inputs: [JobInput(data: "second", type: .text)], bid: 50_000)
@@ -180,7 +180,7 @@ struct PricedJobTests {
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { try await withDeadline(.seconds(30), "the host to stop") { try await host.run() } }
                         defer { group.cancelAll() }
-                        try await withTimeout(.seconds(10), "the host to be ready") {
+                        try await withTimeout(.seconds(30), "the host to be ready") {
                             while !host.isReady { try await Task.sleep(for: .milliseconds(20)) }
                         }
                         let statuses = Statuses()

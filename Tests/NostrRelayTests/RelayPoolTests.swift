@@ -44,7 +44,7 @@ final class RelayRunner: Sendable {
             readyContinuation.yield($0)
         }
         task.withLock { $0 = Task { try await relay.run() } }
-        let url = try await withTimeout(.seconds(10), "relay start") { await ready.first { _ in true } }
+        let url = try await withTimeout(.seconds(30), "relay start") { await ready.first { _ in true } }
         guard let url else { throw TestFailure("the relay did not start") }
         return try RelayURL(url)
     }
@@ -273,7 +273,7 @@ struct RelayPoolTests {
             configuration.reconnectDelay = .milliseconds(20)
             let pool = RelayPool(relays: [url], configuration: configuration, logger: logger)
             try await pool.withRunning {
-                try await withTimeout(.seconds(10), "a refused attempt") {
+                try await withTimeout(.seconds(30), "a refused attempt") {
                     while pool.status().first?.lastError == nil { try await Task.sleep(for: .milliseconds(10)) }
                 }
                 let status = try #require(pool.status().first)

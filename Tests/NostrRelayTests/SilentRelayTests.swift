@@ -25,7 +25,7 @@ func withSilentRelay<R: Sendable>(_ body: (RelayURL) async throws -> R) async th
         logger: Logger(label: "test.silent") { _ in SwiftLogNoOpLogHandler() })
     let server = Task { try await app.run() }
     defer { server.cancel() }
-    guard let port = try await withTimeout(.seconds(10), "the silent relay to start", { await ready.first { _ in true } }) else {
+    guard let port = try await withTimeout(.seconds(30), "the silent relay to start", { await ready.first { _ in true } }) else {
         throw TestFailure("the silent relay did not start")
     }
     return try await body(try RelayURL("ws://127.0.0.1:\(port)"))
@@ -41,7 +41,7 @@ struct SilentRelayTests {
             configuration.reconnectDelay = .milliseconds(100)
             let pool = RelayPool(relays: [url], configuration: configuration, logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
             try await pool.withRunning {
-                try await withTimeout(.seconds(10), "the connection") { while !(pool.status().first?.isConnected ?? false) { try await Task.sleep(for: .milliseconds(20)) } }
+                try await withTimeout(.seconds(30), "the connection") { while !(pool.status().first?.isConnected ?? false) { try await Task.sleep(for: .milliseconds(20)) } }
                 // 400 events of 60 KB (24 MB) are more than the kernel's socket buffers and NIO's hold.
                 let key = SecretKey.generate()
                 let filler = String(repeating: "x", count: 60_000)

@@ -84,7 +84,7 @@ struct SlowClientTests {
     }
 
     private func exerciseStalledClient(_ relay: EmbeddedRelay, announced ready: AsyncStream<String>) async throws {
-        guard let address = try await withTimeout(.seconds(10), "the relay to start", { await ready.first { _ in true } }),
+        guard let address = try await withTimeout(.seconds(30), "the relay to start", { await ready.first { _ in true } }),
             let port = address.split(separator: ":").last.flatMap({ Int($0) })
         else { throw TestFailure("the relay did not start") }
 
@@ -92,7 +92,7 @@ struct SlowClientTests {
         try client.send(text: #"["REQ","all",{"kinds":[1]}]"#)
         let pool = RelayPool(relays: [try RelayURL(address)], logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
         try await pool.withRunning {
-            try await withTimeout(.seconds(10), "both connections") { while relay.hub.count < 2 { try await Task.sleep(for: .milliseconds(20)) } }
+            try await withTimeout(.seconds(30), "both connections") { while relay.hub.count < 2 { try await Task.sleep(for: .milliseconds(20)) } }
             // Events of 60 KB for the stalled client until its outbox fills (past the kernel's socket buffers and
             // NIO's; 1,000 of them is 60 MB, more than any loopback socket buffer takes).
             let key = SecretKey.generate()
@@ -102,7 +102,7 @@ struct SlowClientTests {
                 if relay.hub.count < 2 { break }
             }
             // Closed without the client reading a byte: only the publishing pool is left.
-            try await withTimeout(.seconds(10), "the stalled client's connection to be closed") {
+            try await withTimeout(.seconds(30), "the stalled client's connection to be closed") {
                 while relay.hub.count > 1 { try await Task.sleep(for: .milliseconds(20)) }
             }
             #expect(relay.hub.count == 1)

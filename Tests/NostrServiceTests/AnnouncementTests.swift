@@ -44,7 +44,7 @@ func newest(_ kind: Kind, by author: PublicKey, on relay: RelayURL, through pool
 }
 
 /// Polls until `condition` holds, or fails after `limit`.
-func eventually(_ what: String, limit: Duration = .seconds(10), _ condition: @escaping @Sendable () async throws -> Bool) async throws {
+func eventually(_ what: String, limit: Duration = .seconds(30), _ condition: @escaping @Sendable () async throws -> Bool) async throws {
     try await withDeadline(limit, what) {
         while try await !condition() { try await Task.sleep(for: .milliseconds(100)) }
     }

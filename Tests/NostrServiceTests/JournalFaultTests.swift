@@ -155,7 +155,7 @@ struct JournalFaultTests {
                 try await withRuntime(urls, handler: handler, key: key, store: store, metrics: metrics) { _ in
                     store.fail("claim", times: 4)
                     try await publish(request, on: urls, through: pool)
-                    try await withDeadline(.seconds(10), "the claim to be given up") {
+                    try await withDeadline(.seconds(30), "the claim to be given up") {
                         while counter(metrics, "switchboard_requests_total", [("kind", "5910"), ("outcome", "store_error")]) == 0 {
                             try await Task.sleep(for: .milliseconds(20))
                         }

@@ -19,13 +19,15 @@ struct OnDemandRelaysTests {
                 let extra = OnDemandRelays(capacity: 1, configuration: configuration, logger: quiet)
                 try await extra.pool.withRunning {
                     let author = SecretKey.generate()
-                    // Kind 1 is never confirmed by the silent relay: its publish holds the only place for 3 s.
+                    // Kind 1 is never confirmed by the silent relay: its publish holds the only place for 15 s.
                     let unconfirmed = EventTemplate(kind: 1, content: "held").sign(with: author)
                     let note = EventTemplate(kind: 2, content: "next").sign(with: author)
                     async let first = extra.withRelays([silentURL]) { lease in
-                        await extra.pool.publish(unconfirmed, to: lease.taken, timeout: .seconds(3))
+                        await extra.pool.publish(unconfirmed, to: lease.taken, timeout: .seconds(15))
                     }
-                    try await Task.sleep(for: .milliseconds(500))
+                    try await withDeadline(.seconds(30), "the publish to take the place") {
+                        while extra.pool.relays != [silentURL] { try await Task.sleep(for: .milliseconds(20)) }
+                    }
                     let crowdedOut = await extra.take([good])
                     extra.release(crowdedOut)
                     #expect(crowdedOut.taken.isEmpty && crowdedOut.full == [good])

@@ -49,7 +49,7 @@ final class HeldRelay: Sendable {
             logger: quiet)
         let server = Task { try await app.run() }
         defer { server.cancel() }
-        guard let port = try await withTimeout(.seconds(10), "the held relay to start", { await ready.first { _ in true } }) else {
+        guard let port = try await withTimeout(.seconds(30), "the held relay to start", { await ready.first { _ in true } }) else {
             throw TestKitError("the held relay did not start")
         }
         return try await body(try RelayURL("ws://127.0.0.1:\(port)"))
@@ -127,7 +127,7 @@ struct ReadinessTests {
         let relay = HeldRelay()
         try await relay.run { url in
             try await withRuntime(on: url) { runtime in
-                try await withDeadline(.seconds(10), "the request subscription to reach the relay") {
+                try await withDeadline(.seconds(30), "the request subscription to reach the relay") {
                     while !(runtime.isSubscribed && relay.requests >= 1 && runtime.relayStatus().allSatisfy(\.isConnected)) {
                         try await Task.sleep(for: .milliseconds(20))
                     }
@@ -140,7 +140,7 @@ struct ReadinessTests {
                 #expect(waiting.closedSubscriptions == 0)
 
                 relay.release()
-                try await withDeadline(.seconds(10), "the runtime to be ready") {
+                try await withDeadline(.seconds(30), "the runtime to be ready") {
                     while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 let answered = try #require(runtime.relayStatus().first)
@@ -158,8 +158,8 @@ struct ReadinessTests {
         relay.release()
         try await relay.run { url in
             // Longer than the held phase below takes, even on a loaded machine.
-            try await withRuntime(on: url, listenTimeout: .seconds(5)) { runtime in
-                try await withDeadline(.seconds(10), "the runtime to be ready") {
+            try await withRuntime(on: url, listenTimeout: .seconds(15)) { runtime in
+                try await withDeadline(.seconds(30), "the runtime to be ready") {
                     while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 relay.hold()
@@ -170,7 +170,7 @@ struct ReadinessTests {
                     try await runtime.addKeys([added])
                     finished.withLock { $0 = true }
                 }
-                try await withDeadline(.seconds(10), "the new filters to reach the relay") {
+                try await withDeadline(.seconds(30), "the new filters to reach the relay") {
                     while relay.requests == requestsBefore { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 // Long enough for a wrong verdict to show.
@@ -190,9 +190,9 @@ struct ReadinessTests {
 
                 #expect(!finished.withLock { $0 }, "addKeys gave up waiting while the relay held the request")
                 relay.release()
-                try await withDeadline(.seconds(10), "addKeys to return") { try await adding.value }
+                try await withDeadline(.seconds(30), "addKeys to return") { try await adding.value }
                 #expect(try #require(runtime.relayStatus().first).isListeningToLatestFilters)
-                try await withDeadline(.seconds(10), "the new key's announcement") {
+                try await withDeadline(.seconds(30), "the new key's announcement") {
                     while !relay.authors.contains(added.publicKey) { try await Task.sleep(for: .milliseconds(20)) }
                 }
 
@@ -200,9 +200,9 @@ struct ReadinessTests {
                 relay.hold()
                 let another = LocalServiceKey(SecretKey.generate())
                 let started = ContinuousClock.now
-                try await withDeadline(.seconds(10), "addKeys to give up waiting") { try await runtime.addKeys([another]) }
-                #expect(ContinuousClock.now - started >= .seconds(5))
-                try await withDeadline(.seconds(10), "the other key's announcement") {
+                try await withDeadline(.seconds(40), "addKeys to give up waiting") { try await runtime.addKeys([another]) }
+                #expect(ContinuousClock.now - started >= .seconds(15))
+                try await withDeadline(.seconds(30), "the other key's announcement") {
                     while !relay.authors.contains(another.publicKey) { try await Task.sleep(for: .milliseconds(20)) }
                 }
             }

@@ -122,7 +122,7 @@ func withRuntime<R: Sendable>(
     return try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await runtime.run() }
         defer { group.cancelAll() }
-        try await withDeadline(.seconds(10), "the runtime to be ready") {
+        try await withDeadline(.seconds(30), "the runtime to be ready") {
             while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
         }
         return try await body(runtime)
@@ -134,7 +134,7 @@ func withRuntime<R: Sendable>(
 func startRequest(
     _ request: Event, on relays: [RelayURL], through pool: RelayPool, runtime: ServiceRuntime, handler: Uppercase
 ) async throws {
-    try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+    try await withDeadline(.seconds(30), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
     try await publish(request, on: relays, through: pool)
     try await withDeadline(.seconds(20), "the handler to start") {
         while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
@@ -146,14 +146,14 @@ func startRequest(
 func run(_ runtime: ServiceRuntime, while body: @escaping @Sendable () async throws -> Void) async throws {
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await body() }
-        try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+        try await withDeadline(.seconds(60), "run() to return") { try await runtime.run() }
         try await group.waitForAll()
     }
 }
 
 /// Waits until `handler` has run `count` requests.
 func awaitExecutions(_ handler: Uppercase, _ count: Int) async throws {
-    try await withDeadline(.seconds(10), "\(count) requests handled") { while handler.total < count { try await Task.sleep(for: .milliseconds(20)) } }
+    try await withDeadline(.seconds(30), "\(count) requests handled") { while handler.total < count { try await Task.sleep(for: .milliseconds(20)) } }
 }
 
 /// A client-side pool on `relays` that collects replies to `client`.
@@ -231,10 +231,11 @@ struct ServiceRuntimeTests {
                     #expect(reply.pubkey == key.publicKey)
                     #expect(reply.tagValues("e") == [request.id.hex])
                     #expect(reply.tagValues("p") == [client.publicKey.hex])
-                    // On every relay: ask each one directly.
+                    // On every relay (the publishes to the three go out side by side): ask each one directly.
                     for url in urls {
-                        let stored = try await pool.fetch([Filter(ids: [reply.id])], from: [url], timeout: .seconds(5))
-                        #expect(stored.map(\.id) == [reply.id], "reply missing on \(url)")
+                        try await eventually("the reply on \(url)") {
+                            try await pool.fetch([Filter(ids: [reply.id])], from: [url], timeout: .seconds(5)).map(\.id) == [reply.id]
+                        }
                     }
                 }
             }
@@ -253,15 +254,16 @@ struct ServiceRuntimeTests {
             try await withTestRelays(1) { relays in
                 let good = try #require(relays[0].url)
                 let handler = Uppercase()
-                // Two handler slots; each reply waits 2 s × 3 attempts (and the back-off) for the silent relay.
+                // Two handler slots; each reply waits 5 s × 3 attempts (and the back-off) for the silent relay.
                 try await withRuntime([good, silentURL], handler: handler, key: key, directory: directory, configure: {
                     $0.maximumConcurrentRequests = 2
+                    $0.publishTimeout = .seconds(5)
                 }) { _ in
                     try await withReplies([good], for: client) { pool, replies in
                         let requests = try (0..<6).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
                         for request in requests { try await publish(request, on: [good], through: pool) }
-                        // Were slots held until the silent relay gave up, six requests would take ~27 s.
-                        let seen = try await awaitReplies(replies, limit: .seconds(15)) { $0.count >= requests.count }
+                        // Were slots held until the silent relay gave up, six requests would take ~54 s.
+                        let seen = try await awaitReplies(replies, limit: .seconds(30)) { $0.count >= requests.count }
                         #expect(Set(try seen.map { try client.read($0.0) }) == Set((0..<6).map { "R\($0)" }))
                     }
                 }
@@ -359,13 +361,13 @@ struct ServiceRuntimeTests {
 
     @Test(
         "a restart in the middle of a catch-up still answers the older stored requests (relays send them newest first), also when the catch-up outlasts its timeout while the relay keeps sending",
-        arguments: [Duration.seconds(60), .seconds(2)])
+        arguments: [Duration.seconds(60), .seconds(5)])
     func restartDuringCatchUp(catchUpTimeout: Duration) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            let handler = Uppercase(timeout: .seconds(30))
             let now = Timestamp.now
             let stored = try (0..<40).map {
-                try client.request(kind: requestKind, content: "sleep:100", to: key.publicKey, createdAt: now - 600 + Timestamp($0 * 10))
+                try client.request(kind: requestKind, content: "sleep:400", to: key.publicKey, createdAt: now - 600 + Timestamp($0 * 10))
             }
             try await withReplies(urls, for: client) { pool, replies in
                 for request in stored { try await publish(request, on: urls, through: pool) }
@@ -373,20 +375,21 @@ struct ServiceRuntimeTests {
                 // One at a time, so the catch-up is still going when intake stops (after a checkpoint flush).
                 var configuration = ServiceRuntime.Configuration(relays: urls)
                 configuration.maximumConcurrentRequests = 1
-                // A short timeout: the catch-up (40 requests of 100 ms one after another) outlasts it, but the relay
-                // never stops delivering meanwhile, so it is not taken for silent.
+                // A short timeout: the catch-up (40 requests of 400 ms one after another) outlasts it, but the relay
+                // never stops delivering meanwhile, so it is not taken for silent. Intake stops after the timeout
+                // has passed and well before the catch-up could end.
                 configuration.catchUpTimeout = catchUpTimeout
                 let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
                 try await run(runtime) {
                     try await awaitExecutions(handler, 3)
-                    try await Task.sleep(for: .milliseconds(2_500))
+                    try await Task.sleep(for: .seconds(6))
                     runtime.stopIntake()
                 }
                 #expect(handler.total < 40)
                 let checkpoint = try await store.checkpoint(for: key.publicKey)
                 #expect(checkpoint == nil || checkpoint ?? 0 <= stored[0].createdAt, "not past requests never delivered")
                 try await withRuntime(urls, handler: handler, key: key, store: store) { _ in
-                    _ = try await awaitReplies(replies) { seen in
+                    _ = try await awaitReplies(replies, limit: .seconds(90)) { seen in
                         stored.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }
                     }
                 }
@@ -402,12 +405,12 @@ struct ServiceRuntimeTests {
         try await withTestRelays(1) { relays in
             let relay = relays[0]
             let urls = relays.compactMap(\.url)
-            let handler = Uppercase()
+            let handler = Uppercase(timeout: .seconds(30))
             let now = Timestamp.now
             // Within the relay client's resume window (60 s before what it last saw), older than the
             // checkpoint's margin (5 s) apart.
             let stored = try (0..<20).map {
-                try client.request(kind: requestKind, content: "sleep:100", to: key.publicKey, createdAt: now - 50 + Timestamp($0 * 2))
+                try client.request(kind: requestKind, content: "sleep:500", to: key.publicKey, createdAt: now - 50 + Timestamp($0 * 2))
             }
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
             var configuration = ServiceRuntime.Configuration(relays: urls)
@@ -416,13 +419,13 @@ struct ServiceRuntimeTests {
             configuration.catchUpMargin = 5
             let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
             try await run(runtime) {
-                try await withDeadline(.seconds(10), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
+                try await withDeadline(.seconds(30), "ready") { while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) } }
                 try await Task.sleep(for: .milliseconds(300))
                 // The connection goes down; the relay takes requests meanwhile (from other connections).
                 await relay.stop()
                 for request in stored { _ = try await relay.store.save(request, now: .now) }
                 try await relay.restart()
-                // The relay re-sends them newest first, one taken in per 100 ms; stop after a checkpoint flush.
+                // The relay re-sends them newest first, one taken in per 500 ms; stop after a checkpoint flush.
                 try await awaitExecutions(handler, 3)
                 try await Task.sleep(for: .milliseconds(1_200))
                 runtime.stopIntake()
@@ -432,7 +435,7 @@ struct ServiceRuntimeTests {
             #expect(checkpoint == nil || checkpoint ?? 0 <= stored[0].createdAt, "not past requests not yet taken in")
             try await withReplies(urls, for: client) { _, replies in
                 try await withRuntime(urls, handler: handler, key: key, store: store) { _ in
-                    _ = try await awaitReplies(replies) { seen in
+                    _ = try await awaitReplies(replies, limit: .seconds(90)) { seen in
                         stored.allSatisfy { request in seen.contains { $0.0.tagValues("e") == [request.id.hex] } }
                     }
                 }
@@ -473,6 +476,8 @@ struct ServiceRuntimeTests {
                 $0.policy.burst = 4
                 $0.policy.rate = 40
                 $0.policy.maximumConcurrentPerSender = 2
+                // Waiting their turn is the point; a loaded machine must not turn it into refusals.
+                $0.policy.maximumQueueWait = 120
             }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     let requests = try (0..<20).map { try client.request(kind: requestKind, content: "r\($0)", to: key.publicKey) }
@@ -637,7 +642,7 @@ struct ServiceRuntimeTests {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await runtime.run() }
                 defer { group.cancelAll() }
-                try await withDeadline(.seconds(10), "the runtime to be ready") {
+                try await withDeadline(.seconds(30), "the runtime to be ready") {
                     while !runtime.isReady { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 try await pool.withRunning {
@@ -690,7 +695,8 @@ struct ServiceRuntimeTests {
     @Test("NIP-04 requests are answered in NIP-04; handler errors, failures, timeouts and unsendable replies get error replies; a late success stands")
     func schemesAndErrors() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase(timeout: .seconds(1))
+            // Long enough for a failing handler to fail before its timeout on a loaded machine.
+            let handler = Uppercase(timeout: .seconds(5))
             try await withRuntime(urls, handler: handler, key: key, directory: directory) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     let legacy = try client.request(kind: requestKind, content: "legacy", to: key.publicKey, encryption: .nip04)
@@ -737,7 +743,7 @@ struct ServiceRuntimeTests {
         arguments: Shutdown.allCases)
     func shutdownFinishesInFlight(shutdown: Shutdown) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            let handler = Uppercase(timeout: .seconds(30))
             var configuration = ServiceRuntime.Configuration(relays: urls)
             configuration.pool.reconnectDelay = .milliseconds(50)
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
@@ -752,7 +758,7 @@ struct ServiceRuntimeTests {
                             stop()
                         }
                         // run() returns by itself once the request in flight is answered.
-                        try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                        try await withDeadline(.seconds(60), "run() to return") { try await runtime.run() }
                         try await group.waitForAll()
                     }
                 }
@@ -775,10 +781,13 @@ struct ServiceRuntimeTests {
     @Test("stopping waits for the journal's queued writes, retries included: when run() returns, the answer and its delivery are on disk")
     func shutdownFlushesJournal() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase()
+            let handler = Uppercase(timeout: .seconds(30))
             let path = directory.appendingPathComponent("service.sqlite").path
             let metrics = TestMetrics()
-            let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
+            // Retried for 22 s, so that a loaded machine drops the trigger in time.
+            let store = try SQLiteServiceStore(
+                path: path, commitDelay: .milliseconds(3), busyGroup: 16, fullGroup: 256, metricsFactory: metrics,
+                retryDelays: [.milliseconds(200), .seconds(1), .seconds(3), .seconds(6), .seconds(12)])
             var configuration = ServiceRuntime.Configuration(relays: urls)
             configuration.pool.reconnectDelay = .milliseconds(50)
             let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
@@ -792,15 +801,15 @@ struct ServiceRuntimeTests {
                         try await refuseAnswers(through: other)
                         try await startRequest(request, on: urls, through: pool, runtime: runtime, handler: handler)
                         runtime.stopIntake()
-                        // The answer's first attempt fails; the database takes the next one (0.2 s later).
-                        try await withDeadline(.seconds(10), "the first failure") {
+                        // The answer's first attempt fails; the database takes a later one.
+                        try await withDeadline(.seconds(30), "the first failure") {
                             while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
                                 try await Task.sleep(for: .milliseconds(10))
                             }
                         }
                         try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
                     }
-                    try await withDeadline(.seconds(20), "run() to return") { try await runtime.run() }
+                    try await withDeadline(.seconds(60), "run() to return") { try await runtime.run() }
                     let row = try other.read { try Row.fetchOne($0, sql: "SELECT outcome, delivery FROM journal") }
                     #expect(row?["outcome"] as String? == "answered")
                     #expect(row?["delivery"] as String? == "accepted 1 of 1")
@@ -817,7 +826,7 @@ struct ServiceRuntimeTests {
             let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
             let runtime = ServiceRuntime(keys: [key], handlers: [Uppercase()], store: store, configuration: .init(relays: urls), logger: quiet)
             runtime.stopIntake()
-            try await withDeadline(.seconds(10), "run() to return") { try await runtime.run() }
+            try await withDeadline(.seconds(30), "run() to return") { try await runtime.run() }
         }
     }
 
@@ -895,18 +904,19 @@ struct ServiceRuntimeTests {
     func renewedWhileRunning() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
             let path = directory.appendingPathComponent("service.sqlite").path
-            let handlers = [Uppercase(timeout: .seconds(30)), Uppercase(timeout: .seconds(30))]
+            let handlers = [Uppercase(timeout: .seconds(60)), Uppercase(timeout: .seconds(60))]
             let metrics = [TestMetrics(), TestMetrics()]
-            let request = try client.request(kind: requestKind, content: "sleep:9000", to: key.publicKey)
-            let configure: (inout ServiceRuntime.Configuration) -> Void = { $0.claimLease = 5 }
+            // Renewed every 3 s: a renewal can be 6 s late before the claim lapses.
+            let request = try client.request(kind: requestKind, content: "sleep:14000", to: key.publicKey)
+            let configure: (inout ServiceRuntime.Configuration) -> Void = { $0.claimLease = 9 }
             try await withRuntime(urls, handler: handlers[0], key: key, store: try SQLiteServiceStore(path: path), metrics: metrics[0], configure: configure) { _ in
                 try await withRuntime(urls, handler: handlers[1], key: key, store: try SQLiteServiceStore(path: path), metrics: metrics[1], configure: configure) { _ in
                     try await withReplies(urls, for: client) { pool, replies in
                         try await publish(request, on: urls, through: pool)
-                        // Without renewals the copy's holder would find the claim lapsed after ~5 s and answer
-                        // it as interrupted before the handler's answer at 9 s.
-                        let seen = try await awaitReplies(replies, limit: .seconds(60)) { $0.count >= 1 }
-                        #expect(try client.read(seen[0].0) == "SLEEP:9000")
+                        // Without renewals the copy's holder would find the claim lapsed after ~9 s and answer
+                        // it as interrupted before the handler's answer at 14 s.
+                        let seen = try await awaitReplies(replies, limit: .seconds(90)) { $0.count >= 1 }
+                        #expect(try client.read(seen[0].0) == "SLEEP:14000")
                     }
                 }
             }

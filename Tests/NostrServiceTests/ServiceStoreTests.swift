@@ -299,10 +299,12 @@ struct ServiceStoreTests {
 
     @Test("a queued answer the database refuses is tried again, and recorded once the database takes it; every failure is counted")
     func sqliteQueuedWriteRetried() async throws {
-        try await withRefusedAnswers { store, metrics, request, other in
+        // Attempts at 0, 0.2, 1.2, 4.2, 10.2 and 22.2 s: time enough for the steps below on a loaded machine.
+        let retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3), .seconds(6), .seconds(12)]
+        try await withRefusedAnswers(retryDelays: retryDelays) { store, metrics, request, other in
             let replies = [reply()]
             try await store.finish(request.id, owner: "a", outcome: "answered", replies: replies, now: 2001)
-            try await withDeadline(.seconds(10), "the first failure") {
+            try await withDeadline(.seconds(30), "the first failure") {
                 while counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) == 0 {
                     try await Task.sleep(for: .milliseconds(20))
                 }
@@ -318,7 +320,7 @@ struct ServiceStoreTests {
             #expect(!flushed.withLock { $0 }, "the answer is not written yet")
             // A later write committed meanwhile does not end the wait for the older one.
             try await store.recordDelivery(request.id, "accepted by 1 of 1")
-            try await withDeadline(.seconds(10), "the later write") {
+            try await withDeadline(.seconds(30), "the later write") {
                 while try await other.read({ try Row.fetchOne($0, sql: "SELECT delivery FROM journal")?["delivery"] as String? }) == nil {
                     try await Task.sleep(for: .milliseconds(20))
                 }
@@ -327,10 +329,10 @@ struct ServiceStoreTests {
             #expect(!flushed.withLock { $0 }, "the answer is still not written")
             // The database takes writes again: a later attempt records the answer, and the flush returns.
             try await other.write { try $0.execute(sql: "DROP TRIGGER refuse_answers") }
-            try await withDeadline(.seconds(10), "the flush") { await flushing.value }
+            try await withDeadline(.seconds(30), "the flush") { await flushing.value }
             #expect(try await other.read { try Row.fetchOne($0, sql: "SELECT outcome FROM journal")?["outcome"] as String? } == "answered")
             #expect(try await store.claim(request, owner: "b", now: 2003, lease: 60) == .finished(replies: replies))
-            #expect((1...3).contains(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")])))
+            #expect((1...Int64(retryDelays.count)).contains(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")])))
         }
     }
 
@@ -343,7 +345,7 @@ struct ServiceStoreTests {
             let cancelled = Task { await store.flush() }
             try await Task.sleep(for: .milliseconds(50))
             cancelled.cancel()
-            try await withDeadline(.seconds(1), "the cancelled flush") { await cancelled.value }
+            try await withDeadline(.seconds(3), "the cancelled flush") { await cancelled.value }
             #expect(counter(metrics, "switchboard_journal_errors_total", [("operation", "finish")]) < 4)
             // Attempts at 0, 0.2, 1.2 and 4.2 s; the flush returns when the last one is given up.
             try await withDeadline(.seconds(20), "the flush") { await store.flush() }
@@ -358,13 +360,15 @@ struct ServiceStoreTests {
     /// A store with metrics and a request claimed by `a`, whose real database refuses every attempt to record an
     /// answer (a trigger, added from `other`, another connection), as a full disk would.
     func withRefusedAnswers(
+        retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)],
         _ body: (SQLiteServiceStore, TestMetrics, JournalEntry, _ other: DatabaseQueue) async throws -> Void
     ) async throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("service.sqlite").path
         let metrics = TestMetrics()
-        let store = try SQLiteServiceStore(path: path, metricsFactory: metrics)
+        let store = try SQLiteServiceStore(
+            path: path, commitDelay: .milliseconds(3), busyGroup: 16, fullGroup: 256, metricsFactory: metrics, retryDelays: retryDelays)
         let request = entry()
         #expect(try await store.claim(request, owner: "a", now: 2000, lease: 60) == .claimed)
         let other = try secondConnection(path)

@@ -81,7 +81,7 @@ func withWallet<R: Sendable>(
             return try await withThrowingTaskGroup(of: Void.self) { group in
                 for bridge in started { group.addTask { try await bridge.run() } }
                 defer { group.cancelAll() }
-                try await withDeadline(.seconds(10), "the bridges to be ready") {
+                try await withDeadline(.seconds(30), "the bridges to be ready") {
                     while !started.allSatisfy(\.isReady) { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 return try await body(wallet)
@@ -223,9 +223,9 @@ struct WalletServiceTests {
             let (_, payeeClient) = try await wallet.connect("payee")
             try await payeeClient.run { payee in
                 try await payerClient.run { session in
-                    // Five seconds: long enough to be paid in time on a loaded machine.
+                    // Fifteen seconds: long enough to be paid in time on a loaded machine.
                     let brief = try #require(
-                        try await payee.call("make_invoice", ["amount": .number("1000"), "expiry": .number("5")]).object?["invoice"]?.string)
+                        try await payee.call("make_invoice", ["amount": .number("1000"), "expiry": .number("15")]).object?["invoice"]?.string)
                     let first = try await session.call("pay_invoice", ["invoice": .string(brief)])
                     #expect(first.object?["preimage"]?.string?.count == 64)
                     let expiresAt = try BOLT11Invoice(brief).expiresAt
@@ -281,7 +281,7 @@ struct WalletServiceTests {
                         for invoice in toPay { group.addTask { try await session.call("pay_invoice", ["invoice": .string(invoice)]) } }
                         return try await group.reduce(into: []) { $0.append($1) }
                     }
-                    try await withDeadline(.seconds(10), "the three payments to reach the network") {
+                    try await withDeadline(.seconds(30), "the three payments to reach the network") {
                         while gate.waiting < 3 { try await Task.sleep(for: .milliseconds(20)) }
                     }
                     let balance = try await withDeadline(.seconds(20), "get_balance while the payments wait") {
@@ -413,7 +413,7 @@ struct WalletServiceTests {
                     return try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { try await bridge.run() }
                         defer { group.cancelAll() }
-                        try await withDeadline(.seconds(10), "the bridge to be ready") {
+                        try await withDeadline(.seconds(30), "the bridge to be ready") {
                             while !bridge.isReady { try await Task.sleep(for: .milliseconds(20)) }
                         }
                         return try await body()
@@ -429,7 +429,7 @@ struct WalletServiceTests {
                     #expect(announced.count == 1)
                     _ = try await wallet.revoke(idOrName: "gone", now: .now)
                     let deletions = try await running {
-                        try await withDeadline(.seconds(10), "the info event's deletion") {
+                        try await withDeadline(.seconds(30), "the info event's deletion") {
                             while true {
                                 let found = try await pool.fetch([Filter(authors: [connection.walletKey], kinds: [.deletion])], timeout: .seconds(2))
                                 if !found.isEmpty { return found }
@@ -513,7 +513,7 @@ struct WalletServiceTests {
 
                 // Its info event is withdrawn: the next announcement round asks the relays to delete it (NIP-09).
                 try await wallet.bridges[0].synchronize()
-                let deletions = try await withDeadline(.seconds(10), "the info event's deletion") {
+                let deletions = try await withDeadline(.seconds(30), "the info event's deletion") {
                     while true {
                         let found = try await pool.fetch([Filter(authors: [payer.walletKey], kinds: [.deletion])], timeout: .seconds(2))
                         if !found.isEmpty { return found }
@@ -527,7 +527,7 @@ struct WalletServiceTests {
                 let payeeInfo = Filter(authors: [payee.walletKey], kinds: [NIP47.infoKind])
                 let before = try await pool.fetch([payeeInfo], timeout: .seconds(2)).map(\.createdAt).max() ?? 0
                 try await wallet.bridges[0].synchronize()
-                try await withDeadline(.seconds(10), "another announcement round") {
+                try await withDeadline(.seconds(30), "another announcement round") {
                     while try await pool.fetch([payeeInfo], timeout: .seconds(2)).map(\.createdAt).max() ?? 0 <= before {}
                 }
                 // The round's events go out together; give its other publishes a moment to land.
@@ -600,7 +600,10 @@ struct WalletServiceTests {
         policy.maximumConcurrentPerSender = 1_000
         try await withWallet(.postgres, relays: 2, replicas: 2, policy: policy) { wallet in
             let count = 1_000
-            let (payer, client) = try await wallet.connect("payer", balance: Int64(count) * 1_000)
+            let (payer, connected) = try await wallet.connect("payer", balance: Int64(count) * 1_000)
+            // 100 calls in flight at a time, each waited for longer than a loaded machine takes.
+            var client = connected
+            client.timeout = .seconds(120)
             let (payee, _) = try await wallet.connect("payee")
             var invoices: [String] = []
             for _ in 0..<count { invoices.append(try await wallet.invoice(payee, msat: 1_000)) }
