@@ -1,6 +1,7 @@
 import DVMExamples
 @testable import DVMKit
 import Foundation
+import Hummingbird
 import Logging
 import NostrCore
 import NostrCrypto
@@ -464,6 +465,53 @@ struct DVMHostTests {
             // The answer must come well before the waiting jobs give up.
             let result = try await client.run(plain, timeout: .seconds(60))
             #expect(result.content == "STILL READ")
+        }
+    }
+
+    @Test("at most maximumPreparingJobs jobs fetch their inputs at once; the others wait before fetching, and all are answered")
+    func preparingBound() async throws {
+        // A URL whose answer waits until the test opens the gate; the server counts requests as they arrive.
+        let arrived = Mutex(0)
+        let open = Mutex(false)
+        let router = Router()
+        router.get("slow") { _, _ in
+            arrived.withLock { $0 += 1 }
+            for _ in 0..<3_000 where !open.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+            return "fetched"
+        }
+        let (ports, announce) = AsyncStream<Int>.makeStream()
+        let app = Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in announce.yield(channel.localAddress?.port ?? 0) }, logger: quiet)
+        try await withThrowingTaskGroup(of: Void.self) { server in
+            server.addTask { try await app.run() }
+            defer { server.cancelAll() }
+            var iterator = ports.makeAsyncIterator()
+            guard let port = await iterator.next(), port > 0 else { throw JobError("the test server did not start") }
+            let recorder = Recorder()
+            try await withHosts(
+                handler: recorder, service: { $0.concurrency = 4; $0.maximumPreparingJobs = 2; $0.jobTimeout = .seconds(60) }
+            ) { hosts in
+                let client = hosts[0].client
+                let requests = try (0..<5).map { index in
+                    try client.request(kind: 5050, inputs: [JobInput(data: "http://127.0.0.1:\(port)/slow?job=\(index)", type: .url)])
+                }
+                try await withThrowingTaskGroup(of: String.self) { jobs in
+                    for request in requests { jobs.addTask { try await client.run(request, timeout: .seconds(60)).content } }
+                    try await withDeadline(.seconds(30), "two jobs to fetch their inputs") {
+                        while arrived.withLock({ $0 }) < 2 { try await Task.sleep(for: .milliseconds(20)) }
+                    }
+                    // The other three have been read by now (they hold no handling slot while they wait).
+                    try await Task.sleep(for: .seconds(1))
+                    #expect(arrived.withLock { $0 } == 2)
+                    open.withLock { $0 = true }
+                    var contents: [String] = []
+                    for try await content in jobs { contents.append(content) }
+                    #expect(contents == Array(repeating: "done: fetched", count: 5))
+                }
+                #expect(arrived.withLock { $0 } == 5)
+                #expect(recorder.runs.count == 5)
+            }
         }
     }
 

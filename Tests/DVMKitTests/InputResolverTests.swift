@@ -9,7 +9,8 @@ import NostrServiceTesting
 import Synchronization
 import Testing
 
-@Suite("InputResolver: url inputs")
+// One at a time: the lookup tests hold the URL lookup threads, which the others need.
+@Suite("InputResolver: url inputs", .serialized)
 struct InputResolverTests {
     /// Runs an HTTP server on 127.0.0.1 (a free port) with `/hello` and a redirect to it while `body` runs.
     func withServer(_ body: (Int) async throws -> Void) async throws {
@@ -129,6 +130,35 @@ struct InputResolverTests {
         }
         #expect(!answered.withLock { $0 }, "the input waited for the lookup")
         failed.signal()
+    }
+
+    @Test("URL lookups that hang do not hold up relay lookups: the two have threads of their own")
+    func separateLookupThreads() async throws {
+        // Every thread URL inputs are looked up on hangs until the relay lookup below has answered.
+        let threads = 4
+        let release = DispatchSemaphore(value: 0)
+        let hanging = Mutex(0)
+        let resolver = InputResolver(configuration: InputResolver.Configuration(), logger: Logger(label: "test.inputs")) { _ in
+            hanging.withLock { $0 += 1 }
+            _ = release.wait(timeout: .now() + 60)
+            return [[93, 184, 215, 14]]
+        }
+        defer { for _ in 0..<threads { release.signal() } }
+        let pool = RelayPool(logger: Logger(label: "test.pool"))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<threads {
+                let request = try JobRequest(
+                    EventTemplate(kind: 5050, content: "", tags: [["i", "http://slow-\(index).switchboard.invalid/", "url"]]).sign(with: SecretKey.generate()))
+                group.addTask { _ = try? await resolver.resolve(request, pool: pool) }
+            }
+            // Each URL lookup gives up after 5 s, so the threads are all taken well within it.
+            try await withDeadline(.seconds(4), "the URL lookups to take every thread") {
+                while hanging.withLock({ $0 }) < threads { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            let addresses = try await AddressPolicy.addresses(of: "relay.switchboard.invalid", timeout: .seconds(3)) { _ in [[1, 2, 3, 4]] }
+            #expect(addresses == [[1, 2, 3, 4]])
+            for _ in 0..<threads { release.signal() }
+        }
     }
 
     @Test("addresses as text: IPv4, IPv6 (no brackets), IPv4-mapped")
