@@ -567,6 +567,8 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
                 break
             await asyncio.sleep(0.5)
         assert looked.state == TransactionState.SETTLED, looked.state
+        # The restarted bridge has made no invoice yet: the node is that of the wallet's latest invoice in LNbits.
+        assert (await shop.get_info()).pubkey == decoded.payee
         for client in (spender, shop):
             await client.client().shutdown()
 
