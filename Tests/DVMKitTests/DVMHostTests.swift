@@ -147,9 +147,7 @@ struct DVMHostTests {
                 }
                 #expect(stored.contains { $0.id == result.event.id }, "\(relay)")
             }
-            // Published again: answered from the journal, not run again.
-            _ = await test.pool.publish(request)
-            try await Task.sleep(for: .milliseconds(300))
+            // The copy from the other relay, there long before the job's last feedback, did not run it again.
             #expect(recorder.runs[request.id] == 1)
         }
     }
