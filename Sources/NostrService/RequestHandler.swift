@@ -35,7 +35,9 @@ public protocol RequestHandler: Sendable {
     /// ``ServiceError/Code/timeout`` (default 30 s).
     var timeout: Duration { get }
     /// Whether a request interrupted by a crash or restart may be run again (default false: it is answered
-    /// with ``ServiceError/Code/interrupted`` instead, so nothing is signed or paid twice).
+    /// with ``ServiceError/Code/interrupted`` instead, so nothing is signed or paid twice). An ephemeral
+    /// request cut off by shutdown does not come back (relays do not keep it), so it is answered then:
+    /// ``ServiceError/Code/interrupted``, or ``ServiceError/Code/unavailable`` (send it again) if this is true.
     var isIdempotent: Bool { get }
     /// How `event`'s content is protected. The default: plain text when ``encryptions`` is only
     /// `.plaintext`, else NIP-04 when the content has `?iv=`, else NIP-44. Override for protocols where a tag

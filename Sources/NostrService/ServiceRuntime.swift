@@ -811,7 +811,7 @@ public final class ServiceRuntime: Service, Sendable {
             if !handler.isIdempotent {
                 metrics.request(kind: kind, outcome: "interrupted")
                 logger.warning("request was interrupted earlier; answering with an error instead of running it again")
-                return await refuse(event, relay: relay, route: route, with: ServiceError(.interrupted, "the service stopped while handling this request; send it again"), logger: logger)
+                return await refuse(event, relay: relay, route: route, with: Self.interrupted, logger: logger)
             }
         case .claimed:
             if uncertain && !handler.isIdempotent {
@@ -841,6 +841,11 @@ public final class ServiceRuntime: Service, Sendable {
                 await finishRetrying(event.id, outcome: "error:\(error.code)", replies: [], logger: logger)
                 return nil
             case .cancelled:
+                if event.kind.isEphemeral {
+                    // Cut off by shutdown before it ran, and relays do not keep it for the restart: answered now.
+                    metrics.request(kind: kind, outcome: Self.shuttingDown.code.rawValue)
+                    return await refuse(event, relay: relay, route: route, with: Self.shuttingDown, logger: logger)
+                }
                 // Cut off by shutdown before it ran: released, so it runs after the restart.
                 metrics.request(kind: kind, outcome: "cancelled")
                 await releaseRetrying(event.id, logger: logger)
@@ -887,15 +892,24 @@ public final class ServiceRuntime: Service, Sendable {
             replies = handler.errorReply(to: request, error: error).map { [$0] } ?? []
             outcomeName = "error:\(error.code)"
         }
-        if Task.isCancelled {
-            // Cut off by shutdown. A handler that may run twice gets its claim released, so the request runs
-            // again when it comes back; otherwise the claim stays open and the request is answered as
-            // interrupted then. Either way it stays in flight, so the final checkpoint stays before it and the
-            // catch-up after a restart brings it back.
-            metrics.request(kind: kind, outcome: "cancelled")
-            if handler.isIdempotent { await releaseRetrying(event.id, logger: logger) }
-            released = true
-            return nil
+        if Task.isCancelled, case .failure = outcome {
+            // Cut off by shutdown (a handler that finished all the same is answered as usual).
+            if event.kind.isEphemeral {
+                // Relays do not keep it, so it will not come back after a restart: answered now. A handler that
+                // may run twice says to send it again; any other says it was interrupted, as after a crash.
+                let error = handler.isIdempotent ? Self.shuttingDown : Self.interrupted
+                replies = handler.errorReply(to: request, error: error).map { [$0] } ?? []
+                outcomeName = "error:\(error.code)"
+            } else {
+                // A handler that may run twice gets its claim released, so the request runs again when it comes
+                // back; otherwise the claim stays open and the request is answered as interrupted then. Either
+                // way it stays in flight, so the final checkpoint stays before it and the catch-up after a
+                // restart brings it back.
+                metrics.request(kind: kind, outcome: "cancelled")
+                if handler.isIdempotent { await releaseRetrying(event.id, logger: logger) }
+                released = true
+                return nil
+            }
         }
         var events: [Event]
         var unsigned = false
@@ -914,6 +928,12 @@ public final class ServiceRuntime: Service, Sendable {
         guard !events.isEmpty else { return nil }
         return Delivery(request: event, replies: events, relay: relay, handler: handler, named: replies.flatMap(\.relays), recorded: true)
     }
+
+    /// The answer to a request cut off by shutdown that is not run again (its handler may not run twice).
+    static let interrupted = ServiceError(.interrupted, "the service stopped while handling this request; send it again")
+    /// The answer to an ephemeral request cut off by shutdown that may be sent again (it did not run, or its
+    /// handler may run twice).
+    static let shuttingDown = ServiceError(.unavailable, "the service is shutting down; send the request again")
 
     /// Waits `delay` seconds, then for one of the sender's slots, within the policy's longest wait.
     private func turn(of sender: PublicKey, ticket: UInt64, delay: Double) async -> Turn {

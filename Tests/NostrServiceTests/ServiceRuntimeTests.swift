@@ -23,10 +23,14 @@ let replyKind: Kind = 6910
 final class Uppercase: RequestHandler {
     let executions = Mutex<[EventID: Int]>([:])
     let timeout: Duration
-    var kinds: Set<Kind> { [requestKind] }
+    let kind: Kind
+    let isIdempotent: Bool
+    var kinds: Set<Kind> { [kind] }
 
-    init(timeout: Duration = .seconds(2)) {
+    init(timeout: Duration = .seconds(2), kind: Kind = requestKind, idempotent: Bool = false) {
         self.timeout = timeout
+        self.kind = kind
+        self.isIdempotent = idempotent
     }
 
     func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
@@ -593,6 +597,50 @@ struct ServiceRuntimeTests {
             #expect(try await store.claim(JournalEntry(waiting, service: key.publicKey), owner: "next", now: .now, lease: 60) == .claimed)
             let stillOpen = try await store.claim(JournalEntry(running, service: key.publicKey), owner: "next", now: .now, lease: 60)
             #expect({ if case .inProgress = stillOpen { true } else { false } }(), "\(stillOpen)")
+        }
+    }
+
+    @Test(
+        "ephemeral requests cut off at shutdown are answered at once, since relays do not keep them for the restart: the running one as interrupted (or to be sent again, when its handler may run twice), the waiting one to be sent again",
+        arguments: [false, true])
+    func ephemeralCutOffAnswered(idempotent: Bool) async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase(timeout: .seconds(60), kind: 25910, idempotent: idempotent)
+            let metrics = TestMetrics()
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.metricsFactory = metrics
+            configuration.policy.maximumConcurrentPerSender = 1
+            configuration.shutdownGracePeriod = .milliseconds(300)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let running = try client.request(kind: 25910, content: "hang", to: key.publicKey)
+            let waiting = try client.request(kind: 25910, content: "later", to: key.publicKey)
+            try await withReplies(urls, for: client) { pool, replies in
+                try await run(runtime) {
+                    try await startRequest(running, on: urls, through: pool, runtime: runtime, handler: handler)
+                    try await publish(waiting, on: urls, through: pool)
+                    try await withDeadline(.seconds(20), "the second request to wait") {
+                        while counter(metrics, "switchboard_requests_queued_total", [("kind", "25910")]) == 0 {
+                            try await Task.sleep(for: .milliseconds(10))
+                        }
+                    }
+                    runtime.stopIntake()
+                }
+                let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                func answer(to request: Event) throws -> String? {
+                    try seen.first { $0.0.tagValues("e") == [request.id.hex] }.map { try client.read($0.0) }
+                }
+                let sendAgain = "error unavailable: the service is shutting down; send the request again"
+                #expect(try answer(to: running) == (idempotent ? sendAgain : "error interrupted: the service stopped while handling this request; send it again"))
+                #expect(try answer(to: waiting) == sendAgain)
+            }
+            #expect(handler.count(waiting.id) == 0)
+            // Both are finished in the journal with those answers: a copy arriving later gets them again.
+            for request in [running, waiting] {
+                let claim = try await store.claim(JournalEntry(request, service: key.publicKey), owner: "next", now: .now, lease: 60)
+                #expect({ if case .finished(let replies) = claim { replies.count == 1 } else { false } }(), "\(claim)")
+            }
         }
     }
 
