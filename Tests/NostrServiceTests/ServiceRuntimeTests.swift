@@ -644,6 +644,30 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("a handler that finishes with an answer after the grace period's cancellation is answered as usual, not run again")
+    func answeredAfterCancellation() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            // "stubborn" ignores cancellation and answers after its timeout (2 s) and half a second.
+            let handler = Uppercase()
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.shutdownGracePeriod = .milliseconds(300)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let stubborn = try client.request(kind: requestKind, content: "stubborn", to: key.publicKey)
+            try await withReplies(urls, for: client) { pool, replies in
+                try await run(runtime) {
+                    try await startRequest(stubborn, on: urls, through: pool, runtime: runtime, handler: handler)
+                    runtime.stopIntake()
+                }
+                let seen = try await awaitReplies(replies) { !$0.isEmpty }
+                #expect(try seen.map { try client.read($0.0) } == ["STUBBORN"])
+            }
+            let claim = try await store.claim(JournalEntry(stubborn, service: key.publicKey), owner: "next", now: .now, lease: 60)
+            #expect({ if case .finished(let replies) = claim { replies.count == 1 } else { false } }(), "\(claim)")
+        }
+    }
+
     @Test("a watched event (a cancellation, say) arrives while the intake is full and its connections are not read")
     func watchedThroughFullIntake() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
