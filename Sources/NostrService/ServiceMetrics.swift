@@ -43,6 +43,11 @@ struct ServiceMetrics: Sendable {
         instruments.counter("switchboard_journal_errors_total", [("operation", operation)]).increment()
     }
 
+    /// A handler given up on: it did not return within the overdue limit after it was cancelled.
+    func abandoned(kind: String) {
+        instruments.counter("switchboard_handlers_abandoned_total", [("kind", kind)]).increment()
+    }
+
     func handlerDuration(kind: String, _ duration: Duration) {
         let (seconds, attoseconds) = duration.components
         instruments.timer("switchboard_handler_duration", [("kind", kind)])

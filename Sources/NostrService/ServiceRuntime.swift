@@ -87,6 +87,11 @@ public final class ServiceRuntime: Service, Sendable {
         public var listenTimeout: Duration = .seconds(10)
         /// On graceful shutdown, how long requests in flight may take to finish before they are cancelled.
         public var shutdownGracePeriod: Duration = .seconds(10)
+        /// How long a handler that has not returned when cancelled (at its ``RequestHandler/timeout``, or at the
+        /// end of the grace period) is still waited for. After that its request is answered as timed out (or cut
+        /// off by shutdown) and its handling slot is free; the handler is left running, counted in
+        /// `switchboard_handlers_abandoned_total`, and what it returns is discarded.
+        public var handlerOverdueLimit: Duration = .seconds(10)
         /// Whether the service publishes its relay list (NIP-65 kind 10002: the relays it reads and writes).
         public var announcesRelayList = true
         /// How often announcements (the relay list, handlers' ``RequestHandler/announcements(_:)``) are
@@ -1046,24 +1051,47 @@ public final class ServiceRuntime: Service, Sendable {
             return results
         }
         // The handler runs as its own task so the shared deadline timer can cancel it; the caller's
-        // cancellation (shutdown) is passed on.
+        // cancellation (shutdown) is passed on. Once cancelled, it is waited for `handlerOverdueLimit` more.
+        let answer = HandlerAnswer()
+        let (metrics, kind) = (self.metrics, "\(request.event.kind.rawValue)")
         let work = Task {
+            let result: Result<[ServiceReply], ServiceError>
             do {
-                return Result<[ServiceReply], ServiceError>.success(try await handler.handle(request, context: context))
+                result = .success(try await handler.handle(request, context: context))
             } catch let error as ServiceError {
-                return .failure(error)
+                result = .failure(error)
             } catch {
-                if Task.isCancelled { return .failure(ServiceError(.unavailable, "the service is shutting down")) }
-                logger.error("handler threw", metadata: ["error": "\(error)"])
-                return .failure(ServiceError(.internal, "internal error"))
+                if Task.isCancelled {
+                    result = .failure(ServiceError(.unavailable, "the service is shutting down"))
+                } else {
+                    logger.error("handler threw", metadata: ["error": "\(error)"])
+                    result = .failure(ServiceError(.internal, "internal error"))
+                }
+            }
+            if !answer.fulfil(result) {
+                logger.warning("an abandoned handler returned; its answer is discarded", metadata: ["nostr.kind": "\(kind)"])
             }
         }
-        let timer = Deadlines.shared.schedule(at: deadline) { work.cancel() }
-        let result = await withTaskCancellationHandler { await work.value } onCancel: { work.cancel() }
-        // A timer that can still be cancelled has not fired: the handler answered in time. A handler that
-        // succeeded all the same (it did not stop when cancelled) did what was asked: its answer stands.
-        if Deadlines.shared.cancel(timer) { return result }
-        if case .success = result { return result }
+        let overdue = configuration.handlerOverdueLimit
+        let giveUp = { @Sendable in
+            work.cancel()
+            _ = Deadlines.shared.schedule(at: .now + overdue) {
+                guard answer.giveUp() else { return }
+                metrics.abandoned(kind: kind)
+                logger.warning("a handler did not stop when cancelled; its request is answered without it", metadata: [
+                    "nostr.kind": "\(kind)", "overdue": "\(overdue)",
+                ])
+            }
+        }
+        let timer = Deadlines.shared.schedule(at: deadline, giveUp)
+        let result = await withTaskCancellationHandler { await answer.wait() } onCancel: { giveUp() }
+        // A timer that can still be cancelled has not fired: the handler answered in time (or shutdown gave up on
+        // it). A handler that succeeded all the same (it did not stop when cancelled) did what was asked: its
+        // answer stands.
+        if Deadlines.shared.cancel(timer) {
+            return result ?? .failure(ServiceError(.unavailable, "the service is shutting down"))
+        }
+        if let result, case .success = result { return result }
         return .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
     }
 
@@ -1280,6 +1308,54 @@ extension PublishResult {
         switch self {
         case .accepted, .rejected: true
         case .timedOut, .unreachable: false
+        }
+    }
+}
+
+/// A handler's answer, waited for until it comes or is given up on (``ServiceRuntime/Configuration/handlerOverdueLimit``).
+final class HandlerAnswer: Sendable {
+    private struct State {
+        var result: Result<[ServiceReply], ServiceError>?
+        var givenUp = false
+        var waiter: CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    /// Hands the answer over; false if it was given up on first.
+    func fulfil(_ result: Result<[ServiceReply], ServiceError>) -> Bool {
+        let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?, Bool) in
+            guard !state.givenUp, state.result == nil else { return (nil, false) }
+            state.result = result
+            defer { state.waiter = nil }
+            return (state.waiter, true)
+        }
+        waiter?.resume(returning: result)
+        return taken
+    }
+
+    /// Ends the wait without an answer; false if the answer came first.
+    func giveUp() -> Bool {
+        let (waiter, given) = state.withLock { state -> (CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?, Bool) in
+            guard !state.givenUp, state.result == nil else { return (nil, false) }
+            state.givenUp = true
+            defer { state.waiter = nil }
+            return (state.waiter, true)
+        }
+        waiter?.resume(returning: nil)
+        return given
+    }
+
+    /// The answer, or nil once given up on. Not ended by cancellation: ``giveUp()`` ends it.
+    func wait() async -> Result<[ServiceReply], ServiceError>? {
+        await withCheckedContinuation { continuation in
+            let ready: Result<[ServiceReply], ServiceError>?? = state.withLock { state in
+                if let result = state.result { return .some(result) }
+                if state.givenUp { return .some(nil) }
+                state.waiter = continuation
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
         }
     }
 }

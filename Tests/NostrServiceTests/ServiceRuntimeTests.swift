@@ -25,6 +25,7 @@ final class Uppercase: RequestHandler {
     let timeout: Duration
     let kind: Kind
     let isIdempotent: Bool
+    let unstick = DispatchSemaphore(value: 0)
     var kinds: Set<Kind> { [kind] }
 
     init(timeout: Duration = .seconds(2), kind: Kind = requestKind, idempotent: Bool = false) {
@@ -47,6 +48,14 @@ final class Uppercase: RequestHandler {
             await withCheckedContinuation { continuation in
                 let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18 + 0.5
                 DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { continuation.resume() }
+            }
+        case "stuck":
+            // A wait that cancellation does not end, until ``unstick`` is signalled (or two minutes pass).
+            await withCheckedContinuation { continuation in
+                DispatchQueue.global().async {
+                    _ = self.unstick.wait(timeout: .now() + 120)
+                    continuation.resume()
+                }
             }
         case "empty": return [request.reply(kind: replyKind, content: "")]
         default: break
@@ -665,6 +674,58 @@ struct ServiceRuntimeTests {
             }
             let claim = try await store.claim(JournalEntry(stubborn, service: key.publicKey), owner: "next", now: .now, lease: 60)
             #expect({ if case .finished(let replies) = claim { replies.count == 1 } else { false } }(), "\(claim)")
+        }
+    }
+
+    @Test("a handler that does not stop when cancelled is given up on after the overdue limit: its request is answered as timed out, its slot serves the next request, and it is counted")
+    func abandonedHandler() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase(timeout: .seconds(1))
+            defer { handler.unstick.signal() }
+            let metrics = TestMetrics()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
+                $0.maximumConcurrentRequests = 1
+                $0.handlerOverdueLimit = .seconds(1)
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let stuck = try client.request(kind: requestKind, content: "stuck", to: key.publicKey)
+                    let next = try client.request(kind: requestKind, content: "next", to: key.publicKey)
+                    try await publish(stuck, on: urls, through: pool)
+                    try await publish(next, on: urls, through: pool)
+                    let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                    func answer(to request: Event) throws -> String? {
+                        try seen.first { $0.0.tagValues("e") == [request.id.hex] }.map { try client.read($0.0) }
+                    }
+                    #expect(try answer(to: stuck) == "error timeout: no answer within 1.0 seconds")
+                    #expect(try answer(to: next) == "NEXT")
+                    #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
+                }
+            }
+        }
+    }
+
+    @Test("shutdown is not held up by a handler that does not stop: run() returns once the grace period and the overdue limit have passed")
+    func shutdownPastStuckHandler() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase(timeout: .seconds(600))
+            defer { handler.unstick.signal() }
+            var configuration = ServiceRuntime.Configuration(relays: urls)
+            configuration.pool.reconnectDelay = .milliseconds(50)
+            configuration.shutdownGracePeriod = .milliseconds(300)
+            configuration.handlerOverdueLimit = .milliseconds(500)
+            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let stuck = try client.request(kind: requestKind, content: "stuck", to: key.publicKey)
+            // run() must return well before the handler's own 2 minutes are up.
+            try await withClientPool(urls) { pool in
+                try await run(runtime) {
+                    try await startRequest(stuck, on: urls, through: pool, runtime: runtime, handler: handler)
+                    runtime.stopIntake()
+                }
+            }
+            // Cut off, not answered: the claim stays open, so the request is answered as interrupted if it comes back.
+            let claim = try await store.claim(JournalEntry(stuck, service: key.publicKey), owner: "next", now: .now, lease: 60)
+            #expect({ if case .inProgress = claim { true } else { false } }(), "\(claim)")
         }
     }
 
