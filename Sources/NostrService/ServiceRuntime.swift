@@ -1055,7 +1055,7 @@ public final class ServiceRuntime: Service, Sendable {
         let answer = HandlerAnswer()
         let (metrics, kind) = (self.metrics, "\(request.event.kind.rawValue)")
         let work = Task {
-            let result: Result<[ServiceReply], ServiceError>
+            let result: HandlerAnswer.Outcome
             do {
                 result = .success(try await handler.handle(request, context: context))
             } catch let error as ServiceError {
@@ -1314,17 +1314,19 @@ extension PublishResult {
 
 /// A handler's answer, waited for until it comes or is given up on (``ServiceRuntime/Configuration/handlerOverdueLimit``).
 final class HandlerAnswer: Sendable {
+    typealias Outcome = Result<[ServiceReply], ServiceError>
+
     private struct State {
-        var result: Result<[ServiceReply], ServiceError>?
+        var result: Outcome?
         var givenUp = false
-        var waiter: CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?
+        var waiter: CheckedContinuation<Outcome?, Never>?
     }
 
     private let state = Mutex(State())
 
     /// Hands the answer over; false if it was given up on first.
-    func fulfil(_ result: Result<[ServiceReply], ServiceError>) -> Bool {
-        let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?, Bool) in
+    func fulfil(_ result: Outcome) -> Bool {
+        let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Outcome?, Never>?, Bool) in
             guard !state.givenUp, state.result == nil else { return (nil, false) }
             state.result = result
             defer { state.waiter = nil }
@@ -1336,7 +1338,7 @@ final class HandlerAnswer: Sendable {
 
     /// Ends the wait without an answer; false if the answer came first.
     func giveUp() -> Bool {
-        let (waiter, given) = state.withLock { state -> (CheckedContinuation<Result<[ServiceReply], ServiceError>?, Never>?, Bool) in
+        let (waiter, given) = state.withLock { state -> (CheckedContinuation<Outcome?, Never>?, Bool) in
             guard !state.givenUp, state.result == nil else { return (nil, false) }
             state.givenUp = true
             defer { state.waiter = nil }
@@ -1347,9 +1349,9 @@ final class HandlerAnswer: Sendable {
     }
 
     /// The answer, or nil once given up on. Not ended by cancellation: ``giveUp()`` ends it.
-    func wait() async -> Result<[ServiceReply], ServiceError>? {
+    func wait() async -> Outcome? {
         await withCheckedContinuation { continuation in
-            let ready: Result<[ServiceReply], ServiceError>?? = state.withLock { state in
+            let ready: Outcome?? = state.withLock { state in
                 if let result = state.result { return .some(result) }
                 if state.givenUp { return .some(nil) }
                 state.waiter = continuation
