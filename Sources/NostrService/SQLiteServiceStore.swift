@@ -85,10 +85,13 @@ public final class SQLiteServiceStore: ServiceStore {
         try self.init(path: path, commitDelay: commitDelay, busyGroup: 16, fullGroup: 256, metricsFactory: metricsFactory)
     }
 
+    /// The waits before each further attempt of a queued write that failed: four attempts in about 4 s.
+    static let defaultRetryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+
     /// - Parameter retryDelays: The waits before each further attempt of a queued write that failed.
     init(
         path: String, commitDelay: Duration, busyGroup: Int, fullGroup: Int, metricsFactory: (any MetricsFactory)? = nil,
-        retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)]
+        retryDelays: [Duration] = defaultRetryDelays
     ) throws {
         self.commitDelay = commitDelay
         self.busyGroup = busyGroup

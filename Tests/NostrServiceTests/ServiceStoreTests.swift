@@ -360,7 +360,7 @@ struct ServiceStoreTests {
     /// A store with metrics and a request claimed by `a`, whose real database refuses every attempt to record an
     /// answer (a trigger, added from `other`, another connection), as a full disk would.
     func withRefusedAnswers(
-        retryDelays: [Duration] = [.milliseconds(200), .seconds(1), .seconds(3)],
+        retryDelays: [Duration] = SQLiteServiceStore.defaultRetryDelays,
         _ body: (SQLiteServiceStore, TestMetrics, JournalEntry, _ other: DatabaseQueue) async throws -> Void
     ) async throws {
         let directory = try temporaryDirectory()
