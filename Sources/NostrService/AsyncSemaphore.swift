@@ -66,6 +66,15 @@ package final class AsyncSemaphore: Sendable {
         }
     }
 
+    /// Takes a slot if one is free now; false otherwise.
+    package func tryAcquire() -> Bool {
+        state.withLock { state in
+            guard state.available > 0 else { return false }
+            state.available -= 1
+            return true
+        }
+    }
+
     package func release() {
         let (next, idle) = state.withLock { state -> (CheckedContinuation<Bool, Never>?, [(continuation: CheckedContinuation<Bool, Never>, timer: Deadlines.Token)]) in
             if !state.waiters.isEmpty { return (state.waiters.removeFirst().continuation, []) }

@@ -136,11 +136,11 @@ public struct RequestContext: Sendable {
 
     /// Runs `wait` — for something outside the service: a person's approval, a payment — without holding one of
     /// the runtime's ``ServiceRuntime/Configuration/maximumConcurrentRequests`` handling slots, so that requests
-    /// waiting on people cannot stop the service from reading others; a slot is taken again before it returns.
-    /// The request still counts for the sender's own limits, and graceful shutdown still waits for it (within
-    /// the grace period).
+    /// waiting on people cannot stop the service from reading others; a slot is taken again before it returns
+    /// (unless the handler is being cancelled: then it finishes without one). The request still counts for the
+    /// sender's own limits, and graceful shutdown still waits for it (within the grace period).
     public func withoutHandlingSlot<T>(_ wait: () async throws -> T) async rethrows -> T {
-        await slot.leave()
+        slot.leave()
         do {
             let result = try await wait()
             await slot.retake()

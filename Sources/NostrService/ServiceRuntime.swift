@@ -501,12 +501,12 @@ public final class ServiceRuntime: Service, Sendable {
                 group.addTask {
                     let slot = Slot(slots: slots, waiting: waiting)
                     guard let delivery = await self.process(event, relay: relay, route: route, slot: slot) else {
-                        slots.release()
+                        slot.finish()
                         return
                     }
                     // The reply is recorded: the request's slot passes to its delivery.
                     await deliveries.acquire()
-                    slots.release()
+                    slot.finish()
                     defer { deliveries.release() }
                     await self.deliver(delivery)
                 }
@@ -586,14 +586,33 @@ public final class ServiceRuntime: Service, Sendable {
         let recorded: Bool
     }
 
-    /// A request's handling slot: held from intake to its recorded reply, but given back while the request
-    /// waits for its sender's turn.
-    struct Slot {
+    /// A request's handling slot: held from intake until ``finish()`` (its reply recorded), but given back while
+    /// the request waits for its sender's turn or on something outside the service. A handler given up on
+    /// (``Configuration/handlerOverdueLimit``) may still leave and retake it after ``finish()``: that does
+    /// nothing, so the runtime's count of slots stays right.
+    final class Slot: Sendable {
+        private enum State {
+            /// Holding one of `slots`.
+            case held
+            /// Counted in `waiting` instead.
+            case left
+            /// Counted in `waiting`, and waiting for one of `slots`.
+            case retaking
+            /// Given back: nothing held.
+            case done
+        }
+
         let slots: AsyncSemaphore
         let waiting: AsyncSemaphore
+        private let state = Mutex(State.held)
+
+        init(slots: AsyncSemaphore, waiting: AsyncSemaphore) {
+            self.slots = slots
+            self.waiting = waiting
+        }
 
         /// Runs `wait` without the slot and uncounted (shutdown does not wait for it), and takes a slot again
-        /// afterwards.
+        /// afterwards. Only before the handler runs.
         func aside<T>(_ wait: () async -> T) async -> T {
             slots.release()
             let result = await wait()
@@ -603,21 +622,54 @@ public final class ServiceRuntime: Service, Sendable {
 
         /// Runs `wait` without the slot, counted as waiting instead, and takes a slot again afterwards.
         func without<T>(_ wait: () async -> T) async -> T {
-            await leave()
+            leave()
             let result = await wait()
             await retake()
             return result
         }
 
         /// Gives the slot back, counted as waiting instead (``retake()`` undoes it).
-        func leave() async {
-            await waiting.acquire()
-            slots.release()
+        func leave() {
+            // `waiting` has room for every request: taking a place in it never fails.
+            let left = state.withLock { state in
+                guard case .held = state, waiting.tryAcquire() else { return false }
+                state = .left
+                return true
+            }
+            if left { slots.release() }
         }
 
+        /// Takes a slot again after ``leave()``, waiting for one; not when the task is cancelled (its request
+        /// is ending: ``finish()`` gives back what it holds).
         func retake() async {
+            guard !Task.isCancelled else { return }
+            let retaking = state.withLock { state in
+                guard case .left = state else { return false }
+                state = .retaking
+                return true
+            }
+            guard retaking else { return }
             await slots.acquire()
-            waiting.release()
+            let kept = state.withLock { state in
+                guard case .retaking = state else { return false }
+                state = .held
+                return true
+            }
+            // Finished meanwhile: the place in `waiting` was given back then, and the slot is not needed.
+            if kept { waiting.release() } else { slots.release() }
+        }
+
+        /// The request is done with its slot: gives back what it holds.
+        func finish() {
+            let was = state.withLock { state in
+                defer { state = .done }
+                return state
+            }
+            switch was {
+            case .held: slots.release()
+            case .left, .retaking: waiting.release()
+            case .done: break
+            }
         }
     }
 
@@ -884,7 +936,7 @@ public final class ServiceRuntime: Service, Sendable {
         }
 
         let started = ContinuousClock.now
-        let outcome = await run(handler, request, key: route.key, slot: slot, logger: logger)
+        let (outcome, cutOff) = await run(handler, request, kind: kind, key: route.key, slot: slot, logger: logger)
         metrics.handlerDuration(kind: kind, ContinuousClock.now - started)
         var replies: [ServiceReply]
         var outcomeName: String
@@ -897,7 +949,7 @@ public final class ServiceRuntime: Service, Sendable {
             replies = handler.errorReply(to: request, error: error).map { [$0] } ?? []
             outcomeName = "error:\(error.code)"
         }
-        if Task.isCancelled, case .failure = outcome {
+        if cutOff, case .failure = outcome {
             // Cut off by shutdown (a handler that finished all the same is answered as usual).
             if event.kind.isEphemeral {
                 // Relays do not keep it, so it will not come back after a restart: answered now. A handler that
@@ -1035,14 +1087,17 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     /// Runs the handler with its timeout; any error that is not a ``ServiceError`` becomes an internal one.
+    /// `cutOff`: shutdown's cancellation came before the handler's answer.
     private func run(
-        _ handler: any RequestHandler, _ request: ServiceRequest, key: any ServiceSigner, slot: Slot, logger: Logger
-    ) async -> Result<[ServiceReply], ServiceError> {
+        _ handler: any RequestHandler, _ request: ServiceRequest, kind: String, key: any ServiceSigner, slot: Slot, logger: Logger
+    ) async -> (outcome: HandlerAnswer.Outcome, cutOff: Bool) {
         let deadline = ContinuousClock.now + handler.timeout
+        let answer = HandlerAnswer()
         let context = RequestContext(
             logger: logger, store: store, pool: pool, deadline: deadline, slot: slot
         ) { reply in
-            guard let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
+            // A handler given up on says nothing more: its request has had its answer.
+            guard !answer.isGivenUp, let events = try? await self.sign([reply], for: request, key: key) else { return [:] }
             let extra = await self.replyRelays(request.event, handler: handler, named: reply.relays)
             var results: [RelayURL: PublishResult] = [:]
             for event in events {
@@ -1052,8 +1107,7 @@ public final class ServiceRuntime: Service, Sendable {
         }
         // The handler runs as its own task so the shared deadline timer can cancel it; the caller's
         // cancellation (shutdown) is passed on. Once cancelled, it is waited for `handlerOverdueLimit` more.
-        let answer = HandlerAnswer()
-        let (metrics, kind) = (self.metrics, "\(request.event.kind.rawValue)")
+        let metrics = self.metrics
         let work = Task {
             let result: HandlerAnswer.Outcome
             do {
@@ -1068,9 +1122,7 @@ public final class ServiceRuntime: Service, Sendable {
                     result = .failure(ServiceError(.internal, "internal error"))
                 }
             }
-            if !answer.fulfil(result) {
-                logger.warning("an abandoned handler returned; its answer is discarded", metadata: ["nostr.kind": "\(kind)"])
-            }
+            if !answer.fulfil(result) { logger.warning("a handler given up on returned; what it returned is discarded") }
         }
         let overdue = configuration.handlerOverdueLimit
         let giveUp = { @Sendable in
@@ -1078,21 +1130,23 @@ public final class ServiceRuntime: Service, Sendable {
             _ = Deadlines.shared.schedule(at: .now + overdue) {
                 guard answer.giveUp() else { return }
                 metrics.abandoned(kind: kind)
-                logger.warning("a handler did not stop when cancelled; its request is answered without it", metadata: [
-                    "nostr.kind": "\(kind)", "overdue": "\(overdue)",
-                ])
+                logger.warning("a handler did not stop when cancelled; its request is answered without it", metadata: ["overdue": "\(overdue)"])
             }
         }
         let timer = Deadlines.shared.schedule(at: deadline, giveUp)
-        let result = await withTaskCancellationHandler { await answer.wait() } onCancel: { giveUp() }
+        let result = await withTaskCancellationHandler { await answer.wait() } onCancel: {
+            answer.cutOff()
+            giveUp()
+        }
+        let cutOff = answer.wasCutOff
         // A timer that can still be cancelled has not fired: the handler answered in time (or shutdown gave up on
         // it). A handler that succeeded all the same (it did not stop when cancelled) did what was asked: its
         // answer stands.
         if Deadlines.shared.cancel(timer) {
-            return result ?? .failure(ServiceError(.unavailable, "the service is shutting down"))
+            return (result ?? .failure(ServiceError(.unavailable, "the service is shutting down")), cutOff)
         }
-        if let result, case .success = result { return result }
-        return .failure(ServiceError(.timeout, "no answer within \(handler.timeout)"))
+        if let result, case .success = result { return (result, cutOff) }
+        return (.failure(ServiceError(.timeout, "no answer within \(handler.timeout)")), cutOff)
     }
 
     /// Encrypts each reply's content for its recipient in its scheme and signs it with `key`.
@@ -1319,6 +1373,8 @@ final class HandlerAnswer: Sendable {
     private struct State {
         var result: Outcome?
         var givenUp = false
+        /// Shutdown's cancellation came before the answer.
+        var cutOff = false
         var waiter: CheckedContinuation<Outcome?, Never>?
     }
 
@@ -1347,6 +1403,14 @@ final class HandlerAnswer: Sendable {
         waiter?.resume(returning: nil)
         return given
     }
+
+    /// Notes that shutdown cancels the handler: the answer, if it comes, comes after that.
+    func cutOff() {
+        state.withLock { state in if state.result == nil { state.cutOff = true } }
+    }
+
+    var wasCutOff: Bool { state.withLock(\.cutOff) }
+    var isGivenUp: Bool { state.withLock(\.givenUp) }
 
     /// The answer, or nil once given up on. Not ended by cancellation: ``giveUp()`` ends it.
     func wait() async -> Outcome? {

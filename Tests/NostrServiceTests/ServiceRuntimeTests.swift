@@ -26,6 +26,8 @@ final class Uppercase: RequestHandler {
     let kind: Kind
     let isIdempotent: Bool
     let unstick = DispatchSemaphore(value: 0)
+    /// `sleep:` requests running now, and the most at once.
+    private let sleeping = Mutex((now: 0, most: 0))
     var kinds: Set<Kind> { [kind] }
 
     init(timeout: Duration = .seconds(2), kind: Kind = requestKind, idempotent: Bool = false) {
@@ -37,6 +39,8 @@ final class Uppercase: RequestHandler {
     func handle(_ request: ServiceRequest, context: RequestContext) async throws -> [ServiceReply] {
         executions.withLock { $0[request.event.id, default: 0] += 1 }
         if request.content.hasPrefix("sleep:"), let ms = Int(request.content.dropFirst(6)) {
+            sleeping.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+            defer { sleeping.withLock { $0.now -= 1 } }
             try await Task.sleep(for: .milliseconds(ms))
         }
         switch request.content {
@@ -50,13 +54,10 @@ final class Uppercase: RequestHandler {
                 DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { continuation.resume() }
             }
         case "stuck":
-            // A wait that cancellation does not end, until ``unstick`` is signalled (or two minutes pass).
-            await withCheckedContinuation { continuation in
-                DispatchQueue.global().async {
-                    _ = self.unstick.wait(timeout: .now() + 120)
-                    continuation.resume()
-                }
-            }
+            await stuck()
+        case "stuck-waiting":
+            // The same, waiting on something outside the service (without its handling slot).
+            await context.withoutHandlingSlot { await stuck() }
         case "empty": return [request.reply(kind: replyKind, content: "")]
         default: break
         }
@@ -67,6 +68,17 @@ final class Uppercase: RequestHandler {
         request.reply(kind: replyKind, content: "error \(error.code): \(error.message)")
     }
 
+    /// A wait that cancellation does not end, until ``unstick`` is signalled (or two minutes pass).
+    private func stuck() async {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                _ = self.unstick.wait(timeout: .now() + 120)
+                continuation.resume()
+            }
+        }
+    }
+
+    var mostSleeping: Int { sleeping.withLock { $0.most } }
     var total: Int { executions.withLock { $0.values.reduce(0, +) } }
     func count(_ id: EventID) -> Int { executions.withLock { $0[id] ?? 0 } }
 }
@@ -699,6 +711,34 @@ struct ServiceRuntimeTests {
                     #expect(try answer(to: stuck) == "error timeout: no answer within 1.0 seconds")
                     #expect(try answer(to: next) == "NEXT")
                     #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
+                }
+            }
+        }
+    }
+
+    @Test("a handler given up on while it waited without its slot leaves the slot count right: one slot still runs one request at a time")
+    func abandonedWhileWaiting() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase(timeout: .seconds(3))
+            defer { handler.unstick.signal() }
+            let metrics = TestMetrics()
+            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
+                $0.maximumConcurrentRequests = 1
+                $0.handlerOverdueLimit = .seconds(1)
+            }) { _ in
+                try await withReplies(urls, for: client) { pool, replies in
+                    let stuck = try client.request(kind: requestKind, content: "stuck-waiting", to: key.publicKey)
+                    try await publish(stuck, on: urls, through: pool)
+                    let first = try await awaitReplies(replies) { !$0.isEmpty }
+                    #expect(try first.map { try client.read($0.0) } == ["error timeout: no answer within 3.0 seconds"])
+                    #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
+                    // Two requests of 1.5 s at once: with the slot given back twice (once by the wait, once when
+                    // the request was answered), both would run together.
+                    let slow = try (0..<2).map { _ in try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey) }
+                    for request in slow { try await publish(request, on: urls, through: pool) }
+                    let seen = try await awaitReplies(replies) { $0.count >= 2 }
+                    #expect(try seen.map { try client.read($0.0) } == ["SLEEP:1500", "SLEEP:1500"])
+                    #expect(handler.mostSleeping == 1)
                 }
             }
         }
