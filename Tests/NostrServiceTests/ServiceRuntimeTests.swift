@@ -689,35 +689,10 @@ struct ServiceRuntimeTests {
         }
     }
 
-    @Test("a handler that does not stop when cancelled is given up on after the overdue limit: its request is answered as timed out, its slot serves the next request, and it is counted")
-    func abandonedHandler() async throws {
-        try await withRelaysAndDirectory(1) { urls, directory in
-            let handler = Uppercase(timeout: .seconds(1))
-            defer { handler.unstick.signal() }
-            let metrics = TestMetrics()
-            try await withRuntime(urls, handler: handler, key: key, directory: directory, metrics: metrics, configure: {
-                $0.maximumConcurrentRequests = 1
-                $0.handlerOverdueLimit = .seconds(1)
-            }) { _ in
-                try await withReplies(urls, for: client) { pool, replies in
-                    let stuck = try client.request(kind: requestKind, content: "stuck", to: key.publicKey)
-                    let next = try client.request(kind: requestKind, content: "next", to: key.publicKey)
-                    try await publish(stuck, on: urls, through: pool)
-                    try await publish(next, on: urls, through: pool)
-                    let seen = try await awaitReplies(replies) { $0.count >= 2 }
-                    func answer(to request: Event) throws -> String? {
-                        try seen.first { $0.0.tagValues("e") == [request.id.hex] }.map { try client.read($0.0) }
-                    }
-                    #expect(try answer(to: stuck) == "error timeout: no answer within 1.0 seconds")
-                    #expect(try answer(to: next) == "NEXT")
-                    #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
-                }
-            }
-        }
-    }
-
-    @Test("a handler given up on while it waited without its slot leaves the slot count right: one slot still runs one request at a time")
-    func abandonedWhileWaiting() async throws {
+    @Test(
+        "a handler that does not stop when cancelled is given up on after the overdue limit: its request is answered as timed out, it is counted, and its slot — even given up on while it waited without it — serves one request at a time",
+        arguments: ["stuck", "stuck-waiting"])
+    func abandonedHandler(content: String) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase(timeout: .seconds(3))
             defer { handler.unstick.signal() }
@@ -727,13 +702,12 @@ struct ServiceRuntimeTests {
                 $0.handlerOverdueLimit = .seconds(1)
             }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
-                    let stuck = try client.request(kind: requestKind, content: "stuck-waiting", to: key.publicKey)
-                    try await publish(stuck, on: urls, through: pool)
+                    try await publish(try client.request(kind: requestKind, content: content, to: key.publicKey), on: urls, through: pool)
                     let first = try await awaitReplies(replies) { !$0.isEmpty }
                     #expect(try first.map { try client.read($0.0) } == ["error timeout: no answer within 3.0 seconds"])
                     #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
-                    // Two requests of 1.5 s at once: with the slot given back twice (once by the wait, once when
-                    // the request was answered), both would run together.
+                    // Two requests of 1.5 s at once: the freed slot runs them, one after the other. Given back twice
+                    // (once by the wait, once when the request was answered), it would run both together.
                     let slow = try (0..<2).map { _ in try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey) }
                     for request in slow { try await publish(request, on: urls, through: pool) }
                     let seen = try await awaitReplies(replies) { $0.count >= 2 }
