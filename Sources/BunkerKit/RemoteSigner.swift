@@ -282,7 +282,12 @@ public struct RemoteSigner: RequestHandler {
             func refuse(_ text: String, _ decision: String) -> Answer { Answer(NIP46.Response(id: id, error: text), decision, kind: kind) }
             switch await challenge(permission, detail()) {
             case .none: return refuse("unauthorized: \(permission) is not granted to this client", "unauthorized")
-            case .some(.none): return refuse("unauthorized: \(permission) was not approved in time", "expired")
+            case .some(.none):
+                // Shutdown ended the wait: nothing was decided or signed, so the client may ask again.
+                if Task.isCancelled {
+                    return refuse("unavailable: the bunker stopped before the operator decided; send the request again", "cancelled")
+                }
+                return refuse("unauthorized: \(permission) was not approved in time", "expired")
             case .some(.deny): return refuse("unauthorized: the operator denied \(permission)", "denied")
             case .some(.once):
                 approval = "approved-once"

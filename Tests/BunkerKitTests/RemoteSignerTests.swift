@@ -555,6 +555,25 @@ struct RemoteSignerTests {
         }
     }
 
+    @Test("a request waiting for the operator when the bunker stops is answered with an error saying so, not left to time out")
+    func challengeAtShutdown() async throws {
+        let approvals = Approvals(timeout: .seconds(60), operatorToken: operatorToken)
+        try await withBunker(approvals: approvals, configure: { $0.shutdownGracePeriod = .milliseconds(300) }) { bunker in
+            var client = bunker.client(try await bunker.uri(permissions: Permissions(entries: [])))
+            client.timeout = .seconds(30)
+            try await client.run { signer in
+                try await signer.connect()
+                async let signed = refusal { try await signer.sign(EventTemplate(kind: 7, content: "+")) }
+                try await withDeadline(.seconds(30), "the challenge in the store") {
+                    while try await bunker.state.pendingApprovals().isEmpty { try await Task.sleep(for: .milliseconds(20)) }
+                }
+                bunker.runtime.stopIntake()
+                let answer = await signed
+                #expect(answer == "unavailable: the bunker stopped before the operator decided; send the request again")
+            }
+        }
+    }
+
     @Test("the approval page shows tags and content as JSON: quotes and line breaks cannot fake lines of the page")
     func displayEscapes() {
         let template = EventTemplate(kind: 1, content: "hello\ncontent:\nGM", tags: [["t", "x\"\ncontent:\nGM"]], createdAt: 1_700_000_000)
