@@ -368,6 +368,37 @@ def sign_outside_the_grant(procs, tmp_path, label: str, decide) -> Path:
     return data
 
 
+def test_rust_nostr_waiting_on_the_operator_is_answered_when_the_bunker_stops(procs, aio, tmp_path):  # noqa: F811
+    """rust-nostr's client asks for a kind outside its grant and waits on the auth challenge; the bunker is stopped
+    (SIGTERM) before the operator decides: the client gets an error reply saying to send the request again (NIP-46
+    requests are ephemeral, so they would not come back after a restart), not a silent timeout."""
+    data = tmp_path / "bunker"
+    bunker(procs, "init", "--data-dir", str(data))
+    relay = start_rust_relay(aio)
+    proc, _ = serve(procs, data, relay.url, "--http", "127.0.0.1:0")
+    proc.wait_for(lambda lines: any(l.startswith("http ") for l in lines), READY, "http line")
+    uri = bunker(procs, "uri", "--data-dir", str(data), "--perms", "sign_event:1", "--label", "waiting app")
+
+    async def session():
+        signer = NostrConnect(NostrConnectUri.parse(uri), Keys.generate(), timedelta(seconds=60), None)
+        user = await signer.get_public_key_async()
+        waiting = asyncio.ensure_future(signer.sign_event_async(EventBuilder(Kind(7), "+").finalize_unsigned(user)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "needs sign_event:7" not in await asyncio.to_thread(
+                bunker, procs, "approvals", "--data-dir", str(data)):
+            await asyncio.sleep(0.2)
+        # In a thread: this loop also runs rust-nostr's relay, which must keep serving meanwhile.
+        was_alive, exited = await asyncio.to_thread(proc.stop)
+        proc.stopped_by_test = True
+        assert was_alive and exited, proc.describe()
+        with pytest.raises(Exception, match=r"unavailable: the bunker stopped before the operator decided; send the request again"):
+            await asyncio.wait_for(waiting, 30)
+
+    aio.call(session(), timeout=90)
+    audit = bunker(procs, "audit", "--data-dir", str(data), "--limit", "1")
+    assert "sign_event kind=7  cancelled" in audit, audit
+
+
 def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811
     """A kind outside the grant: the client gets an auth_url; the test, as the operator's browser, opens the page
     and approves always; the signed event arrives, the grant now includes the kind, and the audit log says how it

@@ -20,6 +20,8 @@ import json
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -292,6 +294,49 @@ def test_a_kind_5_deletion_cancels_a_running_job(procs, aio, rng, tmp_path, rela
     assert result is None and error == "the customer cancelled the job (kind 5)", f"[seed {SEED}] {statuses} {error}"
     assert statuses == ["processing", "error"], statuses
     assert time.monotonic() - started < 15
+
+
+def test_a_job_running_at_sigterm_is_answered_before_the_host_exits(procs, aio, rng, tmp_path):  # noqa: F811
+    """With the operations listener on (--http), SIGTERM gives the job in flight the grace period: `/health` says
+    503 meanwhile, and the result reaches the customer (rust-nostr's client) before the process exits 0."""
+    relay_url = start_rust_relay(aio).url
+    proc, host_hex = host(procs, tmp_path / "dvm", relay_url, "--kind", "5053", "--exec", "cat >/dev/null; sleep 3; echo finished",
+                          "--timeout", "30", "--http", "127.0.0.1:0")
+    health = "http://" + next(l for l in proc.snapshot() if l.startswith("http ")).split()[1] + "/health"
+    with urllib.request.urlopen(health, timeout=10) as ready:
+        assert ready.status == 200
+
+    def draining() -> bool:
+        """Polls /health until it says 503 (stopping); false if it never does within 5 s."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(health, timeout=2).close()
+            except urllib.error.HTTPError as refused:
+                return refused.code == 503
+            time.sleep(0.05)
+        return False
+    keys = new_keys(rng)
+    job = job_event(keys, 5053, [["i", "x", "text"]], host_hex)
+
+    async def scenario():
+        stopping = []
+
+        async def stop_when_processing(tags):
+            if next(t for t in tags if t[0] == "status")[1] == "processing" and not stopping:
+                # In threads: this loop also runs rust-nostr's relay, which must keep serving meanwhile.
+                stopping.append(asyncio.ensure_future(asyncio.to_thread(proc.stop)))
+                stopping.append(asyncio.ensure_future(asyncio.to_thread(draining)))
+
+        outcome = await run_job([relay_url], keys, job, on_feedback=stop_when_processing)
+        return outcome, [await part for part in stopping]
+
+    (statuses, _, content, error), (stopped, drained) = aio.call(scenario(), STEP * 2)
+    proc.stopped_by_test = True
+    assert drained, "/health did not say 503 while the job drained"
+    assert error is None and content.strip() == "finished", f"[seed {SEED}] {statuses} {error}\n{proc.describe()}"
+    assert stopped == (True, True), proc.describe()
+    assert proc.proc.returncode == 0, proc.describe()
 
 
 class Processing(Exception):

@@ -38,6 +38,8 @@ public final class Approvals: Sendable {
     }
 
     private let pending = Mutex<[String: Pending]>([:])
+    /// Set by ``stop()``: the bunker is stopping, and no challenge waits for a decision any more.
+    private let stopped = Mutex(false)
     private let base = Mutex<String?>(nil)
     /// How long a challenge waits for a decision.
     public let timeout: Duration
@@ -133,8 +135,21 @@ public final class Approvals: Sendable {
             pending[challenge.id] = Pending(challenge: challenge)
             return true
         }
+        // Opened as the bunker stops: closed again at once (``stop()`` may have looked before it was there).
+        if opened && isStopped { settle(challenge.id, nil) }
         return opened ? (challenge.id, "\(base)/auth/\(challenge.id)") : nil
     }
+
+    /// Ends every wait for a decision, now and from now on: the bunker is stopping, and requests waiting for the
+    /// operator are answered as cut off (their clients may send them again to the next run) instead of holding
+    /// up the shutdown.
+    public func stop() {
+        stopped.withLock { $0 = true }
+        for id in pending.withLock({ Array($0.keys) }) { settle(id, nil) }
+    }
+
+    /// Whether ``stop()`` was called.
+    public var isStopped: Bool { stopped.withLock { $0 } }
 
     /// Waits for the decision on challenge `id`; nil when none came within ``timeout`` or the wait was
     /// cancelled. The challenge is closed afterwards.

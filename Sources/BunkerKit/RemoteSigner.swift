@@ -284,7 +284,7 @@ public struct RemoteSigner: RequestHandler {
             case .none: return refuse("unauthorized: \(permission) is not granted to this client", "unauthorized")
             case .some(.none):
                 // Shutdown ended the wait: nothing was decided or signed, so the client may ask again.
-                if Task.isCancelled {
+                if Task.isCancelled || approvals?.isStopped == true {
                     return refuse("unavailable: the bunker stopped before the operator decided; send the request again", "cancelled")
                 }
                 return refuse("unauthorized: \(permission) was not approved in time", "expired")

@@ -35,7 +35,22 @@ public struct OperationsServer: Service {
         self.onListening = onListening
     }
 
+    /// Serves until graceful shutdown (as a `Service` in a `ServiceGroup`) or SIGTERM/SIGINT.
     public func run() async throws {
+        try await application().runService()
+    }
+
+    /// Serves until cancelled, through graceful shutdown and signals: `/health` answers 503 while the runtime
+    /// drains. For a daemon that cancels it once its runtime has returned.
+    public func runUntilCancelled() async throws {
+        let app = application()
+        // Hummingbird stops on graceful shutdown and on signals: in a task of its own (no shutdown context) and
+        // with no signals, only cancellation ends it.
+        let serving = Task.detached { try await app.runService(gracefulShutdownSignals: []) }
+        try await withTaskCancellationHandler { try await serving.value } onCancel: { serving.cancel() }
+    }
+
+    private func application() -> some ApplicationProtocol {
         let router = Router()
         routes(router)
         let registry = self.registry
@@ -65,7 +80,7 @@ public struct OperationsServer: Service {
                 await onListening(channel.localAddress?.ipAddress ?? "", channel.localAddress?.port ?? 0)
             },
             logger: logger)
-        try await app.runService()
+        return app
     }
 }
 

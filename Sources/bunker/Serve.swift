@@ -129,9 +129,28 @@ struct BunkerDaemon: Service {
             configuration: configuration, logger: logger)
         // Challenges recorded by an earlier run can no longer be answered.
         try await state.clearApprovals()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await runtime.run() }
-            if let approvals { group.addTask { await approvals.followDecisions(in: state) } }
+        // Stopping, requests waiting for the operator are answered at once ("send it again"): the operator may be
+        // away for minutes, and the grace period is for work that ends by itself.
+        try await withGracefulShutdownHandler {
+            try await serve(runtime: runtime, signer: signer, relays: relays)
+        } onGracefulShutdown: { [approvals] in
+            approvals?.stop()
+        }
+    }
+
+    private func serve(runtime: ServiceRuntime, signer: RemoteSigner, relays: [RelayURL]) async throws {
+        // Each part says whether it is the runtime: only the runtime's return ends the command.
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await runtime.run()
+                return true
+            }
+            if let approvals {
+                group.addTask {
+                    await approvals.followDecisions(in: state)
+                    return false
+                }
+            }
             if let (host, port) = http {
                 let approvals = self.approvals
                 let approvalURL = self.approvalURL
@@ -146,11 +165,18 @@ struct BunkerDaemon: Service {
                             }
                         },
                         routes: { router in approvals?.addRoutes(to: router) }
-                    ).run()
+                    ).runUntilCancelled()
+                    return false
                 }
             }
-            group.addTask { await pruneAuditDaily() }
-            group.addTask { await answerConnectRequests(signer: signer, runtime: runtime) }
+            group.addTask {
+                await pruneAuditDaily()
+                return false
+            }
+            group.addTask {
+                await answerConnectRequests(signer: signer, runtime: runtime)
+                return false
+            }
             // Waits in the group, so that a runtime that fails, or is stopped, before it is ready ends the command.
             group.addTask {
                 while !runtime.isReady {
@@ -165,9 +191,11 @@ struct BunkerDaemon: Service {
                     say(uri.description)
                 }
                 await untilCancelled()
+                return false
             }
-            // The runtime returns on SIGTERM/SIGINT (as does the listener): then the background loops stop too.
-            _ = try await group.next()
+            // On SIGTERM/SIGINT the runtime returns after its grace period, in which requests in flight are answered
+            // on connections that stay open (and `/health` says 503). Then the listener and the background loops stop.
+            while let isRuntime = try await group.next(), !isRuntime {}
             group.cancelAll()
         }
     }

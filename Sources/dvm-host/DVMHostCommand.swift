@@ -235,14 +235,19 @@ struct HostDaemon: Service {
         let host = DVMHost(
             key: LocalServiceKey(key), handler: try command.jobHandler(logger: logger), store: store, service: service, runtime: runtime, inputs: inputs,
             wallet: command.priceMsats == nil ? nil : wallet, logger: logger)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await host.run() }
+        // Each part says whether it is the host: only the host's return ends the command.
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await host.run()
+                return true
+            }
             if let (address, port) = http {
                 group.addTask {
                     try await OperationsServer(
                         host: address, port: port, registry: registry, runtime: host.runtime, logger: logger,
                         onListening: { address, port in say("http \(address):\(port)") }
-                    ).run()
+                    ).runUntilCancelled()
+                    return false
                 }
             }
             // Waits in the group, so that a host that fails, or is stopped, before it is ready ends the command.
@@ -254,9 +259,11 @@ struct HostDaemon: Service {
                 let price = command.priceMsats.map { "\($0) msat" } ?? "free"
                 say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
                 await untilCancelled()
+                return false
             }
-            // The host returns on SIGTERM/SIGINT (as does the listener): then everything else stops too.
-            _ = try await group.next()
+            // On SIGTERM/SIGINT the host returns after its grace period, in which jobs in flight finish on connections
+            // that stay open (and `/health` says 503). Then the listener and everything else stop.
+            while let isHost = try await group.next(), !isHost {}
             group.cancelAll()
         }
     }

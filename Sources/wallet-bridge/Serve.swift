@@ -114,14 +114,19 @@ struct WalletDaemon: Service {
         let bridge = try await WalletBridge(
             keys: keys, store: stores.wallet, backend: backend, serviceStore: stores.service, configuration: configuration,
             service: service, logger: logger)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await bridge.run() }
+        // Each part says whether it is the bridge: only the bridge's return ends the command.
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await bridge.run()
+                return true
+            }
             if let (host, port) = http {
                 group.addTask {
                     try await OperationsServer(
                         host: host, port: port, registry: registry, runtime: bridge.runtime, logger: logger,
                         onListening: { host, port in say("http \(host):\(port)") }
-                    ).run()
+                    ).runUntilCancelled()
+                    return false
                 }
             }
             // Waits in the group, so that a bridge that fails, or is stopped, before it is ready ends the command.
@@ -132,9 +137,11 @@ struct WalletDaemon: Service {
                 let live = try await stores.wallet.connections().filter { $0.isLive(at: .now) }.count
                 say("wallet-bridge ready: service \(bridge.publicKey.hex), \(live) connection\(live == 1 ? "" : "s"), backend \(command.backend), relays \(bridge.runtime.relays.map(\.string).joined(separator: " "))")
                 await untilCancelled()
+                return false
             }
-            // The bridge returns on SIGTERM/SIGINT (as does the listener): then everything else stops too.
-            _ = try await group.next()
+            // On SIGTERM/SIGINT the bridge returns after its grace period, in which payments in flight are answered on
+            // connections that stay open (and `/health` says 503). Then the listener and everything else stop.
+            while let isBridge = try await group.next(), !isBridge {}
             group.cancelAll()
         }
     }
