@@ -65,7 +65,8 @@ public struct AuditRecord: Codable, Sendable, Hashable {
     public var method: String
     /// The kind of the event to sign (`sign_event` only).
     public var kind: UInt16?
-    /// `ok`, `approved-once`, `approved-always`, `unauthorized`, `denied`, `expired` or `error`.
+    /// `ok`, `approved-once`, `approved-always`, `unauthorized`, `denied`, `expired`, `cancelled` (the bunker
+    /// stopped before the operator decided) or `error`.
     public var decision: String
     /// Milliseconds from the handler's start to the response (an approval's wait included).
     public var latency: Double

@@ -84,7 +84,7 @@ public struct RemoteSigner: RequestHandler {
     }
 
     /// A response and how it was decided, for the audit log: `ok`, `approved-once`, `approved-always`,
-    /// `unauthorized`, `denied`, `expired` or `error`.
+    /// `unauthorized`, `denied`, `expired`, `cancelled` or `error`.
     struct Answer {
         var response: NIP46.Response
         var decision: String
@@ -108,6 +108,8 @@ public struct RemoteSigner: RequestHandler {
         _ permission: String, detail shown: String?, message: NIP46.Request, request: ServiceRequest, context: RequestContext
     ) async -> Approvals.Decision?? {
         guard let approvals else { return nil }
+        // Stopping: no operator will decide now (answered as cut off, to be sent again).
+        guard !approvals.isStopped else { return .some(nil) }
         let session = try? await state.session(signer: request.recipient, client: request.sender)
         let user = identities[request.recipient].map { NIP19Entity.npub($0.user.publicKey).bech32 } ?? ""
         guard let (id, url) = approvals.open(

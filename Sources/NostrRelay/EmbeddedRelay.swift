@@ -189,19 +189,31 @@ public final class EmbeddedRelay: Service, Sendable {
 
 extension EmbeddedRelay {
     /// Runs an embedded relay (in memory) on 127.0.0.1 and a free port while `body` runs with its URL, then
-    /// stops it: the daemons' development mode, when no relay is given.
+    /// stops it gracefully: the daemons' development mode, when no relay is given. The relay outlives the
+    /// daemon's graceful shutdown (it runs in a task without that shutdown context): the daemon's replies during
+    /// its grace period go through it, and it stops once `body` has returned.
     public static func withLoopbackRelay(logger: Logger, _ body: (RelayURL) async throws -> Void) async throws {
         let (ready, announce) = AsyncStream<String>.makeStream()
         var configuration = Configuration()
         configuration.host = "127.0.0.1"
         configuration.port = 0
         let relay = EmbeddedRelay(configuration: configuration, logger: logger) { url in announce.yield(url) }
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await relay.run() }
-            defer { group.cancelAll() }
+        let services = ServiceGroup(configuration: .init(services: [relay], logger: logger))
+        let serving = Task.detached {
+            // A relay that could not start ends the wait for its URL.
+            defer { announce.finish() }
+            try await services.run()
+        }
+        try await withTaskCancellationHandler {
             var urls = ready.makeAsyncIterator()
-            guard let text = await urls.next() else { return }
-            try await body(try RelayURL(text))
+            guard let text = await urls.next() else { return try await serving.value }
+            var failure: (any Error)?
+            do { try await body(try RelayURL(text)) } catch { failure = error }
+            await services.triggerGracefulShutdown()
+            _ = try? await serving.value
+            if let failure { throw failure }
+        } onCancel: {
+            serving.cancel()
         }
     }
 }

@@ -9,6 +9,28 @@ import Testing
 
 @Suite("BunkerKit: NIP-46 messages, permissions, URIs and the key store")
 struct BunkerKitTests {
+    @Test("stopping the approvals ends every wait at once, and a challenge opened afterwards is closed as it opens")
+    func approvalsStop() async throws {
+        let approvals = Approvals(timeout: .seconds(120), operatorToken: Approvals.newOperatorToken())
+        approvals.baseURL = "http://127.0.0.1:1"
+        func open(_ client: String) throws -> String {
+            try #require(approvals.open(client: client, clientName: nil, user: "npub", method: "sign_event", permission: "sign_event:7", event: nil)).id
+        }
+        let waiting = try open("a")
+        let decision = Task { await approvals.decision(waiting) }
+        // Waiting for the operator, then stopped: the wait ends with no decision, long before the timeout.
+        while approvals.count == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(!approvals.isStopped)
+        approvals.stop()
+        #expect(approvals.isStopped)
+        #expect(try await withDeadline(.seconds(20), "the wait to end") { await decision.value } == nil)
+        // Opened after the stop: closed already, so nothing waits on it.
+        let late = try open("b")
+        #expect(approvals.challenge(late) == nil)
+        #expect(await approvals.decision(late) == nil)
+        #expect(approvals.count == 0)
+    }
+
     @Test("requests parse with string params; malformed ones are refused but keep their id for the error reply")
     func requests() throws {
         let request = try NIP46.Request(json: #"{"id":"r1","method":"sign_event","params":["{\"kind\":1}"]}"#)
