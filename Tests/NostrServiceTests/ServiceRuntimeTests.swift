@@ -154,6 +154,19 @@ func withRuntime<R: Sendable>(
     }
 }
 
+/// A runtime for `handler` that a test stops (a grace period of 300 ms), with its SQLite store in `directory`.
+func stoppableRuntime(
+    _ relays: [RelayURL], handler: any RequestHandler, key: LocalServiceKey, directory: URL,
+    configure: (inout ServiceRuntime.Configuration) -> Void = { _ in }
+) throws -> (ServiceRuntime, SQLiteServiceStore) {
+    var configuration = ServiceRuntime.Configuration(relays: relays)
+    configuration.pool.reconnectDelay = .milliseconds(50)
+    configuration.shutdownGracePeriod = .milliseconds(300)
+    configure(&configuration)
+    let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
+    return (ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet), store)
+}
+
 /// Waits for `runtime` to be ready, publishes `request` through `pool`, and returns once `handler` has started
 /// on it (its first execution).
 func startRequest(
@@ -560,11 +573,7 @@ struct ServiceRuntimeTests {
             // Timing out would answer it: on a loaded machine the newer request's reply can take longer than the
             // default 2 s, so the handler's timeout must outlast the test.
             let handler = Uppercase(timeout: .seconds(60))
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.shutdownGracePeriod = .milliseconds(300)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory)
             // Stored while the service was down, and cut off by the shutdown; a newer one is answered.
             let cutOff = try client.request(kind: requestKind, content: "hang", to: key.publicKey, createdAt: .now - 100)
             let newer = try client.request(kind: requestKind, content: "newer", to: key.publicKey)
@@ -588,13 +597,10 @@ struct ServiceRuntimeTests {
             // machine answered it first, and the waiting one ran.
             let handler = Uppercase(timeout: .seconds(60))
             let metrics = TestMetrics()
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.metricsFactory = metrics
-            configuration.policy.maximumConcurrentPerSender = 1
-            configuration.shutdownGracePeriod = .milliseconds(300)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory) {
+                $0.metricsFactory = metrics
+                $0.policy.maximumConcurrentPerSender = 1
+            }
             let running = try client.request(kind: requestKind, content: "hang", to: key.publicKey)
             let waiting = try client.request(kind: requestKind, content: "later", to: key.publicKey)
             try await withClientPool(urls) { pool in
@@ -628,13 +634,10 @@ struct ServiceRuntimeTests {
         try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase(timeout: .seconds(60), kind: 25910, idempotent: idempotent)
             let metrics = TestMetrics()
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.metricsFactory = metrics
-            configuration.policy.maximumConcurrentPerSender = 1
-            configuration.shutdownGracePeriod = .milliseconds(300)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory) {
+                $0.metricsFactory = metrics
+                $0.policy.maximumConcurrentPerSender = 1
+            }
             let running = try client.request(kind: 25910, content: "hang", to: key.publicKey)
             let waiting = try client.request(kind: 25910, content: "later", to: key.publicKey)
             try await withReplies(urls, for: client) { pool, replies in
@@ -670,11 +673,7 @@ struct ServiceRuntimeTests {
         try await withRelaysAndDirectory(1) { urls, directory in
             // "stubborn" ignores cancellation and answers after its timeout (2 s) and half a second.
             let handler = Uppercase()
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.shutdownGracePeriod = .milliseconds(300)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory)
             let stubborn = try client.request(kind: requestKind, content: "stubborn", to: key.publicKey)
             try await withReplies(urls, for: client) { pool, replies in
                 try await run(runtime) {
@@ -723,12 +722,9 @@ struct ServiceRuntimeTests {
         try await withRelaysAndDirectory(1) { urls, directory in
             let handler = Uppercase(timeout: .seconds(600))
             defer { handler.unstick.signal() }
-            var configuration = ServiceRuntime.Configuration(relays: urls)
-            configuration.pool.reconnectDelay = .milliseconds(50)
-            configuration.shutdownGracePeriod = .milliseconds(300)
-            configuration.handlerOverdueLimit = .milliseconds(500)
-            let store = try SQLiteServiceStore(path: directory.appendingPathComponent("service.sqlite").path)
-            let runtime = ServiceRuntime(keys: [key], handlers: [handler], store: store, configuration: configuration, logger: quiet)
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory) {
+                $0.handlerOverdueLimit = .milliseconds(500)
+            }
             let stuck = try client.request(kind: requestKind, content: "stuck", to: key.publicKey)
             // run() must return well before the handler's own 2 minutes are up.
             try await withClientPool(urls) { pool in
