@@ -1381,27 +1381,21 @@ final class HandlerAnswer: Sendable {
     private let state = Mutex(State())
 
     /// Hands the answer over; false if it was given up on first.
-    func fulfil(_ result: Outcome) -> Bool {
-        let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Outcome?, Never>?, Bool) in
+    func fulfil(_ result: Outcome) -> Bool { end(with: result) }
+
+    /// Ends the wait without an answer; false if the answer came first.
+    func giveUp() -> Bool { end(with: nil) }
+
+    /// Ends the wait once, with `result` (nil: given up); false if it had ended already.
+    private func end(with result: Outcome?) -> Bool {
+        let (waiter, ended) = state.withLock { state -> (CheckedContinuation<Outcome?, Never>?, Bool) in
             guard !state.givenUp, state.result == nil else { return (nil, false) }
-            state.result = result
+            if let result { state.result = result } else { state.givenUp = true }
             defer { state.waiter = nil }
             return (state.waiter, true)
         }
         waiter?.resume(returning: result)
-        return taken
-    }
-
-    /// Ends the wait without an answer; false if the answer came first.
-    func giveUp() -> Bool {
-        let (waiter, given) = state.withLock { state -> (CheckedContinuation<Outcome?, Never>?, Bool) in
-            guard !state.givenUp, state.result == nil else { return (nil, false) }
-            state.givenUp = true
-            defer { state.waiter = nil }
-            return (state.waiter, true)
-        }
-        waiter?.resume(returning: nil)
-        return given
+        return ended
     }
 
     /// Notes that shutdown cancels the handler: the answer, if it comes, comes after that.
