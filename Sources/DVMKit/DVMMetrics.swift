@@ -1,20 +1,19 @@
 import CoreMetrics
-import Synchronization
 
 /// dvm-host's swift-metrics instruments (besides the runtime's request metrics). Labels are bounded: kinds
 /// are the host's, outcomes a fixed set.
 struct DVMMetrics: Sendable {
     let factory: any MetricsFactory
     /// Jobs waiting for a free slot, running, and waiting for their invoice to be paid.
-    let queued: LevelGauge
-    let running: LevelGauge
-    let awaitingPayment: LevelGauge
+    let queued: Meter
+    let running: Meter
+    let awaitingPayment: Meter
 
     init(factory: any MetricsFactory) {
         self.factory = factory
-        queued = LevelGauge(Gauge(label: "switchboard_dvm_jobs_queued", factory: factory))
-        running = LevelGauge(Gauge(label: "switchboard_dvm_jobs_running", factory: factory))
-        awaitingPayment = LevelGauge(Gauge(label: "switchboard_dvm_jobs_awaiting_payment", factory: factory))
+        queued = Meter(label: "switchboard_dvm_jobs_queued", factory: factory)
+        running = Meter(label: "switchboard_dvm_jobs_running", factory: factory)
+        awaitingPayment = Meter(label: "switchboard_dvm_jobs_awaiting_payment", factory: factory)
     }
 
     /// A job that ended, by kind and outcome (`success`, `failed`, `timeout`, `bad_request`, `input_failed`,
@@ -34,15 +33,4 @@ struct DVMMetrics: Sendable {
         Timer(label: "switchboard_dvm_job_duration", dimensions: [("kind", kind)], factory: factory)
             .recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
-}
-
-/// A gauge counting something up and down.
-final class LevelGauge: Sendable {
-    private let gauge: Gauge
-    private let level = Mutex<Int>(0)
-
-    init(_ gauge: Gauge) { self.gauge = gauge }
-
-    func increment() { gauge.record(level.withLock { $0 += 1; return $0 }) }
-    func decrement() { gauge.record(level.withLock { $0 -= 1; return $0 }) }
 }

@@ -9,6 +9,7 @@ package final class MetricInstruments: Sendable {
     package let factory: any MetricsFactory
     private let counters = Mutex<[Series: Counter]>([:])
     private let timers = Mutex<[Series: CoreMetrics.Timer]>([:])
+    private let meters = Mutex<[Series: Meter]>([:])
 
     private struct Series: Hashable {
         let label: String
@@ -25,24 +26,28 @@ package final class MetricInstruments: Sendable {
     }
 
     package func counter(_ label: String, _ dimensions: [(String, String)] = []) -> Counter {
-        let series = Series(label, dimensions)
-        if let counter = counters.withLock({ $0[series] }) { return counter }
-        let counter = Counter(label: label, dimensions: dimensions, factory: factory)
-        return counters.withLock { counters in
-            if let existing = counters[series] { return existing }
-            counters[series] = counter
-            return counter
-        }
+        Self.instrument(Series(label, dimensions), in: counters) { Counter(label: label, dimensions: dimensions, factory: factory) }
     }
 
     package func timer(_ label: String, _ dimensions: [(String, String)] = []) -> CoreMetrics.Timer {
-        let series = Series(label, dimensions)
-        if let timer = timers.withLock({ $0[series] }) { return timer }
-        let timer = CoreMetrics.Timer(label: label, dimensions: dimensions, factory: factory)
-        return timers.withLock { timers in
-            if let existing = timers[series] { return existing }
-            timers[series] = timer
-            return timer
+        Self.instrument(Series(label, dimensions), in: timers) { CoreMetrics.Timer(label: label, dimensions: dimensions, factory: factory) }
+    }
+
+    /// A level that goes up and down (exposed as a gauge).
+    package func meter(_ label: String, _ dimensions: [(String, String)] = []) -> Meter {
+        Self.instrument(Series(label, dimensions), in: meters) { Meter(label: label, dimensions: dimensions, factory: factory) }
+    }
+
+    /// The instrument made for `series` before, or one made now (the first made wins a race).
+    private static func instrument<Instrument: Sendable>(
+        _ series: Series, in made: borrowing Mutex<[Series: Instrument]>, _ make: () -> Instrument
+    ) -> Instrument {
+        if let instrument = made.withLock({ $0[series] }) { return instrument }
+        let instrument = make()
+        return made.withLock { made in
+            if let existing = made[series] { return existing }
+            made[series] = instrument
+            return instrument
         }
     }
 }

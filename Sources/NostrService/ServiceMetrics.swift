@@ -48,6 +48,12 @@ struct ServiceMetrics: Sendable {
         instruments.counter("switchboard_handlers_abandoned_total", [("kind", kind)]).increment()
     }
 
+    /// Requests whose handler is running and that are not answered yet (a handler given up on no longer counts):
+    /// what a SIGTERM's drain is waiting for.
+    func running(kind: String) -> Meter {
+        instruments.meter("switchboard_handlers_running", [("kind", kind)])
+    }
+
     func handlerDuration(kind: String, _ duration: Duration) {
         let (seconds, attoseconds) = duration.components
         instruments.timer("switchboard_handler_duration", [("kind", kind)])

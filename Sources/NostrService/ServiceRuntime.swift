@@ -936,7 +936,10 @@ public final class ServiceRuntime: Service, Sendable {
         }
 
         let started = ContinuousClock.now
+        let running = metrics.running(kind: kind)
+        running.increment()
         let (outcome, cutOff) = await run(handler, request, kind: kind, key: route.key, slot: slot, logger: logger)
+        running.decrement()
         metrics.handlerDuration(kind: kind, ContinuousClock.now - started)
         var replies: [ServiceReply]
         var outcomeName: String

@@ -238,6 +238,11 @@ func counter(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, St
     (try? metrics.expectCounter(label, dimensions))?.totalValue ?? 0
 }
 
+/// A meter's current level; nil before anything was recorded.
+func level(_ metrics: TestMetrics, _ label: String, _ dimensions: [(String, String)]) -> Double? {
+    (try? metrics.expectMeter(label, dimensions))?.lastValue
+}
+
 /// `count` test relays and a fresh data directory, both gone when `body` ends.
 func withRelaysAndDirectory(_ count: Int, _ body: ([RelayURL], URL) async throws -> Void) async throws {
     let directory = try temporaryDirectory()
@@ -689,7 +694,7 @@ struct ServiceRuntimeTests {
     }
 
     @Test(
-        "a handler that does not stop when cancelled is given up on after the overdue limit: its request is answered as timed out, it is counted, and its slot — even given up on while it waited without it — serves one request at a time",
+        "a handler that does not stop when cancelled is given up on after the overdue limit: its request is answered as timed out, it is counted and no longer counted as running, and its slot — even given up on while it waited without it — serves one request at a time",
         arguments: ["stuck", "stuck-waiting"])
     func abandonedHandler(content: String) async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
@@ -702,9 +707,15 @@ struct ServiceRuntimeTests {
             }) { _ in
                 try await withReplies(urls, for: client) { pool, replies in
                     try await publish(try client.request(kind: requestKind, content: content, to: key.publicKey), on: urls, through: pool)
+                    try await withDeadline(.seconds(20), "the handler to start") {
+                        while handler.total == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                    }
+                    #expect(level(metrics, "switchboard_handlers_running", [("kind", "5910")]) == 1)
                     let first = try await awaitReplies(replies) { !$0.isEmpty }
                     #expect(try first.map { try client.read($0.0) } == ["error timeout: no answer within 3.0 seconds"])
                     #expect(counter(metrics, "switchboard_handlers_abandoned_total", [("kind", "5910")]) == 1)
+                    // Still running, but given up on: its request is answered, so it no longer counts.
+                    #expect(level(metrics, "switchboard_handlers_running", [("kind", "5910")]) == 0)
                     // Two requests of 1.5 s at once: the freed slot runs them, one after the other. Given back twice
                     // (once by the wait, once when the request was answered), it would run both together.
                     let slow = try (0..<2).map { _ in try client.request(kind: requestKind, content: "sleep:1500", to: key.publicKey) }
