@@ -397,6 +397,7 @@ def test_rust_nostr_waiting_on_the_operator_is_answered_when_the_bunker_stops(pr
     aio.call(session(), timeout=90)
     audit = bunker(procs, "audit", "--data-dir", str(data), "--limit", "1")
     assert "sign_event kind=7  cancelled" in audit, audit
+    assert not proc.logged_errors(), proc.logged_errors()
 
 
 def test_auth_challenge_approved_on_the_page(procs, tmp_path):  # noqa: F811

@@ -339,6 +339,7 @@ def test_a_job_running_at_sigterm_is_answered_before_the_host_exits(procs, aio, 
     assert error is None and content.strip() == "finished", f"[seed {SEED}] {statuses} {error}\n{proc.describe()}"
     assert stopped == (True, True), proc.describe()
     assert proc.proc.returncode == 0, proc.describe()
+    assert not proc.logged_errors(), proc.logged_errors()
 
 
 class Processing(Exception):

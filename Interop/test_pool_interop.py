@@ -167,6 +167,10 @@ class Proc:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def logged_errors(self) -> list:
+        """The lines logged at level error (swift-log's format: time, level, label)."""
+        return [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.split(" ", 2)[1:2] == ["error"]]
+
     def snapshot(self) -> list:
         with self._cond:
             return list(self.lines)

@@ -573,3 +573,75 @@ def test_rust_nostr_through_wallet_bridge_on_lnbits(procs, aio, tmp_path, lnbits
             await client.client().shutdown()
 
     aio.call(session(), timeout=150)
+
+
+def test_a_payment_in_flight_at_sigterm_is_answered_before_the_bridge_exits(procs, aio, tmp_path, lnbits, monkeypatch):  # noqa: F811
+    """With the operations listener on (--http), SIGTERM gives a pay_invoice in flight the grace period. LNbits is
+    held (SIGSTOP) while the payment waits on it: `/metrics` shows the handler running and `/health` says 503. Once
+    LNbits goes on, the preimage reaches rust-nostr's client before the bridge exits 0, with no error logged."""
+    relay_url = start_rust_relay(aio).url
+    bridge_wallet = lnbits.wallet("bridge", sats=10_000)
+    payee = lnbits.wallet("payee")
+    monkeypatch.setitem(test_pool_interop.ENV, "INTEROP_LNBITS_KEY", bridge_wallet["adminkey"])
+    data = tmp_path / "wallet"
+    proc = serve(procs, data, relay_url, "--backend", "lnbits", "--lnbits-url", lnbits.base,
+                 "--lnbits-key-env", "INTEROP_LNBITS_KEY", "--http", "127.0.0.1:0")
+    base = "http://" + next(l for l in proc.snapshot() if l.startswith("http ")).split()[1]
+    _, uri = connect(procs, data, "spender", "--unlimited")
+    status, invoice = lnbits.call("POST", "/api/v1/payments", {"out": False, "amount": 1_000, "memo": "at sigterm"},
+                                  key=payee["adminkey"])
+    assert status in (200, 201), (status, invoice)
+    bolt = invoice.get("bolt11") or invoice["payment_request"]
+
+    def handlers_running() -> bool:
+        """Polls /metrics until a NIP-47 request's handler is running; false if none is within 10 s."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as page:
+                for line in page.read().decode().splitlines():
+                    if line.startswith('switchboard_handlers_running{kind="23194"}') and float(line.split()[-1]) >= 1:
+                        return True
+            time.sleep(0.05)
+        return False
+
+    def draining() -> bool:
+        """Polls /health until it says 503 (stopping); false if it never does within 5 s."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2).close()
+            except urllib.error.HTTPError as refused:
+                return refused.code == 503
+            except urllib.error.URLError:
+                return False  # the listener is gone: it did not stay up while the payment drained
+            time.sleep(0.05)
+        return False
+
+    async def scenario():
+        await wait_for_info(relay_url, uri)
+        spender = nwc(uri)
+        # In threads: this loop also runs rust-nostr's relay, which must keep serving meanwhile.
+        os.killpg(lnbits.proc.pid, signal.SIGSTOP)
+        try:
+            paying = asyncio.ensure_future(spender.pay_invoice(PayInvoiceRequest(id=None, invoice=bolt, amount=None)))
+            running = await asyncio.to_thread(handlers_running)
+            stopping = asyncio.ensure_future(asyncio.to_thread(proc.stop)) if running else None
+            drained = running and await asyncio.to_thread(draining)
+        finally:
+            os.killpg(lnbits.proc.pid, signal.SIGCONT)
+        assert running, f"no pay_invoice handler running\n{proc.describe()}"
+        paid = await paying
+        stopped = await stopping
+        await spender.client().shutdown()
+        return drained, paid, stopped
+
+    drained, paid, stopped = aio.call(scenario(), timeout=60)
+    proc.stopped_by_test = True
+    assert drained, "/health did not say 503 while the payment drained"
+    assert hashlib.sha256(bytes.fromhex(paid.preimage)).hexdigest() == bolt11.decode(bolt).payment_hash
+    assert stopped == (True, True), proc.describe()
+    assert proc.proc.returncode == 0, proc.describe()
+    # A clean drain: nothing cut off, so nothing logged as an error (the old exit cut off the checkpoint's write).
+    assert not proc.logged_errors(), proc.logged_errors()
+    status, wallet = lnbits.call("GET", "/api/v1/wallet", key=payee["adminkey"])
+    assert status == 200 and wallet["balance"] == 1_000_000, (status, wallet)

@@ -43,11 +43,17 @@ public struct OperationsServer: Service {
     /// Serves until cancelled, through graceful shutdown and signals: `/health` answers 503 while the runtime
     /// drains. For a daemon that cancels it once its runtime has returned.
     public func runUntilCancelled() async throws {
-        let app = application()
+        var configuration = ServiceGroupConfiguration(services: [application()], gracefulShutdownSignals: [], logger: logger)
+        // Requests being answered then get this long before they are cut off.
+        configuration.maximumGracefulShutdownDuration = .seconds(2)
+        let group = ServiceGroup(configuration: configuration)
         // Hummingbird stops on graceful shutdown and on signals: in a task of its own (no shutdown context) and
-        // with no signals, only cancellation ends it.
-        let serving = Task.detached { try await app.runService(gracefulShutdownSignals: []) }
-        try await withTaskCancellationHandler { try await serving.value } onCancel: { serving.cancel() }
+        // with no signals, only cancellation ends it. It is then shut down gracefully: cancelling Hummingbird's
+        // server logs errors for what it was waiting on.
+        let serving = Task.detached { try await group.run() }
+        try await withTaskCancellationHandler { try await serving.value } onCancel: {
+            Task { await group.triggerGracefulShutdown() }
+        }
     }
 
     private func application() -> some ApplicationProtocol {
