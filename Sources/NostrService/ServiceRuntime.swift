@@ -184,14 +184,16 @@ public final class ServiceRuntime: Service, Sendable {
         /// The `created_at` of each request being handled, per key: the checkpoint does not pass the oldest,
         /// so a restart's catch-up delivers it again.
         var inFlight: [PublicKey: [EventID: Timestamp]] = [:]
-        /// The oldest request per key that could not be claimed (the journal failed): the checkpoint stays
-        /// before it for as long as this process runs.
+        /// The oldest request per key that could not be claimed (the journal failed) or was left for the relays
+        /// at shutdown: the checkpoint stays before it for as long as this process runs.
         var unjournaled: [PublicKey: Timestamp] = [:]
         /// Requests set aside until another runtime's claim on them would lapse.
         var deferred = 0
         var subscribed = false
         var stopping = false
         var subscription: RelaySubscription?
+        /// The intake's wait for a free slot (every one taken), which stopping ends.
+        var slotWait: Task<Void, any Error>?
         /// Until every relay has sent its stored requests: the relays still to send `EOSE`, and when checkpoints
         /// move on regardless (``Configuration/catchUpTimeout`` after the subscription, or after the last event
         /// one of them delivered, whichever is later: a relay still sending is slow, not silent; but never
@@ -321,11 +323,12 @@ public final class ServiceRuntime: Service, Sendable {
     /// Stops taking requests: ``run()`` then waits for those in flight and returns. Graceful shutdown does
     /// the same.
     public func stopIntake() {
-        let subscription = state.withLock { state in
+        let (subscription, slotWait) = state.withLock { state in
             state.stopping = true
-            return state.subscription
+            return (state.subscription, state.slotWait)
         }
         subscription?.stop()
+        slotWait?.cancel()
     }
 
     /// The public keys requests may address, the service's own first.
@@ -495,12 +498,19 @@ public final class ServiceRuntime: Service, Sendable {
                     if state.resuming[relay]?.givenUp == false { state.resuming[relay]?.since = .now }
                     return state.stopping
                 }
-                if stopping { break }
                 guard let route = admit(event) else { continue }
-                await slots.acquire()
+                // Once intake stops, what the subscription had buffered is still read, but not run: relays keep a
+                // regular request, so the restart's catch-up brings it back; an ephemeral one they do not, so it
+                // is answered now, counted as waiting meanwhile (no slot: those may all be busy).
+                var cutOff = stopping
+                if !cutOff { cutOff = await !takeSlot(slots) }
+                if cutOff && !event.kind.isEphemeral {
+                    pinCheckpoint(before: event, route: route)
+                    continue
+                }
+                let slot = cutOff ? Slot(waitingIn: waiting, slots: slots) : Slot(slots: slots, waiting: waiting)
                 group.addTask {
-                    let slot = Slot(slots: slots, waiting: waiting)
-                    guard let delivery = await self.process(event, relay: relay, route: route, slot: slot) else {
+                    guard let delivery = await self.process(event, relay: relay, route: route, slot: slot, cutOff: cutOff) else {
                         slot.finish()
                         return
                     }
@@ -512,7 +522,8 @@ public final class ServiceRuntime: Service, Sendable {
                 }
             }
             // Intake has stopped: let what is in flight finish and its replies reach the relays, within the
-            // grace period.
+            // grace period (counted from when the buffered requests have been read, which takes no longer than
+            // their claims).
             deadline = ContinuousClock.now + configuration.shutdownGracePeriod
             // A request moves from waiting to a slot, or (when its sender is over its limits) from a slot to
             // waiting: both must be idle at once.
@@ -531,6 +542,21 @@ public final class ServiceRuntime: Service, Sendable {
             group.cancelAll()
         }
         return deadline
+    }
+
+    /// Takes a slot for the next request, waiting while every one is taken; false, and none taken, once intake
+    /// stops (before or during the wait), so that a stop is never held up by busy handlers.
+    private func takeSlot(_ slots: AsyncSemaphore) async -> Bool {
+        if slots.tryAcquire() { return true }
+        let wait = Task { try await slots.acquireUnlessCancelled() }
+        let stopping = state.withLock { state in
+            if !state.stopping { state.slotWait = wait }
+            return state.stopping
+        }
+        if stopping { wait.cancel() }
+        let taken = (try? await wait.value) != nil
+        state.withLock { $0.slotWait = nil }
+        return taken
     }
 
     // MARK: The pipeline
@@ -604,11 +630,21 @@ public final class ServiceRuntime: Service, Sendable {
 
         let slots: AsyncSemaphore
         let waiting: AsyncSemaphore
-        private let state = Mutex(State.held)
+        private let state: Mutex<State>
 
+        /// A slot taken from `slots`.
         init(slots: AsyncSemaphore, waiting: AsyncSemaphore) {
             self.slots = slots
             self.waiting = waiting
+            state = Mutex(.held)
+        }
+
+        /// No slot, counted in `waiting` instead: for a request answered without running.
+        init(waitingIn waiting: AsyncSemaphore, slots: AsyncSemaphore) {
+            self.slots = slots
+            self.waiting = waiting
+            // `waiting` has room for every request: taking a place in it never fails.
+            state = Mutex(waiting.tryAcquire() ? .left : .done)
         }
 
         /// Runs `wait` without the slot and uncounted (shutdown does not wait for it), and takes a slot again
@@ -782,8 +818,9 @@ public final class ServiceRuntime: Service, Sendable {
         case started, timedOut, cancelled
     }
 
-    /// Claims, checks, decrypts and runs a request and records its replies; returns them for delivery.
-    private func process(_ event: Event, relay: RelayURL, route: Route, slot: Slot) async -> Delivery? {
+    /// Claims, checks, decrypts and runs a request and records its replies; returns them for delivery. `cutOff`:
+    /// read after intake stopped, so only claimed and answered (the service is shutting down), never run.
+    private func process(_ event: Event, relay: RelayURL, route: Route, slot: Slot, cutOff: Bool) async -> Delivery? {
         var logger = self.logger
         // Set in one assignment: some handlers (swift-log's StreamLogHandler) render all metadata on each change.
         var metadata = logger.handler.metadata
@@ -817,7 +854,7 @@ public final class ServiceRuntime: Service, Sendable {
             guard let claimed = await claimRetrying(event, route: route, lease: lease, logger: logger) else { return nil }
             claim = claimed.claim
             uncertain = claimed.uncertain
-            guard case .inProgress(let holder, let leaseEnds) = claim, holder != owner else { break }
+            guard case .inProgress(let holder, let leaseEnds) = claim, holder != owner, !cutOff else { break }
             // Another runtime holds it: a replica, or this service before a crash or restart. Checked again when
             // that claim would lapse; still unfinished then, it was interrupted and is taken over.
             if !deferred {
@@ -879,6 +916,10 @@ public final class ServiceRuntime: Service, Sendable {
             }
         }
         noteCheckpoint(route.key.publicKey, event.createdAt)
+        if cutOff {
+            metrics.request(kind: kind, outcome: Self.shuttingDown.code.rawValue)
+            return await refuse(event, relay: relay, route: route, with: Self.shuttingDown, logger: logger)
+        }
 
         let decision = state.withLock { $0.policy.admit(event.pubkey, now: monotonicSeconds()) }
         switch decision {

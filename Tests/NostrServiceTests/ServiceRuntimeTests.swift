@@ -673,6 +673,50 @@ struct ServiceRuntimeTests {
         }
     }
 
+    @Test("ephemeral requests read but not started when intake stops (every slot busy) are answered at once, to be sent again, and never run; the busy handler does not hold up the stop")
+    func unstartedAtStopAnswered() async throws {
+        try await withRelaysAndDirectory(1) { urls, directory in
+            let handler = Uppercase(timeout: .seconds(600), kind: 25910)
+            let metrics = TestMetrics()
+            let (runtime, store) = try stoppableRuntime(urls, handler: handler, key: key, directory: directory) {
+                $0.metricsFactory = metrics
+                $0.maximumConcurrentRequests = 1
+            }
+            let running = try client.request(kind: 25910, content: "hang", to: key.publicKey)
+            let unstarted = try (0..<5).map { try client.request(kind: 25910, content: "later \($0)", to: key.publicKey) }
+            let listened = [("relay", urls[0].string), ("connection", "listen")]
+            try await withReplies(urls, for: client) { pool, replies in
+                try await run(runtime) {
+                    try await startRequest(running, on: urls, through: pool, runtime: runtime, handler: handler)
+                    let before = counter(metrics, "nostr_relay_messages_received_total", listened)
+                    for request in unstarted { try await publish(request, on: urls, through: pool) }
+                    // The first waits in the intake for the only slot, the others in the subscription's buffer.
+                    try await withDeadline(.seconds(20), "the requests to reach the service") {
+                        while counter(metrics, "nostr_relay_messages_received_total", listened) < before + 5 {
+                            try await Task.sleep(for: .milliseconds(10))
+                        }
+                    }
+                    runtime.stopIntake()
+                }
+                let seen = try await awaitReplies(replies) { $0.count >= 6 }
+                func answer(to request: Event) throws -> String? {
+                    try seen.first { $0.0.tagValues("e") == [request.id.hex] }.map { try client.read($0.0) }
+                }
+                #expect(try answer(to: running) == "error interrupted: the service stopped while handling this request; send it again")
+                for request in unstarted {
+                    #expect(try answer(to: request) == "error unavailable: the service is shutting down; send the request again")
+                }
+            }
+            #expect(counter(metrics, "switchboard_requests_total", [("kind", "25910"), ("outcome", "unavailable")]) == 5)
+            for request in unstarted {
+                #expect(handler.count(request.id) == 0)
+                // Finished in the journal with that answer: a copy arriving later gets it again.
+                let claim = try await store.claim(JournalEntry(request, service: key.publicKey), owner: "next", now: .now, lease: 60)
+                #expect({ if case .finished(let replies) = claim { replies.count == 1 } else { false } }(), "\(claim)")
+            }
+        }
+    }
+
     @Test("a handler that finishes with an answer after the grace period's cancellation is answered as usual, not run again")
     func answeredAfterCancellation() async throws {
         try await withRelaysAndDirectory(1) { urls, directory in
