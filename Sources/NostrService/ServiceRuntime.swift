@@ -1190,7 +1190,10 @@ public final class ServiceRuntime: Service, Sendable {
             return (result ?? .failure(ServiceError(.unavailable, "the service is shutting down")), cutOff)
         }
         if let result, case .success = result { return (result, cutOff) }
-        return (.failure(ServiceError(.timeout, "no answer within \(handler.timeout)")), cutOff)
+        // A handler that may not run twice may have done its work, or be doing it still (given up on): the
+        // client is told, so that it checks before it sends the request again.
+        let hint = handler.isIdempotent ? "" : "; it may still have taken effect: check before sending it again"
+        return (.failure(ServiceError(.timeout, "no answer within \(handler.timeout)\(hint)")), cutOff)
     }
 
     /// Encrypts each reply's content for its recipient in its scheme and signs it with `key`.
