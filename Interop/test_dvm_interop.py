@@ -45,7 +45,7 @@ from nostr_sdk import (
 )
 
 from conftest import SEED
-from test_pool_interop import ENV, Procs, aio, procs, start_rust_relay  # noqa: F401  (fixtures)
+from test_pool_interop import ENV, Procs, aio, procs, says_draining, start_rust_relay  # noqa: F401  (fixtures)
 from test_relay_interop import hexid, new_keys, nostr_client, publish
 from test_wallet_interop import connect as wallet_connect, nwc, serve as wallet_serve, wait_for_info, wb
 
@@ -306,18 +306,6 @@ def test_a_job_running_at_sigterm_is_answered_before_the_host_exits(procs, aio, 
     with urllib.request.urlopen(health, timeout=10) as ready:
         assert ready.status == 200
 
-    def draining() -> bool:
-        """Polls /health until it says 503 (stopping); false if it never does within 5 s."""
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(health, timeout=2).close()
-            except urllib.error.HTTPError as refused:
-                return refused.code == 503
-            except urllib.error.URLError:
-                return False  # the listener is gone: it did not stay up while the job drained
-            time.sleep(0.05)
-        return False
     keys = new_keys(rng)
     job = job_event(keys, 5053, [["i", "x", "text"]], host_hex)
 
@@ -328,7 +316,7 @@ def test_a_job_running_at_sigterm_is_answered_before_the_host_exits(procs, aio, 
             if next(t for t in tags if t[0] == "status")[1] == "processing" and not stopping:
                 # In threads: this loop also runs rust-nostr's relay, which must keep serving meanwhile.
                 stopping.append(asyncio.ensure_future(asyncio.to_thread(proc.stop)))
-                stopping.append(asyncio.ensure_future(asyncio.to_thread(draining)))
+                stopping.append(asyncio.ensure_future(asyncio.to_thread(says_draining, health)))
 
         outcome = await run_job([relay_url], keys, job, on_feedback=stop_when_processing)
         return outcome, [await part for part in stopping]

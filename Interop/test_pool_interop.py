@@ -65,6 +65,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def says_draining(health: str, timeout: float = 5) -> bool:
+    """Polls a daemon's /health until it says 503 (stopping, draining what is in flight); false if it never does
+    within `timeout`, or if the listener goes away first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(health, timeout=2).close()
+        except urllib.error.HTTPError as refused:
+            return refused.code == 503
+        except urllib.error.URLError:
+            return False  # the listener is gone: it did not stay up while the daemon drained
+        except OSError:
+            pass  # a slow answer (a loaded machine): ask again
+        time.sleep(0.05)
+    return False
 
 
 def wait_port(port: int, timeout: float, proc=None) -> bool:
@@ -168,8 +187,9 @@ class Proc:
         return self.proc.poll() is None
 
     def logged_errors(self) -> list:
-        """The lines logged at level error (swift-log's format: time, level, label)."""
-        return [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.split(" ", 2)[1:2] == ["error"]]
+        """The lines logged at level error or critical (swift-log's format: time, level, label)."""
+        return [line for line in self.stderr_path.read_text(errors="replace").splitlines()
+                if line.split(" ", 2)[1:2] in (["error"], ["critical"])]
 
     def snapshot(self) -> list:
         with self._cond:

@@ -545,19 +545,29 @@ public final class ServiceRuntime: Service, Sendable {
     }
 
     /// Takes a slot for the next request, waiting while every one is taken; false, and none taken, once intake
-    /// stops (before or during the wait), so that a stop is never held up by busy handlers.
+    /// stops (before, during or just after the wait), so that a stop is never held up by busy handlers and no
+    /// request starts after it.
     private func takeSlot(_ slots: AsyncSemaphore) async -> Bool {
-        if slots.tryAcquire() { return true }
-        let wait = Task { try await slots.acquireUnlessCancelled() }
-        let stopping = state.withLock { state in
-            if !state.stopping { state.slotWait = wait }
-            return state.stopping
+        if !slots.tryAcquire() {
+            let wait = Task { try await slots.acquireUnlessCancelled() }
+            let stopping = state.withLock { state in
+                if !state.stopping { state.slotWait = wait }
+                return state.stopping
+            }
+            if stopping { wait.cancel() }
+            let taken = await withTaskCancellationHandler { (try? await wait.value) != nil } onCancel: { wait.cancel() }
+            state.withLock { $0.slotWait = nil }
+            guard taken else { return false }
         }
-        if stopping { wait.cancel() }
-        let taken = (try? await wait.value) != nil
-        state.withLock { $0.slotWait = nil }
-        return taken
+        guard !state.withLock(\.stopping) else {
+            slots.release()
+            return false
+        }
+        return true
     }
+
+    /// Requests the relays delivered that the intake has not read yet (for tests).
+    package var bufferedRequests: Int { state.withLock { $0.subscription?.buffered ?? 0 } }
 
     // MARK: The pipeline
 

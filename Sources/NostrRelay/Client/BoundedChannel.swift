@@ -122,6 +122,9 @@ final class BoundedChannel<Element: Sendable>: Sendable {
         return batch
     }
 
+    /// Elements buffered and not read yet.
+    var count: Int { state.withLock(\.count) }
+
     /// Ends the channel: buffered elements can still be read; waiting senders are released.
     func finish() {
         let (producers, consumer) = state.withLock { state in

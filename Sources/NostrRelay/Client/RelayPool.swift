@@ -330,6 +330,9 @@ public struct RelaySubscription: AsyncSequence, Sendable {
         endOfStoredEventsConnections.removeFirst(for: relay)
     }
 
+    /// Items delivered to this subscription and not read yet.
+    package var buffered: Int { channel.count }
+
     public struct AsyncIterator: AsyncIteratorProtocol {
         let channel: BoundedChannel<SubscriptionItem>
 
