@@ -59,6 +59,8 @@ final class RelayConnection: Sendable {
         /// The current session's received messages, ended early when its outbox overflows.
         var received: BoundedChannel<WebSocketMessage>?
         var overflowed = false
+        /// The task running the current connection (swift-websocket's `connect`).
+        var connection: Task<Void, any Error>?
         var waiters: [EventID: [UInt64: OneShot<PublishResult>]] = [:]
         var nextWaiter: UInt64 = 0
         var status: RelayStatus
@@ -187,7 +189,7 @@ final class RelayConnection: Sendable {
     private func connectLoop() async {
         var failures = 0
         var client = WebSocketClientConfiguration(
-            maxFrameSize: configuration.maximumMessageSize, closeTimeout: .seconds(2),
+            maxFrameSize: configuration.maximumMessageSize, closeTimeout: Self.closeTimeout,
             autoPing: .enabled(timePeriod: configuration.pingInterval))
         client.additionalHeaders[.userAgent] = "switchboard"
         // wss:// verifies the relay's certificate and host name against the system's trust roots (and the
@@ -211,13 +213,15 @@ final class RelayConnection: Sendable {
                         try await self.session(inbound: inbound, outbound: outbound)
                     }
                 }
+                shared.withLock { $0.connection = connection }
                 try await withTaskCancellationHandler {
                     try await connection.value
                 } onCancel: {
                     connection.cancel()
                 }
             } catch {
-                reason = Self.describe(error)
+                // An overflow may end in the cancellation of a close that did not finish: its reason is the overflow.
+                reason = shared.withLock(\.overflowed) ? overflowReason : Self.describe(error)
             }
             let wasConnected = shared.withLock { shared in
                 let was = shared.status.isConnected
@@ -295,14 +299,25 @@ final class RelayConnection: Sendable {
             }
             // Ended early because the relay stopped reading: the writer may be stuck in a write, so the session's
             // tasks are cancelled rather than waited for.
-            if shared.withLock({ $0.overflowed }) {
-                throw RelayConnectionError("the relay stopped reading: \(configuration.outboxCapacity) messages were waiting to be written")
+            if let connection = shared.withLock({ $0.overflowed ? $0.connection : nil }) {
+                // swift-websocket then closes the connection politely, with a close frame the relay will not read:
+                // on a loaded machine it was seen waiting for that write until the pool stopped. It is given its
+                // close timeout, then the connection is cut.
+                _ = Deadlines.shared.schedule(at: .now + Self.closeTimeout) { connection.cancel() }
+                throw RelayConnectionError(overflowReason)
             }
             // The reader has ended: its error (or the writer's), if any, ends the session.
             try await group.next()
             group.cancelAll()
         }
     }
+
+    private var overflowReason: String {
+        "the relay stopped reading: \(configuration.outboxCapacity) messages were waiting to be written"
+    }
+
+    /// How long a closing connection waits for the relay's close frame.
+    static let closeTimeout = Duration.seconds(2)
 
     /// Messages read ahead of the one being handled.
     static let readAhead = 64
