@@ -49,8 +49,9 @@ public struct OperationsServer: Service {
         let group = ServiceGroup(configuration: configuration)
         // Hummingbird stops on graceful shutdown and on signals: in a task of its own (no shutdown context) and
         // with no signals, only cancellation ends it. It is then shut down gracefully: cancelling Hummingbird's
-        // server logs errors for what it was waiting on. (A shutdown triggered before the group runs ends it at
-        // once from swift-service-lifecycle 2.13 on, the minimum the package asks for.)
+        // server logs errors for what it was waiting on. (A shutdown triggered before the group runs is remembered
+        // and carried out as soon as it starts from swift-service-lifecycle 2.13 on, the minimum the package asks
+        // for; earlier versions threw.)
         let serving = Task.detached { try await group.run() }
         try await withTaskCancellationHandler { try await serving.value } onCancel: {
             Task { await group.triggerGracefulShutdown() }
