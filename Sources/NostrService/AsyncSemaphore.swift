@@ -121,10 +121,25 @@ package final class AsyncSemaphore: Sendable {
     }
 }
 
-/// Returns when the task is cancelled: for a task group's part that has done its work but must not end the
-/// group's wait for its first finished part.
-package func untilCancelled() async {
-    while !Task.isCancelled {
-        try? await Task.sleep(for: .seconds(3600))
+/// Runs `main` with `companions` beside it until `main` returns; then cancels the companions and waits for them.
+/// A companion that returns leaves the rest running; one that throws ends everything with its error. For a
+/// daemon, whose runtime alone decides when the command ends (on SIGTERM, after its grace period, while its
+/// listener still answers `/health` and its other parts keep going).
+package func whileRunning(
+    _ main: @escaping @Sendable () async throws -> Void, with companions: [@Sendable () async throws -> Void]
+) async throws {
+    try await withThrowingTaskGroup(of: Bool.self) { group in
+        group.addTask {
+            try await main()
+            return true
+        }
+        for companion in companions {
+            group.addTask {
+                try await companion()
+                return false
+            }
+        }
+        while let isMain = try await group.next(), !isMain {}
+        group.cancelAll()
     }
 }

@@ -139,46 +139,12 @@ struct BunkerDaemon: Service {
     }
 
     private func serve(runtime: ServiceRuntime, signer: RemoteSigner, relays: [RelayURL]) async throws {
-        // Each part says whether it is the runtime: only the runtime's return ends the command.
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await runtime.run()
-                return true
-            }
-            if let approvals {
-                group.addTask {
-                    await approvals.followDecisions(in: state)
-                    return false
-                }
-            }
-            if let (host, port) = http {
-                let approvals = self.approvals
-                let approvalURL = self.approvalURL
-                group.addTask {
-                    try await OperationsServer(
-                        host: host, port: port, registry: registry, runtime: runtime, logger: logger,
-                        onListening: { host, port in
-                            approvals?.baseURL = approvalURL ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)"
-                            say("http \(host):\(port)")
-                            if approvals != nil {
-                                say("approval pages: sign in with the token in \(directory.url.appendingPathComponent("approval.token").path)")
-                            }
-                        },
-                        routes: { router in approvals?.addRoutes(to: router) }
-                    ).runUntilCancelled()
-                    return false
-                }
-            }
-            group.addTask {
-                await pruneAuditDaily()
-                return false
-            }
-            group.addTask {
-                await answerConnectRequests(signer: signer, runtime: runtime)
-                return false
-            }
-            // Waits in the group, so that a runtime that fails, or is stopped, before it is ready ends the command.
-            group.addTask {
+        var companions: [@Sendable () async throws -> Void] = [
+            { await pruneAuditDaily() },
+            { await answerConnectRequests(signer: signer, runtime: runtime) },
+            // The URIs wait beside the runtime, so that a runtime that fails, or is stopped, before it is ready ends
+            // the command without them.
+            {
                 while !runtime.isReady {
                     try await Task.sleep(for: .milliseconds(20))
                 }
@@ -190,14 +156,29 @@ struct BunkerDaemon: Service {
                         for: identity.signer.publicKey, relays: relays, permissions: .all, label: nil, lifetime: uriLifetime, state: state)
                     say(uri.description)
                 }
-                await untilCancelled()
-                return false
+            },
+        ]
+        if let approvals { companions.append { await approvals.followDecisions(in: state) } }
+        if let (host, port) = http {
+            let approvals = self.approvals
+            let approvalURL = self.approvalURL
+            companions.append {
+                try await OperationsServer(
+                    host: host, port: port, registry: registry, runtime: runtime, logger: logger,
+                    onListening: { host, port in
+                        approvals?.baseURL = approvalURL ?? "http://\(host.contains(":") ? "[\(host)]" : host):\(port)"
+                        say("http \(host):\(port)")
+                        if approvals != nil {
+                            say("approval pages: sign in with the token in \(directory.url.appendingPathComponent("approval.token").path)")
+                        }
+                    },
+                    routes: { router in approvals?.addRoutes(to: router) }
+                ).runUntilCancelled()
             }
-            // On SIGTERM/SIGINT the runtime returns after its grace period, in which requests in flight are answered
-            // on connections that stay open (and `/health` says 503). Then the listener and the background loops stop.
-            while let isRuntime = try await group.next(), !isRuntime {}
-            group.cancelAll()
         }
+        // On SIGTERM/SIGINT the runtime returns after its grace period, in which requests in flight are answered
+        // on connections that stay open (and `/health` says 503). Then the listener and the background loops stop.
+        try await whileRunning({ try await runtime.run() }, with: companions)
     }
 
     /// Forgets audit records older than ``auditDays``, now and once a day.

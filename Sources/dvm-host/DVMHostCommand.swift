@@ -235,37 +235,27 @@ struct HostDaemon: Service {
         let host = DVMHost(
             key: LocalServiceKey(key), handler: try command.jobHandler(logger: logger), store: store, service: service, runtime: runtime, inputs: inputs,
             wallet: command.priceMsats == nil ? nil : wallet, logger: logger)
-        // Each part says whether it is the host: only the host's return ends the command.
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await host.run()
-                return true
+        // The ready line waits beside the host, so that a host that fails, or is stopped, before it is ready ends
+        // the command without it.
+        var companions: [@Sendable () async throws -> Void] = [{
+            while !host.isReady {
+                try await Task.sleep(for: .milliseconds(20))
             }
-            if let (address, port) = http {
-                group.addTask {
-                    try await OperationsServer(
-                        host: address, port: port, registry: registry, runtime: host.runtime, logger: logger,
-                        onListening: { address, port in say("http \(address):\(port)") }
-                    ).runUntilCancelled()
-                    return false
-                }
+            let kinds = command.kind.sorted().map(String.init).joined(separator: ",")
+            let price = command.priceMsats.map { "\($0) msat" } ?? "free"
+            say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
+        }]
+        if let (address, port) = http {
+            companions.append {
+                try await OperationsServer(
+                    host: address, port: port, registry: registry, runtime: host.runtime, logger: logger,
+                    onListening: { address, port in say("http \(address):\(port)") }
+                ).runUntilCancelled()
             }
-            // Waits in the group, so that a host that fails, or is stopped, before it is ready ends the command.
-            group.addTask {
-                while !host.isReady {
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-                let kinds = command.kind.sorted().map(String.init).joined(separator: ",")
-                let price = command.priceMsats.map { "\($0) msat" } ?? "free"
-                say("dvm-host ready: \(NIP19Entity.npub(host.publicKey).bech32) (\(host.publicKey.hex)), kinds \(kinds), \(price), concurrency \(command.concurrency), relays \(host.runtime.relays.map(\.string).joined(separator: " "))")
-                await untilCancelled()
-                return false
-            }
-            // On SIGTERM/SIGINT the host returns after its grace period, in which jobs in flight finish on connections
-            // that stay open (and `/health` says 503). Then the listener and everything else stop.
-            while let isHost = try await group.next(), !isHost {}
-            group.cancelAll()
         }
+        // On SIGTERM/SIGINT the host returns after its grace period, in which jobs in flight finish on connections
+        // that stay open (and `/health` says 503). Then the listener stops.
+        try await whileRunning({ try await host.run() }, with: companions)
     }
 
     private func openStore() throws -> (any ServiceStore, Task<Void, Never>?) {

@@ -114,36 +114,26 @@ struct WalletDaemon: Service {
         let bridge = try await WalletBridge(
             keys: keys, store: stores.wallet, backend: backend, serviceStore: stores.service, configuration: configuration,
             service: service, logger: logger)
-        // Each part says whether it is the bridge: only the bridge's return ends the command.
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await bridge.run()
-                return true
+        // The ready line waits beside the bridge, so that a bridge that fails, or is stopped, before it is ready
+        // ends the command without it.
+        var companions: [@Sendable () async throws -> Void] = [{
+            while !bridge.isReady {
+                try await Task.sleep(for: .milliseconds(20))
             }
-            if let (host, port) = http {
-                group.addTask {
-                    try await OperationsServer(
-                        host: host, port: port, registry: registry, runtime: bridge.runtime, logger: logger,
-                        onListening: { host, port in say("http \(host):\(port)") }
-                    ).runUntilCancelled()
-                    return false
-                }
+            let live = try await stores.wallet.connections().filter { $0.isLive(at: .now) }.count
+            say("wallet-bridge ready: service \(bridge.publicKey.hex), \(live) connection\(live == 1 ? "" : "s"), backend \(command.backend), relays \(bridge.runtime.relays.map(\.string).joined(separator: " "))")
+        }]
+        if let (host, port) = http {
+            companions.append {
+                try await OperationsServer(
+                    host: host, port: port, registry: registry, runtime: bridge.runtime, logger: logger,
+                    onListening: { host, port in say("http \(host):\(port)") }
+                ).runUntilCancelled()
             }
-            // Waits in the group, so that a bridge that fails, or is stopped, before it is ready ends the command.
-            group.addTask {
-                while !bridge.isReady {
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-                let live = try await stores.wallet.connections().filter { $0.isLive(at: .now) }.count
-                say("wallet-bridge ready: service \(bridge.publicKey.hex), \(live) connection\(live == 1 ? "" : "s"), backend \(command.backend), relays \(bridge.runtime.relays.map(\.string).joined(separator: " "))")
-                await untilCancelled()
-                return false
-            }
-            // On SIGTERM/SIGINT the bridge returns after its grace period, in which payments in flight are answered on
-            // connections that stay open (and `/health` says 503). Then the listener and everything else stop.
-            while let isBridge = try await group.next(), !isBridge {}
-            group.cancelAll()
         }
+        // On SIGTERM/SIGINT the bridge returns after its grace period, in which payments in flight are answered on
+        // connections that stay open (and `/health` says 503). Then the listener stops.
+        try await whileRunning({ try await bridge.run() }, with: companions)
     }
 }
 
